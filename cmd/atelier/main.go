@@ -1,0 +1,57 @@
+// Command atelier is the whole server side of Atelier in one binary: the
+// manager API, and the CLIs that set up the host and drive sandboxes.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"atelier/internal/config"
+	"atelier/internal/server"
+)
+
+func main() {
+	if err := newRoot().Execute(); err != nil {
+		var ve *config.ValidationError
+		if errors.As(err, &ve) {
+			fmt.Fprintln(os.Stderr, "atelier: invalid configuration:")
+			fmt.Fprintln(os.Stderr, ve.Error())
+		} else {
+			fmt.Fprintln(os.Stderr, "atelier:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+type globals struct {
+	configFile string
+	url        string
+	token      string
+	json       bool
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "atelier",
+		Short:         "Self-hosted sandboxes that start in milliseconds",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       server.Version,
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.configFile, "config", "", "config file (default $ATELIER_CONFIG or /etc/atelier/sandbox.config.json)")
+	pf.StringVar(&g.url, "url", os.Getenv("ATELIER_URL"), "manager URL: http(s)://host:port or unix:///path (env ATELIER_URL; default: the local socket, else http://127.0.0.1:<server.port>)")
+	pf.StringVar(&g.token, "token", os.Getenv("ATELIER_TOKEN"), "API token (env ATELIER_TOKEN)")
+	pf.BoolVar(&g.json, "json", false, "print JSON instead of a table")
+	root.AddCommand(newServeCmd(g), newConfigCmd(g), newSandboxCmd(g), newManagerCmd(g))
+	return root
+}
+
+// loadConfig reads the config from the --config flag, ATELIER_CONFIG or the default path.
+func (g *globals) loadConfig() (*config.Config, error) {
+	return config.Load(config.Options{File: g.configFile})
+}

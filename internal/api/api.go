@@ -1,0 +1,284 @@
+// Package api is the manager's HTTP API: huma operations described by an
+// OpenAPI 3.1 document, problem+json errors, and authentication on every route
+// but the few public ones listed in publicRoutes.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/danielgtaylor/huma/v2"
+	"github.com/danielgtaylor/huma/v2/adapters/humago"
+
+	"atelier/internal/auth"
+	"atelier/internal/config"
+	"atelier/internal/events"
+	"atelier/internal/metrics"
+	"atelier/internal/sandbox"
+	"atelier/internal/store"
+)
+
+// Deps are the services the API serves.
+type Deps struct {
+	Config    *config.Config
+	Store     *store.Store
+	Sandboxes *sandbox.Service
+	Auth      *auth.Service
+	Bus       *events.Bus
+	Metrics   *metrics.Metrics
+	Log       *slog.Logger
+	Version   string
+	Started   time.Time
+	// Ready reports extra readiness checks (name -> error); nil means none.
+	Ready func(ctx context.Context) map[string]error
+}
+
+// Server holds the mux and the huma API built on it.
+type Server struct {
+	d   Deps
+	mux *http.ServeMux
+	api huma.API
+	// raw lists the routes served outside huma, for the OpenAPI document and the route audit.
+	raw []Route
+}
+
+// Route is one registered method+path and whether it is reachable without credentials.
+type Route struct {
+	Method string
+	Path   string
+	Public bool
+}
+
+var securityAuthed = []map[string][]string{{"cookie": {}}, {"bearer": {}}}
+
+// publicRoutes are the only routes reachable without credentials.
+var publicRoutes = map[string]bool{
+	"GET /health":        true,
+	"GET /health/live":   true,
+	"GET /health/ready":  true,
+	"GET /config":        true,
+	"GET /auth/github":   true,
+	"GET /auth/callback": true,
+	"POST /auth/logout":  true,
+	"GET /auth/me":       true,
+	"GET /openapi.json":  true,
+	"GET /openapi.yaml":  true,
+	"GET /docs":          true,
+	"GET /{$}":           true,
+}
+
+// New builds the API and registers every route.
+func New(d Deps) *Server {
+	if d.Log == nil {
+		d.Log = slog.Default()
+	}
+	if d.Started.IsZero() {
+		d.Started = time.Now()
+	}
+	s := &Server{d: d, mux: http.NewServeMux()}
+
+	cfg := huma.DefaultConfig("Atelier Manager API", d.Version)
+	cfg.OpenAPIPath = "/openapi"
+	cfg.DocsPath = "/docs"
+	cfg.DocsRenderer = huma.DocsRendererScalar
+	// No $schema links in bodies: clients get plain JSON.
+	cfg.CreateHooks = nil
+	cfg.Info.Description = "Manage sandboxes: isolated Linux environments with VS Code, OpenCode, a browser, a terminal and SSH."
+	cfg.Components.SecuritySchemes = map[string]*huma.SecurityScheme{
+		"cookie": {Type: "apiKey", In: "cookie", Name: auth.CookieName, Description: "Dashboard session (GitHub login)."},
+		"bearer": {Type: "http", Scheme: "bearer", Description: "API token created at /api/tokens."},
+	}
+	s.api = humago.New(s.mux, cfg)
+	s.api.UseMiddleware(s.authMiddleware)
+
+	s.registerHealth()
+	s.registerAuth()
+	s.registerSandboxes()
+	s.registerEvents()
+	s.registerSystem()
+	s.registerTokens()
+	s.registerRaw("GET", "/metrics", false, "Prometheus metrics.", s.authRaw(d.Metrics.Handler()))
+	s.registerRaw("GET", "/{$}", true, "Service index.", http.HandlerFunc(s.index))
+	s.mux.HandleFunc("/", s.notFound)
+	return s
+}
+
+// Handler returns the root handler with request metrics and panic recovery.
+func (s *Server) Handler() http.Handler {
+	return s.instrument(s.mux)
+}
+
+// API exposes the huma API (its OpenAPI document in particular).
+func (s *Server) API() huma.API { return s.api }
+
+// Routes lists every registered route, huma and raw alike.
+func (s *Server) Routes() []Route {
+	var out []Route
+	for path, item := range s.api.OpenAPI().Paths {
+		for method, op := range map[string]*huma.Operation{
+			"GET": item.Get, "POST": item.Post, "PUT": item.Put, "PATCH": item.Patch, "DELETE": item.Delete,
+		} {
+			if op == nil || op.Hidden {
+				continue
+			}
+			out = append(out, Route{Method: method, Path: path, Public: len(op.Security) == 0})
+		}
+	}
+	seen := map[string]bool{}
+	for _, r := range out {
+		seen[r.Method+" "+r.Path] = true
+	}
+	for _, r := range s.raw {
+		if !seen[r.Method+" "+r.Path] {
+			out = append(out, r)
+		}
+	}
+	for _, r := range []Route{{"GET", "/openapi.json", true}, {"GET", "/openapi.yaml", true}, {"GET", "/docs", true}} {
+		out = append(out, r)
+	}
+	return out
+}
+
+// registerRaw serves a plain http.Handler and documents it in the OpenAPI document.
+func (s *Server) registerRaw(method, path string, public bool, summary string, h http.Handler) {
+	s.mux.Handle(method+" "+path, h)
+	s.raw = append(s.raw, Route{Method: method, Path: path, Public: public})
+	if path == "/{$}" {
+		return
+	}
+	op := &huma.Operation{
+		OperationID: "raw-" + method + "-" + path,
+		Method:      method,
+		Path:        path,
+		Summary:     summary,
+		Tags:        []string{tagFor(path)},
+		Responses:   map[string]*huma.Response{"200": {Description: "OK"}},
+	}
+	if !public {
+		op.Security = securityAuthed
+	}
+	s.api.OpenAPI().AddOperation(op)
+}
+
+func tagFor(path string) string {
+	switch {
+	case len(path) >= 5 && path[:5] == "/auth":
+		return "auth"
+	case path == "/metrics":
+		return "system"
+	}
+	return "misc"
+}
+
+// authMiddleware authenticates every huma operation that declares security.
+func (s *Server) authMiddleware(ctx huma.Context, next func(huma.Context)) {
+	op := ctx.Operation()
+	if op == nil || len(op.Security) == 0 {
+		next(ctx)
+		return
+	}
+	r, _ := humago.Unwrap(ctx)
+	p, err := s.d.Auth.Authenticate(r)
+	if err != nil {
+		perr := toProblem(r.Context(), s.d.Log, err)
+		_ = huma.WriteErr(s.api, ctx, perr.(*Problem).Status, perr.(*Problem).Detail)
+		return
+	}
+	next(huma.WithValue(ctx, principalKey{}, p))
+}
+
+type principalKey struct{}
+
+func principal(ctx context.Context) auth.Principal {
+	if p, ok := ctx.Value(principalKey{}).(auth.Principal); ok {
+		return p
+	}
+	p, _ := auth.PrincipalFrom(ctx)
+	return p
+}
+
+// authRaw guards a plain handler with the same authentication as huma operations.
+func (s *Server) authRaw(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.d.Auth.Authenticate(r)
+		if err != nil {
+			writeProblem(w, toProblem(r.Context(), s.d.Log, err).(*Problem))
+			return
+		}
+		h.ServeHTTP(w, r.WithContext(auth.WithPrincipal(r.Context(), p)))
+	})
+}
+
+func writeProblem(w http.ResponseWriter, p *Problem) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(p.Status)
+	_ = json.NewEncoder(w).Encode(p)
+}
+
+func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
+	writeProblem(w, newProblem(http.StatusNotFound, "not_found", "no route for "+r.Method+" "+r.URL.Path))
+}
+
+func (s *Server) index(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]string{
+		"name":    "Atelier Manager",
+		"version": s.d.Version,
+		"mode":    string(s.d.Config.Server.Mode),
+		"docs":    "/docs",
+		"openapi": "/openapi.json",
+	})
+}
+
+// statusRecorder captures the status code for metrics and logs.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (s *Server) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w}
+		start := time.Now()
+		defer func() {
+			if v := recover(); v != nil {
+				s.d.Log.ErrorContext(r.Context(), "panic serving request", "panic", v, "path", r.URL.Path)
+				if rec.status == 0 {
+					writeProblem(rec, newProblem(http.StatusInternalServerError, "internal", "internal error"))
+				}
+			}
+			_, pattern := s.mux.Handler(r)
+			if pattern == "" || pattern == "/" {
+				pattern = "unmatched"
+			}
+			s.d.Metrics.ObserveHTTP(pattern, r.Method, strconv.Itoa(rec.status), time.Since(start))
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}

@@ -1,0 +1,141 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"atelier/internal/auth"
+	"atelier/internal/sandbox"
+	"atelier/internal/store"
+)
+
+// Problem is an RFC 9457 problem document with a stable machine-readable code,
+// so clients branch on Code rather than on the wording of Detail.
+type Problem struct {
+	Type   string              `json:"type,omitempty" doc:"A URI reference for the problem type."`
+	Title  string              `json:"title,omitempty" doc:"Short summary of the problem type."`
+	Status int                 `json:"status,omitempty" doc:"HTTP status code."`
+	Code   string              `json:"code" doc:"Stable machine-readable error code." enum:"invalid_input,unauthenticated,forbidden,not_found,method_not_allowed,conflict,sandbox_limit,subnet_exhausted,body_too_large,not_acceptable,unavailable,internal"`
+	Detail string              `json:"detail,omitempty" doc:"What went wrong in this occurrence."`
+	Errors []*huma.ErrorDetail `json:"errors,omitempty" doc:"Individual problems, each naming the field it is about."`
+}
+
+func (p *Problem) Error() string  { return p.Detail }
+func (p *Problem) GetStatus() int { return p.Status }
+
+// ContentType makes huma send problems as application/problem+json.
+func (p *Problem) ContentType(ct string) string {
+	if ct == "application/json" {
+		return "application/problem+json"
+	}
+	return ct
+}
+
+var codeByStatus = map[int]string{
+	http.StatusBadRequest:            "invalid_input",
+	http.StatusUnauthorized:          "unauthenticated",
+	http.StatusForbidden:             "forbidden",
+	http.StatusNotFound:              "not_found",
+	http.StatusMethodNotAllowed:      "method_not_allowed",
+	http.StatusNotAcceptable:         "not_acceptable",
+	http.StatusConflict:              "conflict",
+	http.StatusRequestEntityTooLarge: "body_too_large",
+	http.StatusTooManyRequests:       "sandbox_limit",
+	http.StatusServiceUnavailable:    "unavailable",
+}
+
+func newProblem(status int, code, detail string, errs ...error) *Problem {
+	if code == "" {
+		code = codeByStatus[status]
+		if code == "" {
+			code = "internal"
+		}
+	}
+	p := &Problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Code: code, Detail: detail}
+	for _, e := range errs {
+		if e == nil {
+			continue
+		}
+		var d huma.ErrorDetailer
+		if errors.As(e, &d) {
+			p.Errors = append(p.Errors, d.ErrorDetail())
+		} else {
+			p.Errors = append(p.Errors, &huma.ErrorDetail{Message: e.Error()})
+		}
+	}
+	return p
+}
+
+func init() {
+	// huma reports schema violations as 422; our contract is 400 naming the field,
+	// with the field's location folded into the detail so a CLI user sees it.
+	huma.NewError = func(status int, msg string, errs ...error) huma.StatusError {
+		if status == http.StatusUnprocessableEntity {
+			status = http.StatusBadRequest
+		}
+		p := newProblem(status, "", msg, errs...)
+		if status == http.StatusBadRequest && len(p.Errors) > 0 {
+			parts := make([]string, 0, len(p.Errors))
+			for _, d := range p.Errors {
+				loc := strings.TrimPrefix(d.Location, "body.")
+				if loc != "" {
+					parts = append(parts, loc+": "+d.Message)
+				} else {
+					parts = append(parts, d.Message)
+				}
+			}
+			p.Detail = msg + ": " + strings.Join(parts, "; ")
+		}
+		return p
+	}
+	huma.NewErrorWithContext = func(_ huma.Context, status int, msg string, errs ...error) huma.StatusError {
+		return huma.NewError(status, msg, errs...)
+	}
+}
+
+// toProblem maps domain errors to HTTP problems. Unknown errors become a 500
+// whose detail is generic: internals are logged, never sent.
+func toProblem(ctx context.Context, log *slog.Logger, err error) error {
+	var (
+		fe       *sandbox.FieldError
+		afe      *auth.FieldError
+		conflict *store.ConflictError
+		p        *Problem
+	)
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &p):
+		return p
+	case errors.As(err, &fe):
+		return newProblem(http.StatusBadRequest, "invalid_input", "validation failed: "+fe.Field+": "+fe.Message,
+			&huma.ErrorDetail{Location: "body." + fe.Field, Message: fe.Message})
+	case errors.As(err, &afe):
+		return newProblem(http.StatusBadRequest, "invalid_input", "validation failed: "+afe.Field+": "+afe.Message,
+			&huma.ErrorDetail{Location: "body." + afe.Field, Message: afe.Message})
+	case errors.As(err, &conflict):
+		return newProblem(http.StatusConflict, "conflict", conflict.Error())
+	case errors.Is(err, store.ErrNotFound):
+		return newProblem(http.StatusNotFound, "not_found", "sandbox not found")
+	case errors.Is(err, store.ErrLimit):
+		return newProblem(http.StatusTooManyRequests, "sandbox_limit", err.Error())
+	case errors.Is(err, store.ErrExhausted):
+		return newProblem(http.StatusServiceUnavailable, "subnet_exhausted", err.Error())
+	case errors.Is(err, store.ErrDuplicate):
+		return newProblem(http.StatusConflict, "conflict", err.Error())
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return newProblem(http.StatusUnauthorized, "unauthenticated", "authentication required")
+	case errors.Is(err, auth.ErrForbidden):
+		return newProblem(http.StatusForbidden, "forbidden", err.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return newProblem(http.StatusServiceUnavailable, "unavailable", "request cancelled or timed out")
+	default:
+		log.ErrorContext(ctx, "request failed", "err", err)
+		return newProblem(http.StatusInternalServerError, "internal", "internal error")
+	}
+}

@@ -1,0 +1,262 @@
+package config
+
+import (
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// EnvVar maps one environment variable onto one config key. The table behind
+// EnvVars drives loading, documentation, schema descriptions and redaction,
+// so a new variable is added in exactly one place.
+type EnvVar struct {
+	// Name is the environment variable, e.g. ATELIER_SERVER_PORT.
+	Name string
+	// Key is the dotted JSON key it sets, e.g. server.port.
+	Key string
+	// Secret values are replaced by Redacted and never echoed in errors.
+	Secret bool
+	// Description is the operator-facing meaning of the key.
+	Description string
+}
+
+// envTable lists each key's variables in priority order: when two variables
+// name the same key, the earlier one wins (ATELIER_REGISTRY_PORT over its
+// older alias ATELIER_VERDACCIO_PORT).
+var envTable = []EnvVar{
+	{Name: "ATELIER_BASE_DOMAIN", Key: "domain.baseDomain", Description: "Base domain, the root of every sandbox subdomain (e.g. example.com)."},
+	{Name: "ATELIER_DASHBOARD_DOMAIN", Key: "domain.dashboard", Description: "Dashboard host name; empty means sandbox.{baseDomain}."},
+	{Name: "ATELIER_HTTP_PORT", Key: "domain.httpPort", Description: "Port the edge (embedded Caddy) serves HTTP on."},
+	{Name: "ATELIER_HTTPS_PORT", Key: "domain.httpsPort", Description: "Port the edge (embedded Caddy) serves HTTPS on."},
+	{Name: "ATELIER_TLS_EMAIL", Key: "domain.tls.email", Description: "Account email for ACME / Let's Encrypt; required in production unless certPath and keyPath are set."},
+	{Name: "ATELIER_TLS_CERT_PATH", Key: "domain.tls.certPath", Description: "Path to a TLS certificate (set together with keyPath to skip ACME)."},
+	{Name: "ATELIER_TLS_KEY_PATH", Key: "domain.tls.keyPath", Description: "Path to the TLS private key (set together with certPath)."},
+	{Name: "ATELIER_SSH_PROXY_PORT", Key: "domain.ssh.port", Description: "SSH proxy listen port."},
+	{Name: "ATELIER_SSH_PROXY_HOSTNAME", Key: "domain.ssh.hostname", Description: "SSH proxy host name; empty means ssh.{baseDomain}."},
+	{Name: "ATELIER_GITHUB_CLIENT_ID", Key: "auth.github.clientId", Description: "GitHub OAuth app client ID; required in production."},
+	{Name: "ATELIER_GITHUB_CLIENT_SECRET", Key: "auth.github.clientSecret", Secret: true, Description: "GitHub OAuth app client secret; required in production."},
+	{Name: "ATELIER_GITHUB_WEB_URL", Key: "auth.github.webUrl", Description: "GitHub web base URL (GitHub Enterprise, or a local stand-in in tests)."},
+	{Name: "ATELIER_GITHUB_API_URL", Key: "auth.github.apiUrl", Description: "GitHub API base URL (GitHub Enterprise, or a local stand-in in tests)."},
+	{Name: "ATELIER_JWT_SECRET", Key: "auth.jwtSecret", Secret: true, Description: "Session signing secret; production requires a random value of at least 32 characters."},
+	{Name: "ATELIER_AUTH_ALLOWED_ORG", Key: "auth.allowedOrg", Description: "GitHub organization whose members may log in."},
+	{Name: "ATELIER_AUTH_ALLOWED_USERS", Key: "auth.allowedUsers", Description: "GitHub user names allowed to log in (comma-separated in the environment)."},
+	{Name: "ATELIER_SESSION_TTL_HOURS", Key: "auth.sessionTtlHours", Description: "Dashboard session lifetime in hours."},
+	{Name: "ATELIER_SERVER_MODE", Key: "server.mode", Description: "Runtime mode: production on a server, mock for local development. Required."},
+	{Name: "ATELIER_SERVER_HOST", Key: "server.host", Description: "Manager API bind host."},
+	{Name: "ATELIER_SERVER_PORT", Key: "server.port", Description: "Manager API port."},
+	{Name: "ATELIER_MAX_SANDBOXES", Key: "server.maxSandboxes", Description: "Maximum number of sandboxes that may exist at once."},
+	{Name: "ATELIER_SPAWN_CONCURRENCY", Key: "server.spawnConcurrency", Description: "How many sandbox creations run their boot steps at once."},
+	{Name: "ATELIER_DATA_DIR", Key: "server.dataDir", Description: "Manager data directory (SQLite database, Caddy storage, keys)."},
+	{Name: "ATELIER_SOCKET_PATH", Key: "server.socketPath", Description: "Root-only unix socket for the server CLI; empty means {dataDir}/atelier.sock."},
+	{Name: "ATELIER_LOG_LEVEL", Key: "server.logLevel", Description: "Log level: debug, info, warn or error."},
+	{Name: "ATELIER_BRIDGE_NAME", Key: "network.bridgeName", Description: "Host bridge device name."},
+	{Name: "ATELIER_BRIDGE_IP", Key: "network.bridgeIp", Description: "Bridge IPv4 address (host side, the guests' gateway)."},
+	{Name: "ATELIER_BRIDGE_PREFIX", Key: "network.bridgePrefix", Description: "Prefix length of the guest subnet."},
+	{Name: "ATELIER_GUEST_IP_START", Key: "network.guestIpStart", Description: "Host number of the first guest address inside the subnet (10 gives 172.16.0.10)."},
+	{Name: "ATELIER_DNS_SERVERS", Key: "network.dnsServers", Description: "DNS servers written into guests' resolv.conf (comma-separated in the environment)."},
+	{Name: "ATELIER_SANDBOX_RUNTIME", Key: "sandbox.runtime", Description: "Sandbox runtime: firecracker or container."},
+	{Name: "ATELIER_DEFAULT_IMAGE", Key: "sandbox.defaultImage", Description: "Image used when a sandbox names none."},
+	{Name: "ATELIER_IMAGES_DIR", Key: "sandbox.imagesDirectory", Description: "Directory holding the image definitions."},
+	{Name: "ATELIER_STATE_DIR", Key: "sandbox.stateDir", Description: "Root of the sandbox host paths (sockets, overlays, snapshots, images)."},
+	{Name: "ATELIER_LOG_DIR", Key: "sandbox.logDir", Description: "Sandbox log directory."},
+	{Name: "ATELIER_GIT_EMAIL", Key: "sandbox.git.email", Description: "Git author email configured inside sandboxes."},
+	{Name: "ATELIER_GIT_NAME", Key: "sandbox.git.name", Description: "Git author name configured inside sandboxes."},
+	{Name: "ATELIER_VSCODE_PORT", Key: "advanced.vm.vscode.port", Description: "code-server port inside the guest."},
+	{Name: "ATELIER_VERSION_CODE_SERVER", Key: "advanced.vm.vscode.version", Description: "code-server version installed in images."},
+	{Name: "ATELIER_OPENCODE_PORT", Key: "advanced.vm.opencode.port", Description: "OpenCode port inside the guest."},
+	{Name: "ATELIER_VERSION_OPENCODE", Key: "advanced.vm.opencode.version", Description: "OpenCode version installed in images."},
+	{Name: "ATELIER_BROWSER_PORT", Key: "advanced.vm.browser.port", Description: "Browser (KasmVNC websocket) port inside the guest."},
+	{Name: "ATELIER_TERMINAL_PORT", Key: "advanced.vm.terminal.port", Description: "Terminal websocket port inside the guest."},
+	{Name: "ATELIER_AGENT_PORT", Key: "advanced.vm.agent.port", Description: "Guest agent vsock port."},
+	{Name: "ATELIER_REGISTRY_PORT", Key: "advanced.server.verdaccio.port", Description: "npm registry cache (Verdaccio) port on the host."},
+	{Name: "ATELIER_VERDACCIO_PORT", Key: "advanced.server.verdaccio.port", Description: "Older alias of ATELIER_REGISTRY_PORT, which wins when both are set."},
+	{Name: "ATELIER_VERSION_VERDACCIO", Key: "advanced.server.verdaccio.version", Description: "Verdaccio version the manager runs."},
+	{Name: "ATELIER_VERSION_SSH_PROXY", Key: "advanced.server.sshProxy.version", Description: "SSH proxy release version."},
+	{Name: "ATELIER_VERSION_FIRECRACKER", Key: "advanced.server.firecracker.version", Description: "Firecracker version installed on the host."},
+	{Name: "ATELIER_FIRECRACKER_BIN", Key: "advanced.server.firecracker.binaryPath", Description: "Firecracker binary path."},
+	{Name: "ATELIER_JAILER_BIN", Key: "advanced.server.firecracker.jailerPath", Description: "Firecracker jailer binary path."},
+	{Name: "ATELIER_KERNEL_PATH", Key: "advanced.server.firecracker.kernelPath", Description: "Guest kernel image path."},
+}
+
+// EnvVars returns every environment variable Load reads besides
+// ATELIER_CONFIG, in priority order per key.
+func EnvVars() []EnvVar { return slices.Clone(envTable) }
+
+// envFor returns the primary environment variable of a key, or "".
+func envFor(key string) string {
+	for _, e := range envTable {
+		if e.Key == key {
+			return e.Name
+		}
+	}
+	return ""
+}
+
+// envNamesFor returns all variables of a key, primary first.
+func envNamesFor(key string) []string {
+	var names []string
+	for _, e := range envTable {
+		if e.Key == key {
+			names = append(names, e.Name)
+		}
+	}
+	return names
+}
+
+// rule holds the constraints of one key that are simple enough to share
+// between Validate and Schema; anything relational lives in validate.go.
+type rule struct {
+	key string
+	// desc documents keys that have no environment variable (the others are
+	// described in envTable).
+	desc     string
+	min, max *int
+	enum     []string
+	// unset replaces the enum message when the value is empty.
+	unset    string
+	format   string
+	minItems int
+	// derived keys are computed from others and cannot be set to anything else.
+	derived bool
+}
+
+var portMin, portMax = 1, 65535
+
+var rules = []rule{
+	{key: "domain.baseDomain", format: "hostname"},
+	{key: "domain.dashboard", format: "hostname"},
+	{key: "domain.ssh.hostname", format: "hostname"},
+	{key: "domain.tls.email", format: "email"},
+	{key: "auth.github.webUrl", format: "uri"},
+	{key: "auth.github.apiUrl", format: "uri"},
+	{key: "auth.sessionTtlHours", min: new(1), max: new(8760)},
+	{key: "server.mode", enum: []string{string(ModeProduction), string(ModeMock)},
+		unset: `is not set; set "server": {"mode": "mock"} in the config file or ATELIER_SERVER_MODE=mock for local development ("production" on a server)`},
+	{key: "server.maxSandboxes", min: new(1), max: new(1000)},
+	{key: "server.spawnConcurrency", min: new(1), max: new(64)},
+	{key: "server.logLevel", enum: []string{"debug", "info", "warn", "error"}},
+	{key: "network.bridgeIp", format: "ipv4"},
+	{key: "network.bridgePrefix", min: new(16), max: new(30)},
+	{key: "network.guestIpStart", min: new(2), max: new(65534)},
+	{key: "network.dnsServers", minItems: 1},
+	{key: "network.guestSubnet", derived: true,
+		desc: "Derived: the first three octets of the network address for a /24 (172.16.0), else the network address. May only be stated with the derived value."},
+	{key: "network.bridgeCidr", derived: true,
+		desc: "Derived: network address/prefix (172.16.0.0/24). May only be stated with the derived value."},
+	{key: "network.bridgeNetmask", derived: true,
+		desc: "Derived: dotted netmask of bridgePrefix (255.255.255.0). May only be stated with the derived value."},
+	{key: "sandbox.runtime", enum: []string{"firecracker", "container"}},
+	{key: "sandbox.defaultVcpus", min: new(1), max: new(32), desc: "vCPUs of a sandbox that asks for none."},
+	{key: "sandbox.defaultMemoryMb", min: new(128), desc: "Memory in MiB of a sandbox that asks for none."},
+	{key: "setup.storage.method", enum: []string{"", "loop", "device", "lvm", "file"},
+		desc: "Storage backend the CLI sets up; empty means ask interactively."},
+	{key: "setup.storage.loopSizeGb", min: new(0),
+		desc: "Size of the loop-backed pool in GiB; 0 means unset (the CLI asks), otherwise at least 10."},
+	{key: "setup.storage.device", desc: "Block device the CLI uses when method is device."},
+	{key: "setup.network.onExists", enum: []string{"", "status", "recreate"},
+		desc: "What the CLI's network setup does when the bridge exists; empty means ask."},
+}
+
+var ruleIndex = sync.OnceValue(func() map[string]rule {
+	m := make(map[string]rule, len(rules))
+	for _, r := range rules {
+		m[r.key] = r
+	}
+	return m
+})
+
+// ruleFor returns the constraints of a key. Every integer key named port
+// gets the TCP range, so a new port cannot be forgotten.
+func ruleFor(key string) rule {
+	r, ok := ruleIndex()[key]
+	if !ok {
+		r = rule{key: key}
+	}
+	if isPortKey(key) && r.min == nil && r.max == nil {
+		r.min, r.max = &portMin, &portMax
+	}
+	return r
+}
+
+func isPortKey(key string) bool {
+	last := key[strings.LastIndexByte(key, '.')+1:]
+	return last == "port" || strings.HasSuffix(last, "Port")
+}
+
+// leaf is one settable value (string, integer or list) in the key tree.
+type leaf struct {
+	key   string
+	index []int
+	typ   reflect.Type
+}
+
+func (l leaf) value(c *Config) reflect.Value {
+	return reflect.ValueOf(c).Elem().FieldByIndex(l.index)
+}
+
+var leaves = sync.OnceValue(func() []leaf {
+	var out []leaf
+	walkLeaves(reflect.TypeFor[Config](), "", nil, &out)
+	return out
+})
+
+func walkLeaves(t reflect.Type, prefix string, index []int, out *[]leaf) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name := jsonName(f)
+		if name == "" {
+			continue
+		}
+		key := joinKey(prefix, name)
+		idx := append(slices.Clone(index), i)
+		if f.Type.Kind() == reflect.Struct {
+			walkLeaves(f.Type, key, idx, out)
+			continue
+		}
+		*out = append(*out, leaf{key: key, index: idx, typ: f.Type})
+	}
+}
+
+func leafByKey(key string) (leaf, bool) {
+	for _, l := range leaves() {
+		if l.key == key {
+			return l, true
+		}
+	}
+	return leaf{}, false
+}
+
+// jsonName is the key encoding/json uses for a field, or "" when skipped.
+func jsonName(f reflect.StructField) string {
+	if !f.IsExported() {
+		return ""
+	}
+	name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+	switch name {
+	case "-":
+		return ""
+	case "":
+		return f.Name
+	}
+	return name
+}
+
+// fieldByJSONName finds a struct field by its exact JSON key; encoding/json
+// would also accept other letter cases, which would hide typos.
+func fieldByJSONName(t reflect.Type, name string) (reflect.StructField, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if jsonName(f) == name {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+func joinKey(prefix, name string) string {
+	if prefix == "" {
+		return name
+	}
+	return prefix + "." + name
+}

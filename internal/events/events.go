@@ -1,0 +1,201 @@
+// Package events is the manager's event bus: every sandbox state change is
+// persisted in the store (so SSE clients can resume with Last-Event-ID) and
+// then fanned out to in-process subscribers.
+//
+// An SSE handler must not lose or repeat events between its replay and the
+// live stream. The pattern:
+//
+//	live, cancel := bus.Subscribe() // 1. subscribe first
+//	defer cancel()
+//	past, gap, err := bus.Replay(ctx, lastEventID, limit) // 2. then replay
+//	// gap: lastEventID is older than the retained history; tell the client to resync.
+//	last := lastEventID
+//	for _, ev := range past { send(ev); last = ev.ID }
+//	for ev := range live { // 3. skip what the replay already sent
+//		if ev.ID <= last { continue }
+//		send(ev); last = ev.ID
+//	}
+//
+// It works because Publish persists an event before fanning it out: an event
+// fanned out before Subscribe returned is already in the store when Replay
+// reads it, and one fanned out later reaches the channel. Publishers are
+// serialized, so live events arrive in increasing id order. If Replay returns
+// limit events, page with Replay(ctx, last, limit) until fewer come back.
+//
+// A subscriber that does not keep up is dropped: its channel is closed, and
+// the client resumes from its last id. One slow SSE client never stalls the
+// lifecycle that publishes.
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"atelier/internal/store"
+)
+
+// Event types.
+const (
+	SandboxCreated = "sandbox.created"
+	SandboxUpdated = "sandbox.updated"
+	SandboxDeleted = "sandbox.deleted"
+)
+
+const (
+	// Keep is how many events the store retains for replay.
+	Keep = 10000
+	// TrimEvery is how often Run trims the event table.
+	TrimEvery = time.Minute
+	// SubscriberBuffer is how many undelivered events a subscriber may hold
+	// before it is dropped.
+	SubscriberBuffer = 256
+	// DefaultReplayLimit applies when Replay is asked for limit <= 0.
+	DefaultReplayLimit = 1000
+)
+
+// Bus persists and fans out events.
+type Bus struct {
+	st  *store.Store
+	log *slog.Logger
+
+	// pub serializes persist+fan-out so subscribers see ids in increasing
+	// order; subscribers never wait on it.
+	pub sync.Mutex
+
+	mu   sync.Mutex
+	subs map[*subscriber]struct{}
+
+	buf   int
+	keep  int
+	every time.Duration
+}
+
+type subscriber struct {
+	ch chan store.Event
+}
+
+// New returns a bus persisting into st.
+func New(st *store.Store, log *slog.Logger) *Bus {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Bus{
+		st:    st,
+		log:   log,
+		subs:  map[*subscriber]struct{}{},
+		buf:   SubscriberBuffer,
+		keep:  Keep,
+		every: TrimEvery,
+	}
+}
+
+// Publish persists an event, then hands it to every subscriber without
+// blocking. data is encoded as JSON.
+func (b *Bus) Publish(ctx context.Context, typ, sandboxID string, data any) (store.Event, error) {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return store.Event{}, fmt.Errorf("encode %s event: %w", typ, err)
+	}
+	b.pub.Lock()
+	defer b.pub.Unlock()
+	ev, err := b.st.AppendEvent(ctx, store.Event{Type: typ, SandboxID: sandboxID, Data: raw})
+	if err != nil {
+		return store.Event{}, fmt.Errorf("persist %s event: %w", typ, err)
+	}
+	b.fanOut(ev)
+	return ev, nil
+}
+
+func (b *Bus) fanOut(ev store.Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for s := range b.subs {
+		select {
+		case s.ch <- ev:
+		default:
+			delete(b.subs, s)
+			close(s.ch)
+			b.log.Warn("event subscriber dropped: buffer full", "event_id", ev.ID, "buffer", cap(s.ch))
+		}
+	}
+}
+
+// Subscribe returns a channel of live events and a cancel func (idempotent)
+// that unsubscribes and closes the channel. The channel is also closed when
+// the subscriber falls behind by more than SubscriberBuffer events.
+func (b *Bus) Subscribe() (<-chan store.Event, func()) {
+	s := &subscriber{ch: make(chan store.Event, b.buf)}
+	b.mu.Lock()
+	b.subs[s] = struct{}{}
+	b.mu.Unlock()
+	return s.ch, func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if _, ok := b.subs[s]; ok {
+			delete(b.subs, s)
+			close(s.ch)
+		}
+	}
+}
+
+// Subscribers reports how many subscribers are attached.
+func (b *Bus) Subscribers() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.subs)
+}
+
+// Replay returns up to limit retained events with id > afterID, oldest first.
+// gap is true when events after afterID have been trimmed away, so the client
+// cannot catch up by replay and must refetch its state. afterID 0 means "from
+// the oldest retained event" and never reports a gap.
+func (b *Bus) Replay(ctx context.Context, afterID int64, limit int) ([]store.Event, bool, error) {
+	if limit <= 0 {
+		limit = DefaultReplayLimit
+	}
+	evs, err := b.st.EventsSince(ctx, afterID, limit)
+	if err != nil {
+		return nil, false, fmt.Errorf("replay events after %d: %w", afterID, err)
+	}
+	if afterID <= 0 {
+		return evs, false, nil
+	}
+	// Read the oldest id after the events: a trim in between reports a gap
+	// (a needless resync at worst), never hides one.
+	oldest, err := b.st.OldestEventID(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("replay events: oldest id: %w", err)
+	}
+	// Ids are contiguous, so afterID+1 is the next event the client needs;
+	// an empty table with a position means the history is gone.
+	gap := oldest == 0 || afterID+1 < oldest
+	return evs, gap, nil
+}
+
+// Trim keeps the newest Keep events.
+func (b *Bus) Trim(ctx context.Context) error {
+	if err := b.st.TrimEvents(ctx, b.keep); err != nil {
+		return fmt.Errorf("trim events: %w", err)
+	}
+	return nil
+}
+
+// Run trims the event table at start and every TrimEvery until ctx is done.
+func (b *Bus) Run(ctx context.Context) {
+	t := time.NewTicker(b.every)
+	defer t.Stop()
+	for {
+		if err := b.Trim(ctx); err != nil && ctx.Err() == nil {
+			b.log.Warn("trim events", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,134 @@
+package sandbox
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// op is an in-flight create job or start, cancellable by Destroy.
+type op struct {
+	id       string
+	ctx      context.Context
+	cancel   context.CancelFunc
+	done     chan struct{}
+	enqueued time.Time
+}
+
+// queue is the spawn queue: a FIFO that never blocks the pusher. Its length
+// is bounded by server.maxSandboxes because every queued job is a creating
+// row that counts against the limit.
+type queue struct {
+	mu    sync.Mutex
+	items []*op
+	wake  chan struct{}
+	depth func(int)
+}
+
+func newQueue(depth func(int)) *queue {
+	return &queue{wake: make(chan struct{}, 1), depth: depth}
+}
+
+func (q *queue) push(j *op) {
+	q.mu.Lock()
+	q.items = append(q.items, j)
+	q.depth(len(q.items))
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *queue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pop waits for a job; false once ctx is done, even with jobs left (they stay
+// creating for the next start-up to settle).
+func (q *queue) pop(ctx context.Context) (*op, bool) {
+	for {
+		if ctx.Err() != nil {
+			return nil, false
+		}
+		q.mu.Lock()
+		if len(q.items) > 0 {
+			j := q.items[0]
+			q.items[0] = nil
+			q.items = q.items[1:]
+			more := len(q.items) > 0
+			q.depth(len(q.items))
+			q.mu.Unlock()
+			if more {
+				// One wake-up may stand for several pushes: pass it on so
+				// idle workers pick up the rest.
+				q.signal()
+			}
+			return j, true
+		}
+		q.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-q.wake:
+		}
+	}
+}
+
+// remove takes a job out of the queue; false when a worker already has it.
+func (q *queue) remove(j *op) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, it := range q.items {
+		if it == j {
+			q.items = append(q.items[:i], q.items[i+1:]...)
+			q.depth(len(q.items))
+			return true
+		}
+	}
+	return false
+}
+
+// keyedMutex serializes operations per sandbox id.
+type keyedMutex struct {
+	mu sync.Mutex
+	m  map[string]*keyLock
+}
+
+type keyLock struct {
+	ch   chan struct{}
+	refs int
+}
+
+func (k *keyedMutex) lock(ctx context.Context, id string) (func(), error) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*keyLock{}
+	}
+	l := k.m[id]
+	if l == nil {
+		l = &keyLock{ch: make(chan struct{}, 1)}
+		k.m[id] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+	select {
+	case l.ch <- struct{}{}:
+		return func() {
+			<-l.ch
+			k.release(id, l)
+		}, nil
+	case <-ctx.Done():
+		k.release(id, l)
+		return nil, ctx.Err()
+	}
+}
+
+func (k *keyedMutex) release(id string, l *keyLock) {
+	k.mu.Lock()
+	l.refs--
+	if l.refs == 0 {
+		delete(k.m, id)
+	}
+	k.mu.Unlock()
+}

@@ -1,0 +1,240 @@
+// Package server wires the manager together: store, services, API, the TCP
+// listener and the root-only unix socket, and a graceful shutdown that drains
+// requests without touching running sandboxes.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"atelier/internal/api"
+	"atelier/internal/auth"
+	"atelier/internal/config"
+	"atelier/internal/events"
+	"atelier/internal/metrics"
+	netmock "atelier/internal/network/mock"
+	rtmock "atelier/internal/runtime/mock"
+	"atelier/internal/sandbox"
+	stmock "atelier/internal/storage/mock"
+	"atelier/internal/store"
+)
+
+// Version is set at build time with -ldflags "-X atelier/internal/server.Version=...".
+var Version = "dev"
+
+// Server is a running manager.
+type Server struct {
+	Config    *config.Config
+	Store     *store.Store
+	Sandboxes *sandbox.Service
+	Auth      *auth.Service
+	Bus       *events.Bus
+	API       *api.Server
+	Log       *slog.Logger
+
+	tcp      net.Listener
+	unix     net.Listener
+	httpSrv  *http.Server
+	unixSrv  *http.Server
+	bg       sync.WaitGroup
+	cancelBG context.CancelFunc
+}
+
+// Options adjust a server for tests.
+type Options struct {
+	Log        *slog.Logger
+	Drivers    *sandbox.Drivers // nil: chosen from the config
+	AuthOpts   []auth.Option
+	NoUnixSock bool
+}
+
+// drivers picks the runtime, network and storage implementations.
+func drivers(cfg *config.Config) (sandbox.Drivers, error) {
+	if cfg.Server.Mode == config.ModeMock {
+		return sandbox.Drivers{
+			Runtime: rtmock.New(),
+			Network: netmock.New(),
+			Volumes: stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays")),
+		}, nil
+	}
+	return sandbox.Drivers{}, fmt.Errorf("sandbox.runtime %q: the host drivers are not built yet; run with server.mode \"mock\" (ATELIER_SERVER_MODE=mock)", cfg.Sandbox.Runtime)
+}
+
+// New opens the store and builds every service; it binds nothing yet.
+func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	drv := opts.Drivers
+	if drv == nil {
+		d, err := drivers(cfg)
+		if err != nil {
+			return nil, err
+		}
+		drv = &d
+	}
+	st, err := store.Open(ctx, cfg.Server.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	m := metrics.New()
+	bus := events.New(st, log)
+	sbx := sandbox.New(cfg, st, bus, m, *drv, log)
+	au := auth.New(cfg, st, append([]auth.Option{auth.WithLogger(log)}, opts.AuthOpts...)...)
+	a := api.New(api.Deps{
+		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
+		Version: Version, Started: time.Now(),
+	})
+	return &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, API: a, Log: log}, nil
+}
+
+// Listen binds the TCP address and, unless disabled, the unix socket.
+func (s *Server) Listen(noUnix bool) error {
+	l, err := net.Listen("tcp", s.Config.ManagerAddr())
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.Config.ManagerAddr(), err)
+	}
+	s.tcp = l
+	if noUnix {
+		return nil
+	}
+	path := s.Config.Server.SocketPath
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		l.Close()
+		return fmt.Errorf("create socket dir: %w", err)
+	}
+	// A socket left by a crashed manager would make Listen fail; nothing else
+	// owns this path, so removing it is safe.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		l.Close()
+		return fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	ul, err := net.Listen("unix", path)
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ul.Close()
+		l.Close()
+		return fmt.Errorf("restrict socket %s: %w", path, err)
+	}
+	s.unix = ul
+	return nil
+}
+
+// Addr is the bound TCP address.
+func (s *Server) Addr() string { return s.tcp.Addr().String() }
+
+// Serve runs until ctx is cancelled, then drains requests and returns. Sandboxes keep running.
+func (s *Server) Serve(ctx context.Context) error {
+	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancelBG = cancel
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.Sandboxes.Run(bgCtx) }()
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.Bus.Run(bgCtx) }()
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.sweep(bgCtx) }()
+
+	h := s.API.Handler()
+	s.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.Log.Handler(), slog.LevelWarn)}
+	errc := make(chan error, 2)
+	go func() { errc <- s.httpSrv.Serve(s.tcp) }()
+	if s.unix != nil {
+		s.unixSrv = &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+				if trustedPeer(c) {
+					return auth.ContextWithTrustedSocket(ctx)
+				}
+				return ctx
+			},
+		}
+		go func() { errc <- s.unixSrv.Serve(s.unix) }()
+	}
+	s.Log.Info("manager listening", "addr", s.Addr(), "socket", s.Config.Server.SocketPath, "mode", s.Config.Server.Mode, "version", Version)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.shutdown()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (s *Server) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if s.httpSrv != nil {
+		_ = s.httpSrv.Shutdown(ctx)
+	}
+	if s.unixSrv != nil {
+		_ = s.unixSrv.Shutdown(ctx)
+		_ = os.Remove(s.Config.Server.SocketPath)
+	}
+	if s.cancelBG != nil {
+		s.cancelBG()
+	}
+	s.bg.Wait()
+	if err := s.Store.Close(); err != nil {
+		s.Log.Warn("close store", "err", err)
+	}
+	s.Log.Info("manager stopped")
+}
+
+// sweep runs periodic housekeeping.
+func (s *Server) sweep(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if err := s.Auth.SweepExpired(ctx); err != nil && ctx.Err() == nil {
+			s.Log.Warn("sweep expired sessions", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// trustedPeer admits root, or the manager's own user, on the unix socket:
+// the socket file is 0600 already; the credential check keeps it safe even if
+// someone loosens the file mode.
+func trustedPeer(c net.Conn) bool {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return false
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil || cerr != nil {
+		return false
+	}
+	return cred.Uid == 0 || int(cred.Uid) == os.Getuid()
+}

@@ -1,0 +1,119 @@
+// Package mock is the mock-mode volume store: it computes the seed's
+// overlay paths and tracks clones in memory, writing nothing.
+package mock
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"sync"
+
+	"atelier/internal/ids"
+)
+
+// Operation names for FailNext.
+const (
+	OpClone  = "clone"
+	OpDelete = "delete"
+)
+
+var imageRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// Volume is one tracked clone.
+type Volume struct {
+	Image string
+	Path  string
+}
+
+// Volumes is an in-memory sandbox.Volumes, safe for concurrent use.
+type Volumes struct {
+	dir  string
+	mu   sync.Mutex
+	vols map[string]Volume
+	fail map[string]error
+}
+
+// New returns a volume store whose clones would live in dir (the seed's
+// /var/lib/sandbox/overlays).
+func New(dir string) *Volumes {
+	return &Volumes{dir: dir, vols: map[string]Volume{}, fail: map[string]error{}}
+}
+
+// FailNext makes the next call of op return err.
+func (v *Volumes) FailNext(op string, err error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.fail[op] = err
+}
+
+func (v *Volumes) takeFailure(op string) error {
+	if err, ok := v.fail[op]; ok {
+		delete(v.fail, op)
+		return err
+	}
+	return nil
+}
+
+// Path is where the sandbox's volume lives: <dir>/<id>.ext4.
+func (v *Volumes) Path(id string) string { return filepath.Join(v.dir, id+".ext4") }
+
+// Clone records the sandbox's volume; an existing one is returned as is.
+func (v *Volumes) Clone(ctx context.Context, image, id string) (string, error) {
+	// Both end up in a path: check them here, as a real driver must.
+	if !ids.ValidSandboxID(id) {
+		return "", fmt.Errorf("clone: invalid sandbox id %q", id)
+	}
+	if !imageRe.MatchString(image) {
+		return "", fmt.Errorf("clone %s: invalid image %q", id, image)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", fmt.Errorf("clone %s: %w", id, err)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.takeFailure(OpClone); err != nil {
+		return "", fmt.Errorf("clone %s: %w", id, err)
+	}
+	if vol, ok := v.vols[id]; ok {
+		return vol.Path, nil
+	}
+	vol := Volume{Image: image, Path: v.Path(id)}
+	v.vols[id] = vol
+	return vol.Path, nil
+}
+
+// Delete forgets the volume; an absent one is already gone.
+func (v *Volumes) Delete(ctx context.Context, id string) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.takeFailure(OpDelete); err != nil {
+		return fmt.Errorf("delete volume %s: %w", id, err)
+	}
+	delete(v.vols, id)
+	return nil
+}
+
+// Volumes returns the tracked volumes by sandbox id.
+func (v *Volumes) Volumes() map[string]Volume {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make(map[string]Volume, len(v.vols))
+	for id, vol := range v.vols {
+		out[id] = vol
+	}
+	return out
+}
+
+// IDs lists the sandbox ids with a volume, sorted.
+func (v *Volumes) IDs() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make([]string, 0, len(v.vols))
+	for id := range v.vols {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,346 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"atelier/internal/ids"
+)
+
+// userIDLen matches sandbox ids: short enough for logs, 62 bits of entropy.
+const userIDLen = 12
+
+const userCols = `id, github_id, login, name, avatar_url, created_at, updated_at`
+
+func scanUser(r rowScanner) (User, error) {
+	var (
+		u          User
+		gh         sql.NullInt64
+		cAt, uAt   string
+		name, avat string
+	)
+	if err := r.Scan(&u.ID, &gh, &u.Login, &name, &avat, &cAt, &uAt); err != nil {
+		return User{}, err
+	}
+	u.GitHubID, u.Name, u.AvatarURL = gh.Int64, name, avat
+	var err error
+	if u.CreatedAt, err = parseTime(cAt); err != nil {
+		return User{}, err
+	}
+	if u.UpdatedAt, err = parseTime(uAt); err != nil {
+		return User{}, err
+	}
+	return u, nil
+}
+
+// UpsertGitHubUser inserts or refreshes the user with u.GitHubID. On first
+// insert the ID is u.ID, or a fresh one when empty; later calls keep the
+// stored ID and CreatedAt and update login, name and avatar.
+func (s *Store) UpsertGitHubUser(ctx context.Context, u User) (User, error) {
+	if u.GitHubID == 0 {
+		return User{}, errors.New("upsert github user: missing github id")
+	}
+	if u.ID == "" {
+		u.ID = ids.New(userIDLen)
+	}
+	now := s.now()
+	u.CreatedAt = s.orNow(u.CreatedAt)
+	u.UpdatedAt = now.UTC()
+	row := s.w.QueryRowContext(ctx, `INSERT INTO users (`+userCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (github_id) DO UPDATE SET
+			login = excluded.login, name = excluded.name,
+			avatar_url = excluded.avatar_url, updated_at = excluded.updated_at
+		RETURNING `+userCols,
+		u.ID, u.GitHubID, u.Login, u.Name, u.AvatarURL, fmtTime(u.CreatedAt), fmtTime(u.UpdatedAt))
+	out, err := scanUser(row)
+	if err != nil {
+		if isUnique(err) {
+			return User{}, fmt.Errorf("upsert github user %d: id %s: %w", u.GitHubID, u.ID, ErrDuplicate)
+		}
+		return User{}, fmt.Errorf("upsert github user %d: %w", u.GitHubID, err)
+	}
+	return out, nil
+}
+
+// EnsureUser inserts u when no user has u.ID and returns the stored row
+// either way; an existing row is not modified.
+func (s *Store) EnsureUser(ctx context.Context, u User) (User, error) {
+	if u.ID == "" {
+		return User{}, errors.New("ensure user: missing id")
+	}
+	u.CreatedAt = s.orNow(u.CreatedAt)
+	u.UpdatedAt = s.orNow(u.UpdatedAt)
+	var gh any
+	if u.GitHubID != 0 {
+		gh = u.GitHubID
+	}
+	var out User
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO users (`+userCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (id) DO NOTHING`,
+			u.ID, gh, u.Login, u.Name, u.AvatarURL, fmtTime(u.CreatedAt), fmtTime(u.UpdatedAt)); err != nil {
+			return err
+		}
+		var err error
+		out, err = scanUser(tx.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE id = ?`, u.ID))
+		return err
+	})
+	if err != nil {
+		if isUnique(err) {
+			return User{}, fmt.Errorf("ensure user %s: github id %d: %w", u.ID, u.GitHubID, ErrDuplicate)
+		}
+		return User{}, fmt.Errorf("ensure user %s: %w", u.ID, err)
+	}
+	return out, nil
+}
+
+// GetUser returns the user with id, or ErrNotFound.
+func (s *Store) GetUser(ctx context.Context, id string) (User, error) {
+	u, err := scanUser(s.r.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return User{}, fmt.Errorf("get user %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return User{}, fmt.Errorf("get user %s: %w", id, err)
+	}
+	return u, nil
+}
+
+// CreateSession stores a new session. CreatedAt defaults to now.
+func (s *Store) CreateSession(ctx context.Context, sess Session) error {
+	if sess.ID == "" || sess.UserID == "" {
+		return errors.New("create session: missing id or user id")
+	}
+	_, err := s.w.ExecContext(ctx, `INSERT INTO sessions (id, user_id, created_at, expires_at, revoked_at)
+		VALUES (?, ?, ?, ?, ?)`,
+		sess.ID, sess.UserID, fmtTime(s.orNow(sess.CreatedAt)), fmtTime(sess.ExpiresAt), fmtTimePtr(sess.RevokedAt))
+	switch {
+	case isUnique(err):
+		return fmt.Errorf("create session: %w", ErrDuplicate)
+	case err != nil:
+		return fmt.Errorf("create session for user %s: %w", sess.UserID, err)
+	}
+	return nil
+}
+
+// GetSession returns the session with id, including revoked or expired
+// ones: the caller decides with Session.Valid.
+func (s *Store) GetSession(ctx context.Context, id string) (Session, error) {
+	var (
+		sess     Session
+		cAt, eAt string
+		rAt      sql.NullString
+	)
+	err := s.r.QueryRowContext(ctx, `SELECT id, user_id, created_at, expires_at, revoked_at
+		FROM sessions WHERE id = ?`, id).Scan(&sess.ID, &sess.UserID, &cAt, &eAt, &rAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Session{}, fmt.Errorf("get session: %w", ErrNotFound)
+	}
+	if err != nil {
+		return Session{}, fmt.Errorf("get session: %w", err)
+	}
+	if sess.CreatedAt, err = parseTime(cAt); err != nil {
+		return Session{}, fmt.Errorf("get session: %w", err)
+	}
+	if sess.ExpiresAt, err = parseTime(eAt); err != nil {
+		return Session{}, fmt.Errorf("get session: %w", err)
+	}
+	if sess.RevokedAt, err = parseTimePtr(rAt); err != nil {
+		return Session{}, fmt.Errorf("get session: %w", err)
+	}
+	return sess, nil
+}
+
+// RevokeSession marks the session revoked at now. Revoking an already
+// revoked session succeeds and keeps the first revocation time; an unknown
+// id is ErrNotFound.
+func (s *Store) RevokeSession(ctx context.Context, id string, now time.Time) error {
+	res, err := s.w.ExecContext(ctx, `UPDATE sessions SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`,
+		fmtTime(now), id)
+	if err != nil {
+		return fmt.Errorf("revoke session: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("revoke session: %w", ErrNotFound)
+	}
+	return nil
+}
+
+// DeleteExpiredSessions removes sessions whose expiry is at or before now
+// and returns how many were removed.
+func (s *Store) DeleteExpiredSessions(ctx context.Context, now time.Time) (int64, error) {
+	res, err := s.w.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at <= ?`, fmtTime(now))
+	if err != nil {
+		return 0, fmt.Errorf("delete expired sessions: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("delete expired sessions: %w", err)
+	}
+	return n, nil
+}
+
+// PutOAuthState records a pending OAuth login.
+func (s *Store) PutOAuthState(ctx context.Context, st OAuthState) error {
+	if st.State == "" {
+		return errors.New("put oauth state: empty state")
+	}
+	_, err := s.w.ExecContext(ctx, `INSERT INTO oauth_states (state, verifier, return_to, expires_at)
+		VALUES (?, ?, ?, ?)`, st.State, st.Verifier, st.ReturnTo, fmtTime(st.ExpiresAt))
+	switch {
+	case isUnique(err):
+		return fmt.Errorf("put oauth state: %w", ErrDuplicate)
+	case err != nil:
+		return fmt.Errorf("put oauth state: %w", err)
+	}
+	return nil
+}
+
+// TakeOAuthState consumes a state: it is deleted whatever the outcome, so a
+// state can be used at most once. Missing or expired states are
+// ErrNotFound. Other expired states are swept in the same transaction so
+// abandoned logins do not accumulate.
+func (s *Store) TakeOAuthState(ctx context.Context, state string, now time.Time) (OAuthState, error) {
+	var (
+		out OAuthState
+		eAt string
+	)
+	nowS := fmtTime(now)
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		err := tx.QueryRowContext(ctx, `DELETE FROM oauth_states WHERE state = ?
+			RETURNING state, verifier, return_to, expires_at`, state).
+			Scan(&out.State, &out.Verifier, &out.ReturnTo, &eAt)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM oauth_states WHERE expires_at <= ?`, nowS); err != nil {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return OAuthState{}, fmt.Errorf("take oauth state: %w", err)
+	}
+	if out.ExpiresAt, err = parseTime(eAt); err != nil {
+		return OAuthState{}, fmt.Errorf("take oauth state: %w", err)
+	}
+	if !now.Before(out.ExpiresAt) {
+		return OAuthState{}, fmt.Errorf("take oauth state: expired: %w", ErrNotFound)
+	}
+	return out, nil
+}
+
+const tokenCols = `id, user_id, name, prefix, hash, created_at, last_used_at, expires_at, revoked_at`
+
+func scanToken(r rowScanner) (APIToken, error) {
+	var (
+		t             APIToken
+		cAt           string
+		lAt, eAt, rAt sql.NullString
+	)
+	if err := r.Scan(&t.ID, &t.UserID, &t.Name, &t.Prefix, &t.Hash, &cAt, &lAt, &eAt, &rAt); err != nil {
+		return APIToken{}, err
+	}
+	var err error
+	if t.CreatedAt, err = parseTime(cAt); err != nil {
+		return APIToken{}, err
+	}
+	if t.LastUsedAt, err = parseTimePtr(lAt); err != nil {
+		return APIToken{}, err
+	}
+	if t.ExpiresAt, err = parseTimePtr(eAt); err != nil {
+		return APIToken{}, err
+	}
+	if t.RevokedAt, err = parseTimePtr(rAt); err != nil {
+		return APIToken{}, err
+	}
+	return t, nil
+}
+
+// CreateAPIToken stores a token. Hash is the SHA-256 of the secret; the
+// secret itself is never stored. CreatedAt defaults to now.
+func (s *Store) CreateAPIToken(ctx context.Context, t APIToken) error {
+	if t.ID == "" || t.UserID == "" || len(t.Hash) == 0 {
+		return errors.New("create api token: missing id, user id or hash")
+	}
+	_, err := s.w.ExecContext(ctx, `INSERT INTO api_tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, t.UserID, t.Name, t.Prefix, t.Hash, fmtTime(s.orNow(t.CreatedAt)),
+		fmtTimePtr(t.LastUsedAt), fmtTimePtr(t.ExpiresAt), fmtTimePtr(t.RevokedAt))
+	switch {
+	case isUnique(err):
+		return fmt.Errorf("create api token: %w", ErrDuplicate)
+	case err != nil:
+		return fmt.Errorf("create api token for user %s: %w", t.UserID, err)
+	}
+	return nil
+}
+
+// ListAPITokens returns the user's tokens, revoked and expired ones
+// included, oldest first.
+func (s *Store) ListAPITokens(ctx context.Context, userID string) ([]APIToken, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+tokenCols+` FROM api_tokens WHERE user_id = ?
+		ORDER BY created_at, id`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("list api tokens: %w", err)
+	}
+	defer rows.Close()
+	out := []APIToken{}
+	for rows.Next() {
+		t, err := scanToken(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list api tokens: %w", err)
+		}
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list api tokens: %w", err)
+	}
+	return out, nil
+}
+
+// RevokeAPIToken revokes the user's token id at now. ErrNotFound when the
+// token does not exist or belongs to someone else; revoking twice succeeds.
+func (s *Store) RevokeAPIToken(ctx context.Context, userID, id string, now time.Time) error {
+	res, err := s.w.ExecContext(ctx, `UPDATE api_tokens SET revoked_at = coalesce(revoked_at, ?)
+		WHERE id = ? AND user_id = ?`, fmtTime(now), id, userID)
+	if err != nil {
+		return fmt.Errorf("revoke api token %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("revoke api token %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// LookupAPIToken finds a usable token by hash: unknown, revoked and expired
+// tokens are all ErrNotFound so callers cannot tell them apart by accident.
+func (s *Store) LookupAPIToken(ctx context.Context, hash []byte, now time.Time) (APIToken, error) {
+	t, err := scanToken(s.r.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM api_tokens
+		WHERE hash = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`,
+		hash, fmtTime(now)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return APIToken{}, fmt.Errorf("lookup api token: %w", ErrNotFound)
+	}
+	if err != nil {
+		return APIToken{}, fmt.Errorf("lookup api token: %w", err)
+	}
+	return t, nil
+}
+
+// TouchAPIToken records that the token was used at now.
+func (s *Store) TouchAPIToken(ctx context.Context, id string, now time.Time) error {
+	res, err := s.w.ExecContext(ctx, `UPDATE api_tokens SET last_used_at = ? WHERE id = ?`, fmtTime(now), id)
+	if err != nil {
+		return fmt.Errorf("touch api token %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("touch api token %s: %w", id, ErrNotFound)
+	}
+	return nil
+}

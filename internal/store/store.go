@@ -1,0 +1,208 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// DBFile is the database file name inside the data directory.
+const DBFile = "atelier.db"
+
+// busyTimeout bounds how long a connection waits on a lock held by another
+// process (the CLI, a second manager by mistake). Inside one process writers
+// never wait on SQLite at all: they queue on the single write connection.
+const busyTimeout = 10 * time.Second
+
+// Store is the SQLite-backed source of truth. It is safe for concurrent use.
+//
+// Writes go through one connection opened with BEGIN IMMEDIATE, so every
+// read-check-write transaction (limits, compare-and-set, leases) is
+// serialised and no writer can fail with SQLITE_BUSY from a lock upgrade.
+// Plain reads use a separate query-only pool, which WAL lets run alongside
+// the writer.
+type Store struct {
+	w   *sql.DB
+	r   *sql.DB
+	now func() time.Time
+}
+
+// Open creates dataDir if needed, opens {dataDir}/atelier.db and applies
+// pending migrations. A database written by a newer binary is refused.
+func Open(ctx context.Context, dataDir string) (*Store, error) {
+	if dataDir == "" {
+		return nil, errors.New("open store: empty data directory")
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("open store: create data directory: %w", err)
+	}
+	path, err := filepath.Abs(filepath.Join(dataDir, DBFile))
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+
+	w, err := openDB(ctx, dsn(path, true))
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+
+	if err := migrate(ctx, w); err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+
+	r, err := openDB(ctx, dsn(path, false))
+	if err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("open store %s: read pool: %w", path, err)
+	}
+	n := max(4, runtime.NumCPU())
+	r.SetMaxOpenConns(n)
+	r.SetMaxIdleConns(n)
+
+	return &Store{w: w, r: r, now: time.Now}, nil
+}
+
+func openDB(ctx context.Context, dsn string) (*sql.DB, error) {
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.PingContext(ctx); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// dsn builds a file: URI so that any character in the path survives; the
+// underscore parameters are read by the driver and ignored by SQLite.
+func dsn(path string, writer bool) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	if writer {
+		// journal_mode is persistent in the file; the writer sets it before
+		// the read pool exists.
+		q.Add("_pragma", "journal_mode(WAL)")
+		q.Set("_txlock", "immediate")
+	} else {
+		q.Add("_pragma", "query_only(1)")
+	}
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(path)}
+	return "file:" + u.EscapedPath() + "?" + q.Encode()
+}
+
+// Close closes both connection pools.
+func (s *Store) Close() error {
+	if err := errors.Join(s.r.Close(), s.w.Close()); err != nil {
+		return fmt.Errorf("close store: %w", err)
+	}
+	return nil
+}
+
+// Ping checks that both the read pool and the write connection answer.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.r.PingContext(ctx); err != nil {
+		return fmt.Errorf("ping store: read: %w", err)
+	}
+	if err := s.w.PingContext(ctx); err != nil {
+		return fmt.Errorf("ping store: write: %w", err)
+	}
+	return nil
+}
+
+// tx runs fn in one immediate transaction on the write connection. fn must
+// not call other Store methods that write: there is only one write
+// connection, so doing so would wait for itself.
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	// Deferred so that a panic in fn (a caller's mutate) cannot leave the
+	// only write connection inside an open transaction.
+	defer func() { _ = tx.Rollback() }()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// timeLayout is RFC 3339 with a fixed nine-digit fraction: unlike
+// time.RFC3339Nano it sorts correctly as text.
+const timeLayout = "2006-01-02T15:04:05.000000000Z"
+
+func fmtTime(t time.Time) string { return t.UTC().Format(timeLayout) }
+
+func fmtTimePtr(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return fmtTime(*t)
+}
+
+func parseTime(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("parse stored time %q: %w", s, err)
+	}
+	return t.UTC(), nil
+}
+
+func parseTimePtr(s sql.NullString) (*time.Time, error) {
+	if !s.Valid {
+		return nil, nil
+	}
+	t, err := parseTime(s.String)
+	if err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+// orNow returns t, or the store's clock when t is zero.
+func (s *Store) orNow(t time.Time) time.Time {
+	if t.IsZero() {
+		return s.now().UTC()
+	}
+	return t.UTC()
+}
+
+// isUnique reports whether err is a UNIQUE or PRIMARY KEY violation.
+func isUnique(err error) bool {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	return se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+}
+
+// uniqueOn reports whether err is a UNIQUE violation naming column
+// ("sandboxes.name"); SQLite reports the columns only in the message.
+func uniqueOn(err error, column string) bool {
+	var se *sqlite.Error
+	return isUnique(err) && errors.As(err, &se) && strings.Contains(se.Error(), column)
+}
+
+type rowScanner interface {
+	Scan(dest ...any) error
+}
