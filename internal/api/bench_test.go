@@ -16,20 +16,28 @@ import (
 // BenchmarkListSandboxes1000 measures GET /api/sandboxes over real HTTP with
 // 1000 sandboxes in the store. Target: p99 under 10 ms.
 func BenchmarkListSandboxes1000(b *testing.B) {
-	h := newHarness(b, config.ModeMock, func(c *config.Config) { c.Server.MaxSandboxes = 1000 })
+	// A /16 bridge: a /24 holds only 245 guests.
+	h := newHarness(b, config.ModeMock, func(c *config.Config) {
+		c.Server.MaxSandboxes = 1000
+		c.Network.BridgePrefix = 16
+		c.Network.BridgeCIDR, c.Network.BridgeNetmask, c.Network.GuestSubnet = "172.16.0.0/16", "255.255.0.0", "172.16.0.0"
+	})
 	ctx := context.Background()
 	for i := 0; i < 1000; i++ {
 		if _, err := h.srv.Sandboxes.Create(ctx, sandbox.CreateRequest{OwnerID: "local"}); err != nil {
 			b.Fatal(err)
 		}
 	}
-	for {
+	for deadline := time.Now().Add(2 * time.Minute); ; {
 		n, err := h.srv.Store.CountSandboxes(ctx, "running")
 		if err != nil {
 			b.Fatal(err)
 		}
 		if n == 1000 {
 			break
+		}
+		if bad, _ := h.srv.Store.CountSandboxes(ctx, "error"); bad > 0 || time.Now().After(deadline) {
+			b.Fatalf("%d running, %d in error after setup", n, bad)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -178,6 +178,8 @@ type Sandbox struct {
 type SandboxFilter struct {
 	OwnerID string // empty: every owner
 	Status  Status // empty: every status
+	// NoTimings leaves Sandbox.Timings nil, for listings that do not show them.
+	NoTimings bool
 }
 
 // Op states in the journal.

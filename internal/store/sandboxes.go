@@ -148,7 +148,12 @@ func (s *Store) GetSandbox(ctx context.Context, id string) (Sandbox, error) {
 // ListSandboxes returns the sandboxes matching f, oldest first (ties by id).
 // The result is never nil.
 func (s *Store) ListSandboxes(ctx context.Context, f SandboxFilter) ([]Sandbox, error) {
-	q := `SELECT ` + sandboxCols + ` FROM sandboxes WHERE 1 = 1`
+	cols := sandboxCols
+	if f.NoTimings {
+		// Timings are per-create diagnostics; decoding them dominates a long list.
+		cols = strings.Replace(cols, "timings,", "NULL,", 1)
+	}
+	q := `SELECT ` + cols + ` FROM sandboxes WHERE 1 = 1`
 	var args []any
 	if f.OwnerID != "" {
 		q += ` AND owner_id = ?`

@@ -569,3 +569,21 @@ func BenchmarkListSandboxes1000(b *testing.B) {
 		}
 	}
 }
+
+func TestListSandboxesNoTimings(t *testing.T) {
+	st := openTest(t)
+	ctx := context.Background()
+	sb := newSandbox(1, "u1", StatusRunning)
+	sb.Timings = map[string]float64{"boot": 1.5}
+	if err := st.InsertSandbox(ctx, sb, 0); err != nil {
+		t.Fatal(err)
+	}
+	full, err := st.ListSandboxes(ctx, SandboxFilter{})
+	if err != nil || len(full) != 1 || full[0].Timings["boot"] != 1.5 {
+		t.Fatalf("full list: %v %+v", err, full)
+	}
+	lean, err := st.ListSandboxes(ctx, SandboxFilter{NoTimings: true})
+	if err != nil || len(lean) != 1 || lean[0].Timings != nil || lean[0].ID != sb.ID {
+		t.Fatalf("lean list: %v %+v", err, lean)
+	}
+}
