@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // testMAC derives a MAC from the address, like the network package does.
@@ -214,4 +215,31 @@ func TestAllocateLeaseRejects(t *testing.T) {
 	if _, err := s.AllocateLease(ctx, "top2", addr("255.255.255.255"), addr("255.255.255.255"), testMAC); !errors.Is(err, ErrExhausted) {
 		t.Errorf("full top range: err = %v, want ErrExhausted", err)
 	}
+}
+
+// BenchmarkAllocateLease measures lease allocation and release throughput
+// with 200 leases already held, the way a busy host allocates.
+func BenchmarkAllocateLease(b *testing.B) {
+	s := openTest(b)
+	ctx := context.Background()
+	first, last := netip.MustParseAddr("172.16.0.10"), netip.MustParseAddr("172.16.255.254")
+	for i := 0; i < 200; i++ {
+		if _, err := s.AllocateLease(ctx, sbID(100000+i), first, last, testMAC); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		for j := 0; j < 500; j++ {
+			id := sbID(j)
+			if _, err := s.AllocateLease(ctx, id, first, last, testMAC); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.ReleaseLease(ctx, id); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(500*b.N)/time.Since(start).Seconds(), "alloc+release/s")
 }

@@ -1,0 +1,195 @@
+package network
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// netnsDir is where `ip netns` keeps named namespaces; the container runtime
+// and operators' `ip netns exec` find Atelier's guest namespaces there.
+const netnsDir = "/var/run/netns"
+
+// nsfsMagic is NSFS_MAGIC: a namespace file bind-mounted over a plain file.
+const nsfsMagic = 0x6e736673
+
+var errNotNetns = errors.New("not a network namespace")
+
+// inNetns runs fn on a dedicated OS thread switched into ns. A thread whose
+// namespace cannot be restored stays locked, so Go discards it when the
+// goroutine ends and no other goroutine ever runs in the wrong namespace.
+func inNetns(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// createNamedNetns makes a new network namespace and pins it at path the way
+// `ip netns add` does (a bind mount of the namespace file). netns.NewNamed
+// would leave the calling thread inside the new namespace; here a throwaway
+// locked thread does the unshare and is restored (or discarded).
+func createNamedNetns(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("create netns dir: %w", err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("unshare netns: %w", err)
+			return
+		}
+		ferr := pinCurrentNetns(path)
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+func pinCurrentNetns(path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		return fmt.Errorf("create netns file: %w", err)
+	}
+	f.Close()
+	src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+	if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("bind-mount netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// openNamedNetns opens a pinned namespace; errNotNetns means a stale file
+// (nothing mounted on it), os.ErrNotExist an absent one.
+func openNamedNetns(path string) (netns.NsHandle, error) {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return netns.None(), fmt.Errorf("open netns %s: %w", path, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(h), &st); err != nil {
+		h.Close()
+		return netns.None(), fmt.Errorf("stat netns %s: %w", path, err)
+	}
+	if st.Type != nsfsMagic {
+		h.Close()
+		return netns.None(), fmt.Errorf("open netns %s: %w", path, errNotNetns)
+	}
+	return h, nil
+}
+
+// ensureNamedNetns opens the namespace at path, creating it (or replacing a
+// stale file left by a crash) when needed. created reports a new namespace.
+func ensureNamedNetns(path string) (h netns.NsHandle, created bool, err error) {
+	h, err = openNamedNetns(path)
+	if err == nil {
+		return h, false, nil
+	}
+	if errors.Is(err, errNotNetns) {
+		if err := deleteNamedNetns(path); err != nil {
+			return netns.None(), false, err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return netns.None(), false, err
+	}
+	if err := createNamedNetns(path); err != nil {
+		return netns.None(), false, err
+	}
+	h, err = openNamedNetns(path)
+	return h, true, err
+}
+
+// deleteNamedNetns unpins a namespace; an absent one is already gone. The
+// namespace itself lives on while a process (a container) still uses it.
+func deleteNamedNetns(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil &&
+		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount netns %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// namedNetns lists the names under netnsDir that start with prefix.
+func namedNetns(prefix string) ([]string, error) {
+	ents, err := os.ReadDir(netnsDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list netns: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
+// /proc/sys/net resolves to the namespace of the thread that opens it, so
+// sysctls of another namespace are read and written from a thread inside it.
+func writeSysctl(ns netns.NsHandle, key, value string) error {
+	return inNetns(ns, func() error {
+		if err := os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644); err != nil {
+			return fmt.Errorf("write sysctl %s: %w", key, err)
+		}
+		return nil
+	})
+}
+
+func readSysctl(ns netns.NsHandle, key string) (string, error) {
+	var out string
+	err := inNetns(ns, func() error {
+		b, err := os.ReadFile(filepath.Join("/proc/sys", key))
+		if err != nil {
+			return fmt.Errorf("read sysctl %s: %w", key, err)
+		}
+		out = strings.TrimSpace(string(b))
+		return nil
+	})
+	return out, err
+}
