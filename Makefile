@@ -6,12 +6,21 @@ LDFLAGS   := -s -w -X atelier/internal/server.Version=$(VERSION)
 DATA_DIR  ?= $(CURDIR)/.atelier
 PORT      ?= 4000
 
-.PHONY: all build run test test-short bench lint fmt fuzz clean
+.PHONY: all build agent test-image run test test-short bench lint fmt fuzz clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/atelier ./cmd/atelier
+
+# The static guest agent that runs inside every sandbox.
+agent:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/atelier-agent ./cmd/atelier-agent
+
+# Minimal guest image (busybox + agent) for the container runtime and its tests;
+# built without mounting anything.
+test-image: agent
+	$(GO) run ./internal/testimage/cmd -o images/test.ext4 -agent bin/atelier-agent
 
 # Local development: mock mode, SQLite under ./.atelier, API and docs on :$(PORT).
 run: build
@@ -43,4 +52,4 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzCreateSandboxBody -fuzztime 60s ./internal/api
 
 clean:
-	rm -rf bin .atelier
+	rm -rf bin .atelier images/test.ext4

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"atelier/internal/config"
+	"atelier/internal/guest"
 	"atelier/internal/server"
 )
 
@@ -129,4 +130,13 @@ func TestConfigCommands(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(out), &schema) != nil || !strings.Contains(out, "ATELIER_BRIDGE_IP") {
 		t.Fatalf("schema: %v", err)
 	}
+}
+
+// TestMain lets the test binary stand in for the atelier binary when mock
+// mode starts "<exe> agent serve ...".
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "agent" {
+		os.Exit(guest.Main(os.Args[2:]))
+	}
+	os.Exit(m.Run())
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -101,6 +102,7 @@ func New(d Deps) *Server {
 	s.registerEvents()
 	s.registerSystem()
 	s.registerTokens()
+	s.registerAgentProxy()
 	s.registerRaw("GET", "/metrics", false, "Prometheus metrics.", s.authRaw(d.Metrics.Handler()))
 	s.registerRaw("GET", "/{$}", true, "Service index.", http.HandlerFunc(s.index))
 	s.mux.HandleFunc("/", s.notFound)
@@ -168,6 +170,8 @@ func tagFor(path string) string {
 	switch {
 	case len(path) >= 5 && path[:5] == "/auth":
 		return "auth"
+	case strings.HasPrefix(path, "/api/sandboxes/"):
+		return "sandbox agent"
 	case path == "/metrics":
 		return "system"
 	}

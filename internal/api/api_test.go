@@ -159,7 +159,7 @@ func TestRouteAudit(t *testing.T) {
 		if r.Public != publicWant[key] {
 			t.Errorf("%s: public=%v, want %v", key, r.Public, publicWant[key])
 		}
-		path := strings.NewReplacer("{id}", "abcdefghijkl", "{$}", "").Replace(r.Path)
+		path := strings.NewReplacer("{id}", "abcdefghijkl", "{name}", "web", "{tid}", "t1", "{$}", "").Replace(r.Path)
 		got := h.do(t, r.Method, path, nil, nil)
 		if r.Public {
 			// /auth/me is public by design and reports "not logged in" as 401.

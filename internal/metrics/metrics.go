@@ -34,6 +34,8 @@ type Metrics struct {
 	// SandboxOps counts lifecycle operations by op (create, start, stop,
 	// restart, destroy) and result (ok, error, conflict, limit, not_found).
 	SandboxOps *prometheus.CounterVec
+	// ReconcilerFixes counts what the reconciler repaired, by kind.
+	ReconcilerFixes *prometheus.CounterVec
 	// CreatePhase observes the duration of each create/start phase
 	// (queue, lease, volume, link, boot, hooks, total).
 	CreatePhase *prometheus.HistogramVec
@@ -54,6 +56,10 @@ func New() *Metrics {
 			Name: "atelier_sandbox_operations_total",
 			Help: "Sandbox lifecycle operations by operation and result.",
 		}, []string{"op", "result"}),
+		ReconcilerFixes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "atelier_reconciler_fixes_total",
+			Help: "Leaks removed and sandbox states corrected by the reconciler, by kind.",
+		}, []string{"kind"}),
 		CreatePhase: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "atelier_sandbox_create_phase_seconds",
 			Help: "Duration of each phase of sandbox create and start.",
@@ -79,7 +85,7 @@ func New() *Metrics {
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.SandboxOps, m.CreatePhase, m.SpawnQueue, m.HTTPRequests, m.HTTPDuration, m.statuses,
+		m.SandboxOps, m.ReconcilerFixes, m.CreatePhase, m.SpawnQueue, m.HTTPRequests, m.HTTPDuration, m.statuses,
 	)
 	return m
 }

@@ -40,6 +40,7 @@ const (
 	StepVolume  = "volume"
 	StepLink    = "link"
 	StepBoot    = "boot"
+	StepAgent   = "agent"
 	StepHooks   = "hooks"
 	StepRuntime = "runtime"
 	StepRow     = "row"
@@ -66,6 +67,9 @@ type Service struct {
 
 	mu       sync.Mutex
 	inflight map[string]*op
+	agents   agentPool
+	// inventory lists host resources for the reconciler.
+	inventory atomic.Pointer[Inventory]
 }
 
 // New builds the service; Run starts its spawn workers.
@@ -269,6 +273,7 @@ func (s *Service) stop(ctx context.Context, id string) (store.Sandbox, error) {
 		return sb, fmt.Errorf("stop sandbox %s: %w", id, err)
 	}
 	bg := context.WithoutCancel(ctx)
+	s.agents.drop(id)
 	p := s.newPlan(bg, id, OpStop)
 	hooks := s.hooks.Load()
 	steps := []struct {
@@ -361,7 +366,14 @@ func (s *Service) Destroy(ctx context.Context, id string) (err error) {
 	}
 	bg := context.WithoutCancel(ctx)
 	s.awaitInflight(id)
+	return s.finishDestroy(bg, sb)
+}
 
+// finishDestroy runs destroy's steps for a sandbox already in destroying;
+// the reconciler calls it for a destroy a crash interrupted.
+func (s *Service) finishDestroy(bg context.Context, sb store.Sandbox) error {
+	id := sb.ID
+	s.agents.drop(id)
 	p := s.newPlan(bg, id, OpDestroy)
 	hooks := s.hooks.Load()
 	steps := []struct {
@@ -388,9 +400,9 @@ func (s *Service) Destroy(ctx context.Context, id string) (err error) {
 		p.released = p.released || st.name == StepLease
 	}
 	if _, err := s.bus.Publish(bg, events.SandboxDeleted, id, deleted{ID: id, OwnerID: sb.OwnerID, WorkspaceID: sb.WorkspaceID}); err != nil {
-		s.log.WarnContext(ctx, "publish sandbox event", "sandbox_id", id, "type", events.SandboxDeleted, "err", err)
+		s.log.WarnContext(bg, "publish sandbox event", "sandbox_id", id, "type", events.SandboxDeleted, "err", err)
 	}
-	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox_id", id)
+	s.log.InfoContext(bg, "sandbox destroyed", "sandbox_id", id)
 	return nil
 }
 
@@ -526,6 +538,14 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 	}, p.guarded(func(ctx context.Context) error { return undoBoot(ctx, id) }))
 	if err != nil {
 		return up, err
+	}
+
+	if _, ok := s.drv.Runtime.(AgentRuntime); ok {
+		if err = p.step(StepAgent, "", func(ctx context.Context) (string, error) {
+			return "", s.waitAgent(ctx, id)
+		}, nil); err != nil {
+			return up, err
+		}
 	}
 
 	undoHooks := optional(hooks.OnStopped)

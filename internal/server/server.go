@@ -22,7 +22,7 @@ import (
 	"atelier/internal/events"
 	"atelier/internal/metrics"
 	netmock "atelier/internal/network/mock"
-	rtmock "atelier/internal/runtime/mock"
+	"atelier/internal/runtime/process"
 	"atelier/internal/sandbox"
 	stmock "atelier/internal/storage/mock"
 	"atelier/internal/store"
@@ -60,8 +60,22 @@ type Options struct {
 // drivers picks the runtime, network and storage implementations.
 func drivers(cfg *config.Config) (sandbox.Drivers, error) {
 	if cfg.Server.Mode == config.ModeMock {
+		// The real agent, embedded in this binary, runs as a local process per
+		// sandbox; network and volumes stay in memory.
+		exe, err := os.Executable()
+		if err != nil {
+			return sandbox.Drivers{}, fmt.Errorf("find own executable for the mock agent: %w", err)
+		}
+		rt, err := process.New(process.Options{
+			Command:   []string{exe, "agent"},
+			StateDir:  filepath.Join(cfg.Sandbox.StateDir, "mock"),
+			SocketDir: filepath.Join(cfg.Sandbox.StateDir, "sockets"),
+		})
+		if err != nil {
+			return sandbox.Drivers{}, err
+		}
 		return sandbox.Drivers{
-			Runtime: rtmock.New(),
+			Runtime: rt,
 			Network: netmock.New(),
 			Volumes: stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays")),
 		}, nil

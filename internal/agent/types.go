@@ -1,0 +1,544 @@
+// Package agent is the wire contract of the guest agent (atelier-agent) and
+// its host-side client. Both ends import these types: the guest server in
+// package guest answers with them, the host decodes them.
+//
+// Transport: HTTP/1.1 + JSON over a unix socket or Firecracker's hybrid
+// vsock, WebSocket for terminals and streaming exec. Errors are a JSON
+// problem body {"code","detail","field"} with a meaningful status; they
+// decode into *Error on the host.
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// DefaultVsockPort is the guest port the agent listens on (the seed's 9998).
+const DefaultVsockPort = 9998
+
+// ProtocolVersion is bumped on incompatible wire changes so the host can
+// refuse (or adapt to) an agent baked into an older image.
+const ProtocolVersion = 1
+
+// Limits shared by both ends, so the host can validate before sending.
+const (
+	DefaultExecTimeout   = 30 * time.Second
+	MaxExecTimeout       = time.Hour
+	DefaultMaxOutput     = 1 << 20
+	MaxOutput            = 16 << 20
+	DefaultLogReadLimit  = 64 << 10
+	MaxLogReadLimit      = 1 << 20
+	DefaultStopGrace     = 5 * time.Second
+	TerminalReplayBytes  = 64 << 10
+	DefaultTerminalCols  = 80
+	DefaultTerminalRows  = 24
+	MaxTerminalDimension = 1000
+)
+
+// Problem is the JSON error body of every non-2xx answer.
+type Problem struct {
+	Code   string `json:"code"`
+	Detail string `json:"detail"`
+	// Field names the offending request field for 400s.
+	Field string `json:"field,omitempty"`
+}
+
+// Error codes the agent uses; the host may branch on them.
+const (
+	CodeBadRequest     = "bad_request"
+	CodeForbidden      = "forbidden"
+	CodeNotFound       = "not_found"
+	CodeConflict       = "conflict"
+	CodeAlreadyRunning = "already_running"
+	CodeLimitReached   = "limit_reached"
+	CodeNotARepository = "not_a_repository"
+	CodeNothingToDo    = "nothing_to_commit"
+	CodeGitFailed      = "git_failed"
+	CodeStartFailed    = "start_failed"
+	CodeInternal       = "internal"
+	CodeTooLarge       = "too_large"
+)
+
+// Health is GET /health.
+type Health struct {
+	Status        string  `json:"status"` // "healthy"
+	Version       string  `json:"version"`
+	Protocol      int     `json:"protocol"`
+	UptimeSeconds float64 `json:"uptimeSeconds"`
+	SandboxID     string  `json:"sandboxId"`
+}
+
+// Usage is a total/used/free triple in bytes.
+type Usage struct {
+	Total uint64 `json:"total"`
+	Used  uint64 `json:"used"`
+	Free  uint64 `json:"free"`
+}
+
+// Metrics is GET /metrics.
+type Metrics struct {
+	// CPUPercent is the busy share of all CPUs since the previous /metrics
+	// call (or over a short sample window on the first call), 0..100.
+	CPUPercent float64   `json:"cpuPercent"`
+	Load1      float64   `json:"load1"`
+	Memory     Usage     `json:"memory"`
+	Disk       Usage     `json:"disk"`
+	Processes  int       `json:"processes"`
+	Timestamp  time.Time `json:"timestamp"`
+}
+
+// ExecRequest is POST /exec and the first message of GET /exec/stream.
+// Exactly one of Argv and Shell is set.
+type ExecRequest struct {
+	Argv []string `json:"argv,omitempty"`
+	// Shell runs through /bin/sh -c (or a login shell when Login is set,
+	// which sources /etc/profile.d like an interactive session).
+	Shell string            `json:"shell,omitempty"`
+	Login bool              `json:"login,omitempty"`
+	Env   map[string]string `json:"env,omitempty"`
+	Cwd   string            `json:"cwd,omitempty"`
+	// User is a name or numeric uid; "" runs as the agent's own user.
+	User      string `json:"user,omitempty"`
+	TimeoutMs int64  `json:"timeoutMs,omitempty"`
+	// Stdin is fed to the command, then closed; empty means /dev/null.
+	Stdin string `json:"stdin,omitempty"`
+	// StdinStream (streaming form only) keeps stdin open for binary client
+	// frames until a {"type":"closeStdin"} message.
+	StdinStream bool `json:"stdinStream,omitempty"`
+	// MaxOutputBytes caps each of stdout and stderr; the rest is read and
+	// discarded so the command still finishes with its own exit code.
+	MaxOutputBytes int64 `json:"maxOutputBytes,omitempty"`
+	// Encoding of stdout/stderr in the answer: "" (UTF-8, invalid bytes
+	// replaced) or "base64".
+	Encoding string `json:"encoding,omitempty"`
+}
+
+// ExecResult is the answer of POST /exec. A command that ran answers 200
+// whatever its exit code; one that could not start is a 4xx/5xx *Error.
+type ExecResult struct {
+	// ExitCode is the command's exit status, or 128+signal when a signal
+	// ended it (shell convention).
+	ExitCode   int     `json:"exitCode"`
+	Signal     string  `json:"signal,omitempty"`
+	Stdout     string  `json:"stdout"`
+	Stderr     string  `json:"stderr"`
+	Encoding   string  `json:"encoding,omitempty"`
+	Truncated  bool    `json:"truncated"`
+	TimedOut   bool    `json:"timedOut"`
+	DurationMs float64 `json:"durationMs"`
+}
+
+// Streaming exec framing (GET /exec/stream, WebSocket):
+//
+//	client -> agent: first a text message with the ExecRequest JSON; then
+//	  binary messages = stdin bytes (only with StdinStream), and text
+//	  StreamControl messages {"type":"closeStdin"} or {"type":"kill",
+//	  "signal":"TERM"} (signal defaults to KILL; it goes to the whole group).
+//	agent -> client: binary messages whose first byte is StreamStdout or
+//	  StreamStderr followed by output bytes; finally one text StreamEvent
+//	  {"type":"exit",...} (or {"type":"error",...} when the command could
+//	  not start), then a normal close.
+const (
+	StreamStdout byte = 1
+	StreamStderr byte = 2
+)
+
+// Stream message types.
+const (
+	StreamCloseStdin = "closeStdin"
+	StreamKill       = "kill"
+	StreamExit       = "exit"
+	StreamError      = "error"
+)
+
+// StreamControl is a client -> agent text message on a streaming exec.
+type StreamControl struct {
+	Type   string `json:"type"`
+	Signal string `json:"signal,omitempty"`
+}
+
+// StreamEvent is an agent -> client text message on a streaming exec.
+type StreamEvent struct {
+	Type       string  `json:"type"`
+	ExitCode   int     `json:"exitCode"`
+	Signal     string  `json:"signal,omitempty"`
+	TimedOut   bool    `json:"timedOut,omitempty"`
+	DurationMs float64 `json:"durationMs,omitempty"`
+	Code       string  `json:"code,omitempty"`
+	Detail     string  `json:"detail,omitempty"`
+}
+
+// File types in FileInfo.Type.
+const (
+	FileTypeFile    = "file"
+	FileTypeDir     = "dir"
+	FileTypeSymlink = "symlink"
+	FileTypeOther   = "other"
+)
+
+// FileInfo describes one path (GET /files/stat, list entries, writes).
+type FileInfo struct {
+	Path       string    `json:"path"`
+	Name       string    `json:"name"`
+	Type       string    `json:"type"`
+	Size       int64     `json:"size"`
+	Mode       string    `json:"mode"` // octal permission bits, "0644"
+	LinkTarget string    `json:"linkTarget,omitempty"`
+	ModTime    time.Time `json:"modTime"`
+	UID        int       `json:"uid"`
+	GID        int       `json:"gid"`
+}
+
+// Content encodings for file reads and batch writes.
+const (
+	EncodingUTF8   = "utf8"
+	EncodingBase64 = "base64"
+)
+
+// FileContent is GET /files?path=&encoding=&offset=&limit=.
+type FileContent struct {
+	Path     string `json:"path"`
+	Content  string `json:"content"`
+	Encoding string `json:"encoding"`
+	// Size is the whole file's size; Truncated says Content stops early.
+	Size      int64 `json:"size"`
+	Offset    int64 `json:"offset"`
+	Truncated bool  `json:"truncated"`
+}
+
+// WriteFileOptions are the query parameters of PUT /files.
+type WriteFileOptions struct {
+	// Mode 0 keeps an existing file's mode, or 0644 for a new file.
+	Mode uint32
+	// Owner is "user", "uid", "user:group" or "uid:gid"; "" keeps the
+	// existing owner (or the agent's user for a new file).
+	Owner string
+	// Parents creates missing parent directories (owned like the file).
+	Parents bool
+}
+
+// ListResult is GET /files/list.
+type ListResult struct {
+	Path      string     `json:"path"`
+	Entries   []FileInfo `json:"entries"`
+	Truncated bool       `json:"truncated"`
+}
+
+// MkdirRequest is POST /files/mkdir.
+type MkdirRequest struct {
+	Path    string `json:"path"`
+	Mode    string `json:"mode,omitempty"` // octal, default "0755"
+	Owner   string `json:"owner,omitempty"`
+	Parents bool   `json:"parents,omitempty"`
+}
+
+// FileWrite is one entry of POST /files/write-batch: the config-file
+// injection path (npmrc, credentials, profile snippets...).
+type FileWrite struct {
+	Path     string `json:"path"`
+	Content  string `json:"content"`
+	Encoding string `json:"encoding,omitempty"` // "utf8" (default) or "base64"
+	Mode     string `json:"mode,omitempty"`     // octal, like "0600"
+	Owner    string `json:"owner,omitempty"`
+	Parents  bool   `json:"parents,omitempty"`
+}
+
+// WriteBatchRequest is POST /files/write-batch.
+type WriteBatchRequest struct {
+	Files []FileWrite `json:"files"`
+}
+
+// DeleteBatchRequest is POST /files/delete-batch. Missing paths succeed
+// (Existed=false) so removal is idempotent.
+type DeleteBatchRequest struct {
+	Paths     []string `json:"paths"`
+	Recursive bool     `json:"recursive,omitempty"`
+}
+
+// FileResult is one per-path outcome of a batch, in request order.
+type FileResult struct {
+	Path    string   `json:"path"`
+	OK      bool     `json:"ok"`
+	Existed bool     `json:"existed,omitempty"`
+	Error   *Problem `json:"error,omitempty"`
+}
+
+// BatchResult answers both batch routes (always 200 when the batch itself
+// was well formed; per-file failures are in Results).
+type BatchResult struct {
+	Results []FileResult `json:"results"`
+}
+
+// Err joins the per-file failures, nil when every file succeeded.
+func (b *BatchResult) Err() error {
+	var errs []error
+	for _, r := range b.Results {
+		if !r.OK && r.Error != nil {
+			errs = append(errs, &Error{Status: 0, Code: r.Error.Code, Detail: r.Path + ": " + r.Error.Detail, Field: r.Error.Field})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// GitPathsRequest is POST /git/status and /git/diff.
+type GitPathsRequest struct {
+	Paths []string `json:"paths"`
+}
+
+// GitCommitInfo is a commit summary.
+type GitCommitInfo struct {
+	Hash    string `json:"hash"`
+	Subject string `json:"subject"`
+}
+
+// GitRepoStatus is one repository of POST /git/status, in request order.
+type GitRepoStatus struct {
+	Path       string         `json:"path"`
+	Branch     string         `json:"branch,omitempty"` // "" when detached
+	Upstream   string         `json:"upstream,omitempty"`
+	Dirty      bool           `json:"dirty"`
+	Changed    int            `json:"changed"` // changed + untracked entries
+	Ahead      int            `json:"ahead"`
+	Behind     int            `json:"behind"`
+	LastCommit *GitCommitInfo `json:"lastCommit,omitempty"`
+	Error      *Problem       `json:"error,omitempty"`
+}
+
+// GitStatusResult is POST /git/status.
+type GitStatusResult struct {
+	Repos []GitRepoStatus `json:"repos"`
+}
+
+// GitFileDiff counts one file's changes against HEAD (staged and unstaged
+// merged; untracked files count their lines as added).
+type GitFileDiff struct {
+	Path      string `json:"path"`
+	Added     int    `json:"added"`
+	Removed   int    `json:"removed"`
+	Binary    bool   `json:"binary,omitempty"`
+	Untracked bool   `json:"untracked,omitempty"`
+}
+
+// GitRepoDiff is one repository of POST /git/diff.
+type GitRepoDiff struct {
+	Path         string        `json:"path"`
+	Files        []GitFileDiff `json:"files"`
+	TotalAdded   int           `json:"totalAdded"`
+	TotalRemoved int           `json:"totalRemoved"`
+	Error        *Problem      `json:"error,omitempty"`
+}
+
+// GitDiffResult is POST /git/diff.
+type GitDiffResult struct {
+	Repos []GitRepoDiff `json:"repos"`
+}
+
+// GitCommitRequest is POST /git/commit: stages everything (git add -A)
+// and commits.
+type GitCommitRequest struct {
+	Path        string `json:"path"`
+	Message     string `json:"message"`
+	AuthorName  string `json:"authorName,omitempty"`
+	AuthorEmail string `json:"authorEmail,omitempty"`
+}
+
+// GitCommitResult is POST /git/commit.
+type GitCommitResult struct {
+	Path   string `json:"path"`
+	Hash   string `json:"hash"`
+	Branch string `json:"branch,omitempty"`
+}
+
+// GitPushRequest is POST /git/push.
+type GitPushRequest struct {
+	Path   string `json:"path"`
+	Remote string `json:"remote,omitempty"` // default "origin"
+	Branch string `json:"branch,omitempty"` // default the current branch
+	// Env is added to git's environment for this push only and never
+	// persisted: the hook for credentials (GIT_ASKPASS helper + token).
+	Env       map[string]string `json:"env,omitempty"`
+	TimeoutMs int64             `json:"timeoutMs,omitempty"`
+}
+
+// GitPushResult is POST /git/push.
+type GitPushResult struct {
+	Path   string `json:"path"`
+	Remote string `json:"remote"`
+	Branch string `json:"branch"`
+	Output string `json:"output"`
+}
+
+// Restart policies of a supervised process.
+const (
+	RestartNo        = "no"
+	RestartOnFailure = "on-failure"
+	RestartAlways    = "always"
+)
+
+// Process states.
+const (
+	StateRunning  = "running"
+	StateBackoff  = "backoff" // exited, waiting to be restarted
+	StateStopping = "stopping"
+	StateStopped  = "stopped" // stopped on request
+	StateExited   = "exited"  // ended on its own, no restart due
+	StateFailed   = "failed"  // restart budget exhausted or could not start
+)
+
+// Process kinds.
+const (
+	KindService = "service"
+	KindDev     = "dev"
+)
+
+// ProcessSpec is the body of POST /services/{name}/start and
+// /dev/{name}/start (and optionally /restart). Exactly one of Argv and
+// Shell is set.
+type ProcessSpec struct {
+	Argv  []string          `json:"argv,omitempty"`
+	Shell string            `json:"shell,omitempty"`
+	Login bool              `json:"login,omitempty"`
+	Env   map[string]string `json:"env,omitempty"`
+	Cwd   string            `json:"cwd,omitempty"`
+	User  string            `json:"user,omitempty"`
+	// Port the process serves; reported in status (dev commands are routed
+	// as dev-{name}-{id} to it) and exported as PORT when env has none.
+	Port    int    `json:"port,omitempty"`
+	Restart string `json:"restart,omitempty"` // "no" (default), "on-failure", "always"
+	// MaxRestarts bounds automatic restarts since the last start request;
+	// 0 means unlimited (restarts still back off).
+	MaxRestarts int   `json:"maxRestarts,omitempty"`
+	StopGraceMs int64 `json:"stopGraceMs,omitempty"`
+}
+
+// ProcessStatus is the state of one supervised process.
+type ProcessStatus struct {
+	Name        string     `json:"name"`
+	Kind        string     `json:"kind"`
+	State       string     `json:"state"`
+	Running     bool       `json:"running"`
+	PID         int        `json:"pid,omitempty"`
+	Port        int        `json:"port,omitempty"`
+	Argv        []string   `json:"argv,omitempty"`
+	Shell       string     `json:"shell,omitempty"`
+	Cwd         string     `json:"cwd,omitempty"`
+	User        string     `json:"user,omitempty"`
+	Restart     string     `json:"restart"`
+	MaxRestarts int        `json:"maxRestarts"`
+	Restarts    int        `json:"restarts"`
+	StartedAt   *time.Time `json:"startedAt,omitempty"`
+	ExitedAt    *time.Time `json:"exitedAt,omitempty"`
+	ExitCode    *int       `json:"exitCode,omitempty"`
+	Signal      string     `json:"signal,omitempty"`
+	LastError   string     `json:"lastError,omitempty"`
+	LogFile     string     `json:"logFile"`
+}
+
+// ProcessList is GET /services and GET /dev.
+type ProcessList struct {
+	Processes []ProcessStatus `json:"processes"`
+}
+
+// StopRequest is the optional body of .../stop.
+type StopRequest struct {
+	GraceMs int64 `json:"graceMs,omitempty"`
+}
+
+// LogChunk is GET .../logs?offset=&limit=. Offsets are logical and only
+// grow, across restarts and log rotation; when Offset > the requested
+// offset, the bytes in between were rotated away.
+type LogChunk struct {
+	Name       string `json:"name"`
+	Content    string `json:"content"`
+	Offset     int64  `json:"offset"`
+	NextOffset int64  `json:"nextOffset"`
+	Size       int64  `json:"size"` // logical end of the log
+}
+
+// TerminalRequest is POST /terminals.
+type TerminalRequest struct {
+	// Cmd defaults to the user's login shell.
+	Cmd   []string          `json:"cmd,omitempty"`
+	Cwd   string            `json:"cwd,omitempty"`
+	Env   map[string]string `json:"env,omitempty"`
+	Cols  int               `json:"cols,omitempty"`
+	Rows  int               `json:"rows,omitempty"`
+	User  string            `json:"user,omitempty"`
+	Title string            `json:"title,omitempty"`
+}
+
+// TerminalInfo describes a PTY session.
+type TerminalInfo struct {
+	ID           string    `json:"id"`
+	Title        string    `json:"title"`
+	Cmd          []string  `json:"cmd"`
+	User         string    `json:"user,omitempty"`
+	PID          int       `json:"pid"`
+	Cols         int       `json:"cols"`
+	Rows         int       `json:"rows"`
+	Viewers      int       `json:"viewers"`
+	CreatedAt    time.Time `json:"createdAt"`
+	LastActivity time.Time `json:"lastActivity"`
+}
+
+// TerminalList is GET /terminals.
+type TerminalList struct {
+	Terminals []TerminalInfo `json:"terminals"`
+}
+
+// ResizeRequest is POST /terminals/{id}/resize and the "resize" control
+// message on an attached terminal.
+type ResizeRequest struct {
+	Cols int `json:"cols"`
+	Rows int `json:"rows"`
+}
+
+// Terminal attach framing (GET /terminals/{id}/attach, WebSocket): binary
+// messages carry raw bytes both ways (agent -> viewer: first the replay
+// buffer, then live output; viewer -> agent: keyboard input). Text
+// messages are TerminalControl JSON: {"type":"resize","cols","rows"} from
+// the viewer, {"type":"exit","exitCode"} from the agent before it closes.
+// Keeping control out of the byte stream means no input can be mistaken
+// for a resize.
+type TerminalControl struct {
+	Type     string `json:"type"`
+	Cols     int    `json:"cols,omitempty"`
+	Rows     int    `json:"rows,omitempty"`
+	ExitCode *int   `json:"exitCode,omitempty"`
+}
+
+// Terminal control message types.
+const (
+	TerminalResize = "resize"
+	TerminalExit   = "exit"
+)
+
+// NetworkConfig is POST /network.
+type NetworkConfig struct {
+	IP        string   `json:"ip"`
+	PrefixLen int      `json:"prefixLen"`
+	Gateway   string   `json:"gateway,omitempty"`
+	DNS       []string `json:"dns,omitempty"`
+	Hostname  string   `json:"hostname,omitempty"`
+	// MAC selects the interface; "" picks the first non-loopback one.
+	MAC string `json:"mac,omitempty"`
+}
+
+// NetworkResult is the answer of POST /network.
+type NetworkResult struct {
+	// Applied is false when the agent does not manage networking (the
+	// container runtime configures it from outside); values are recorded.
+	Applied bool          `json:"applied"`
+	Device  string        `json:"device,omitempty"`
+	Config  NetworkConfig `json:"config"`
+}
+
+// ConfigAck answers POST /config.
+type ConfigAck struct {
+	Path string `json:"path"`
+	Size int    `json:"size"`
+}
+
+// RawConfig is the stored sandbox config, returned verbatim.
+type RawConfig = json.RawMessage

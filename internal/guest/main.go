@@ -1,0 +1,197 @@
+package guest
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"atelier/internal/agent"
+)
+
+const usage = `usage:
+  atelier-agent serve [--vsock-port 9998] [--unix PATH] [--file-root DIR ...] [--log-dir DIR]
+                      [--config-path PATH] [--sandbox-id ID] [--workdir DIR] [--manage-network]
+                      [--terminal-idle 30m] [--etc-dir /etc] [--log-level info]
+  atelier-agent init [--kernel-cmdline=true] [-- serve flags...]
+  atelier-agent version
+`
+
+// Main is the agent's command line; it returns the exit code. The atelier
+// binary embeds it as a hidden "atelier agent ..." subcommand for mock
+// mode, so args are whatever follows the subcommand.
+func Main(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serveMain(args[1:])
+	case "init":
+		return initMain(args)
+	case "version", "--version":
+		fmt.Println(Version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "unknown command %q\n%s", args[0], usage)
+	return 2
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: %w", level, err)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+func serveMain(args []string) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	vsockPort := fs.Uint("vsock-port", agent.DefaultVsockPort, "vsock port to listen on (0 disables)")
+	unixPath := fs.String("unix", "", "unix socket path to listen on")
+	var roots multiFlag
+	fs.Var(&roots, "file-root", "directory the file API may touch (repeatable; default / as root)")
+	logDir := fs.String("log-dir", "/var/log/sandbox", "directory for service and dev command logs")
+	configPath := fs.String("config-path", "/etc/sandbox/config.json", "where POST /config is stored")
+	sandboxID := fs.String("sandbox-id", os.Getenv("ATELIER_SANDBOX_ID"), "sandbox id reported by /health")
+	workDir := fs.String("workdir", "", "default working directory of commands")
+	manageNet := fs.Bool("manage-network", false, "let POST /network configure interfaces (VM guests)")
+	termIdle := fs.Duration("terminal-idle", 30*time.Minute, "close terminals idle this long without viewers")
+	etcDir := fs.String("etc-dir", "/etc", "directory receiving resolv.conf, hostname and hosts")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	base, err := newLogger(os.Stderr, *logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	log := base.With("sandbox_id", *sandboxID)
+	explicitVsock := false
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "vsock-port" {
+			explicitVsock = true
+		}
+	})
+	// Both listeners when both are asked for; a bare --unix (mock mode,
+	// possibly on a host that has /dev/vsock) means unix only.
+	useVsock := *vsockPort > 0 && (explicitVsock || *unixPath == "")
+	if useVsock {
+		if _, err := os.Stat("/dev/vsock"); err != nil {
+			log.Warn("no /dev/vsock; not listening on vsock", "vsock_port", *vsockPort)
+			useVsock = false
+		}
+	}
+	if !useVsock && *unixPath == "" {
+		log.Error("nothing to listen on: give --unix or run where /dev/vsock exists")
+		return 1
+	}
+	if os.Getpid() == 1 {
+		log.Warn("serve runs as PID 1: orphans will not be reaped; use `atelier-agent init` as PID 1")
+	}
+
+	srv := NewServer(Options{
+		SandboxID:     *sandboxID,
+		FileRoots:     roots,
+		WorkDir:       *workDir,
+		LogDir:        *logDir,
+		ConfigPath:    *configPath,
+		EtcDir:        *etcDir,
+		ManageNetwork: *manageNet,
+		TerminalIdle:  *termIdle,
+		Logger:        base,
+	})
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	n := 0
+	if useVsock {
+		n++
+		go func() { errc <- srv.ServeVsock(ctx, uint32(*vsockPort)) }()
+	}
+	if *unixPath != "" {
+		n++
+		go func() { errc <- srv.ServeUnix(ctx, *unixPath) }()
+	}
+	// The in-agent SSH server (a later issue) will start here as one more
+	// listener sharing srv's user resolution and PTY code.
+	code := 0
+	for range n {
+		if err := <-errc; err != nil {
+			log.Error("agent listener failed", "err", err)
+			code = 1
+			cancel()
+		}
+	}
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer scancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("agent shutdown", "err", err)
+	}
+	return code
+}
+
+func initMain(args []string) int {
+	// args[0] is "init"; serve flags may follow "--".
+	fs := flag.NewFlagSet("init", flag.ContinueOnError)
+	cmdline := fs.Bool("kernel-cmdline", true, "apply ip=, hostname and atelier.* settings from /proc/cmdline")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	log, err := newLogger(os.Stderr, *logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	log = log.With("component", "init")
+	exe, err := os.Executable()
+	if err != nil {
+		log.Error("find own executable", "err", err)
+		return 1
+	}
+	serve := append([]string{exe}, cmdPrefix(args)...)
+	serve = append(serve, "serve")
+	serve = append(serve, fs.Args()...)
+	if err := RunInit(context.Background(), InitOptions{ServeArgv: serve, KernelCmdline: *cmdline, Logger: log}); err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("init failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// cmdPrefix returns the words between the program name and Main's args
+// (["agent"] when embedded as "atelier agent init"), so init re-executes
+// the same binary the same way for serve.
+func cmdPrefix(args []string) []string {
+	all := os.Args[1:]
+	if len(args) > len(all) {
+		return nil
+	}
+	off := len(all) - len(args)
+	for i, a := range args {
+		if all[off+i] != a {
+			return nil
+		}
+	}
+	return append([]string(nil), all[:off]...)
+}

@@ -1,0 +1,264 @@
+package firecracker
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// errExited is a firecracker process that ended while we waited on it.
+var errExited = errors.New("firecracker process exited")
+
+// launch starts firecracker for id in dir (its working directory, against
+// which the relative vsock path resolves) and writes its pid file. The
+// process gets its own session, so neither a signal to the manager's
+// process group nor the manager's exit reaches it: the manager can be
+// restarted without stopping sandboxes. It is not tied to any context.
+func (d *Driver) launch(id, dir string) (int, error) {
+	sock, logPath := d.apiSock(id), d.logPath(id)
+	if err := os.MkdirAll(d.opts.SocketDir, 0o700); err != nil {
+		return 0, fmt.Errorf("create socket dir: %w", err)
+	}
+	if err := os.MkdirAll(d.opts.LogDir, 0o750); err != nil {
+		return 0, fmt.Errorf("create log dir: %w", err)
+	}
+	// Firecracker refuses to bind over a leftover socket.
+	for _, p := range []string{sock, d.vsockPath(id)} {
+		if err := removeFile(p); err != nil {
+			return 0, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	// Firecracker writes its log from offset 0 without truncating, so a
+	// previous run's log is cleared here rather than overwritten in part.
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	if err != nil {
+		return 0, fmt.Errorf("create log: %w", err)
+	}
+	if err := lf.Close(); err != nil {
+		return 0, fmt.Errorf("create log: %w", err)
+	}
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open %s: %w", os.DevNull, err)
+	}
+	defer devnull.Close()
+
+	cmd := exec.Command(d.opts.Binary,
+		"--api-sock", sock,
+		"--log-path", logPath,
+		"--level", "Warning",
+		"--id", id)
+	cmd.Dir = dir
+	// Firecracker needs no environment; the manager's holds secrets.
+	cmd.Env = append([]string{}, d.env...)
+	// Its log is the --log-path file; stdio goes nowhere, since a pipe to
+	// the manager would break when the manager restarts.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start firecracker: %w", err)
+	}
+	pid := cmd.Process.Pid
+	exited := make(chan struct{})
+	d.mu.Lock()
+	d.children[pid] = exited
+	d.mu.Unlock()
+	// Reap it while this manager lives; after a restart init does.
+	go func() {
+		_ = cmd.Wait()
+		d.mu.Lock()
+		delete(d.children, pid)
+		d.mu.Unlock()
+		close(exited)
+	}()
+	if err := writePIDFile(d.pidPath(id), pid); err != nil {
+		_ = cmd.Process.Kill()
+		return 0, err
+	}
+	return pid, nil
+}
+
+func writePIDFile(path string, pid int) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write pid file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("write pid file: %w", err)
+	}
+	return nil
+}
+
+// readPIDFile returns the pid recorded for id; ok is false when there is no
+// usable pid file.
+func (d *Driver) readPIDFile(id string) (pid int, ok bool) {
+	b, err := os.ReadFile(d.pidPath(id))
+	if err != nil {
+		return 0, false
+	}
+	pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return 0, false
+	}
+	return pid, true
+}
+
+// owns reports whether pid is a live firecracker serving this API socket.
+// A pid file can outlive its process and the pid can be reused by anything
+// (weak point 28), so the command line is the proof: a zombie or another
+// program, even another firecracker, does not match.
+func (d *Driver) owns(pid int, sock string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return false
+	}
+	return d.isOurCmdline(b, sock)
+}
+
+func (d *Driver) isOurCmdline(raw []byte, sock string) bool {
+	args := strings.Split(string(bytes.TrimRight(raw, "\x00")), "\x00")
+	if len(args) < 3 {
+		return false
+	}
+	base := filepath.Base(args[0])
+	if base != filepath.Base(d.opts.Binary) && !strings.HasPrefix(base, "firecracker") {
+		return false
+	}
+	for i := 1; i+1 < len(args); i++ {
+		if args[i] == "--api-sock" && args[i+1] == sock {
+			return true
+		}
+	}
+	return false
+}
+
+// find returns the live firecracker of id: the one its pid file names or,
+// when that is gone or stale, one found by its command line, so a process
+// whose pid file was lost is still stopped rather than leaked.
+func (d *Driver) find(id string) (int, bool) {
+	sock := d.apiSock(id)
+	if pid, ok := d.readPIDFile(id); ok && d.owns(pid, sock) {
+		return pid, true
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, false
+	}
+	self := os.Getpid()
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		if d.owns(pid, sock) {
+			return pid, true
+		}
+	}
+	return 0, false
+}
+
+// kill sends SIGKILL to the process group of pid, and to pid itself, if
+// pid still is our firecracker. The check is made while holding a pidfd
+// (os.FindProcess opens one on Linux), so the signal cannot reach a process
+// that took the pid over after the check.
+func (d *Driver) kill(pid int, sock string) error {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return nil
+	}
+	defer p.Release()
+	if !d.owns(pid, sock) {
+		return nil
+	}
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("kill firecracker process group %d: %w", pid, err)
+	}
+	if err := p.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("kill firecracker %d: %w", pid, err)
+	}
+	return nil
+}
+
+// exited reports, without waiting, whether pid is no longer our firecracker.
+func (d *Driver) exited(pid int, sock string) bool {
+	d.mu.Lock()
+	ch, child := d.children[pid]
+	d.mu.Unlock()
+	if child {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	return !d.owns(pid, sock)
+}
+
+// waitGone waits up to timeout for pid to stop being our firecracker. Our
+// own children are waited on until reaped; others (started before a
+// manager restart) are polled.
+func (d *Driver) waitGone(pid int, sock string, timeout time.Duration) bool {
+	d.mu.Lock()
+	ch, child := d.children[pid]
+	d.mu.Unlock()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	if child {
+		select {
+		case <-ch:
+			return true
+		case <-t.C:
+			return false
+		}
+	}
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		if !d.owns(pid, sock) {
+			return true
+		}
+		select {
+		case <-t.C:
+			return !d.owns(pid, sock)
+		case <-tick.C:
+		}
+	}
+}
+
+// removeFile removes path; an absent file is success.
+func removeFile(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// logTail returns the end of a log file, for errors about a process that
+// died before it could answer.
+func logTail(path string, max int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > max {
+		if _, err := f.Seek(-max, io.SeekEnd); err != nil {
+			return ""
+		}
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}

@@ -1,0 +1,226 @@
+// Package process is the mock-mode runtime: each sandbox is the real guest
+// agent running as a local process of the invoking user, with its own home
+// directory as file root. Nothing needs root and nothing on the host changes
+// outside the state directory, yet exec, files, terminals and dev commands
+// behave as they do in a VM.
+package process
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"atelier/internal/agent"
+	"atelier/internal/ids"
+	"atelier/internal/sandbox"
+)
+
+// Options locate the agent binary and the per-sandbox state.
+type Options struct {
+	// Command runs the agent: the atelier binary with "agent" (its embedded
+	// agent), or an atelier-agent binary with no extra arguments.
+	Command []string
+	// StateDir holds one directory per sandbox (home, logs, config).
+	StateDir string
+	// SocketDir holds <id>/agent.sock; keep it short, unix socket paths are limited to 107 bytes.
+	SocketDir string
+	// StopGrace is how long a stopping agent gets before SIGKILL.
+	StopGrace time.Duration
+	Log       *slog.Logger
+}
+
+// Runtime runs sandboxes as local agent processes.
+type Runtime struct{ o Options }
+
+var _ sandbox.Runtime = (*Runtime)(nil)
+
+// New checks the options.
+func New(o Options) (*Runtime, error) {
+	if len(o.Command) == 0 {
+		return nil, errors.New("process runtime: no agent command")
+	}
+	if o.StateDir == "" || o.SocketDir == "" {
+		return nil, errors.New("process runtime: state and socket dirs are required")
+	}
+	if o.StopGrace <= 0 {
+		o.StopGrace = 5 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	return &Runtime{o: o}, nil
+}
+
+func (r *Runtime) dir(id string) string     { return filepath.Join(r.o.StateDir, id) }
+func (r *Runtime) pidFile(id string) string { return filepath.Join(r.dir(id), "agent.pid") }
+
+// AgentSocket is where the sandbox's agent listens.
+func (r *Runtime) AgentSocket(id string) string {
+	return filepath.Join(r.o.SocketDir, id, "agent.sock")
+}
+
+// AgentDialer reaches the sandbox's agent.
+func (r *Runtime) AgentDialer(id string) agent.Dialer { return agent.UnixDialer(r.AgentSocket(id)) }
+
+// Home is the sandbox's file root.
+func (r *Runtime) Home(id string) string { return filepath.Join(r.dir(id), "home") }
+
+// Boot starts the agent. It runs in its own session so that neither a
+// manager restart nor the caller's context ends it.
+func (r *Runtime) Boot(ctx context.Context, inst sandbox.Instance) error {
+	id := inst.ID
+	if !ids.ValidSandboxID(id) {
+		return fmt.Errorf("boot: invalid sandbox id %q", id)
+	}
+	if alive, _ := r.Alive(ctx, id); alive {
+		return fmt.Errorf("boot %s: already running", id)
+	}
+	home, logs, etc := r.Home(id), filepath.Join(r.dir(id), "log"), filepath.Join(r.dir(id), "etc")
+	for _, d := range []string{home, logs, etc, filepath.Dir(r.AgentSocket(id))} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("boot %s: %w", id, err)
+		}
+	}
+	sock := r.AgentSocket(id)
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("boot %s: remove stale socket: %w", id, err)
+	}
+	logf, err := os.OpenFile(filepath.Join(logs, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("boot %s: open log: %w", id, err)
+	}
+	defer logf.Close()
+	args := append(append([]string{}, r.o.Command[1:]...),
+		"serve", "--vsock-port", "0", "--unix", sock, "--sandbox-id", id,
+		"--file-root", home, "--workdir", home, "--log-dir", logs,
+		"--config-path", filepath.Join(etc, "config.json"), "--etc-dir", etc)
+	cmd := exec.Command(r.o.Command[0], args...)
+	cmd.Dir = home
+	cmd.Env = append(os.Environ(), "HOME="+home, "ATELIER_SANDBOX_ID="+id)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("boot %s: start agent: %w", id, err)
+	}
+	pid := cmd.Process.Pid
+	// Reap it if it dies while we are still around; after a manager restart
+	// the process is no longer our child and init reaps it.
+	go func() { _ = cmd.Wait() }()
+	if err := os.WriteFile(r.pidFile(id), []byte(strconv.Itoa(pid)), 0o600); err != nil {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		return fmt.Errorf("boot %s: write pid file: %w", id, err)
+	}
+	r.o.Log.Debug("agent process started", "sandbox_id", id, "pid", pid)
+	return nil
+}
+
+// pid returns the agent's pid when it is alive and really ours: the pid file
+// alone could name a recycled pid.
+func (r *Runtime) pid(id string) (int, bool) {
+	b, err := os.ReadFile(r.pidFile(id))
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return 0, false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return 0, false
+	}
+	if !bytes.Contains(cmdline, []byte("--sandbox-id\x00"+id+"\x00")) {
+		return 0, false
+	}
+	// A zombie has exited; it only waits to be reaped.
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		if i := bytes.LastIndexByte(st, ')'); i > 0 && len(st) > i+2 && st[i+2] == 'Z' {
+			return 0, false
+		}
+	}
+	return pid, true
+}
+
+// Alive reports whether the sandbox's agent process runs.
+func (r *Runtime) Alive(_ context.Context, id string) (bool, error) {
+	if !ids.ValidSandboxID(id) {
+		return false, fmt.Errorf("alive: invalid sandbox id %q", id)
+	}
+	_, ok := r.pid(id)
+	return ok, nil
+}
+
+// Stop ends the agent and everything it started (its session), keeping the
+// sandbox's files. An agent that is not running is already stopped.
+func (r *Runtime) Stop(ctx context.Context, id string) error {
+	if !ids.ValidSandboxID(id) {
+		return fmt.Errorf("stop: invalid sandbox id %q", id)
+	}
+	pid, ok := r.pid(id)
+	if ok {
+		_ = syscall.Kill(-pid, syscall.SIGTERM)
+		deadline := time.Now().Add(r.o.StopGrace)
+		for time.Now().Before(deadline) {
+			if _, alive := r.pid(id); !alive {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if _, alive := r.pid(id); alive {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+			for i := 0; i < 200; i++ {
+				if _, alive := r.pid(id); !alive {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		r.o.Log.Debug("agent process stopped", "sandbox_id", id, "pid", pid)
+	}
+	for _, p := range []string{r.pidFile(id), r.AgentSocket(id)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("stop %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// Destroy stops the agent and removes the sandbox's files.
+func (r *Runtime) Destroy(ctx context.Context, id string) error {
+	if err := r.Stop(ctx, id); err != nil {
+		return err
+	}
+	for _, p := range []string{r.dir(id), filepath.Dir(r.AgentSocket(id))} {
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("destroy %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// List returns the ids that have state on disk, for leak checks.
+func (r *Runtime) List(context.Context) ([]string, error) {
+	ents, err := os.ReadDir(r.o.StateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list sandboxes: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() && ids.ValidSandboxID(e.Name()) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,284 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"atelier/internal/store"
+)
+
+// Inventory lists, by sandbox id, what exists on the host for each kind of
+// resource; a nil function skips that kind. The server wires it from the
+// drivers, so the reconciler compares the store with reality.
+type Inventory struct {
+	Runtimes func(ctx context.Context) ([]string, error)
+	Links    func(ctx context.Context) ([]string, error)
+	Volumes  func(ctx context.Context) ([]string, error)
+}
+
+// Report counts what one reconciler pass fixed.
+type Report struct {
+	Interrupted   int `json:"interrupted" doc:"Sandboxes left mid-operation (creating, starting, stopping) by a crash, settled."`
+	Destroyed     int `json:"destroyed" doc:"Interrupted destroys finished."`
+	Dead          int `json:"dead" doc:"Running sandboxes whose runtime had exited, marked error."`
+	Runtimes      int `json:"runtimes" doc:"Guest processes or containers of no live sandbox, removed."`
+	Links         int `json:"links" doc:"Network links of no live sandbox, removed."`
+	Volumes       int `json:"volumes" doc:"Volumes of no sandbox, removed."`
+	Leases        int `json:"leases" doc:"IP leases of no sandbox, or of errored ones, released."`
+	JournalClosed int `json:"journalClosed" doc:"Journal steps left open by a crash, closed as failed."`
+}
+
+func (r Report) total() int {
+	return r.Interrupted + r.Destroyed + r.Dead + r.Runtimes + r.Links + r.Volumes + r.Leases + r.JournalClosed
+}
+
+// SetInventory installs the host listings the reconciler uses for orphans.
+func (s *Service) SetInventory(inv Inventory) { s.inventory.Store(&inv) }
+
+// RunReconciler reconciles every interval until ctx is done. The first pass
+// at start-up is the server's job (Reconcile before serving).
+func (s *Service) RunReconciler(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := s.Reconcile(ctx, false); err != nil && ctx.Err() == nil {
+				s.log.Warn("reconcile", "err", err)
+			}
+		}
+	}
+}
+
+// Reconcile converges the store and the host: rows left mid-operation by a
+// crash are settled truthfully, sandboxes whose runtime died are marked,
+// and resources that belong to no live sandbox are removed. At start-up
+// (startup true) journal steps still open were interrupted and are closed.
+func (s *Service) Reconcile(ctx context.Context, startup bool) (Report, error) {
+	var rep Report
+	var errs []error
+	rows, err := s.st.ListSandboxes(ctx, store.SandboxFilter{NoTimings: true})
+	if err != nil {
+		return rep, fmt.Errorf("reconcile: %w", err)
+	}
+	known := map[string]store.Sandbox{}
+	for _, sb := range rows {
+		known[sb.ID] = sb
+		if err := s.reconcileRow(ctx, sb, &rep); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if startup {
+		ops, err := s.st.OpenOps(ctx)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, o := range ops {
+			if err := s.st.SetOpState(ctx, o.ID, store.OpFailed, "interrupted: the manager stopped during this step"); err == nil {
+				rep.JournalClosed++
+			}
+		}
+	}
+	if err := s.reapOrphans(ctx, known, &rep); err != nil {
+		errs = append(errs, err)
+	}
+	s.count(rep)
+	if rep.total() > 0 {
+		s.log.Info("reconciled", "interrupted", rep.Interrupted, "destroyed", rep.Destroyed, "dead", rep.Dead,
+			"runtimes", rep.Runtimes, "links", rep.Links, "volumes", rep.Volumes, "leases", rep.Leases, "journal", rep.JournalClosed)
+	}
+	return rep, errors.Join(errs...)
+}
+
+func (s *Service) count(rep Report) {
+	for kind, n := range map[string]int{
+		"interrupted": rep.Interrupted, "destroyed": rep.Destroyed, "dead": rep.Dead, "runtime": rep.Runtimes,
+		"link": rep.Links, "volume": rep.Volumes, "lease": rep.Leases, "journal": rep.JournalClosed,
+	} {
+		if n > 0 {
+			s.m.ReconcilerFixes.WithLabelValues(kind).Add(float64(n))
+		}
+	}
+}
+
+// busy reports whether this process is working on the sandbox right now.
+func (s *Service) busy(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inflight[id] != nil
+}
+
+func (s *Service) reconcileRow(ctx context.Context, sb store.Sandbox, rep *Report) error {
+	id := sb.ID
+	if s.busy(id) {
+		return nil
+	}
+	// Never wait behind a lifecycle operation: the next pass will see it.
+	lctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	unlock, err := s.locks.lock(lctx, id)
+	cancel()
+	if err != nil {
+		return nil
+	}
+	defer unlock()
+	if sb, err = s.st.GetSandbox(ctx, id); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		return err
+	}
+	if s.busy(id) {
+		return nil
+	}
+	bg := context.WithoutCancel(ctx)
+	hooks := s.hooks.Load()
+	log := s.log.With("sandbox_id", id)
+
+	switch sb.Status {
+	case store.StatusDestroying:
+		rep.Destroyed++
+		log.Info("finishing an interrupted destroy")
+		return s.finishDestroy(bg, sb)
+
+	case store.StatusCreating:
+		// No job runs it in this process: the manager crashed mid-create.
+		rep.Interrupted++
+		log.Info("undoing an interrupted create")
+		errs := []error{
+			s.drv.Runtime.Destroy(bg, id), s.drv.Volumes.Delete(bg, id), s.drv.Network.Detach(bg, id),
+			s.st.ReleaseLease(bg, id), optional(hooks.OnDestroyed)(bg, id),
+		}
+		return s.settle(bg, sb, store.StatusError, "create interrupted by a manager restart; destroy it or start it again", errs)
+
+	case store.StatusStarting, store.StatusStopping:
+		rep.Interrupted++
+		log.Info("settling an interrupted operation", "status", sb.Status)
+		errs := []error{s.drv.Runtime.Stop(bg, id), s.drv.Network.Detach(bg, id), optional(hooks.OnStopped)(bg, id)}
+		if sb.Status == store.StatusStopping {
+			return s.settle(bg, sb, store.StatusStopped, "", errs)
+		}
+		errs = append(errs, s.st.ReleaseLease(bg, id))
+		return s.settle(bg, sb, store.StatusError, "start interrupted by a manager restart; start it again", errs)
+
+	case store.StatusRunning:
+		alive, err := s.drv.Runtime.Alive(bg, id)
+		if err != nil || alive {
+			return err
+		}
+		rep.Dead++
+		log.Warn("runtime exited unexpectedly")
+		s.agents.drop(id)
+		errs := []error{s.drv.Runtime.Stop(bg, id), s.drv.Network.Detach(bg, id), optional(hooks.OnStopped)(bg, id),
+			s.st.ReleaseLease(bg, id)}
+		return s.settle(bg, sb, store.StatusError, "the sandbox's runtime exited unexpectedly; start it again", errs)
+
+	case store.StatusError:
+		// An errored sandbox may still hold its address when its guest could
+		// not be confirmed down; once the runtime is gone, free it.
+		if sb.IP == "" {
+			if _, err := s.st.GetLease(bg, id); errors.Is(err, store.ErrNotFound) {
+				return nil
+			}
+		}
+		if alive, err := s.drv.Runtime.Alive(bg, id); err != nil || alive {
+			if alive {
+				return s.drv.Runtime.Stop(bg, id)
+			}
+			return err
+		}
+		if err := errors.Join(s.drv.Network.Detach(bg, id), s.st.ReleaseLease(bg, id)); err != nil {
+			return err
+		}
+		rep.Leases++
+		_, err := s.st.UpdateSandbox(bg, id, func(x *store.Sandbox) { x.IP, x.MAC = "", "" })
+		return err
+	}
+	return nil
+}
+
+// settle moves a row to its truthful state after the cleanup errs; a failed
+// cleanup leaves the row for the next pass.
+func (s *Service) settle(ctx context.Context, sb store.Sandbox, to store.Status, msg string, errs []error) error {
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("reconcile %s: %w", sb.ID, err)
+	}
+	_, err := s.move(ctx, sb.ID, []store.Status{sb.Status}, to, 0, func(x *store.Sandbox) {
+		x.Error = msg
+		if to == store.StatusError {
+			x.IP, x.MAC = "", ""
+		}
+	})
+	return err
+}
+
+// reapOrphans removes host resources and leases whose sandbox is gone. A
+// resource whose id the store does not know is never Atelier's to keep.
+func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbox, rep *Report) error {
+	bg := context.WithoutCancel(ctx)
+	var errs []error
+	invp := s.inventory.Load()
+	var inv Inventory
+	if invp != nil {
+		inv = *invp
+	}
+	// Re-read a candidate before removing it: a create may have inserted it
+	// after the listing.
+	orphan := func(id string) bool {
+		if _, ok := known[id]; ok || s.busy(id) {
+			return false
+		}
+		_, err := s.st.GetSandbox(bg, id)
+		return errors.Is(err, store.ErrNotFound)
+	}
+	kinds := []struct {
+		list   func(context.Context) ([]string, error)
+		remove func(context.Context, string) error
+		n      *int
+		name   string
+	}{
+		{inv.Runtimes, s.drv.Runtime.Destroy, &rep.Runtimes, "runtime"},
+		{inv.Links, s.drv.Network.Detach, &rep.Links, "link"},
+		{inv.Volumes, s.drv.Volumes.Delete, &rep.Volumes, "volume"},
+	}
+	for _, k := range kinds {
+		if k.list == nil {
+			continue
+		}
+		found, err := k.list(bg)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list %ss: %w", k.name, err))
+			continue
+		}
+		for _, id := range found {
+			if !orphan(id) {
+				continue
+			}
+			if err := k.remove(bg, id); err != nil {
+				errs = append(errs, fmt.Errorf("remove orphan %s %s: %w", k.name, id, err))
+				continue
+			}
+			*k.n++
+			s.log.Info("removed orphan "+k.name, "sandbox_id", id)
+		}
+	}
+	leases, err := s.st.ListLeases(bg)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, l := range leases {
+		if !orphan(l.SandboxID) {
+			continue
+		}
+		if err := s.st.ReleaseLease(bg, l.SandboxID); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		rep.Leases++
+		s.log.Info("released orphan lease", "sandbox_id", l.SandboxID, "ip", l.IP)
+	}
+	return errors.Join(errs...)
+}

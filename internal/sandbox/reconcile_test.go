@@ -1,0 +1,150 @@
+package sandbox_test
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"atelier/internal/sandbox"
+	"atelier/internal/store"
+)
+
+// crashed leaves a sandbox row in status with every resource a crash at
+// that point would leave behind, as a killed manager would.
+func (e *env) crashed(t *testing.T, id string, status store.Status, resources bool) {
+	t.Helper()
+	ctx := context.Background()
+	if err := e.st.InsertSandbox(ctx, store.Sandbox{ID: id, OwnerID: "u", Image: "dev-base", Status: status, Vcpus: 1, MemoryMB: 512}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if resources {
+		e.leak(t, id)
+	}
+}
+
+// leak makes host resources for id without any row.
+func (e *env) leak(t *testing.T, id string) {
+	t.Helper()
+	ctx := context.Background()
+	_, first, last, _ := e.cfg.GuestRange()
+	l, err := e.st.AllocateLease(ctx, id, first, last, func(a netip.Addr) string { b := a.As4(); return "06:00:" + string(rune('a'+b[3]%26)) + a.String() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk, err := e.vol.Clone(ctx, "dev-base", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	link, err := e.nw.Attach(ctx, id, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rt.Boot(ctx, sandbox.Instance{ID: id, Disk: disk, Link: link, IP: l.IP, MAC: l.MAC}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReconcileAfterCrash(t *testing.T) {
+	e := newEnv(t)
+	e.run(t)
+	healthy := e.createRunning(t)
+	stopped := e.createRunning(t)
+	if _, err := e.svc.Stop(context.Background(), stopped.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	const (
+		creating   = "crashcreate1"
+		starting   = "crashstart01"
+		stopping   = "crashstop001"
+		destroying = "crashdestroy"
+		dead       = "crashdead001"
+		orphan     = "orphan000001"
+	)
+	e.crashed(t, creating, store.StatusCreating, true)
+	e.crashed(t, starting, store.StatusStarting, true)
+	e.crashed(t, stopping, store.StatusStopping, true)
+	e.crashed(t, destroying, store.StatusDestroying, true)
+	e.crashed(t, dead, store.StatusRunning, true)
+	if err := e.rt.Destroy(context.Background(), dead); err != nil { // its runtime died
+		t.Fatal(err)
+	}
+	e.leak(t, orphan) // resources whose row never existed
+	ctx := context.Background()
+	if _, err := e.st.AppendOp(ctx, store.Op{SandboxID: creating, Op: sandbox.OpCreate, Step: sandbox.StepBoot, State: store.OpIntent}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A restarted manager: a new service over the same store and host.
+	svc := sandbox.New(e.cfg, e.st, e.bus, e.m, sandbox.Drivers{Runtime: e.rt, Network: e.nw, Volumes: e.vol}, slog.New(slog.DiscardHandler))
+	svc.SetInventory(sandbox.Inventory{
+		Runtimes: func(context.Context) ([]string, error) { return e.rt.Instances(), nil },
+		Links:    func(context.Context) ([]string, error) { return e.nw.LinkIDs(), nil },
+		Volumes:  func(context.Context) ([]string, error) { return e.vol.IDs(), nil },
+	})
+	rep, err := svc.Reconcile(ctx, true)
+	if err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	want := sandbox.Report{Interrupted: 3, Destroyed: 1, Dead: 1, Runtimes: 1, Links: 1, Volumes: 1, Leases: 1, JournalClosed: 1}
+	if rep != want {
+		t.Fatalf("report = %+v\nwant     %+v", rep, want)
+	}
+
+	states := map[string]store.Status{
+		creating: store.StatusError, starting: store.StatusError, stopping: store.StatusStopped,
+		dead: store.StatusError, healthy.ID: store.StatusRunning, stopped.ID: store.StatusStopped,
+	}
+	for id, st := range states {
+		if got := e.status(t, id); got.Status != st {
+			t.Errorf("%s: %s, want %s", id, got.Status, st)
+		}
+	}
+	if _, err := e.st.GetSandbox(ctx, destroying); err == nil {
+		t.Errorf("interrupted destroy left its row")
+	}
+	// Only live sandboxes keep a guest and a link; stopped ones keep volume and lease.
+	if got := e.rt.Instances(); !slices.Equal(got, []string{healthy.ID}) {
+		t.Errorf("runtimes left: %v", got)
+	}
+	if got := e.nw.LinkIDs(); !slices.Equal(got, []string{healthy.ID}) {
+		t.Errorf("links left: %v", got)
+	}
+	wantVols := []string{creating, healthy.ID, stopped.ID, starting, stopping, dead}
+	slices.Sort(wantVols)
+	gotVols := e.vol.IDs()
+	slices.Sort(gotVols)
+	// The interrupted create is undone, volume included.
+	wantVols = slices.DeleteFunc(wantVols, func(id string) bool { return id == creating })
+	if !slices.Equal(gotVols, wantVols) {
+		t.Errorf("volumes left: %v, want %v", gotVols, wantVols)
+	}
+	leases, _ := e.st.ListLeases(ctx)
+	var held []string
+	for _, l := range leases {
+		held = append(held, l.SandboxID)
+	}
+	slices.Sort(held)
+	wantLeases := []string{healthy.ID, stopped.ID, stopping}
+	slices.Sort(wantLeases)
+	if !slices.Equal(held, wantLeases) {
+		t.Errorf("leases held by %v, want %v", held, wantLeases)
+	}
+	if open, _ := e.st.OpenOps(ctx); len(open) != 0 {
+		t.Errorf("journal still has open steps: %+v", open)
+	}
+
+	// A second pass finds nothing more to do.
+	if rep, err := svc.Reconcile(ctx, false); err != nil || rep != (sandbox.Report{}) {
+		t.Fatalf("second pass: %+v %v", rep, err)
+	}
+	// The settled sandboxes work again.
+	if _, err := svc.Start(ctx, starting); err != nil {
+		t.Fatalf("start after an interrupted start: %v", err)
+	}
+	if err := svc.Destroy(ctx, creating); err != nil {
+		t.Fatalf("destroy after an interrupted create: %v", err)
+	}
+}
