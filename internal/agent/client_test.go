@@ -163,8 +163,10 @@ func TestVsockDialerRetriesUntilGuestListens(t *testing.T) {
 	fc.mu.Lock()
 	lines := append([]string(nil), fc.lines...)
 	fc.mu.Unlock()
-	if len(lines) != 5 {
-		t.Fatalf("%d CONNECT attempts, want 5 (3 dropped, 1 held, 1 accepted)", len(lines))
+	// 3 dropped, 1 held past the attempt deadline, 1 accepted (more only
+	// if a loaded machine made an attempt time out on its own).
+	if len(lines) < 5 || fc.reject.Load() >= 0 || fc.hold.Load() >= 0 {
+		t.Fatalf("%d CONNECT attempts, want at least 5 consuming every reject and hold", len(lines))
 	}
 	for _, l := range lines {
 		if l != "CONNECT 9998\n" {
@@ -173,13 +175,14 @@ func TestVsockDialerRetriesUntilGuestListens(t *testing.T) {
 	}
 
 	// The pooled transport reuses the connection: no handshake per request.
+	before := fc.accepted.Load()
 	for range 20 {
 		if _, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"true"}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := fc.accepted.Load(); n != 1 {
-		t.Fatalf("%d accepted vsock connections for 21 sequential requests, want 1", n)
+	if n := fc.accepted.Load() - before; n != 0 {
+		t.Fatalf("%d new vsock connections for 20 sequential requests, want 0", n)
 	}
 }
 

@@ -102,6 +102,7 @@ func New(d Deps) *Server {
 	s.registerEvents()
 	s.registerSystem()
 	s.registerTokens()
+	s.registerCleanup()
 	s.registerAgentProxy()
 	s.registerRaw("GET", "/metrics", false, "Prometheus metrics.", s.authRaw(d.Metrics.Handler()))
 	s.registerRaw("GET", "/{$}", true, "Service index.", http.HandlerFunc(s.index))

@@ -8,6 +8,7 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 
 	"atelier/internal/hoststats"
+	"atelier/internal/sandbox"
 	"atelier/internal/store"
 )
 
@@ -62,6 +63,25 @@ func (s *Server) registerSystem() {
 			}
 		}
 		return &struct{ Body statsBody }{b}, nil
+	})
+}
+
+func (s *Server) registerCleanup() {
+	huma.Register(s.api, huma.Operation{
+		OperationID: "system-cleanup", Method: http.MethodPost, Path: "/api/system/cleanup", Tags: []string{"system"},
+		Summary: "Run the reconciler now", Security: securityAuthed,
+		Description: "Settles sandboxes left mid-operation, marks sandboxes whose runtime died, and removes " +
+			"runtimes, links, volumes and leases that belong to no sandbox. Returns what it fixed. Admin only.",
+		Errors: []int{http.StatusUnauthorized, http.StatusForbidden},
+	}, func(ctx context.Context, _ *struct{}) (*struct{ Body sandbox.Report }, error) {
+		if p := principal(ctx); !p.Admin && s.d.Config.Server.Mode != "mock" {
+			return nil, newProblem(http.StatusForbidden, "forbidden", "cleanup acts on every sandbox on the host: use the manager's unix socket")
+		}
+		rep, err := s.d.Sandboxes.Reconcile(ctx, false)
+		if err != nil {
+			return nil, toProblem(ctx, s.d.Log, err)
+		}
+		return &struct{ Body sandbox.Report }{rep}, nil
 	})
 }
 

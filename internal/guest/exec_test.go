@@ -122,7 +122,7 @@ func TestExecTimeoutKillsWholeGroup(t *testing.T) {
 	a := startAgent(t, nil)
 	res, err := a.c.Exec(ctxT(t, 20*time.Second), agent.ExecRequest{
 		Shell:     "sleep 300 & echo $!; wait",
-		TimeoutMs: 300,
+		TimeoutMs: 500,
 	})
 	if err != nil {
 		t.Fatal(err)

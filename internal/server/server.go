@@ -21,7 +21,9 @@ import (
 	"atelier/internal/config"
 	"atelier/internal/events"
 	"atelier/internal/metrics"
+	"atelier/internal/network"
 	netmock "atelier/internal/network/mock"
+	"atelier/internal/runtime/container"
 	"atelier/internal/runtime/process"
 	"atelier/internal/sandbox"
 	stmock "atelier/internal/storage/mock"
@@ -47,6 +49,8 @@ type Server struct {
 	unixSrv  *http.Server
 	bg       sync.WaitGroup
 	cancelBG context.CancelFunc
+
+	reconcileEvery time.Duration
 }
 
 // Options adjust a server for tests.
@@ -55,11 +59,18 @@ type Options struct {
 	Drivers    *sandbox.Drivers // nil: chosen from the config
 	AuthOpts   []auth.Option
 	NoUnixSock bool
+	// Network and Container adjust the production drivers (tests point them
+	// at namespaces they created).
+	Network   func(*network.Options)
+	Container func(*container.Options)
+	// ReconcileEvery is the reconciler's period (default 30 s).
+	ReconcileEvery time.Duration
 }
 
-// drivers picks the runtime, network and storage implementations.
-func drivers(cfg *config.Config) (sandbox.Drivers, error) {
-	if cfg.Server.Mode == config.ModeMock {
+// mockDrivers are mock mode's: the real agent as a local process, network
+// and volumes in memory.
+func mockDrivers(cfg *config.Config) (sandbox.Drivers, error) {
+	{
 		// The real agent, embedded in this binary, runs as a local process per
 		// sandbox; network and volumes stay in memory.
 		exe, err := os.Executable()
@@ -80,7 +91,6 @@ func drivers(cfg *config.Config) (sandbox.Drivers, error) {
 			Volumes: stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays")),
 		}, nil
 	}
-	return sandbox.Drivers{}, fmt.Errorf("sandbox.runtime %q: the host drivers are not built yet; run with server.mode \"mock\" (ATELIER_SERVER_MODE=mock)", cfg.Sandbox.Runtime)
 }
 
 // New opens the store and builds every service; it binds nothing yet.
@@ -93,12 +103,24 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		return nil, err
 	}
 	drv := opts.Drivers
-	if drv == nil {
-		d, err := drivers(cfg)
+	var inv *sandbox.Inventory
+	if drv == nil && cfg.Server.Mode == config.ModeMock {
+		d, err := mockDrivers(cfg)
 		if err != nil {
 			return nil, err
 		}
 		drv = &d
+		if lister, ok := d.Runtime.(interface {
+			List(context.Context) ([]string, error)
+		}); ok {
+			inv = &sandbox.Inventory{Runtimes: lister.List}
+		}
+	} else if drv == nil {
+		d, i, err := hostDrivers(ctx, cfg, opts, log)
+		if err != nil {
+			return nil, err
+		}
+		drv, inv = &d, &i
 	}
 	st, err := store.Open(ctx, cfg.Server.DataDir)
 	if err != nil {
@@ -107,12 +129,19 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	m := metrics.New()
 	bus := events.New(st, log)
 	sbx := sandbox.New(cfg, st, bus, m, *drv, log)
+	if inv != nil {
+		sbx.SetInventory(*inv)
+	}
 	au := auth.New(cfg, st, append([]auth.Option{auth.WithLogger(log)}, opts.AuthOpts...)...)
 	a := api.New(api.Deps{
 		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
 		Version: Version, Started: time.Now(),
 	})
-	return &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, API: a, Log: log}, nil
+	every := opts.ReconcileEvery
+	if every <= 0 {
+		every = 30 * time.Second
+	}
+	return &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, API: a, Log: log, reconcileEvery: every}, nil
 }
 
 // Listen binds the TCP address and, unless disabled, the unix socket.
@@ -157,6 +186,13 @@ func (s *Server) Addr() string { return s.tcp.Addr().String() }
 func (s *Server) Serve(ctx context.Context) error {
 	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancelBG = cancel
+	// Converge before serving: a crash may have left sandboxes mid-operation
+	// or resources without an owner.
+	if _, err := s.Sandboxes.Reconcile(bgCtx, true); err != nil {
+		s.Log.Warn("start-up reconcile incomplete", "err", err)
+	}
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.Sandboxes.RunReconciler(bgCtx, s.reconcileEvery) }()
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Sandboxes.Run(bgCtx) }()
 	s.bg.Add(1)

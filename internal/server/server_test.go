@@ -161,11 +161,3 @@ func TestUnsetModeRefused(t *testing.T) {
 		t.Fatalf("unset mode: %v", err)
 	}
 }
-
-func TestProductionWithoutHostDriversSaysSo(t *testing.T) {
-	cfg := productionConfig(t)
-	_, err := New(context.Background(), cfg, Options{})
-	if err == nil || !strings.Contains(err.Error(), "mock") {
-		t.Fatalf("production without drivers: %v", err)
-	}
-}

@@ -1,0 +1,107 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"atelier/internal/agent"
+	"atelier/internal/config"
+	"atelier/internal/network"
+	"atelier/internal/runtime/container"
+	"atelier/internal/runtime/firecracker"
+	"atelier/internal/sandbox"
+	"atelier/internal/storage"
+	"atelier/internal/storage/pool"
+)
+
+// withAgent gives a runtime driver the sandbox.AgentRuntime method.
+type withAgent struct {
+	sandbox.Runtime
+	dial func(id string) agent.Dialer
+}
+
+func (w withAgent) AgentDialer(id string) agent.Dialer { return w.dial(id) }
+
+// hostDrivers builds the production drivers: the configured runtime, the
+// host network (set up idempotently, re-adopting running sandboxes' links)
+// and the volume driver the host provides.
+func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slog.Logger) (sandbox.Drivers, sandbox.Inventory, error) {
+	var none sandbox.Drivers
+	kind := network.LinkTAP
+	if cfg.Sandbox.Runtime == "container" {
+		kind = network.LinkVeth
+	}
+	nopts, err := network.OptionsFromConfig(cfg, kind)
+	if err != nil {
+		return none, sandbox.Inventory{}, err
+	}
+	nopts.Log = log
+	if opts.Network != nil {
+		opts.Network(&nopts)
+	}
+	net, err := network.New(nopts)
+	if err != nil {
+		return none, sandbox.Inventory{}, err
+	}
+	if err := net.Setup(ctx); err != nil {
+		return none, sandbox.Inventory{}, fmt.Errorf("set up host network (atelier network setup): %w", err)
+	}
+	vols, choice, err := pool.Open(ctx, cfg, storage.Exec{}, log)
+	if err != nil {
+		return none, sandbox.Inventory{}, err
+	}
+	log.Info("storage driver chosen", "driver", choice.Driver, "reason", choice.Reason)
+
+	var rt withAgent
+	var listRuntimes func(context.Context) ([]string, error)
+	switch cfg.Sandbox.Runtime {
+	case "container":
+		copts := container.DefaultOptions(cfg.Sandbox.StateDir, cfg.Sandbox.LogDir)
+		copts.NetnsPath, copts.Log = net.NetnsPath, log
+		if opts.Container != nil {
+			opts.Container(&copts)
+		}
+		d, err := container.New(copts)
+		if err != nil {
+			return none, sandbox.Inventory{}, err
+		}
+		rt = withAgent{d, func(id string) agent.Dialer { return agent.Dialer(d.AgentDialer(id)) }}
+		listRuntimes = d.List
+	case "firecracker":
+		fopts := firecracker.OptionsFromConfig(cfg)
+		fopts.Log = log
+		d, err := firecracker.New(fopts)
+		if err != nil {
+			return none, sandbox.Inventory{}, err
+		}
+		rt = withAgent{d, func(id string) agent.Dialer { return agent.VsockDialer(d.AgentSocket(id), d.AgentPort()) }}
+		listRuntimes = d.List
+	default:
+		return none, sandbox.Inventory{}, fmt.Errorf("sandbox.runtime %q: want firecracker or container", cfg.Sandbox.Runtime)
+	}
+	inv := sandbox.Inventory{
+		Runtimes: listRuntimes,
+		Links: func(ctx context.Context) ([]string, error) {
+			links, err := net.Links(ctx)
+			var out []string
+			for _, l := range links {
+				if l.SandboxID != "" {
+					out = append(out, l.SandboxID)
+				}
+			}
+			return out, err
+		},
+		Volumes: func(ctx context.Context) ([]string, error) {
+			vs, err := vols.List(ctx)
+			var out []string
+			for _, v := range vs {
+				if v.Kind == storage.KindSandbox {
+					out = append(out, v.ID)
+				}
+			}
+			return out, err
+		},
+	}
+	return sandbox.Drivers{Runtime: rt, Network: net, Volumes: vols}, inv, nil
+}
