@@ -9,7 +9,6 @@
 package agent
 
 import (
-	"encoding/json"
 	"errors"
 	"time"
 )
@@ -539,6 +538,3 @@ type ConfigAck struct {
 	Path string `json:"path"`
 	Size int    `json:"size"`
 }
-
-// RawConfig is the stored sandbox config, returned verbatim.
-type RawConfig = json.RawMessage

@@ -200,3 +200,26 @@ func TestParseCmdline(t *testing.T) {
 		t.Fatalf("defaults %+v", def)
 	}
 }
+
+func TestEmptyDirGuardsScratchMounts(t *testing.T) {
+	dir := t.TempDir()
+	full := filepath.Join(dir, "full")
+	if err := os.MkdirAll(filepath.Join(full, "atelier"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.Mkdir(empty, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		path string
+		want bool
+	}{{full, false}, {empty, true}, {filepath.Join(dir, "missing"), true}} {
+		if got := emptyDir(tt.path); got != tt.want {
+			t.Errorf("emptyDir(%s) = %v, want %v", tt.path, got, tt.want)
+		}
+	}
+	if !isMountpoint("/") || isMountpoint(empty) {
+		t.Error("isMountpoint misjudges / or a plain directory")
+	}
+}

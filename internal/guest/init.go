@@ -260,16 +260,19 @@ type mountSpec struct {
 	target, fstype, source string
 	flags                  uintptr
 	data                   string
+	// scratch file systems only go on an empty directory: mounting over
+	// content (say a runtime's bind mount under /run) would hide it.
+	scratch bool
 }
 
 var initMounts = []mountSpec{
-	{"/proc", "proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-	{"/sys", "sysfs", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-	{"/dev", "devtmpfs", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
-	{"/dev/pts", "devpts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"},
-	{"/dev/shm", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
-	{"/run", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
-	{"/tmp", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	{"/proc", "proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "", false},
+	{"/sys", "sysfs", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "", false},
+	{"/dev", "devtmpfs", "devtmpfs", unix.MS_NOSUID, "mode=0755", false},
+	{"/dev/pts", "devpts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5", false},
+	{"/dev/shm", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777", true},
+	{"/run", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755", true},
+	{"/tmp", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777", true},
 }
 
 // isMountpoint compares the device of a directory with its parent's.
@@ -281,9 +284,19 @@ func isMountpoint(p string) bool {
 	return st.Dev != pst.Dev || p == "/"
 }
 
+func emptyDir(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return errors.Is(err, os.ErrNotExist)
+	}
+	defer f.Close()
+	names, _ := f.Readdirnames(1)
+	return len(names) == 0
+}
+
 func mountMissing(log *slog.Logger) {
 	for _, m := range initMounts {
-		if isMountpoint(m.target) {
+		if isMountpoint(m.target) || (m.scratch && !emptyDir(m.target)) {
 			continue
 		}
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
@@ -305,8 +318,9 @@ type InitOptions struct {
 	// ServeArgv is the agent command init supervises (args appended from
 	// the kernel command line).
 	ServeArgv []string
-	// KernelCmdline reads /proc/cmdline for ip=, hostname and atelier.*
-	// settings; off in containers, where it would be the host's.
+	// KernelCmdline means a VM guest: read /proc/cmdline for ip=, host
+	// name and atelier.* settings, and power off by reboot at the end. Off
+	// in containers, where the command line is the host's.
 	KernelCmdline bool
 	Logger        *slog.Logger
 }
@@ -395,8 +409,9 @@ func RunInit(ctx context.Context, o InitOptions) error {
 	}
 	_, err := supervise(sctx, initConfig{serveArgv: argv, serveEnv: os.Environ(), log: log, started: boot})
 	unix.Sync()
-	if os.Getpid() == 1 {
-		// A guest reboot makes Firecracker exit: the cleanest power-off.
+	if os.Getpid() == 1 && o.KernelCmdline {
+		// In a VM guest a reboot makes Firecracker exit: the cleanest
+		// power-off. A container's init just returns.
 		_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	}
 	return err

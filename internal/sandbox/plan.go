@@ -49,9 +49,11 @@ func (p *plan) step(name, detail string, act func(context.Context) (string, erro
 	if err != nil {
 		return fmt.Errorf("%s: journal: %w", name, err)
 	}
+	crashPoint(p.op, name, "before")
 	begin := time.Now()
 	out, err := act(p.ctx)
 	p.timings[name] = ms(time.Since(begin))
+	crashPoint(p.op, name, "after")
 	state, note := store.OpDone, out
 	if err != nil {
 		state, note = store.OpFailed, err.Error()
@@ -73,6 +75,18 @@ func (p *plan) step(name, detail string, act func(context.Context) (string, erro
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
+}
+
+// CrashHook, when set, is called around every journaled step with the
+// operation, the step and "before" or "after" its action. It exists only for
+// the fault-injection tests, which kill the manager there with SIGKILL;
+// production never sets it.
+var CrashHook func(op, step, when string)
+
+func crashPoint(op, step, when string) {
+	if CrashHook != nil {
+		CrashHook(op, step, when)
+	}
 }
 
 func (p *plan) setOp(opID int64, state, detail string) {

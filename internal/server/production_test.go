@@ -2,220 +2,88 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"fmt"
-	"io"
-	"log/slog"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netns"
-
-	"atelier/internal/config"
-	"atelier/internal/network"
-	"atelier/internal/runtime/container"
-	"atelier/internal/testimage"
 )
-
-func sh(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
-// hostNetns makes a "host" namespace with an egress route to a "wan"
-// namespace, the way the network driver's own tests do, and removes both.
-func hostNetns(t *testing.T, prefix string) netns.NsHandle {
-	t.Helper()
-	host, wan := prefix+"host", prefix+"wan"
-	sh(t, "ip", "netns", "add", host)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", host).Run() })
-	sh(t, "ip", "netns", "add", wan)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", wan).Run() })
-	sh(t, "ip", "-n", host, "link", "set", "lo", "up")
-	sh(t, "ip", "-n", host, "link", "add", "wan0", "type", "veth", "peer", "name", "wan1", "netns", wan)
-	sh(t, "ip", "-n", host, "addr", "add", "198.51.100.1/24", "dev", "wan0")
-	sh(t, "ip", "-n", host, "link", "set", "wan0", "up")
-	sh(t, "ip", "-n", wan, "addr", "add", "198.51.100.2/24", "dev", "wan1")
-	sh(t, "ip", "-n", wan, "link", "set", "wan1", "up")
-	sh(t, "ip", "-n", host, "route", "add", "default", "via", "198.51.100.2")
-	h, err := netns.GetFromName(host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
-}
 
 // TestContainerSandboxesEndToEnd drives the production manager with real
 // runc sandboxes: 20 concurrent creates, exec and files through the agent,
 // stop/start keeping the network, and destroy leaving nothing behind.
 func TestContainerSandboxesEndToEnd(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("requires root: runs runc containers, loop mounts and network namespaces")
-	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		t.Skip("requires runc (apt-get install runc)")
-	}
-	rb := make([]byte, 3)
-	rand.Read(rb)
-	prefix := "atlt-" + hex.EncodeToString(rb) + "-"
-	hostNS := hostNetns(t, prefix)
+	f := newFixture(t)
+	srv := f.start(t)
 
-	dir, err := os.MkdirTemp("", "atl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	agentBin := filepath.Join(dir, "atelier-agent")
-	build := exec.Command("go", "build", "-o", agentBin, "../../cmd/atelier-agent")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build agent: %v\n%s", err, out)
-	}
-	cfg := productionConfig(t)
-	cfg.Sandbox.Runtime = "container"
-	cfg.Sandbox.StateDir = filepath.Join(dir, "s")
-	cfg.Sandbox.LogDir = filepath.Join(dir, "log")
-	cfg.Setup.Storage.Method = "file"
-	if err := os.MkdirAll(filepath.Join(cfg.Sandbox.StateDir, "images"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := testimage.Build(context.Background(), filepath.Join(cfg.Sandbox.StateDir, "images", "dev-base.ext4"), agentBin, 64); err != nil {
-		t.Fatal(err)
-	}
-
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	srv, err := New(ctx, cfg, Options{
-		Log: log,
-		Network: func(o *network.Options) {
-			o.HostNS, o.NetnsPrefix = hostNS, prefix+"sb-"
-		},
-		Container: func(o *container.Options) { o.CgroupParent = "/" + prefix + "cg" },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(false); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	uc := unixClient(cfg.Server.SocketPath)
-	call := func(method, path, body string) (int, []byte) {
-		req, _ := http.NewRequest(method, "http://atelier"+path, strings.NewReader(body))
-		if body != "" {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		res, err := uc.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		return res.StatusCode, b
-	}
-	exe := func(id, cmd string) (int, string) {
-		code, b := call("POST", "/api/sandboxes/"+id+"/exec", fmt.Sprintf(`{"argv":["sh","-c",%q],"timeoutMs":10000}`, cmd))
-		var r struct {
-			ExitCode       int
-			Stdout, Stderr string
-		}
-		if code != 200 || json.Unmarshal(b, &r) != nil {
-			t.Fatalf("exec %q in %s: %d %s", cmd, id, code, b)
-		}
-		return r.ExitCode, r.Stdout + r.Stderr
-	}
-
-	// 20 concurrent creates: the default limit.
 	ids := make([]string, 20)
 	var wg sync.WaitGroup
 	start := time.Now()
-	errs := make(chan string, 20)
 	for i := range ids {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			code, b := call("POST", "/api/sandboxes", `{"vcpus":1,"memoryMb":512}`)
-			var v struct{ ID, Status, Error string }
+			id, code, b := f.create(t)
+			var v struct{ Status string }
 			json.Unmarshal(b, &v)
 			if code != 201 || v.Status != "running" {
-				errs <- fmt.Sprintf("create %d: %d %s", i, code, b)
+				t.Errorf("create %d: %d %s", i, code, b)
 			}
-			ids[i] = v.ID
+			ids[i] = id
 		}(i)
 	}
 	wg.Wait()
-	close(errs)
-	for e := range errs {
-		t.Error(e)
-	}
 	if t.Failed() {
 		t.FailNow()
 	}
 	t.Logf("20 concurrent creates ready in %v", time.Since(start))
-	if code, b := call("POST", "/api/sandboxes", `{}`); code != 429 {
+	if _, code, b := f.create(t); code != 429 {
 		t.Fatalf("21st create: %d %s, want 429", code, b)
 	}
 
 	id := ids[0]
-	if code, out := exe(id, "hostname; id -u; exit 7"); code != 7 || !strings.Contains(out, "sandbox-"+id) {
+	if code, out := f.exec(t, id, "hostname; id -u; exit 7"); code != 7 || !strings.Contains(out, "sandbox-"+id) {
 		t.Fatalf("exec: %d %q", code, out)
 	}
-	if code, out := exe(id, "ping -c 1 -W 2 172.16.0.1"); code != 0 {
+	if code, out := f.exec(t, id, "ping -c 1 -W 2 172.16.0.1"); code != 0 {
 		t.Fatalf("ping gateway before restart: %d %s", code, out)
 	}
-	if code, b := call("PUT", "/api/sandboxes/"+id+"/files?path=/root/keep.txt&parents=true", "kept across restart"); code >= 300 {
+	if code, b := f.call(t, "PUT", "/api/sandboxes/"+id+"/files?path=/root/keep.txt&parents=true", "kept across restart"); code >= 300 {
 		t.Fatalf("write file: %d %s", code, b)
 	}
-	// Guests cannot reach each other.
-	code, b := call("GET", "/api/sandboxes/"+ids[1], "")
+	code, b := f.call(t, "GET", "/api/sandboxes/"+ids[1], "")
 	var other struct{ IPAddress string }
 	json.Unmarshal(b, &other)
 	if code != 200 || other.IPAddress == "" {
 		t.Fatalf("get other: %d %s", code, b)
 	}
-	if code, _ := exe(id, "ping -c 1 -W 1 "+other.IPAddress); code == 0 {
+	if code, _ := f.exec(t, id, "ping -c 1 -W 1 "+other.IPAddress); code == 0 {
 		t.Fatalf("sandbox reached another sandbox at %s", other.IPAddress)
 	}
 
-	// Stop/start keeps networking and the disk.
-	if code, b := call("POST", "/api/sandboxes/"+id+"/stop", ""); code != 200 {
+	if code, b := f.call(t, "POST", "/api/sandboxes/"+id+"/stop", ""); code != 200 {
 		t.Fatalf("stop: %d %s", code, b)
 	}
-	if code, b := call("POST", "/api/sandboxes/"+id+"/start", ""); code != 200 {
+	if code, b := f.call(t, "POST", "/api/sandboxes/"+id+"/start", ""); code != 200 {
 		t.Fatalf("start: %d %s", code, b)
 	}
-	if code, out := exe(id, "ping -c 1 -W 2 172.16.0.1 && cat /root/keep.txt"); code != 0 || !strings.Contains(out, "kept across restart") {
+	if code, out := f.exec(t, id, "ping -c 1 -W 2 172.16.0.1 && cat /root/keep.txt"); code != 0 || !strings.Contains(out, "kept across restart") {
 		t.Fatalf("after restart: %d %s", code, out)
 	}
-
-	// A reconciler pass on a healthy host fixes nothing.
-	if code, b := call("POST", "/api/system/cleanup", ""); code != 200 || strings.Contains(string(b), ":1") {
+	if code, b := f.call(t, "POST", "/api/system/cleanup", ""); code != 200 || strings.Contains(string(b), ":1") {
 		t.Fatalf("cleanup on a healthy host: %d %s", code, b)
 	}
 
-	// Destroy everything: nothing may remain.
 	for _, id := range ids {
 		wg.Add(1)
 		go func(id string) {
 			defer wg.Done()
-			if code, b := call("DELETE", "/api/sandboxes/"+id, ""); code != 204 {
+			if code, b := f.call(t, "DELETE", "/api/sandboxes/"+id, ""); code != 204 {
 				t.Errorf("destroy %s: %d %s", id, code, b)
 			}
 		}(id)
@@ -227,40 +95,204 @@ func TestContainerSandboxesEndToEnd(t *testing.T) {
 	if n, _ := srv.Store.CountSandboxes(context.Background()); n != 0 {
 		t.Errorf("%d sandbox rows left", n)
 	}
-	assertNothingLeft(t, cfg, prefix)
+	f.assertNoLeaks(t)
 }
 
-func assertNothingLeft(t *testing.T, cfg *config.Config, prefix string) {
+// TestSoakCreateDestroy runs 200 create/destroy cycles with zero errors and
+// checks the manager's heap, goroutines and open files stay flat.
+func TestSoakCreateDestroy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("soak skipped in -short mode")
+	}
+	f := newFixture(t)
+	f.start(t)
+	fds := func() int { e, _ := os.ReadDir("/proc/self/fd"); return len(e) }
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	cycles, warm := 200, 20
+	if n, err := strconv.Atoi(os.Getenv("ATELIER_SOAK_CYCLES")); err == nil && n > warm {
+		cycles = n
+	}
+	var heap0 uint64
+	var gor0, fd0 int
+	start := time.Now()
+	for i := 0; i < cycles; i++ {
+		if i == warm {
+			heap0, gor0, fd0 = heap(), runtime.NumGoroutine(), fds()
+		}
+		id, code, b := f.create(t)
+		if code != 201 {
+			t.Fatalf("cycle %d: create: %d %s", i, code, b)
+		}
+		if code, b := f.call(t, "DELETE", "/api/sandboxes/"+id, ""); code != 204 {
+			t.Fatalf("cycle %d: destroy: %d %s", i, code, b)
+		}
+	}
+	elapsed := time.Since(start)
+	heap1, gor1, fd1 := heap(), runtime.NumGoroutine(), fds()
+	t.Logf("%d cycles in %v (%.1f/s); heap %d -> %d KiB, goroutines %d -> %d, fds %d -> %d",
+		cycles, elapsed, float64(cycles)/elapsed.Seconds(), heap0>>10, heap1>>10, gor0, gor1, fd0, fd1)
+	// Flat: what cycles 20..200 added must not grow with the cycle count.
+	if heap1 > heap0+8<<20 {
+		t.Errorf("heap grew from %d to %d KiB over %d cycles", heap0>>10, heap1>>10, cycles-warm)
+	}
+	if gor1 > gor0+10 {
+		t.Errorf("goroutines grew from %d to %d", gor0, gor1)
+		if os.Getenv("ATELIER_SOAK_DUMP") != "" {
+			pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+		}
+	}
+	if fd1 > fd0+10 {
+		t.Errorf("open files grew from %d to %d", fd0, fd1)
+	}
+	f.assertNoLeaks(t)
+}
+
+// manager is a manager subprocess (the test binary re-executed).
+type manager struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func (f *fixture) spawn(t *testing.T, crash string) *manager {
 	t.Helper()
-	out, _ := exec.Command("runc", "--root", filepath.Join(cfg.Sandbox.StateDir, "runc"), "list", "-q").Output()
-	if s := strings.TrimSpace(string(out)); s != "" {
-		t.Errorf("runc containers left: %s", s)
+	b, err := f.cfg.JSON()
+	if err != nil {
+		t.Fatal(err)
 	}
-	mounts, _ := os.ReadFile("/proc/mounts")
-	if strings.Contains(string(mounts), cfg.Sandbox.StateDir) {
-		t.Errorf("mounts left under %s", cfg.Sandbox.StateDir)
+	path := f.dir + "/config.json"
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
-	loops, _ := exec.Command("losetup", "-a").Output()
-	if strings.Contains(string(loops), cfg.Sandbox.StateDir) {
-		t.Errorf("loop devices left: %s", loops)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envManager+"="+path, envPrefix+"="+f.prefix, envCrash+"="+crash)
+	var logs strings.Builder
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	nsOut, _ := exec.Command("ip", "netns", "list").Output()
-	if strings.Contains(string(nsOut), prefix+"sb-") {
-		t.Errorf("sandbox namespaces left: %s", nsOut)
+	m := &manager{cmd: cmd, done: make(chan error, 1)}
+	go func() { m.done <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-m.done })
+	for i := 0; i < 500; i++ {
+		select {
+		case err := <-m.done:
+			t.Fatalf("manager exited at start: %v\n%s", err, logs.String())
+		default:
+		}
+		if code, _ := f.tryCall("GET", "/health/ready"); code == 200 {
+			return m
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	links, _ := exec.Command("ip", "-n", prefix+"host", "-br", "link").Output()
-	if strings.Contains(string(links), "veth") && !strings.Contains(string(links), "wan0") {
-		t.Errorf("links left: %s", links)
+	t.Fatalf("manager not ready:\n%s", logs.String())
+	return nil
+}
+
+func (f *fixture) tryCall(method, path string) (int, error) {
+	req, _ := httpRequest(method, "http://atelier"+path)
+	res, err := f.client().Do(req)
+	if err != nil {
+		return 0, err
 	}
-	for _, l := range strings.Split(string(links), "\n") {
-		if strings.HasPrefix(l, "veth") || strings.HasPrefix(l, "tap-") {
-			t.Errorf("sandbox link left: %s", l)
+	res.Body.Close()
+	return res.StatusCode, nil
+}
+
+// killedAt waits for the manager to die of its crash point.
+func (m *manager) killedAt(t *testing.T, point string) {
+	t.Helper()
+	select {
+	case err := <-m.done:
+		m.done <- err
+		if err == nil || !strings.Contains(err.Error(), "killed") {
+			t.Fatalf("manager did not die at %s: %v", point, err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("manager never reached crash point %s", point)
+	}
+}
+
+func (m *manager) stop() {
+	m.cmd.Process.Signal(os.Interrupt)
+	err := <-m.done
+	m.done <- err
+}
+
+// TestCrashAtEveryStep kills the manager with SIGKILL at every step of
+// create and of destroy, before and after the step acts, restarts it, and
+// checks that one reconciler pass leaves nothing leaked and every sandbox
+// in a truthful state.
+func TestCrashAtEveryStep(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault injection skipped in -short mode")
+	}
+	f := newFixture(t)
+	createSteps := []string{"lease", "volume", "link", "boot", "agent"}
+	destroySteps := []string{"runtime", "volume", "link", "lease", "row"}
+	for _, step := range createSteps {
+		for _, when := range []string{"before", "after"} {
+			point := "create:" + step + ":" + when
+			t.Run(point, func(t *testing.T) {
+				m := f.spawn(t, point)
+				// The request dies with the manager.
+				go f.tryCreate()
+				m.killedAt(t, point)
+				m = f.spawn(t, "") // start-up reconcile runs before it serves
+				code, b := f.call(t, "GET", "/api/sandboxes", "")
+				var list struct{ Sandboxes []struct{ ID, Status, Error string } }
+				json.Unmarshal(b, &list)
+				if code != 200 || len(list.Sandboxes) != 1 {
+					t.Fatalf("after restart: %d %s", code, b)
+				}
+				sb := list.Sandboxes[0]
+				if sb.Status != "error" || !strings.Contains(sb.Error, "interrupted") {
+					t.Fatalf("sandbox after a crash in create: %s %q, want error (interrupted)", sb.Status, sb.Error)
+				}
+				// Nothing of it remains on the host but its row.
+				f.assertNoLeaks(t)
+				if code, b := f.call(t, "DELETE", "/api/sandboxes/"+sb.ID, ""); code != 204 {
+					t.Fatalf("destroy: %d %s", code, b)
+				}
+				m.stop()
+			})
 		}
 	}
-	for _, sub := range []string{"overlays", "sockets", "bundles"} {
-		ents, _ := os.ReadDir(filepath.Join(cfg.Sandbox.StateDir, sub))
-		if len(ents) != 0 {
-			t.Errorf("%s left in %s", sub, filepath.Join(cfg.Sandbox.StateDir, sub))
+	for _, step := range destroySteps {
+		for _, when := range []string{"before", "after"} {
+			point := "destroy:" + step + ":" + when
+			t.Run(point, func(t *testing.T) {
+				m := f.spawn(t, point)
+				id, code, b := f.create(t)
+				if code != 201 {
+					t.Fatalf("create: %d %s", code, b)
+				}
+				go f.tryCall("DELETE", "/api/sandboxes/"+id)
+				m.killedAt(t, point)
+				m = f.spawn(t, "")
+				code, b = f.call(t, "GET", "/api/sandboxes/"+id, "")
+				if code != 404 {
+					t.Fatalf("sandbox after a crash in destroy: %d %s, want it gone", code, b)
+				}
+				f.assertNoLeaks(t)
+				m.stop()
+			})
 		}
+	}
+	if l := f.leaks(t); len(l) != 0 {
+		t.Fatalf("leaked: %v", l)
+	}
+}
+
+func (f *fixture) tryCreate() {
+	req, _ := httpRequest("POST", "http://atelier/api/sandboxes")
+	req.Header.Set("Content-Type", "application/json")
+	res, err := f.client().Do(req)
+	if err == nil {
+		res.Body.Close()
 	}
 }

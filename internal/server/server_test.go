@@ -20,7 +20,7 @@ import (
 	stmock "atelier/internal/storage/mock"
 )
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

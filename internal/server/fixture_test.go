@@ -1,0 +1,321 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"atelier/internal/config"
+	"atelier/internal/network"
+	"atelier/internal/runtime/container"
+	"atelier/internal/sandbox"
+	"atelier/internal/testimage"
+)
+
+// Environment of a manager subprocess started by the fault-injection test.
+const (
+	envManager = "ATELIER_TEST_MANAGER" // config file path
+	envPrefix  = "ATELIER_TEST_PREFIX"  // namespace prefix
+	envCrash   = "ATELIER_TEST_CRASH"   // op:step:when to die at, SIGKILL
+)
+
+func TestMain(m *testing.M) {
+	if path := os.Getenv(envManager); path != "" {
+		os.Exit(runTestManager(path))
+	}
+	code := m.Run()
+	if agentDir != "" {
+		os.RemoveAll(agentDir)
+	}
+	os.Exit(code)
+}
+
+// runTestManager is a real manager process for the fault-injection test: it
+// serves until it is killed, optionally killing itself at a crash point.
+func runTestManager(path string) int {
+	cfg, err := config.Load(config.Options{File: path, Env: []string{}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	if cp := os.Getenv(envCrash); cp != "" {
+		sandbox.CrashHook = func(op, step, when string) {
+			if op+":"+step+":"+when == cp {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			}
+		}
+	}
+	prefix := os.Getenv(envPrefix)
+	host, err := netns.GetFromName(prefix + "host")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ctx := context.Background()
+	srv, err := New(ctx, cfg, prodOptions(prefix, host, slog.New(slog.NewTextHandler(os.Stderr, nil))))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := srv.Listen(false); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := srv.Serve(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+func prodOptions(prefix string, host netns.NsHandle, log *slog.Logger) Options {
+	return Options{
+		Log:       log,
+		Network:   func(o *network.Options) { o.HostNS, o.NetnsPrefix = host, prefix+"sb-" },
+		Container: func(o *container.Options) { o.CgroupParent = "/" + prefix + "cg" },
+	}
+}
+
+var (
+	agentOnce sync.Once
+	agentDir  string
+	agentBin  string
+	agentErr  error
+)
+
+// buildAgent builds the static agent once per test binary.
+func buildAgent(t testing.TB) string {
+	agentOnce.Do(func() {
+		agentDir, agentErr = os.MkdirTemp("", "atlagent")
+		if agentErr != nil {
+			return
+		}
+		agentBin = filepath.Join(agentDir, "atelier-agent")
+		cmd := exec.Command("go", "build", "-o", agentBin, "../../cmd/atelier-agent")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			agentErr = fmt.Errorf("build agent: %v\n%s", err, out)
+		}
+	})
+	if agentErr != nil {
+		t.Fatal(agentErr)
+	}
+	return agentBin
+}
+
+func sh(t testing.TB, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// fixture is a production host in miniature: a "host" namespace with the
+// bridge and an egress route to a "wan" namespace, a state dir with the
+// test image as dev-base, and a production config using runc.
+type fixture struct {
+	prefix string
+	host   netns.NsHandle
+	dir    string
+	cfg    *config.Config
+	uc     *http.Client // one client: a transport per call would pile up idle connections
+}
+
+func newFixture(t testing.TB) *fixture {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("requires root: runs runc containers, loop mounts and network namespaces")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("requires runc (apt-get install runc)")
+	}
+	rb := make([]byte, 3)
+	rand.Read(rb)
+	f := &fixture{prefix: "atlt-" + hex.EncodeToString(rb) + "-"}
+	host, wan := f.prefix+"host", f.prefix+"wan"
+	sh(t, "ip", "netns", "add", host)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", host).Run() })
+	sh(t, "ip", "netns", "add", wan)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", wan).Run() })
+	sh(t, "ip", "-n", host, "link", "set", "lo", "up")
+	sh(t, "ip", "-n", host, "link", "add", "wan0", "type", "veth", "peer", "name", "wan1", "netns", wan)
+	sh(t, "ip", "-n", host, "addr", "add", "198.51.100.1/24", "dev", "wan0")
+	sh(t, "ip", "-n", host, "link", "set", "wan0", "up")
+	sh(t, "ip", "-n", wan, "addr", "add", "198.51.100.2/24", "dev", "wan1")
+	sh(t, "ip", "-n", wan, "link", "set", "wan1", "up")
+	sh(t, "ip", "-n", host, "route", "add", "default", "via", "198.51.100.2")
+	h, err := netns.GetFromName(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.host = h
+	t.Cleanup(func() { h.Close() })
+	// runc leaves the (empty) cgroup parent it was given; remove ours.
+	t.Cleanup(func() {
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + f.prefix + "cg")
+		for _, d := range dirs {
+			subs, _ := filepath.Glob(d + "/*/")
+			for _, sub := range subs {
+				os.Remove(sub)
+			}
+			os.Remove(d)
+		}
+	})
+
+	// Short paths: unix socket paths are limited to 107 bytes.
+	if f.dir, err = os.MkdirTemp("", "atl"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(f.dir) })
+	cfg := config.Default()
+	cfg.Server.Mode = config.ModeProduction
+	cfg.Server.Host = "127.0.0.1"
+	cfg.Server.Port = freePort(t)
+	cfg.Server.DataDir = filepath.Join(f.dir, "data")
+	cfg.Server.SocketPath = filepath.Join(f.dir, "atelier.sock")
+	cfg.Sandbox.Runtime = "container"
+	cfg.Sandbox.StateDir = filepath.Join(f.dir, "s")
+	cfg.Sandbox.LogDir = filepath.Join(f.dir, "log")
+	cfg.Setup.Storage.Method = "file"
+	cfg.Domain.BaseDomain = "atelier.test"
+	cfg.Domain.Dashboard = "sandbox.atelier.test"
+	cfg.Domain.SSH.Hostname = "ssh.atelier.test"
+	cfg.Domain.TLS.Email = "ops@atelier.test"
+	cfg.Auth.JWTSecret = strings.Repeat("k", 40)
+	cfg.Auth.GitHub.ClientID, cfg.Auth.GitHub.ClientSecret = "id", "secret"
+	cfg.Auth.AllowedOrg = "acme"
+	f.cfg = cfg
+	f.uc = unixClient(cfg.Server.SocketPath)
+	if err := os.MkdirAll(filepath.Join(cfg.Sandbox.StateDir, "images"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := testimage.Build(context.Background(), filepath.Join(cfg.Sandbox.StateDir, "images", "dev-base.ext4"), buildAgent(t), 64); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// start runs an in-process manager until the test ends.
+func (f *fixture) start(t testing.TB) *Server {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := New(ctx, f.cfg, prodOptions(f.prefix, f.host, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if err := srv.Listen(false); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return srv
+}
+
+// call talks to the manager over its root-only socket (admin, no token).
+func (f *fixture) call(t testing.TB, method, path, body string) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://atelier"+path, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := f.client().Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, b
+}
+
+func (f *fixture) create(t testing.TB) (string, int, []byte) {
+	t.Helper()
+	code, b := f.call(t, "POST", "/api/sandboxes", `{"vcpus":1,"memoryMb":512}`)
+	var v struct{ ID string }
+	json.Unmarshal(b, &v)
+	return v.ID, code, b
+}
+
+func (f *fixture) exec(t testing.TB, id, cmd string) (int, string) {
+	t.Helper()
+	code, b := f.call(t, "POST", "/api/sandboxes/"+id+"/exec", fmt.Sprintf(`{"argv":["sh","-c",%q],"timeoutMs":10000}`, cmd))
+	var r struct {
+		ExitCode       int
+		Stdout, Stderr string
+	}
+	if code != 200 || json.Unmarshal(b, &r) != nil {
+		t.Fatalf("exec %q in %s: %d %s", cmd, id, code, b)
+	}
+	return r.ExitCode, r.Stdout + r.Stderr
+}
+
+// leaks lists every host resource a sandbox could leave behind.
+func (f *fixture) leaks(t testing.TB) []string {
+	var out []string
+	s := f.cfg.Sandbox.StateDir
+	if b, _ := exec.Command("runc", "--root", filepath.Join(s, "runc"), "list", "-q").Output(); strings.TrimSpace(string(b)) != "" {
+		out = append(out, "runc containers: "+strings.TrimSpace(string(b)))
+	}
+	if b, _ := os.ReadFile("/proc/mounts"); strings.Contains(string(b), s) {
+		out = append(out, "mounts under "+s)
+	}
+	if b, _ := exec.Command("losetup", "-a").Output(); strings.Contains(string(b), s) {
+		out = append(out, "loop devices: "+string(b))
+	}
+	if b, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(b), f.prefix+"sb-") {
+		out = append(out, "sandbox namespaces: "+string(b))
+	}
+	b, _ := exec.Command("ip", "-n", f.prefix+"host", "-br", "link").Output()
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "veth") || strings.HasPrefix(l, "tap-") {
+			out = append(out, "link: "+l)
+		}
+	}
+	for _, sub := range []string{"overlays", "sockets", "bundles"} {
+		if ents, _ := os.ReadDir(filepath.Join(s, sub)); len(ents) != 0 {
+			out = append(out, fmt.Sprintf("%d entries in %s", len(ents), sub))
+		}
+	}
+	if cg, _ := filepath.Glob("/sys/fs/cgroup/*/" + f.prefix + "cg/atelier-*"); len(cg) > 0 {
+		out = append(out, "cgroups: "+strings.Join(cg, " "))
+	}
+	// A container's processes live in its cgroup, so the check above also
+	// catches guest processes left running.
+	return out
+}
+
+func (f *fixture) assertNoLeaks(t testing.TB) {
+	t.Helper()
+	// A runc container's last process may take a moment to be reaped.
+	var l []string
+	for i := 0; i < 50; i++ {
+		if l = f.leaks(t); len(l) == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Errorf("leaked: %s", strings.Join(l, "; "))
+}
+
+func (f *fixture) client() *http.Client { return f.uc }
+
+func httpRequest(method, url string) (*http.Request, error) {
+	return http.NewRequest(method, url, strings.NewReader(""))
+}
