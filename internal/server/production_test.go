@@ -244,7 +244,9 @@ func TestCrashAtEveryStep(t *testing.T) {
 				m.killedAt(t, point)
 				m = f.spawn(t, "") // start-up reconcile runs before it serves
 				code, b := f.call(t, "GET", "/api/sandboxes", "")
-				var list struct{ Sandboxes []struct{ ID, Status, Error string } }
+				var list struct {
+					Sandboxes []struct{ ID, Status, Error string }
+				}
 				json.Unmarshal(b, &list)
 				if code != 200 || len(list.Sandboxes) != 1 {
 					t.Fatalf("after restart: %d %s", code, b)
