@@ -2,18 +2,13 @@ package container
 
 import (
 	"context"
-	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
-
 	"atelier/internal/agent"
+	"atelier/internal/runtime/container/containertest"
 )
 
 // BenchmarkBootToAgentReady measures Boot -> agent healthy over 20
@@ -26,7 +21,11 @@ func BenchmarkBootToAgentReady(b *testing.B) {
 	e := newEnv(b, false)
 	ctx := context.Background()
 	var ours, floor, destroy []time.Duration
-	floorBundle := makeFloorBundle(b, e)
+	floorC, err := containertest.NewFloor(e.d.runc, e.d.opts.StateDir, e.dir, e.cgroup)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { floorC.Delete() })
 	for range b.N {
 		b.StopTimer()
 		sbxs := make([]*sbx, n)
@@ -55,7 +54,11 @@ func BenchmarkBootToAgentReady(b *testing.B) {
 			}
 			destroy = append(destroy, time.Since(start))
 
-			floor = append(floor, floorRun(b, e, floorBundle))
+			fd, err := floorC.Run()
+			if err != nil {
+				b.Fatal(err)
+			}
+			floor = append(floor, fd)
 		}
 	}
 	b.StopTimer()
@@ -127,74 +130,6 @@ func BenchmarkConcurrentBoots20(b *testing.B) {
 	}
 	b.ReportMetric(ms(percentile(total, 50)), "all-ready-ms")
 	b.ReportMetric(ms(percentile(destroy, 50)), "all-destroyed-ms")
-}
-
-// makeFloorBundle is a busybox bundle on a plain directory: runc's own cost
-// of starting a container, the physical floor of ours.
-func makeFloorBundle(b *testing.B, e *env) string {
-	bundle := filepath.Join(e.dir, "floor")
-	rootfs := filepath.Join(bundle, "rootfs")
-	for _, d := range []string{"bin", "proc", "dev", "sys"} {
-		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
-			b.Fatal(err)
-		}
-	}
-	run(b, "cp", "/bin/busybox", filepath.Join(rootfs, "bin", "busybox"))
-	spec := &specs.Spec{
-		Version:  specs.Version,
-		Root:     &specs.Root{Path: "rootfs"},
-		Hostname: "floor",
-		Process: &specs.Process{
-			Args: []string{"/bin/busybox", "sleep", "600"},
-			Env:  []string{"PATH=/bin"},
-			Cwd:  "/",
-		},
-		Mounts: []specs.Mount{
-			{Destination: "/proc", Type: "proc", Source: "proc"},
-			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "mode=755"}},
-		},
-		Linux: &specs.Linux{
-			Namespaces: []specs.LinuxNamespace{
-				{Type: specs.PIDNamespace}, {Type: specs.MountNamespace}, {Type: specs.IPCNamespace},
-				{Type: specs.UTSNamespace}, {Type: specs.NetworkNamespace},
-			},
-			CgroupsPath: e.cgroup + "/floor",
-		},
-	}
-	cfg, err := json.Marshal(spec)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(bundle, "config.json"), cfg, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { runQuiet(e.d.runc, "--root", e.d.opts.StateDir, "delete", "--force", floorName(e)) })
-	return bundle
-}
-
-func floorName(e *env) string { return "floor-" + filepath.Base(e.dir) }
-
-// floorRun times one detached start of the floor bundle and removes it.
-func floorRun(b *testing.B, e *env, bundle string) time.Duration {
-	name := floorName(e)
-	// A file, not a pipe: the detached container inherits runc's stdio,
-	// and a pipe would stay open until it exits.
-	logPath := filepath.Join(e.dir, "floor.log")
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer logf.Close()
-	start := time.Now()
-	cmd := exec.Command(e.d.runc, "--root", e.d.opts.StateDir, "run", "--detach", "--bundle", bundle, name)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Run(); err != nil {
-		out, _ := os.ReadFile(logPath)
-		b.Fatalf("floor runc run: %v\n%s", err, out)
-	}
-	d := time.Since(start)
-	run(b, e.d.runc, "--root", e.d.opts.StateDir, "delete", "--force", name)
-	return d
 }
 
 func percentile(ds []time.Duration, p int) time.Duration {
