@@ -140,3 +140,23 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
+
+func TestDebugVMStart(t *testing.T) {
+	url := startMock(t)
+	out, err := run(t, nil, "--url", url, "debug-vm", "start", "--command", "echo from-the-agent; exit 0")
+	if err != nil {
+		t.Fatalf("debug-vm start: %v\n%s", err, out)
+	}
+	for _, want := range []string{"running in", "phases (ms):", "agent", "from-the-agent", "destroyed in"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = run(t, nil, "--url", url, "--json", "sandbox", "list")
+	if err != nil || strings.Contains(out, "debug-vm") {
+		t.Fatalf("debug-vm left its sandbox: %v %s", err, out)
+	}
+	if _, err := run(t, nil, "--url", url, "debug-vm", "start", "--command", "exit 4"); err == nil || !strings.Contains(err.Error(), "exited 4") {
+		t.Fatalf("failing command: %v", err)
+	}
+}

@@ -156,6 +156,11 @@ func (c *Client) DeleteSandbox(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/api/sandboxes/"+url.PathEscape(id), nil, nil)
 }
 
+// Exec runs a command in a sandbox through its agent; out receives the agent's result.
+func (c *Client) Exec(ctx context.Context, id string, req any, out any) error {
+	return c.do(ctx, http.MethodPost, "/api/sandboxes/"+url.PathEscape(id)+"/exec", req, out)
+}
+
 // Health is GET /health.
 type Health struct {
 	Status        string            `json:"status"`

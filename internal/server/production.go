@@ -67,7 +67,16 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 			return none, sandbox.Inventory{}, err
 		}
 		rt = withAgent{d, func(id string) agent.Dialer { return agent.Dialer(d.AgentDialer(id)) }}
-		listRuntimes = d.List
+		// A bundle without a container is what an interrupted boot leaves
+		// (mount, loop device, socket dir): Destroy clears it too.
+		listRuntimes = func(ctx context.Context) ([]string, error) {
+			running, err := d.List(ctx)
+			if err != nil {
+				return nil, err
+			}
+			bundles, err := d.Bundles()
+			return append(running, bundles...), err
+		}
 	case "firecracker":
 		fopts := firecracker.OptionsFromConfig(cfg)
 		fopts.Log = log

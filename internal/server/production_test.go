@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // TestContainerSandboxesEndToEnd drives the production manager with real
@@ -65,6 +67,35 @@ func TestContainerSandboxesEndToEnd(t *testing.T) {
 	if code, _ := f.exec(t, id, "ping -c 1 -W 1 "+other.IPAddress); code == 0 {
 		t.Fatalf("sandbox reached another sandbox at %s", other.IPAddress)
 	}
+
+	// A terminal over WebSocket through the manager's agent proxy.
+	code, b = f.call(t, "POST", "/api/sandboxes/"+id+"/terminals", `{"cmd":["sh"],"cols":80,"rows":24}`)
+	var term struct{ ID string }
+	json.Unmarshal(b, &term)
+	if code >= 300 || term.ID == "" {
+		t.Fatalf("create terminal: %d %s", code, b)
+	}
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer wcancel()
+	ws, _, err := websocket.Dial(wctx, "ws://atelier/api/sandboxes/"+id+"/terminals/"+term.ID+"/attach",
+		&websocket.DialOptions{HTTPClient: f.client()})
+	if err != nil {
+		t.Fatalf("attach terminal: %v", err)
+	}
+	if err := ws.Write(wctx, websocket.MessageBinary, []byte("echo in-the-con''tainer\n")); err != nil {
+		t.Fatal(err)
+	}
+	var seen strings.Builder
+	for !strings.Contains(seen.String(), "in-the-container") {
+		typ, data, err := ws.Read(wctx)
+		if err != nil {
+			t.Fatalf("read terminal (saw %q): %v", seen.String(), err)
+		}
+		if typ == websocket.MessageBinary {
+			seen.Write(data)
+		}
+	}
+	ws.Close(websocket.StatusNormalClosure, "")
 
 	if code, b := f.call(t, "POST", "/api/sandboxes/"+id+"/stop", ""); code != 200 {
 		t.Fatalf("stop: %d %s", code, b)
