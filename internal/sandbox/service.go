@@ -108,6 +108,48 @@ func New(cfg *config.Config, st *store.Store, bus *events.Bus, m *metrics.Metric
 // operation uses the hooks installed when it began.
 func (s *Service) SetHooks(h Hooks) { s.hooks.Store(&h) }
 
+// AddHooks adds h after the hooks already installed, so the edge, the SSH
+// proxy and the registry can each follow sandboxes. Each phase's hooks run
+// in the order they were added; the first error stops that phase.
+func (s *Service) AddHooks(h Hooks) {
+	for {
+		old := s.hooks.Load()
+		merged := composeHooks(*old, h)
+		if s.hooks.CompareAndSwap(old, &merged) {
+			return
+		}
+	}
+}
+
+func composeHooks(a, b Hooks) Hooks {
+	ids := func(x, y func(context.Context, string) error) func(context.Context, string) error {
+		if x == nil {
+			return y
+		}
+		if y == nil {
+			return x
+		}
+		return func(ctx context.Context, id string) error {
+			if err := x(ctx, id); err != nil {
+				return err
+			}
+			return y(ctx, id)
+		}
+	}
+	running := a.OnRunning
+	if b.OnRunning != nil {
+		running = func(ctx context.Context, v View) error {
+			if a.OnRunning != nil {
+				if err := a.OnRunning(ctx, v); err != nil {
+					return err
+				}
+			}
+			return b.OnRunning(ctx, v)
+		}
+	}
+	return Hooks{OnRunning: running, OnStopped: ids(a.OnStopped, b.OnStopped), OnDestroyed: ids(a.OnDestroyed, b.OnDestroyed)}
+}
+
 // Run starts server.spawnConcurrency spawn workers and returns once ctx is
 // done and the jobs they were running have finished. Jobs still queued stay
 // creating in the store.

@@ -1025,3 +1025,31 @@ func TestDestroyDuringStart(t *testing.T) {
 	}
 	e.assertGone(t, sb.ID)
 }
+
+func TestAddHooksComposeInOrder(t *testing.T) {
+	e := newEnv(t)
+	var mu sync.Mutex
+	var calls []string
+	rec := func(s string) {
+		mu.Lock()
+		calls = append(calls, s)
+		mu.Unlock()
+	}
+	for _, name := range []string{"edge", "ssh"} {
+		e.svc.AddHooks(sandbox.Hooks{
+			OnRunning:   func(_ context.Context, v sandbox.View) error { rec(name + ":running"); return nil },
+			OnDestroyed: func(_ context.Context, id string) error { rec(name + ":destroyed"); return nil },
+		})
+	}
+	e.run(t)
+	sb := e.createRunning(t)
+	if err := e.svc.Destroy(ctxT(t), sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"edge:running", "ssh:running", "edge:destroyed", "ssh:destroyed"}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(calls, want) {
+		t.Fatalf("hook calls = %v, want %v", calls, want)
+	}
+}
