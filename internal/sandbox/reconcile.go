@@ -119,7 +119,7 @@ func (s *Service) reconcileRow(ctx context.Context, sb store.Sandbox, rep *Repor
 	}
 	// Never wait behind a lifecycle operation: the next pass will see it.
 	lctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-	unlock, err := s.locks.lock(lctx, id)
+	unlock, err := s.locks.Lock(lctx, id)
 	cancel()
 	if err != nil {
 		return nil

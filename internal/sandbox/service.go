@@ -9,6 +9,7 @@
 package sandbox
 
 import (
+	"atelier/internal/keylock"
 	"context"
 	"errors"
 	"fmt"
@@ -61,9 +62,9 @@ type Service struct {
 	hooks    atomic.Pointer[Hooks]
 
 	q     *queue
-	locks keyedMutex // one lifecycle operation per sandbox
+	locks keylock.Mutex // one lifecycle operation per sandbox
 	// evLocks orders each sandbox's transitions with their events.
-	evLocks keyedMutex
+	evLocks keylock.Mutex
 
 	mu       sync.Mutex
 	inflight map[string]*op
@@ -259,7 +260,7 @@ func (s *Service) Wait(ctx context.Context, id string) (store.Sandbox, error) {
 func (s *Service) checkSettled(ctx context.Context, id string) (store.Sandbox, bool, error) {
 	// Under the event lock, a status is seen only once its event is out, so
 	// whoever Wait unblocks never receives that event late.
-	unlock, err := s.evLocks.lock(ctx, id)
+	unlock, err := s.evLocks.Lock(ctx, id)
 	if err != nil {
 		return store.Sandbox{}, true, fmt.Errorf("wait for sandbox %s: %w", id, err)
 	}
@@ -275,7 +276,7 @@ func (s *Service) checkSettled(ctx context.Context, id string) (store.Sandbox, b
 // Start brings it back with the same address.
 func (s *Service) Stop(ctx context.Context, id string) (sb store.Sandbox, err error) {
 	defer func() { s.m.ObserveOp(OpStop, result(err)) }()
-	unlock, err := s.locks.lock(ctx, id)
+	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return sb, fmt.Errorf("stop sandbox %s: %w", id, err)
 	}
@@ -287,7 +288,7 @@ func (s *Service) Stop(ctx context.Context, id string) (sb store.Sandbox, err er
 // server.maxSandboxes: store.ErrLimit when the host is full.
 func (s *Service) Start(ctx context.Context, id string) (sb store.Sandbox, err error) {
 	defer func() { s.m.ObserveOp(OpStart, result(err)) }()
-	unlock, err := s.locks.lock(ctx, id)
+	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return sb, fmt.Errorf("start sandbox %s: %w", id, err)
 	}
@@ -298,7 +299,7 @@ func (s *Service) Start(ctx context.Context, id string) (sb store.Sandbox, err e
 // Restart stops then starts a running sandbox, holding it for the whole time.
 func (s *Service) Restart(ctx context.Context, id string) (sb store.Sandbox, err error) {
 	defer func() { s.m.ObserveOp(OpRestart, result(err)) }()
-	unlock, err := s.locks.lock(ctx, id)
+	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return sb, fmt.Errorf("restart sandbox %s: %w", id, err)
 	}
@@ -397,7 +398,7 @@ func (s *Service) Destroy(ctx context.Context, id string) (err error) {
 	// Cancel an in-flight create or start before queueing for the lock, or
 	// a hung boot would hold the destroy back.
 	s.cancelInflight(id)
-	unlock, err := s.locks.lock(ctx, id)
+	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return fmt.Errorf("destroy sandbox %s: %w", id, err)
 	}
@@ -637,7 +638,7 @@ func (s *Service) settleError(p *plan, from store.Status, cause error, releaseLe
 // events in the order of its transitions even when a create job and a
 // destroy race; it is held only for the store write and the publish.
 func (s *Service) move(ctx context.Context, id string, from []store.Status, to store.Status, limit int, mutate func(*store.Sandbox)) (store.Sandbox, error) {
-	unlock, err := s.evLocks.lock(context.Background(), id)
+	unlock, err := s.evLocks.Lock(context.Background(), id)
 	if err != nil {
 		return store.Sandbox{}, err
 	}

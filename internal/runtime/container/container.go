@@ -18,6 +18,7 @@
 package container
 
 import (
+	"atelier/internal/keylock"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,7 +32,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -130,7 +130,7 @@ type Driver struct {
 	log     *slog.Logger
 	cgroups cgroupSupport
 	noFile  uint64
-	locks   keyedMutex
+	locks   keylock.Mutex
 }
 
 var _ sandbox.Runtime = (*Driver)(nil)
@@ -275,7 +275,7 @@ func (d *Driver) Boot(ctx context.Context, inst sandbox.Instance) error {
 	if err != nil {
 		return fmt.Errorf("boot sandbox %s: %w", id, err)
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	unlock, err := d.locks.Lock(ctx, id)
 	if err != nil {
 		return fmt.Errorf("boot sandbox %s: %w", id, err)
 	}
@@ -528,7 +528,7 @@ func (d *Driver) shutdown(ctx context.Context, id, op, done string, grace time.D
 	if !ids.ValidSandboxID(id) {
 		return fmt.Errorf("%s sandbox: invalid sandbox id %q", op, id)
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	unlock, err := d.locks.Lock(ctx, id)
 	if err != nil {
 		return fmt.Errorf("%s sandbox %s: %w", op, id, err)
 	}
@@ -729,7 +729,7 @@ func (d *Driver) freeze(ctx context.Context, id, op, done, target string) error 
 	if !ids.ValidSandboxID(id) {
 		return fmt.Errorf("%s sandbox: invalid sandbox id %q", op, id)
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	unlock, err := d.locks.Lock(ctx, id)
 	if err != nil {
 		return fmt.Errorf("%s sandbox %s: %w", op, id, err)
 	}
@@ -857,44 +857,4 @@ func sortedStrings(s []string) []string {
 		}
 	}
 	return out
-}
-
-// keyedMutex serialises the operations on one sandbox.
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*keyLock
-}
-
-type keyLock struct {
-	ch   chan struct{}
-	refs int
-}
-
-func (k *keyedMutex) lock(ctx context.Context, key string) (func(), error) {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = map[string]*keyLock{}
-	}
-	l := k.m[key]
-	if l == nil {
-		l = &keyLock{ch: make(chan struct{}, 1)}
-		k.m[key] = l
-	}
-	l.refs++
-	k.mu.Unlock()
-	release := func() {
-		k.mu.Lock()
-		l.refs--
-		if l.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
-	select {
-	case l.ch <- struct{}{}:
-		return func() { <-l.ch; release() }, nil
-	case <-ctx.Done():
-		release()
-		return nil, ctx.Err()
-	}
 }

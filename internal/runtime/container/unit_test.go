@@ -349,42 +349,6 @@ func TestWaitExit(t *testing.T) {
 	}
 }
 
-func TestKeyedMutex(t *testing.T) {
-	var k keyedMutex
-	ctx := context.Background()
-	unlock, err := k.lock(ctx, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Another key is independent.
-	unlockB, err := k.lock(ctx, "b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	unlockB()
-	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-	defer cancel()
-	if _, err := k.lock(short, "a"); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("second lock of a held key: %v, want deadline exceeded", err)
-	}
-	got := make(chan struct{})
-	go func() {
-		u, err := k.lock(ctx, "a")
-		if err == nil {
-			u()
-		}
-		close(got)
-	}()
-	unlock()
-	<-got
-	k.mu.Lock()
-	n := len(k.m)
-	k.mu.Unlock()
-	if n != 0 {
-		t.Errorf("%d lock entries left after every holder released", n)
-	}
-}
-
 func TestCanonical(t *testing.T) {
 	dir := t.TempDir()
 	real := filepath.Join(dir, "real")
