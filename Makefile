@@ -5,6 +5,10 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X atelier/internal/server.Version=$(VERSION)
 DATA_DIR  ?= $(CURDIR)/.atelier
 PORT      ?= 4000
+# The edge of `make run`: sandbox hosts at http://<host>.localhost:$(EDGE_PORT) (80 needs root).
+EDGE_PORT ?= 4080
+# Verdaccio for the npm cache's tests and benchmark (.ci/run installs it there).
+export ATELIER_TEST_VERDACCIO_DIR ?= /var/cache/atelier-test/verdaccio
 
 .PHONY: all build agent test-image run test test-short bench lint fmt fuzz clean
 
@@ -25,7 +29,7 @@ test-image: agent
 # Local development: mock mode, SQLite under ./.atelier, API and docs on :$(PORT).
 run: build
 	ATELIER_SERVER_MODE=mock ATELIER_DATA_DIR=$(DATA_DIR) ATELIER_STATE_DIR=$(DATA_DIR)/state \
-	ATELIER_LOG_DIR=$(DATA_DIR)/log ATELIER_SERVER_PORT=$(PORT) ./bin/atelier serve
+	ATELIER_LOG_DIR=$(DATA_DIR)/log ATELIER_SERVER_PORT=$(PORT) ATELIER_HTTP_PORT=$(EDGE_PORT) ./bin/atelier serve
 
 # Every test, including the fuzz targets' seed corpora and the root-only
 # integration tests (they skip with a message when not root).

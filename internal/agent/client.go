@@ -28,6 +28,7 @@ const maxAnswer = 96 << 20
 type Client struct {
 	tr   *http.Transport
 	http *http.Client
+	dial Dialer
 }
 
 // New returns a client whose connections come from d. Keep one per
@@ -44,7 +45,7 @@ func New(d Dialer) *Client {
 		ExpectContinueTimeout: 0,
 		ForceAttemptHTTP2:     false,
 	}
-	return &Client{tr: tr, http: &http.Client{Transport: tr}}
+	return &Client{tr: tr, http: &http.Client{Transport: tr}, dial: d}
 }
 
 // Close drops the idle pooled connections.

@@ -17,8 +17,10 @@ import (
 
 	"atelier/internal/auth"
 	"atelier/internal/config"
+	"atelier/internal/edge"
 	"atelier/internal/events"
 	"atelier/internal/metrics"
+	"atelier/internal/registry"
 	"atelier/internal/sandbox"
 	"atelier/internal/store"
 )
@@ -34,8 +36,11 @@ type Deps struct {
 	Log       *slog.Logger
 	Version   string
 	Started   time.Time
+	Edge      *edge.Edge
 	// Ready reports extra readiness checks (name -> error); nil means none.
 	Ready func(ctx context.Context) map[string]error
+	// Registry is the shared npm cache; nil answers its routes with 503.
+	Registry *registry.Service
 }
 
 // Server holds the mux and the huma API built on it.
@@ -64,6 +69,7 @@ var publicRoutes = map[string]bool{
 	"GET /config":        true,
 	"GET /auth/github":   true,
 	"GET /auth/callback": true,
+	"GET /auth/edge":     true,
 	"POST /auth/logout":  true,
 	"GET /auth/me":       true,
 	"GET /openapi.json":  true,
@@ -104,6 +110,9 @@ func New(d Deps) *Server {
 	s.registerTokens()
 	s.registerCleanup()
 	s.registerAgentProxy()
+	s.registerEdge()
+	s.registerRegistry()
+	s.registerSSHKeys()
 	s.registerRaw("GET", "/metrics", false, "Prometheus metrics.", s.authRaw(d.Metrics.Handler()))
 	s.registerRaw("GET", "/{$}", true, "Service index.", http.HandlerFunc(s.index))
 	s.mux.HandleFunc("/", s.notFound)

@@ -153,6 +153,7 @@ func TestRouteAudit(t *testing.T) {
 		"GET /health": true, "GET /health/live": true, "GET /health/ready": true, "GET /config": true,
 		"GET /auth/github": true, "GET /auth/callback": true, "POST /auth/logout": true, "GET /auth/me": true,
 		"GET /openapi.json": true, "GET /openapi.yaml": true, "GET /docs": true, "GET /{$}": true,
+		"GET /auth/edge": true,
 	}
 	for _, r := range routes {
 		key := r.Method + " " + r.Path

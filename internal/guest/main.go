@@ -21,6 +21,7 @@ const usage = `usage:
                       [--config-path PATH] [--sandbox-id ID] [--workdir DIR] [--manage-network]
                       [--terminal-idle 30m] [--etc-dir /etc] [--log-level info]
   atelier-agent init [--kernel-cmdline=true] [-- serve flags...]
+  atelier-agent sftp-server   (SFTP on stdin/stdout; the SSH server runs it as the session's user)
   atelier-agent version
 `
 
@@ -37,6 +38,8 @@ func Main(args []string) int {
 		return serveMain(args[1:])
 	case "init":
 		return initMain(args)
+	case "sftp-server":
+		return sftpServerMain()
 	case "version", "--version":
 		fmt.Println(Version)
 		return 0
@@ -132,8 +135,8 @@ func serveMain(args []string) int {
 		n++
 		go func() { errc <- srv.ServeUnix(ctx, *unixPath) }()
 	}
-	// The in-agent SSH server (a later issue) will start here as one more
-	// listener sharing srv's user resolution and PTY code.
+	// The SSH server has no listener of its own: the manager's SSH proxy
+	// reaches it through GET /ssh on the listeners above (see ssh.go).
 	code := 0
 	for range n {
 		if err := <-errc; err != nil {

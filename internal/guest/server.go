@@ -124,6 +124,7 @@ type Server struct {
 	execSem chan struct{}
 	sup     *supervisor
 	terms   *terminals
+	ssh     *sshServer
 	cpu     cpuSampler
 
 	mu      sync.Mutex
@@ -154,6 +155,7 @@ func NewServer(opts Options) *Server {
 	s.loadConfigID()
 	s.sup = newSupervisor(s)
 	s.terms = newTerminals(s)
+	s.ssh = newSSHServer(s)
 	s.routes()
 	return s
 }
@@ -216,6 +218,8 @@ func (s *Server) routes() {
 	s.handle("DELETE /terminals/{id}", s.deleteTerminal)
 	s.handle("POST /terminals/{id}/resize", s.resizeTerminal)
 	s.handle("GET /terminals/{id}/attach", s.attachTerminal)
+
+	s.handle("GET "+agent.SSHPath, s.sshUpgrade)
 
 	s.handle("GET /config", s.getConfig)
 	s.handle("POST /config", s.putConfig)
@@ -293,6 +297,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.terms.closeAll()
+		s.ssh.closeAll()
 		err = s.sup.stopAll(ctx)
 		s.execMu.Lock()
 		for pgid := range s.execs {

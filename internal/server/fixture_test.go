@@ -186,6 +186,8 @@ func newFixture(t testing.TB) *fixture {
 	cfg.Server.Mode = config.ModeProduction
 	cfg.Server.Host = "127.0.0.1"
 	cfg.Server.Port = freePort(t)
+	// The edge starts with every manager; loopback ports of its own.
+	cfg.Domain.HTTPPort, cfg.Domain.HTTPSPort = freePort(t), freePort(t)
 	cfg.Server.DataDir = filepath.Join(f.dir, "data")
 	cfg.Server.SocketPath = filepath.Join(f.dir, "atelier.sock")
 	cfg.Sandbox.Runtime = "container"

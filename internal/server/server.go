@@ -19,13 +19,16 @@ import (
 	"atelier/internal/api"
 	"atelier/internal/auth"
 	"atelier/internal/config"
+	"atelier/internal/edge"
 	"atelier/internal/events"
 	"atelier/internal/metrics"
 	"atelier/internal/network"
 	netmock "atelier/internal/network/mock"
+	"atelier/internal/registry"
 	"atelier/internal/runtime/container"
 	"atelier/internal/runtime/process"
 	"atelier/internal/sandbox"
+	"atelier/internal/sshproxy"
 	stmock "atelier/internal/storage/mock"
 	"atelier/internal/store"
 )
@@ -41,7 +44,10 @@ type Server struct {
 	Auth      *auth.Service
 	Bus       *events.Bus
 	API       *api.Server
+	Edge      *edge.Edge
 	Log       *slog.Logger
+	Registry  *registry.Service
+	SSHProxy  *sshproxy.Proxy
 
 	tcp      net.Listener
 	unix     net.Listener
@@ -63,6 +69,9 @@ type Options struct {
 	// at namespaces they created).
 	Network   func(*network.Options)
 	Container func(*container.Options)
+	// Registry adjusts the npm cache's supervisor (tests run it in their
+	// namespace with their own uplink).
+	Registry func(*registry.Options)
 	// ReconcileEvery is the reconciler's period (default 30 s).
 	ReconcileEvery time.Duration
 }
@@ -132,16 +141,34 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	if inv != nil {
 		sbx.SetInventory(*inv)
 	}
+	reg, err := newRegistry(ctx, cfg, opts, st, sbx, *drv, log)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	sbx.AddHooks(reg.Hooks())
+	sp, err := sshproxy.New(sshproxy.Options{Config: cfg, Store: st, Sandboxes: sbx, Log: log})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("ssh proxy: %w", err)
+	}
+	ed, err := newEdge(cfg, st, opts, log)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	sbx.AddHooks(ed.Hooks())
 	au := auth.New(cfg, st, append([]auth.Option{auth.WithLogger(log)}, opts.AuthOpts...)...)
 	a := api.New(api.Deps{
 		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
-		Version: Version, Started: time.Now(),
+		Version: Version, Started: time.Now(), Registry: reg,
+		Edge: ed,
 	})
 	every := opts.ReconcileEvery
 	if every <= 0 {
 		every = 30 * time.Second
 	}
-	return &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, API: a, Log: log, reconcileEvery: every}, nil
+	return &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, API: a, Log: log, Registry: reg, SSHProxy: sp, Edge: ed, reconcileEvery: every}, nil
 }
 
 // Listen binds the TCP address and, unless disabled, the unix socket.
@@ -191,6 +218,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	if _, err := s.Sandboxes.Reconcile(bgCtx, true); err != nil {
 		s.Log.Warn("start-up reconcile incomplete", "err", err)
 	}
+	if err := s.startEdge(bgCtx); err != nil {
+		return err
+	}
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Sandboxes.RunReconciler(bgCtx, s.reconcileEvery) }()
 	s.bg.Add(1)
@@ -199,6 +229,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { defer s.bg.Done(); s.Bus.Run(bgCtx) }()
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.sweep(bgCtx) }()
+	// Starts Verdaccio when the npm cache is enabled; stops it at shutdown.
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.Registry.Run(bgCtx) }()
+	// The SSH proxy stops with the other background work, before the store closes.
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.serveSSH(bgCtx) }()
 
 	h := s.API.Handler()
 	s.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.Log.Handler(), slog.LevelWarn)}
@@ -241,6 +277,7 @@ func (s *Server) shutdown() {
 		_ = s.unixSrv.Shutdown(ctx)
 		_ = os.Remove(s.Config.Server.SocketPath)
 	}
+	s.stopEdge()
 	if s.cancelBG != nil {
 		s.cancelBG()
 	}

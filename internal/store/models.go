@@ -54,6 +54,12 @@
 //	GetSetting(ctx, key, dst any) (bool, error) // JSON-decodes into dst; false when unset
 //	PutSetting(ctx, key, value any) error
 //
+//	ReplaceRoutes(ctx, sandboxID, name, kinds, routes) error // edge routes; ErrDuplicate when a host is held
+//	DeleteRoutes(ctx, sandboxID) error
+//	ListRoutes(ctx, sandboxID) ([]Route, error)  // "" lists every sandbox's
+//	PutEdgeCode(ctx, EdgeCode) error
+//	TakeEdgeCode(ctx, hash, now) (EdgeCode, error) // one-time: deletes; ErrNotFound when missing or expired
+//
 // Every method takes ctx first; every error is wrapped with a lowercase message.
 package store
 

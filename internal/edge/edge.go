@@ -1,0 +1,632 @@
+// Package edge is Atelier's HTTP edge: Caddy embedded in the atelier
+// process with a static JSON config, routing every sandbox host through
+// Atelier's own Caddy modules to the guest's port.
+//
+// The store's routes table is the source of truth. The edge keeps an
+// in-memory copy (a map keyed by host) that the modules read on every
+// request; adding or removing a route is a map update, never a Caddy reload,
+// and Start rebuilds the whole table from the store, so a manager restart
+// loses no route (dev and browser routes included).
+//
+// Hosts follow the seed: the dashboard host serves the manager API
+// in-process; sandbox-{id}, opencode-{id} and browser-{id} go to the ports of
+// advanced.vm.*; dev-{name}-{id}, dev-{id} and dev-{name}-{alias}-{id} go to
+// the ports declared by ExposeDev. Caddy is process-wide, so one Edge runs
+// per process at a time.
+package edge
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/caddyserver/certmagic"
+
+	"atelier/internal/config"
+	"atelier/internal/keylock"
+	"atelier/internal/sandbox"
+	"atelier/internal/store"
+)
+
+// TLS modes of the edge.
+const (
+	TLSOff   = "off"   // plain HTTP (localhost base domains)
+	TLSFiles = "files" // domain.tls.certPath/keyPath, e.g. a wildcard certificate
+	TLSACME  = "acme"  // on-demand certificates for known hosts only
+)
+
+// DefaultRetryWindow is how long a request waits for a guest port that does
+// not answer yet before the "starting" page.
+const DefaultRetryWindow = 2 * time.Second
+
+// Options configure an Edge.
+type Options struct {
+	Config *config.Config
+	Store  *store.Store
+	Log    *slog.Logger
+	// Dial connects to guests; nil dials from the current network namespace
+	// (production: the manager runs where the bridge is).
+	Dial DialFunc
+	// GuestHost, when set, replaces every guest address: mock mode runs its
+	// guests as local processes on 127.0.0.1.
+	GuestHost string
+	// RetryWindow overrides DefaultRetryWindow.
+	RetryWindow time.Duration
+	// Now replaces time.Now (tests).
+	Now func() time.Time
+}
+
+// Edge is the HTTP edge of one manager.
+type Edge struct {
+	cfg  *config.Config
+	st   *store.Store
+	log  *slog.Logger
+	dial DialFunc
+	now  func() time.Time
+
+	id            string // names this Edge in the Caddy config
+	base          string
+	dashboardHost string
+	dashboardURL  string
+	guestHost     string
+	tlsMode       string
+	secure        bool // cookies need HTTPS
+	mock          bool
+	cookieName    string
+	cookieKey     []byte
+	retryWindow   time.Duration
+
+	table    *table
+	locks    keylock.Mutex // one route change per sandbox at a time
+	sessions sync.Map      // session id -> sessionCheck
+	// refusedCerts counts on-demand certificates refused to unknown names.
+	refusedCerts atomic.Int64
+
+	dashboard http.Handler
+	mu        sync.Mutex
+	running   bool
+	cancel    context.CancelFunc
+	bg        sync.WaitGroup
+}
+
+// ErrBusy is returned by Start while another Edge runs in the process:
+// Caddy runs one config per process.
+var ErrBusy = errors.New("another edge runs in this process")
+
+// caddyMu guards caddyOwner: Caddy runs one config per process.
+var (
+	caddyMu    sync.Mutex
+	caddyOwner *Edge
+)
+
+// New builds an Edge; Start binds its ports.
+func New(opts Options) (*Edge, error) {
+	cfg := opts.Config
+	if cfg == nil || opts.Store == nil {
+		return nil, errors.New("new edge: config and store are required")
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	idb := make([]byte, 8)
+	if _, err := rand.Read(idb); err != nil {
+		return nil, fmt.Errorf("new edge: read random: %w", err)
+	}
+	e := &Edge{
+		cfg: cfg, st: opts.Store, log: log, dial: opts.Dial, now: now,
+		id:            hex.EncodeToString(idb),
+		base:          normalizeHost(cfg.Domain.BaseDomain),
+		dashboardHost: normalizeHost(cfg.Domain.Dashboard),
+		dashboardURL:  cfg.DashboardURL(),
+		guestHost:     opts.GuestHost,
+		mock:          cfg.Server.Mode == config.ModeMock,
+		retryWindow:   opts.RetryWindow,
+		table:         newTable(),
+	}
+	if e.retryWindow <= 0 {
+		e.retryWindow = DefaultRetryWindow
+	}
+	switch {
+	case cfg.IsLocal():
+		e.tlsMode = TLSOff
+	case cfg.Domain.TLS.CertPath != "" && cfg.Domain.TLS.KeyPath != "":
+		e.tlsMode = TLSFiles
+	case cfg.Domain.TLS.Email != "":
+		e.tlsMode = TLSACME
+	default:
+		// Production validation requires one of the above; mock mode on a
+		// real domain without TLS settings serves plain HTTP.
+		e.tlsMode = TLSOff
+		log.Warn("edge serves plain HTTP: set ATELIER_TLS_EMAIL or ATELIER_TLS_CERT_PATH/KEY_PATH for HTTPS", "base_domain", cfg.Domain.BaseDomain)
+	}
+	e.secure = e.tlsMode != TLSOff
+	if !e.secure && !cfg.IsLocal() {
+		// The dashboard is behind this edge, on plain HTTP too.
+		e.dashboardURL = "http://" + e.dashboardHost + portSuffix(cfg.Domain.HTTPPort, 80)
+	}
+	e.cookieName = "atelier_edge"
+	if e.secure {
+		// __Host- cookies cannot be set with a Domain attribute, so a sibling
+		// sandbox cannot plant one on this host.
+		e.cookieName = "__Host-atelier_edge"
+	}
+	if cfg.Auth.JWTSecret == "" {
+		return nil, errors.New("new edge: auth.jwtSecret is empty")
+	}
+	// Derived from the JWT secret: rotating it signs every sandbox host out
+	// too, and the key never equals the session key.
+	m := hmac.New(sha256.New, []byte(cfg.Auth.JWTSecret))
+	m.Write([]byte("atelier edge cookie v1"))
+	e.cookieKey = m.Sum(nil)
+	return e, nil
+}
+
+// TLSMode is off, files or acme.
+func (e *Edge) TLSMode() string { return e.tlsMode }
+
+// CookieName is the name of the sandbox hosts' cookie.
+func (e *Edge) CookieName() string { return e.cookieName }
+
+// Start rebuilds the routing table from the store and starts Caddy on
+// domain.httpPort (and domain.httpsPort when TLS is on), listening on
+// server.host. dashboard serves the dashboard host.
+func (e *Edge) Start(ctx context.Context, dashboard http.Handler) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.running {
+		return errors.New("start edge: already running")
+	}
+	e.dashboard = dashboard
+	if e.dashboard == nil {
+		e.dashboard = http.NotFoundHandler()
+	}
+	if err := e.Rebuild(ctx); err != nil {
+		return fmt.Errorf("start edge: %w", err)
+	}
+	cfgJSON, err := e.caddyConfig()
+	if err != nil {
+		return fmt.Errorf("start edge: %w", err)
+	}
+	if err := os.MkdirAll(e.caddyDir(), 0o700); err != nil {
+		return fmt.Errorf("start edge: create caddy dir: %w", err)
+	}
+
+	caddyMu.Lock()
+	defer caddyMu.Unlock()
+	if caddyOwner != nil {
+		return fmt.Errorf("start edge: %w", ErrBusy)
+	}
+	instances.Store(e.id, e)
+	if err := caddy.Load(cfgJSON, true); err != nil {
+		instances.Delete(e.id)
+		return fmt.Errorf("start edge: load caddy config: %w", err)
+	}
+	caddyOwner = e
+	e.running = true
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	e.cancel = cancel
+	if e.tlsMode == TLSACME {
+		e.bg.Add(1)
+		go func() { defer e.bg.Done(); e.cleanStorage(bg) }()
+	}
+	e.bg.Add(1)
+	go func() { defer e.bg.Done(); e.sweepSessions(bg) }()
+	e.log.Info("edge listening", "http", e.listen(e.cfg.Domain.HTTPPort), "https", e.httpsListen(), "tls", e.tlsMode,
+		"dashboard", e.dashboardHost, "routes", e.table.len())
+	return nil
+}
+
+// Stop stops Caddy: it drains requests for up to five seconds, then closes
+// what is left (WebSockets included). Sandboxes are not touched.
+func (e *Edge) Stop() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.running {
+		return nil
+	}
+	e.cancel()
+	e.bg.Wait()
+	caddyMu.Lock()
+	defer caddyMu.Unlock()
+	err := caddy.Stop()
+	caddyOwner = nil
+	instances.Delete(e.id)
+	e.running = false
+	if err != nil {
+		return fmt.Errorf("stop edge: %w", err)
+	}
+	e.log.Info("edge stopped")
+	return nil
+}
+
+// serve is the auth handler's body, in front of reverse_proxy.
+func (e *Edge) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	host := normalizeHost(r.Host)
+	if host == e.dashboardHost {
+		e.dashboard.ServeHTTP(w, r)
+		return nil
+	}
+	t, ok := e.table.lookup(host)
+	if !ok {
+		e.page(w, http.StatusNotFound, pageUnknown, host)
+		return nil
+	}
+	if r.URL.Path == AuthPath {
+		e.exchange(w, r, host)
+		return nil
+	}
+	if !t.public && !e.authorized(r, host) {
+		e.challenge(w, r, host)
+		return nil
+	}
+	if !t.up {
+		e.page(w, http.StatusServiceUnavailable, pageStopped, host)
+		return nil
+	}
+	stripCredentials(r.Header)
+	ip := t.ip
+	if e.guestHost != "" {
+		ip = e.guestHost
+		// Mock guests share the host's loopback: a route to the edge's own
+		// port would proxy to itself forever.
+		if t.port == e.cfg.Domain.HTTPPort || t.port == e.cfg.Domain.HTTPSPort {
+			e.page(w, http.StatusLoopDetected, pageLoop, host)
+			return nil
+		}
+	}
+	caddyhttp.SetVar(r.Context(), dialVar, dialAddr(ip, t.port))
+	err := next.ServeHTTP(w, r)
+	if err != nil && unreachable(err) {
+		// Nothing was written: the guest never answered within the retry
+		// window, so the browser gets a page that reloads itself.
+		e.page(w, http.StatusServiceUnavailable, pageStarting, host)
+		return nil
+	}
+	return err
+}
+
+// unreachable reports a proxy error raised before any byte reached the
+// client: the guest refused or did not accept the connection.
+func unreachable(err error) bool {
+	var de reverseproxy.DialError
+	return errors.As(err, &de)
+}
+
+// Hooks follow the sandbox lifecycle: a running sandbox gets its service
+// routes, a stopped one answers 503, a destroyed one loses every route.
+func (e *Edge) Hooks() sandbox.Hooks {
+	return sandbox.Hooks{
+		OnRunning: func(ctx context.Context, v sandbox.View) error {
+			return e.sandboxRunning(ctx, v.ID, v.IPAddress)
+		},
+		OnStopped: func(ctx context.Context, id string) error {
+			e.table.setSandbox(id, "", false)
+			e.log.InfoContext(ctx, "edge routes down", "sandbox_id", id)
+			return nil
+		},
+		OnDestroyed: func(ctx context.Context, id string) error {
+			unlock, err := e.locks.Lock(ctx, id)
+			if err != nil {
+				return fmt.Errorf("remove routes of %s: %w", id, err)
+			}
+			defer unlock()
+			if err := e.st.DeleteRoutes(ctx, id); err != nil {
+				return err
+			}
+			e.table.removeSandbox(id)
+			e.log.InfoContext(ctx, "edge routes removed", "sandbox_id", id)
+			return nil
+		},
+	}
+}
+
+func (e *Edge) sandboxRunning(ctx context.Context, id, ip string) error {
+	unlock, err := e.locks.Lock(ctx, id)
+	if err != nil {
+		return fmt.Errorf("add routes of %s: %w", id, err)
+	}
+	defer unlock()
+	routes := e.serviceRoutes(id)
+	if err := e.st.ReplaceRoutes(ctx, id, "", store.ServiceRouteKinds, routes); err != nil {
+		return err
+	}
+	e.table.replace(id, isService, routes)
+	e.table.setSandbox(id, ip, true)
+	e.log.InfoContext(ctx, "edge routes up", "sandbox_id", id, "ip", ip)
+	return nil
+}
+
+func isService(r store.Route) bool { return r.Kind != store.RouteDev }
+
+// ExposeDev routes the hosts of a dev command (replacing its previous
+// ones) and returns them. Invalid names, aliases or ports are
+// *sandbox.FieldError; a host held by another command is store.ErrDuplicate.
+func (e *Edge) ExposeDev(ctx context.Context, sandboxID string, d DevExposure) ([]store.Route, error) {
+	routes, err := e.devRoutes(sandboxID, d)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := e.locks.Lock(ctx, sandboxID)
+	if err != nil {
+		return nil, fmt.Errorf("expose %s in %s: %w", d.Name, sandboxID, err)
+	}
+	defer unlock()
+	if err := e.st.ReplaceRoutes(ctx, sandboxID, d.Name, []string{store.RouteDev}, routes); err != nil {
+		return nil, err
+	}
+	e.table.replace(sandboxID, devNamed(d.Name), routes)
+	e.log.InfoContext(ctx, "dev command exposed", "sandbox_id", sandboxID, "name", d.Name, "port", d.Port, "hosts", len(routes), "public", d.Public)
+	return routes, nil
+}
+
+// UnexposeDev removes every host of a dev command; none is success.
+func (e *Edge) UnexposeDev(ctx context.Context, sandboxID, name string) error {
+	unlock, err := e.locks.Lock(ctx, sandboxID)
+	if err != nil {
+		return fmt.Errorf("unexpose %s in %s: %w", name, sandboxID, err)
+	}
+	defer unlock()
+	if err := e.st.ReplaceRoutes(ctx, sandboxID, name, []string{store.RouteDev}, nil); err != nil {
+		return err
+	}
+	e.table.replace(sandboxID, devNamed(name), nil)
+	e.log.InfoContext(ctx, "dev command unexposed", "sandbox_id", sandboxID, "name", name)
+	return nil
+}
+
+func devNamed(name string) func(store.Route) bool {
+	return func(r store.Route) bool { return r.Kind == store.RouteDev && r.Name == name }
+}
+
+// Routes lists a sandbox's routes from the store.
+func (e *Edge) Routes(ctx context.Context, sandboxID string) ([]store.Route, error) {
+	return e.st.ListRoutes(ctx, sandboxID)
+}
+
+// URL is the public URL of a host.
+func (e *Edge) URL(host string) string { return e.hostURL(host) }
+
+func (e *Edge) hostURL(host string) string {
+	if e.secure {
+		return "https://" + host + portSuffix(e.cfg.Domain.HTTPSPort, 443)
+	}
+	return "http://" + host + portSuffix(e.cfg.Domain.HTTPPort, 80)
+}
+
+func portSuffix(port, standard int) string {
+	if port == standard || port == 0 {
+		return ""
+	}
+	return ":" + strconv.Itoa(port)
+}
+
+// hasRun is the statuses in which a sandbox owns its service routes.
+var hasRun = []store.Status{store.StatusRunning, store.StatusStopping, store.StatusStopped, store.StatusStarting}
+
+// up is the statuses in which the guest is, or is about to be, reachable.
+var up = []store.Status{store.StatusCreating, store.StatusStarting, store.StatusRunning}
+
+// Rebuild replaces the routing table with the store's routes. Sandboxes that
+// have run but have no service routes (created before the edge existed, or
+// whose ports changed in the config) get them first. Hooks write the store
+// before the table and the table lock is held from the routes' read on, so
+// a hook racing the rebuild is either read from the store or applied after.
+func (e *Edge) Rebuild(ctx context.Context) error {
+	sbs, err := e.st.ListSandboxes(ctx, store.SandboxFilter{NoTimings: true})
+	if err != nil {
+		return fmt.Errorf("rebuild routes: %w", err)
+	}
+	e.table.mu.Lock()
+	defer e.table.mu.Unlock()
+	routes, err := e.st.ListRoutes(ctx, "")
+	if err != nil {
+		return fmt.Errorf("rebuild routes: %w", err)
+	}
+	have := map[string]bool{}
+	for _, r := range routes {
+		have[r.Host+"|"+strconv.Itoa(r.Port)] = true
+	}
+	hosts := map[string]*tableRoute{}
+	sandboxes := map[string]*tableSandbox{}
+	for _, sb := range sbs {
+		ts := &tableSandbox{ip: sb.IP, up: sb.IP != "" && slices.Contains(up, sb.Status), hosts: map[string]struct{}{}}
+		if old, ok := e.table.sandboxes[sb.ID]; ok {
+			// A lifecycle hook already ran in this process: it is newer than
+			// the row (OnRunning runs before the row says running).
+			ts.up = old.up
+			if old.ip != "" {
+				ts.ip = old.ip
+			}
+		}
+		sandboxes[sb.ID] = ts
+		if sb.IP == "" || !slices.Contains(hasRun, sb.Status) {
+			continue
+		}
+		svc := e.serviceRoutes(sb.ID)
+		missing := false
+		for _, r := range svc {
+			missing = missing || !have[r.Host+"|"+strconv.Itoa(r.Port)]
+		}
+		if missing {
+			if err := e.st.ReplaceRoutes(ctx, sb.ID, "", store.ServiceRouteKinds, svc); err != nil {
+				return fmt.Errorf("rebuild routes: %w", err)
+			}
+			routes = slices.DeleteFunc(routes, func(r store.Route) bool { return r.SandboxID == sb.ID && isService(r) })
+			routes = append(routes, svc...)
+		}
+	}
+	for _, r := range routes {
+		ts, ok := sandboxes[r.SandboxID]
+		if !ok {
+			continue // the foreign key makes this impossible; never route to a missing sandbox
+		}
+		hosts[r.Host] = &tableRoute{route: r, sb: ts}
+		ts.hosts[r.Host] = struct{}{}
+	}
+	e.table.hosts, e.table.sandboxes = hosts, sandboxes
+	return nil
+}
+
+// caddyDir holds Caddy's storage (certificates, ACME account, locks).
+func (e *Edge) caddyDir() string { return filepath.Join(e.cfg.Server.DataDir, "caddy") }
+
+func (e *Edge) listen(port int) string {
+	h := e.cfg.Server.Host
+	if h == "0.0.0.0" || h == "::" {
+		h = ""
+	}
+	return net.JoinHostPort(h, strconv.Itoa(port))
+}
+
+func (e *Edge) httpsListen() string {
+	if e.tlsMode == TLSOff {
+		return ""
+	}
+	return e.listen(e.cfg.Domain.HTTPSPort)
+}
+
+// caddyConfig is the whole, static Caddy config: nothing in it depends on
+// sandboxes, so it is loaded once.
+func (e *Edge) caddyConfig() ([]byte, error) {
+	inst := func(extra map[string]any) map[string]any {
+		extra["instance"] = e.id
+		return extra
+	}
+	proxy := []map[string]any{
+		inst(map[string]any{"handler": "atelier_auth"}),
+		{
+			"handler":           "reverse_proxy",
+			"dynamic_upstreams": inst(map[string]any{"source": "atelier"}),
+			"transport":         inst(map[string]any{"protocol": "atelier"}),
+			"load_balancing": map[string]any{
+				"try_duration": int64(e.retryWindow),
+				"try_interval": int64(100 * time.Millisecond),
+			},
+		},
+	}
+	noAuto := map[string]any{"disable": true}
+	servers := map[string]any{}
+	apps := map[string]any{}
+	grace := int64(5 * time.Second)
+	if e.tlsMode == TLSOff {
+		servers["edge_http"] = map[string]any{
+			"listen": []string{e.listen(e.cfg.Domain.HTTPPort)}, "routes": []any{map[string]any{"handle": proxy}},
+			"automatic_https": noAuto, "protocols": []string{"h1"},
+		}
+	} else {
+		servers["edge_https"] = map[string]any{
+			"listen": []string{e.listen(e.cfg.Domain.HTTPSPort)}, "routes": []any{map[string]any{"handle": proxy}},
+			"tls_connection_policies": []any{map[string]any{}},
+			"automatic_https":         noAuto, "protocols": []string{"h1", "h2"},
+		}
+		// Port 80 answers ACME HTTP challenges (Caddy does that before any
+		// route) and redirects everything else to HTTPS.
+		servers["edge_http"] = map[string]any{
+			"listen": []string{e.listen(e.cfg.Domain.HTTPPort)},
+			"routes": []any{map[string]any{"handle": []any{map[string]any{
+				"handler": "static_response", "status_code": http.StatusPermanentRedirect,
+				"headers": map[string]any{"Location": []string{"https://{http.request.host}" + portSuffix(e.cfg.Domain.HTTPSPort, 443) + "{http.request.uri}"}},
+			}}}},
+			"automatic_https": noAuto, "protocols": []string{"h1"},
+		}
+	}
+	apps["http"] = map[string]any{
+		"http_port": e.cfg.Domain.HTTPPort, "https_port": e.cfg.Domain.HTTPSPort,
+		"grace_period": grace, "servers": servers,
+	}
+	// Storage cleaning is Atelier's own (cleanStorage): Caddy's would write an
+	// instance id under $HOME.
+	tlsApp := map[string]any{"disable_storage_clean": true}
+	switch e.tlsMode {
+	case TLSFiles:
+		tlsApp["certificates"] = map[string]any{"load_files": []any{map[string]any{
+			"certificate": e.cfg.Domain.TLS.CertPath, "key": e.cfg.Domain.TLS.KeyPath,
+		}}}
+	case TLSACME:
+		tlsApp["automation"] = map[string]any{
+			"policies": []any{map[string]any{
+				"issuers":   []any{map[string]any{"module": "acme", "email": e.cfg.Domain.TLS.Email}},
+				"on_demand": true,
+			}},
+			"on_demand": map[string]any{"permission": inst(map[string]any{"module": "atelier"})},
+		}
+	}
+	apps["tls"] = tlsApp
+	root := map[string]any{
+		"admin":   map[string]any{"disabled": true, "config": map[string]any{"persist": false}},
+		"storage": map[string]any{"module": "file_system", "root": e.caddyDir()},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
+			"writer": inst(map[string]any{"output": "atelier"}), "level": "INFO",
+		}}},
+		"apps": apps,
+	}
+	b, err := json.Marshal(root)
+	if err != nil {
+		return nil, fmt.Errorf("caddy config: %w", err)
+	}
+	return b, nil
+}
+
+// cleanStorage removes expired certificates and OCSP staples daily.
+func (e *Edge) cleanStorage(ctx context.Context) {
+	t := time.NewTicker(24 * time.Hour)
+	defer t.Stop()
+	for {
+		err := certmagic.CleanStorage(ctx, &certmagic.FileStorage{Path: e.caddyDir()}, certmagic.CleanStorageOptions{
+			Logger: caddy.Log().Named("clean_storage"), InstanceID: "atelier", Interval: 12 * time.Hour, OCSPStaples: true,
+			ExpiredCerts: true, ExpiredCertGracePeriod: 14 * 24 * time.Hour,
+		})
+		if err != nil && ctx.Err() == nil {
+			e.log.Warn("edge: clean certificate storage", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sweepSessions forgets session checks that are stale, so the cache holds
+// only sessions seen in the last minutes.
+func (e *Edge) sweepSessions(ctx context.Context) {
+	t := time.NewTicker(10 * sessionRecheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := e.now()
+		e.sessions.Range(func(k, v any) bool {
+			if now.Sub(v.(sessionCheck).at) >= sessionRecheck {
+				e.sessions.Delete(k)
+			}
+			return true
+		})
+	}
+}

@@ -1,0 +1,38 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+
+	"atelier/internal/config"
+	"atelier/internal/registry"
+	"atelier/internal/sandbox"
+	"atelier/internal/store"
+)
+
+// newRegistry builds the shared npm cache. In mock mode it only records its
+// setting: there is no bridge to listen on, and the mock "guests" are
+// processes in the developer's own home, whose npm configs must not be
+// rewritten.
+func newRegistry(ctx context.Context, cfg *config.Config, opts Options, st *store.Store, sbx *sandbox.Service, drv sandbox.Drivers, log *slog.Logger) (*registry.Service, error) {
+	so := registry.ServiceOptions{Store: st, Log: log}
+	if cfg.Server.Mode != config.ModeMock {
+		ro, err := registry.OptionsFromConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		ro.Log = log
+		if opts.Registry != nil {
+			opts.Registry(&ro)
+		}
+		sup, err := registry.NewSupervisor(ro)
+		if err != nil {
+			return nil, err
+		}
+		so.Supervisor = sup
+		if ar, ok := drv.Runtime.(sandbox.AgentRuntime); ok {
+			so.Sandboxes, so.Dial = sbx, ar.AgentDialer
+		}
+	}
+	return registry.NewService(ctx, so)
+}
