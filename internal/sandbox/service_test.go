@@ -246,9 +246,22 @@ func TestCreateReachesRunning(t *testing.T) {
 	}
 	mu.Unlock()
 
-	out := e.scrape(t)
-	for _, w := range []string{`atelier_sandboxes{status="running"} 1`, `atelier_sandboxes{status="creating"} 0`,
-		`atelier_sandbox_operations_total{op="create",result="ok"} 1`, `atelier_sandbox_create_phase_seconds_count{phase="boot"} 1`} {
+	// The operation is counted right after its final transition, which Wait
+	// may see first: give the worker a moment to record it.
+	wantMetrics := []string{`atelier_sandboxes{status="running"} 1`, `atelier_sandboxes{status="creating"} 0`,
+		`atelier_sandbox_operations_total{op="create",result="ok"} 1`, `atelier_sandbox_create_phase_seconds_count{phase="boot"} 1`}
+	var out string
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		out = e.scrape(t)
+		missing := false
+		for _, w := range wantMetrics {
+			missing = missing || !strings.Contains(out, w)
+		}
+		if !missing || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, w := range wantMetrics {
 		if !strings.Contains(out, w) {
 			t.Errorf("metrics lack %s", w)
 		}
