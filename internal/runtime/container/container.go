@@ -550,6 +550,11 @@ func (d *Driver) teardown(ctx context.Context, id string, grace time.Duration, p
 		return err
 	}
 	bundle := d.bundleDir(id)
+	// Which file each loop device serves, while the devices are still ours.
+	bound, err := boundLoops()
+	if err != nil {
+		return err
+	}
 	sources, lazy, err := unmountAll(ctx, d.rootfs(id))
 	if lazy {
 		d.log.Warn("volume was busy; detached it lazily", "sandbox_id", id)
@@ -557,10 +562,10 @@ func (d *Driver) teardown(ctx context.Context, id string, grace time.Duration, p
 	if err != nil {
 		return err
 	}
-	var devs []string
+	devs := map[string]string{} // device -> the backing file it served us
 	for _, s := range sources {
-		if strings.HasPrefix(s, "/dev/loop") {
-			devs = append(devs, s)
+		if strings.HasPrefix(s, "/dev/loop") && bound[s] != "" {
+			devs[s] = bound[s]
 		}
 	}
 	if b, err := os.ReadFile(filepath.Join(bundle, diskRecord)); err == nil && len(b) > 0 {
@@ -568,10 +573,16 @@ func (d *Driver) teardown(ctx context.Context, id string, grace time.Duration, p
 		if err != nil {
 			return err
 		}
-		devs = append(devs, more...)
+		want, err := canonical(string(b))
+		if err != nil {
+			return err
+		}
+		for _, dev := range more {
+			devs[dev] = want
+		}
 	}
-	for _, dev := range sortedStrings(devs) {
-		if err := detachLoop(ctx, dev); err != nil {
+	for _, dev := range sortedKeys(devs) {
+		if err := detachLoopOf(ctx, dev, devs[dev]); err != nil {
 			return err
 		}
 	}
@@ -857,4 +868,12 @@ func sortedStrings(s []string) []string {
 		}
 	}
 	return out
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return sortedStrings(out)
 }

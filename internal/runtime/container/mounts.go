@@ -158,12 +158,27 @@ func canonical(path string) (string, error) {
 // is success. A device still mounted somewhere is only marked autoclear by
 // the kernel and goes away with its last user.
 func detachLoop(ctx context.Context, dev string) error {
+	return detachLoopOf(ctx, dev, "")
+}
+
+// detachLoopOf unbinds dev only while its backing file is still want (when
+// want is set). An autoclear device freed by our unmount can be bound again
+// at once by another sandbox's boot: that device is no longer ours, and
+// clearing it would pull another sandbox's disk.
+func detachLoopOf(ctx context.Context, dev, want string) error {
 	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_CLOEXEC, 0)
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENXIO) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("open %s: %w", dev, err)
+	}
+	if want != "" {
+		b, rerr := os.ReadFile(filepath.Join(sysBlock, filepath.Base(dev), "loop", "backing_file"))
+		if rerr != nil || strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), " (deleted)") != want {
+			f.Close()
+			return nil // unbound, or bound again to someone else's file
+		}
 	}
 	err = unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0)
 	f.Close()

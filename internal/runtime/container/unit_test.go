@@ -445,3 +445,35 @@ func TestAgentDialerRefusesSymlinks(t *testing.T) {
 		t.Errorf("read %q from the agent socket", b)
 	}
 }
+
+// A loop device bound again to another file after our unmount (its number
+// reused by another sandbox) must not be detached by our teardown.
+func TestDetachLoopOfLeavesReusedDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("requires root: attaches a loop device")
+	}
+	img := filepath.Join(t.TempDir(), "vol.img")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", img).Output()
+	if err != nil {
+		t.Fatalf("losetup: %v", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	want, _ := canonical(img)
+	ctx := context.Background()
+	if err := detachLoopOf(ctx, dev, "/elsewhere/other.ext4"); err != nil {
+		t.Fatal(err)
+	}
+	if devs, _ := LoopsBacking(img); len(devs) != 1 || devs[0] != dev {
+		t.Fatalf("a device serving another file was detached: %v", devs)
+	}
+	if err := detachLoopOf(ctx, dev, want); err != nil {
+		t.Fatal(err)
+	}
+	if devs, _ := LoopsBacking(img); len(devs) != 0 {
+		t.Fatalf("our device is still bound: %v", devs)
+	}
+}
