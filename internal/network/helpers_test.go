@@ -253,7 +253,7 @@ func (tp *topo) guestNS(t testing.TB, id string) netns.NsHandle {
 
 func dialIn(ns netns.NsHandle, network, addr string, timeout time.Duration) (net.Conn, error) {
 	var c net.Conn
-	err := inNetns(ns, func() error {
+	err := Do(ns, func() error {
 		var err error
 		c, err = net.DialTimeout(network, addr, timeout)
 		return err
@@ -264,7 +264,7 @@ func dialIn(ns netns.NsHandle, network, addr string, timeout time.Duration) (net
 func listenIn(t testing.TB, ns netns.NsHandle, addr string) net.Listener {
 	t.Helper()
 	var l net.Listener
-	must(t, inNetns(ns, func() error {
+	must(t, Do(ns, func() error {
 		var err error
 		l, err = net.Listen("tcp4", addr)
 		return err
@@ -322,7 +322,7 @@ func pingIn(ns netns.NsHandle, src, dst netip.Addr, timeout time.Duration) error
 		bind = src.String()
 	}
 	var pc net.PacketConn
-	if err := inNetns(ns, func() error {
+	if err := Do(ns, func() error {
 		var err error
 		pc, err = net.ListenPacket("ip4:icmp", bind)
 		return err
@@ -364,7 +364,7 @@ type echoSeen struct {
 func watchICMP(t testing.TB, ns netns.NsHandle) *icmpWatch {
 	t.Helper()
 	w := &icmpWatch{}
-	must(t, inNetns(ns, func() error {
+	must(t, Do(ns, func() error {
 		var err error
 		w.pc, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
 		return err

@@ -301,7 +301,7 @@ func (m *Manager) createTAP(name string) error {
 		Owner:     0,
 		Group:     0,
 	}
-	err := inNetns(m.hostNS, func() error { return m.h.LinkAdd(tap) })
+	err := Do(m.hostNS, func() error { return m.h.LinkAdd(tap) })
 	if err != nil {
 		return fmt.Errorf("create TAP %s: %w", name, err)
 	}

@@ -1,8 +1,10 @@
 package network
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -21,10 +23,11 @@ const nsfsMagic = 0x6e736673
 
 var errNotNetns = errors.New("not a network namespace")
 
-// inNetns runs fn on a dedicated OS thread switched into ns. A thread whose
-// namespace cannot be restored stays locked, so Go discards it when the
-// goroutine ends and no other goroutine ever runs in the wrong namespace.
-func inNetns(ns netns.NsHandle, fn func() error) error {
+// Do runs fn on a dedicated OS thread switched into ns: sockets fn opens and
+// processes it forks belong to ns. A thread whose namespace cannot be
+// restored stays locked, so Go discards it when the goroutine ends and no
+// other goroutine ever runs in the wrong namespace.
+func Do(ns netns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -173,7 +176,7 @@ func namedNetns(prefix string) ([]string, error) {
 // /proc/sys/net resolves to the namespace of the thread that opens it, so
 // sysctls of another namespace are read and written from a thread inside it.
 func writeSysctl(ns netns.NsHandle, key, value string) error {
-	return inNetns(ns, func() error {
+	return Do(ns, func() error {
 		if err := os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644); err != nil {
 			return fmt.Errorf("write sysctl %s: %w", key, err)
 		}
@@ -183,7 +186,7 @@ func writeSysctl(ns netns.NsHandle, key, value string) error {
 
 func readSysctl(ns netns.NsHandle, key string) (string, error) {
 	var out string
-	err := inNetns(ns, func() error {
+	err := Do(ns, func() error {
 		b, err := os.ReadFile(filepath.Join("/proc/sys", key))
 		if err != nil {
 			return fmt.Errorf("read sysctl %s: %w", key, err)
@@ -192,4 +195,49 @@ func readSysctl(ns netns.NsHandle, key string) (string, error) {
 		return nil
 	})
 	return out, err
+}
+
+// DoAt is Do for the namespace pinned at path (a file under /var/run/netns);
+// an empty path runs fn right here, in the caller's namespace.
+func DoAt(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer ns.Close()
+	return Do(ns, fn)
+}
+
+// DialFunc connects like net.Dialer.DialContext.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// DialIn returns a DialFunc whose sockets are created in ns. A socket keeps
+// the namespace it was made in, so only the dial runs on the switched
+// thread; the connection is then used from any goroutine. Host names are
+// resolved by the calling namespace's resolver: dial literal addresses.
+func DialIn(ns netns.NsHandle, d *net.Dialer) DialFunc {
+	return dialVia(func(fn func() error) error { return Do(ns, fn) }, d)
+}
+
+// DialAt is DialIn for the namespace pinned at path; "" dials right here.
+func DialAt(path string, d *net.Dialer) DialFunc {
+	return dialVia(func(fn func() error) error { return DoAt(path, fn) }, d)
+}
+
+func dialVia(run func(func() error) error, d *net.Dialer) DialFunc {
+	if d == nil {
+		d = &net.Dialer{}
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := run(func() error {
+			var err error
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
 }

@@ -31,7 +31,7 @@ type tapGuest struct {
 func startTAPGuest(t testing.TB, hostNS netns.NsHandle, name string, ip netip.Addr, mac net.HardwareAddr) *tapGuest {
 	t.Helper()
 	var fd int
-	must(t, inNetns(hostNS, func() error {
+	must(t, Do(hostNS, func() error {
 		var err error
 		fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {

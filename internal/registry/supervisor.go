@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"atelier/internal/network"
 	"bufio"
 	"context"
 	"encoding/json"
@@ -125,7 +126,7 @@ func NewSupervisor(opts Options) (*Supervisor, error) {
 	// No Proxy: probes go straight to the registry and the uplink, as
 	// Verdaccio's own requests do.
 	s.client = &http.Client{Transport: &http.Transport{
-		DialContext:       dialIn(opts.NetnsPath),
+		DialContext:       network.DialAt(opts.NetnsPath, nil),
 		DisableKeepAlives: true,
 	}}
 	return s, nil
@@ -343,7 +344,7 @@ func (s *Supervisor) runOnce(ctx context.Context, argv []string, onReady func())
 	}
 	cmd.Stdout, cmd.Stderr = w, w
 	// Forked from a thread inside NetnsPath, the child lives there.
-	err = inNetns(s.opts.NetnsPath, cmd.Start)
+	err = network.DoAt(s.opts.NetnsPath, cmd.Start)
 	w.Close()
 	if err != nil {
 		r.Close()

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"atelier/internal/network"
 	"atelier/internal/registry/registrytest"
 )
 
@@ -158,12 +159,12 @@ func TestSupervisor(t *testing.T) {
 	if u, err := s.Uplink(ctx); u != "http://127.0.0.1:9/" || err != nil {
 		t.Errorf("uplink %q %v: want the normalized URL", u, err)
 	}
-	client := &http.Client{Transport: &http.Transport{DialContext: dialIn(nsPath)}, Timeout: 5 * time.Second}
+	client := &http.Client{Transport: &http.Transport{DialContext: network.DialAt(nsPath, nil)}, Timeout: 5 * time.Second}
 
 	t.Run("listens on its address only", func(t *testing.T) {
 		// 127.0.0.2 is on the namespace's loopback too: a wildcard listener
 		// would answer there.
-		err := inNetns(nsPath, func() error {
+		err := network.DoAt(nsPath, func() error {
 			c, err := net.DialTimeout("tcp", "127.0.0.2:4873", time.Second)
 			if err == nil {
 				c.Close()

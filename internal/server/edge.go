@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"time"
 
 	"github.com/vishvananda/netns"
 
@@ -26,7 +28,7 @@ func newEdge(cfg *config.Config, st *store.Store, opts Options, log *slog.Logger
 		no := network.Options{HostNS: netns.None()}
 		opts.Network(&no)
 		if no.HostNS.IsOpen() {
-			eo.Dial = edge.DialInNetns(no.HostNS)
+			eo.Dial = network.DialIn(no.HostNS, &net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second})
 		}
 	}
 	e, err := edge.New(eo)

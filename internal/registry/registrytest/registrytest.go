@@ -9,7 +9,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,16 +18,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
-
 	"atelier/internal/config"
+	"atelier/internal/network"
 )
 
 // EnvVerdaccio names the directory holding Verdaccio installed by
@@ -166,48 +163,11 @@ func StartUplink(tb testing.TB, nsPath string) *Uplink {
 // stays there while this process serves it from any thread.
 func listenIn(nsPath, addr string) (net.Listener, error) {
 	var ln net.Listener
-	err := inNetns(nsPath, func() (err error) {
+	err := network.DoAt(nsPath, func() (err error) {
 		ln, err = net.Listen("tcp", addr)
 		return err
 	})
 	return ln, err
-}
-
-// inNetns runs fn on a locked OS thread switched into the namespace at
-// nsPath. A thread that cannot be switched back stays locked, so Go
-// discards it with the goroutine.
-func inNetns(nsPath string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 // NpmInstall runs `npm install pkgs` inside the named namespace with
@@ -240,14 +200,5 @@ func NpmInstall(ctx context.Context, nsName, userconfig, prefix string, pkgs ...
 // Client is an HTTP client whose connections start inside the namespace at
 // nsPath (only literal addresses: names would resolve outside it).
 func Client(nsPath string) *http.Client {
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := inNetns(nsPath, func() (err error) {
-			var d net.Dialer
-			c, err = d.DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: network.DialAt(nsPath, nil), DisableKeepAlives: true}}
 }
