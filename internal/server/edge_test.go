@@ -31,12 +31,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"atelier/internal/auth"
-	"atelier/internal/config"
 	"atelier/internal/edge"
-	netmock "atelier/internal/network/mock"
-	"atelier/internal/runtime/process"
-	"atelier/internal/sandbox"
-	stmock "atelier/internal/storage/mock"
 	"atelier/internal/store"
 )
 
@@ -379,7 +374,6 @@ func TestEdgeEndToEnd(t *testing.T) {
 // base domain (plain HTTP), the real agent as a local process and mock mode's
 // anonymous local user. Needs no root.
 func TestEdgeMockMode(t *testing.T) {
-	agentBin := buildAgent(t)
 	echo := buildEcho(t)
 	dir, err := os.MkdirTemp("", "atledge")
 	if err != nil {
@@ -390,35 +384,8 @@ func TestEdgeMockMode(t *testing.T) {
 	if err := os.WriteFile(echoPath, echo, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cfg := config.Default()
-	cfg.Server.Mode = config.ModeMock
-	cfg.Server.Host = "127.0.0.1"
-	cfg.Server.Port = freePort(t)
-	cfg.Domain.HTTPPort, cfg.Domain.HTTPSPort = freePort(t), freePort(t)
-	cfg.Domain.SSH.Port = freePort(t)
-	cfg.Server.DataDir = filepath.Join(dir, "data")
-	cfg.Server.SocketPath = filepath.Join(dir, "atelier.sock")
-	cfg.Sandbox.StateDir = filepath.Join(dir, "s")
-	cfg.Sandbox.LogDir = filepath.Join(dir, "log")
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	rt, err := process.New(process.Options{Command: []string{agentBin}, StateDir: filepath.Join(cfg.Sandbox.StateDir, "mock"),
-		SocketDir: filepath.Join(dir, "k"), StopGrace: 2 * time.Second, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	drv := &sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays"))}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := New(ctx, cfg, Options{Log: log, Drivers: drv, NoUnixSock: true})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	if err := srv.Listen(true); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
+	srv, stop := startMockManager(t, dir, nil)
+	cfg := srv.Config
 	api := "http://" + srv.Addr()
 	c := &http.Client{Timeout: 15 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	call := func(method, path, body string) (int, string) {
@@ -438,8 +405,7 @@ func TestEdgeMockMode(t *testing.T) {
 		if id != "" {
 			call("DELETE", "/api/sandboxes/"+id, "")
 		}
-		cancel()
-		<-done
+		stop()
 	})
 	code, body := call("POST", "/api/sandboxes", `{}`)
 	var v struct{ ID string }

@@ -22,8 +22,11 @@ import (
 
 	"atelier/internal/config"
 	"atelier/internal/network"
+	netmock "atelier/internal/network/mock"
 	"atelier/internal/runtime/container"
+	"atelier/internal/runtime/process"
 	"atelier/internal/sandbox"
+	stmock "atelier/internal/storage/mock"
 	"atelier/internal/testimage"
 )
 
@@ -320,4 +323,46 @@ func (f *fixture) client() *http.Client { return f.uc }
 
 func httpRequest(method, url string) (*http.Request, error) {
 	return http.NewRequest(method, url, strings.NewReader(""))
+}
+
+// startMockManager runs a mock-mode manager on free loopback ports whose
+// sandboxes are real agent processes (no root needed), with its state under
+// dir. mutate adjusts the config first. stop ends Serve and returns its error;
+// callers destroy their sandboxes before calling it.
+func startMockManager(t *testing.T, dir string, mutate func(*config.Config)) (*Server, func() error) {
+	t.Helper()
+	agentBin := buildAgent(t)
+	cfg := config.Default()
+	cfg.Server.Mode = config.ModeMock
+	cfg.Server.Host = "127.0.0.1"
+	cfg.Server.Port = freePort(t)
+	cfg.Domain.HTTPPort, cfg.Domain.HTTPSPort = freePort(t), freePort(t)
+	cfg.Domain.SSH.Port = freePort(t)
+	cfg.Server.DataDir = filepath.Join(dir, "data")
+	cfg.Server.SocketPath = filepath.Join(dir, "atelier.sock")
+	cfg.Sandbox.StateDir = filepath.Join(dir, "s")
+	cfg.Sandbox.LogDir = filepath.Join(dir, "log")
+	if mutate != nil {
+		mutate(cfg)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	rt, err := process.New(process.Options{Command: []string{agentBin}, StateDir: filepath.Join(cfg.Sandbox.StateDir, "mock"),
+		SocketDir: filepath.Join(dir, "k"), StopGrace: 2 * time.Second, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := &sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays"))}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := New(ctx, cfg, Options{Log: log, Drivers: drv, NoUnixSock: true})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if err := srv.Listen(true); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	return srv, func() error { cancel(); return <-done }
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -21,10 +20,6 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"atelier/internal/config"
-	netmock "atelier/internal/network/mock"
-	"atelier/internal/runtime/process"
-	"atelier/internal/sandbox"
-	stmock "atelier/internal/storage/mock"
 	"atelier/internal/store"
 )
 
@@ -44,43 +39,14 @@ func newSSHEnv(t *testing.T) *sshEnv {
 			t.Skipf("needs the OpenSSH client (%s): apt-get install openssh-client", tool)
 		}
 	}
-	agentBin := buildAgent(t)
 	// Short paths: unix socket paths are limited to 107 bytes.
 	dir, err := os.MkdirTemp("", "atlssh")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	cfg := config.Default()
-	cfg.Server.Mode = config.ModeMock
-	cfg.Server.Host = "127.0.0.1"
-	cfg.Server.Port = freePort(t)
-	cfg.Domain.SSH.Port = freePort(t)
-	cfg.Domain.HTTPPort, cfg.Domain.HTTPSPort = freePort(t), freePort(t)
-	cfg.Server.DataDir = filepath.Join(dir, "data")
-	cfg.Server.SocketPath = filepath.Join(dir, "atelier.sock")
-	cfg.Sandbox.StateDir = filepath.Join(dir, "s")
-	cfg.Sandbox.LogDir = filepath.Join(dir, "log")
-	cfg.Auth.AllowedUsers = []string{"octocat"}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	rt, err := process.New(process.Options{Command: []string{agentBin}, StateDir: filepath.Join(cfg.Sandbox.StateDir, "mock"),
-		SocketDir: filepath.Join(dir, "k"), StopGrace: 2 * time.Second, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	drv := &sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays"))}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := New(ctx, cfg, Options{Log: log, Drivers: drv, NoUnixSock: true})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	if err := srv.Listen(true); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
+	srv, stop := startMockManager(t, dir, func(c *config.Config) { c.Auth.AllowedUsers = []string{"octocat"} })
+	cfg := srv.Config
 	e := &sshEnv{srv: srv, api: "http://" + srv.Addr(), sshPort: strconv.Itoa(cfg.Domain.SSH.Port), dir: dir}
 	t.Cleanup(func() {
 		// Destroy first: the agents are our processes.
@@ -89,8 +55,7 @@ func newSSHEnv(t *testing.T) *sshEnv {
 				t.Errorf("destroy %s: %d %s", sb, code, body)
 			}
 		}
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	})
