@@ -220,6 +220,7 @@ func (s *Server) routes() {
 	s.handle("GET /terminals/{id}/attach", s.attachTerminal)
 
 	s.handle("GET "+agent.SSHPath, s.sshUpgrade)
+	s.handle("GET "+agent.SSHChannelPath, s.sshChannelUpgrade)
 
 	s.handle("GET /config", s.getConfig)
 	s.handle("POST /config", s.putConfig)

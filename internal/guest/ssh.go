@@ -26,9 +26,6 @@ import (
 
 // SSH tuning.
 const (
-	// sshMaxSessions bounds session channels open at once on one connection
-	// (OpenSSH's MaxSessions default).
-	sshMaxSessions = 10
 	// sshDialTimeout bounds a direct-tcpip dial inside the sandbox.
 	sshDialTimeout = 10 * time.Second
 	// sshHandshakeTimeout bounds the SSH handshake on an upgraded stream.
@@ -49,12 +46,12 @@ type sshServer struct {
 	cfgErr  error
 
 	mu     sync.Mutex
-	conns  map[*ssh.ServerConn]struct{}
+	conns  map[io.Closer]struct{} // SSH connections and bridged channels
 	closed bool
 }
 
 func newSSHServer(s *Server) *sshServer {
-	return &sshServer{s: s, conns: map[*ssh.ServerConn]struct{}{}}
+	return &sshServer{s: s, conns: map[io.Closer]struct{}{}}
 }
 
 func (ss *sshServer) config() (*ssh.ServerConfig, error) {
@@ -88,12 +85,12 @@ func (ss *sshServer) config() (*ssh.ServerConfig, error) {
 	return ss.cfg, ss.cfgErr
 }
 
-// closeAll drops every SSH connection; their sessions then kill their
-// process groups.
+// closeAll drops every SSH connection and bridged channel; their sessions
+// then kill their process groups.
 func (ss *sshServer) closeAll() {
 	ss.mu.Lock()
 	ss.closed = true
-	conns := make([]*ssh.ServerConn, 0, len(ss.conns))
+	conns := make([]io.Closer, 0, len(ss.conns))
 	for c := range ss.conns {
 		conns = append(conns, c)
 	}
@@ -103,7 +100,7 @@ func (ss *sshServer) closeAll() {
 	}
 }
 
-func (ss *sshServer) track(c *ssh.ServerConn, on bool) bool {
+func (ss *sshServer) track(c io.Closer, on bool) bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if on {
@@ -132,34 +129,44 @@ func headerHas(h http.Header, key, token string) bool {
 // sshUpgrade is GET /ssh: it switches the connection to the SSH protocol
 // and serves one SSH connection on it until either side closes.
 func (s *Server) sshUpgrade(w http.ResponseWriter, r *http.Request) error {
-	if !headerHas(r.Header, "Connection", "upgrade") || !strings.EqualFold(r.Header.Get("Upgrade"), agent.SSHProtocol) {
-		w.Header().Set("Upgrade", agent.SSHProtocol)
-		w.Header().Set("Connection", "Upgrade")
-		return &apiError{status: http.StatusUpgradeRequired, code: agent.CodeBadRequest,
-			detail: "GET /ssh needs Connection: Upgrade and Upgrade: ssh"}
-	}
 	cfg, err := s.ssh.config()
 	if err != nil {
 		return err
 	}
+	conn, err := upgrade(w, r, agent.SSHProtocol)
+	if conn == nil {
+		return err
+	}
+	s.ssh.serveConn(conn, cfg)
+	return nil
+}
+
+// upgrade answers 101 Switching Protocols to proto and hands over the
+// connection. A request that did not ask for proto gets 426 as the error;
+// a nil connection with a nil error means the client is already gone.
+func upgrade(w http.ResponseWriter, r *http.Request, proto string) (net.Conn, error) {
+	if !headerHas(r.Header, "Connection", "upgrade") || !strings.EqualFold(r.Header.Get("Upgrade"), proto) {
+		w.Header().Set("Upgrade", proto)
+		w.Header().Set("Connection", "Upgrade")
+		return nil, &apiError{status: http.StatusUpgradeRequired, code: agent.CodeBadRequest,
+			detail: "GET " + r.URL.Path + " needs Connection: Upgrade and Upgrade: " + proto}
+	}
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		return fmt.Errorf("hijack ssh connection: %w", err)
+		return nil, fmt.Errorf("hijack %s connection: %w", proto, err)
 	}
-	if _, err := brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + agent.SSHProtocol + "\r\n\r\n"); err != nil {
+	if _, err := brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + proto + "\r\n\r\n"); err != nil {
 		conn.Close()
-		return nil
+		return nil, nil
 	}
 	if err := brw.Flush(); err != nil {
 		conn.Close()
-		return nil
+		return nil, nil
 	}
-	var c net.Conn = conn
 	if brw.Reader.Buffered() > 0 {
-		c = &readAheadConn{Conn: conn, r: brw.Reader}
+		return &readAheadConn{Conn: conn, r: brw.Reader}, nil
 	}
-	s.ssh.serveConn(c, cfg)
-	return nil
+	return conn, nil
 }
 
 // readAheadConn returns bytes the HTTP server buffered before the upgrade.
@@ -191,27 +198,48 @@ func (ss *sshServer) serveConn(c net.Conn, cfg *ssh.ServerConfig) {
 	ss.s.log.Info("ssh connection", "user", sconn.User())
 
 	var wg sync.WaitGroup
-	sessions := make(chan struct{}, sshMaxSessions)
+	sessions := make(chan struct{}, agent.SSHMaxSessions)
 	for nc := range chans {
 		switch nc.ChannelType() {
 		case "session":
 			select {
 			case sessions <- struct{}{}:
 			default:
-				_ = nc.Reject(ssh.ResourceShortage, fmt.Sprintf("at most %d sessions per connection", sshMaxSessions))
+				_ = nc.Reject(ssh.ResourceShortage, fmt.Sprintf("at most %d sessions per connection", agent.SSHMaxSessions))
+				continue
+			}
+			ch, reqs, err := nc.Accept()
+			if err != nil {
+				<-sessions
 				continue
 			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				defer func() { <-sessions }()
-				ss.session(sconn.User(), nc)
+				ss.session(sconn.User(), ch, sshRequests(reqs))
 			}()
 		case "direct-tcpip":
+			var p forwardTarget
+			if err := ssh.Unmarshal(nc.ExtraData(), &p); err != nil {
+				_ = nc.Reject(ssh.ConnectionFailed, "malformed direct-tcpip request")
+				continue
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				ss.directTCPIP(nc)
+				tc, err := p.dial()
+				if err != nil {
+					_ = nc.Reject(ssh.ConnectionFailed, err.Error())
+					return
+				}
+				ch, reqs, err := nc.Accept()
+				if err != nil {
+					tc.Close()
+					return
+				}
+				go ssh.DiscardRequests(reqs)
+				forward(ch, tc)
 			}()
 		default:
 			_ = nc.Reject(ssh.UnknownChannelType, "unsupported channel type "+nc.ChannelType())
@@ -220,31 +248,31 @@ func (ss *sshServer) serveConn(c net.Conn, cfg *ssh.ServerConfig) {
 	wg.Wait()
 }
 
-// directTCPIP is local port forwarding (ssh -L): it dials the target from
-// inside the sandbox and copies both ways, half-closing as each side ends.
-func (ss *sshServer) directTCPIP(nc ssh.NewChannel) {
-	var p struct {
-		Host     string
-		Port     uint32
-		OrigHost string
-		OrigPort uint32
-	}
-	if err := ssh.Unmarshal(nc.ExtraData(), &p); err != nil || p.Port == 0 || p.Port > 65535 {
-		_ = nc.Reject(ssh.ConnectionFailed, "malformed direct-tcpip request")
-		return
+// forwardTarget is the direct-tcpip payload (RFC 4254 section 7.2).
+type forwardTarget struct {
+	Host     string
+	Port     uint32
+	OrigHost string
+	OrigPort uint32
+}
+
+// dial connects to the target from inside the sandbox; the error is worded
+// for the client.
+func (p forwardTarget) dial() (net.Conn, error) {
+	if p.Host == "" || p.Port == 0 || p.Port > 65535 {
+		return nil, errors.New("malformed direct-tcpip request")
 	}
 	addr := net.JoinHostPort(p.Host, strconv.FormatUint(uint64(p.Port), 10))
 	tc, err := net.DialTimeout("tcp", addr, sshDialTimeout)
 	if err != nil {
-		_ = nc.Reject(ssh.ConnectionFailed, "connect to "+addr+": "+err.Error())
-		return
+		return nil, fmt.Errorf("connect to %s: %w", addr, err)
 	}
-	ch, reqs, err := nc.Accept()
-	if err != nil {
-		tc.Close()
-		return
-	}
-	go ssh.DiscardRequests(reqs)
+	return tc, nil
+}
+
+// forward is local port forwarding (ssh -L) once the target is connected:
+// it copies both ways, half-closing as each side ends.
+func forward(ch ssh.Channel, tc net.Conn) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -262,6 +290,36 @@ func (ss *sshServer) directTCPIP(nc ssh.NewChannel) {
 	wg.Wait()
 	tc.Close()
 	ch.Close()
+}
+
+// chanRequest is a channel request from either transport: the agent's own
+// SSH server or a bridged channel.
+type chanRequest struct {
+	Type      string
+	WantReply bool
+	Payload   []byte
+	reply     func(ok bool) error
+}
+
+// Reply answers the request if it wanted an answer.
+func (r *chanRequest) Reply(ok bool) error {
+	if !r.WantReply || r.reply == nil {
+		return nil
+	}
+	return r.reply(ok)
+}
+
+// sshRequests adapts an SSH channel's requests.
+func sshRequests(in <-chan *ssh.Request) <-chan *chanRequest {
+	out := make(chan *chanRequest)
+	go func() {
+		defer close(out)
+		for r := range in {
+			out <- &chanRequest{Type: r.Type, WantReply: r.WantReply, Payload: r.Payload,
+				reply: func(ok bool) error { return r.Reply(ok, nil) }}
+		}
+	}()
+	return out
 }
 
 // sshSession is one session channel: at most one program (shell, exec or
@@ -317,11 +375,7 @@ func clampDim(v uint32) uint16 {
 	return uint16(min(v, uint32(agent.MaxTerminalDimension)))
 }
 
-func (ss *sshServer) session(user string, nc ssh.NewChannel) {
-	ch, reqs, err := nc.Accept()
-	if err != nil {
-		return
-	}
+func (ss *sshServer) session(user string, ch ssh.Channel, reqs <-chan *chanRequest) {
 	sess := &sshSession{ss: ss, user: user, ch: ch, env: map[string]string{},
 		win: pty.Winsize{Cols: agent.DefaultTerminalCols, Rows: agent.DefaultTerminalRows}}
 	done := make(chan struct{})
@@ -360,9 +414,7 @@ func (ss *sshServer) session(user string, nc ssh.NewChannel) {
 			} else {
 				ok = true
 			}
-			if req.WantReply {
-				_ = req.Reply(ok, nil)
-			}
+			_ = req.Reply(ok)
 			go func() {
 				defer close(done)
 				sess.finish(run())
@@ -382,9 +434,7 @@ func (ss *sshServer) session(user string, nc ssh.NewChannel) {
 			}
 			ok = sess.signal(m.Signal) == nil
 		}
-		if req.WantReply {
-			_ = req.Reply(ok, nil)
-		}
+		_ = req.Reply(ok)
 	}
 	// The client closed the channel (or the connection dropped): nothing
 	// the session started may outlive it.
@@ -397,7 +447,7 @@ func (ss *sshServer) session(user string, nc ssh.NewChannel) {
 
 // prepare validates the request and returns the function that runs it to
 // its end, reporting (exit code, signal name, core dumped).
-func (sess *sshSession) prepare(req *ssh.Request) (func() (int, string, bool), error) {
+func (sess *sshSession) prepare(req *chanRequest) (func() (int, string, bool), error) {
 	s := sess.ss.s
 	id, err := resolveUser("user", sess.user)
 	if err != nil {

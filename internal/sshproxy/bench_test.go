@@ -2,6 +2,8 @@ package sshproxy
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	"sort"
 	"testing"
 	"time"
@@ -42,6 +44,33 @@ func upload(b *testing.B, cl *ssh.Client, chunk []byte) time.Duration {
 	return time.Since(start)
 }
 
+// download reads benchBytes of `head -c` output and returns the elapsed
+// time until the exit status arrived.
+func download(b *testing.B, cl *ssh.Client) time.Duration {
+	b.Helper()
+	s, err := cl.NewSession()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	out, err := s.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	if err := s.Start(fmt.Sprintf("head -c %d /dev/zero", benchBytes)); err != nil {
+		b.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, out)
+	if err != nil || n != benchBytes {
+		b.Fatalf("download: %d bytes, %v", n, err)
+	}
+	if err := s.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}
+
 func median(d []time.Duration) time.Duration {
 	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
 	return d[len(d)/2]
@@ -50,9 +79,11 @@ func median(d []time.Duration) time.Duration {
 func mbps(d time.Duration) float64 { return float64(benchBytes) / (1 << 20) / d.Seconds() }
 
 // BenchmarkSSHTransfer compares the transfer rate of 64 MiB into
-// `cat > /dev/null` through the proxy with the agent's SSH server reached
-// directly over the agent transport (x-direct = proxy rate / direct rate;
-// target >= 0.9). Runs alternate so both see the same machine load.
+// `cat > /dev/null` (up) and out of `head -c` (down) through the proxy with
+// the agent's SSH server reached directly over the agent transport
+// (x-direct = proxy rate / direct rate; target >= 0.9). Runs alternate so
+// both see the same machine load, and each ratio is the median of the
+// ratios of its rounds.
 func BenchmarkSSHTransfer(b *testing.B) {
 	e := newEnv(b, nil)
 	local := e.user(b, auth.LocalUserID, 0)
@@ -67,22 +98,32 @@ func BenchmarkSSHTransfer(b *testing.B) {
 	defer direct.Close()
 	chunk := bytes.Repeat([]byte("atelier!"), 4096)
 
-	const rounds = 5
-	var p, d []time.Duration
+	const rounds = 9
+	var pu, du, pd, dd []time.Duration
+	var ru, rd []float64
 	upload(b, viaProxy, chunk) // warm up both paths
 	upload(b, direct, chunk)
 	b.ResetTimer()
 	for it := 0; it < b.N; it++ {
 		for i := 0; i < rounds; i++ {
-			p = append(p, upload(b, viaProxy, chunk))
-			d = append(d, upload(b, direct, chunk))
+			p, d := upload(b, viaProxy, chunk), upload(b, direct, chunk)
+			pu, du, ru = append(pu, p), append(du, d), append(ru, float64(d)/float64(p))
+			p, d = download(b, viaProxy), download(b, direct)
+			pd, dd, rd = append(pd, p), append(dd, d), append(rd, float64(d)/float64(p))
 		}
 	}
 	b.StopTimer()
-	pm, dm := median(p), median(d)
-	b.ReportMetric(mbps(pm), "proxy-MiB/s")
-	b.ReportMetric(mbps(dm), "direct-MiB/s")
-	b.ReportMetric(float64(dm)/float64(pm), "x-direct")
+	b.ReportMetric(mbps(median(pu)), "up-proxy-MiB/s")
+	b.ReportMetric(mbps(median(du)), "up-direct-MiB/s")
+	b.ReportMetric(medianF(ru), "up-x-direct")
+	b.ReportMetric(mbps(median(pd)), "down-proxy-MiB/s")
+	b.ReportMetric(mbps(median(dd)), "down-direct-MiB/s")
+	b.ReportMetric(medianF(rd), "down-x-direct")
+}
+
+func medianF(x []float64) float64 {
+	sort.Float64s(x)
+	return x[len(x)/2]
 }
 
 // BenchmarkSSHLogin measures connect + authenticate + `true` + disconnect

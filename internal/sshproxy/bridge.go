@@ -1,89 +1,94 @@
 package sshproxy
 
 import (
+	"context"
 	"errors"
 	"io"
+	"net"
+	"net/url"
+	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/crypto/ssh"
+
+	"atelier/internal/agent"
 )
 
-// Global requests that would make the agent listen for the client (remote
-// forwarding). They are refused: nothing in a sandbox may open a listener
-// reachable through the proxy.
-var refusedGlobal = map[string]bool{
-	"tcpip-forward":                          true,
-	"cancel-tcpip-forward":                   true,
-	"streamlocal-forward@openssh.com":        true,
-	"cancel-streamlocal-forward@openssh.com": true,
-}
-
-// bridge joins the client connection and the agent connection until either
-// ends: every channel the client opens is opened on the agent and piped,
-// and global requests travel both ways.
-func bridge(down *ssh.ServerConn, chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request, up *upConn) {
-	// The agent going away (sandbox stopped) ends the client's connection.
+// bridge serves the client's connection until it ends or the agent goes
+// away (ctrl, the "connection" stream, ends). Every channel the client
+// opens is carried to the agent on a stream of its own, in plain frames:
+// the client's bytes are decrypted here once and never encrypted again.
+// Global requests are answered here: none is offered, so nothing in a
+// sandbox can open a listener reachable through the proxy (tcpip-forward)
+// and keepalives get the "no" OpenSSH expects.
+func bridge(ctx context.Context, down *ssh.ServerConn, chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request, cl *agent.Client, ctrl net.Conn, user string) {
 	go func() {
-		_ = up.Wait()
+		_, _ = io.Copy(io.Discard, ctrl)
 		down.Close()
 	}()
-	go forwardGlobal(up.reqs, down)
 	go func() {
 		for r := range reqs {
-			if refusedGlobal[r.Type] {
-				if r.WantReply {
-					_ = r.Reply(false, nil)
-				}
-				continue
+			if r.WantReply {
+				_ = r.Reply(false, nil)
 			}
-			forwardRequest(r, up)
 		}
 	}()
 	var wg sync.WaitGroup
+	sessions := make(chan struct{}, agent.SSHMaxSessions)
 	for nc := range chans {
+		q := url.Values{"type": {nc.ChannelType()}, "user": {user}}
+		switch nc.ChannelType() {
+		case agent.SSHChanSession:
+			select {
+			case sessions <- struct{}{}:
+			default:
+				_ = nc.Reject(ssh.ResourceShortage, "at most "+strconv.Itoa(agent.SSHMaxSessions)+" sessions per connection")
+				continue
+			}
+		case agent.SSHChanDirectTCPIP:
+			var p struct {
+				Host     string
+				Port     uint32
+				OrigHost string
+				OrigPort uint32
+			}
+			if err := ssh.Unmarshal(nc.ExtraData(), &p); err != nil || p.Host == "" || p.Port == 0 || p.Port > 65535 {
+				_ = nc.Reject(ssh.ConnectionFailed, "malformed direct-tcpip request")
+				continue
+			}
+			q.Set("host", p.Host)
+			q.Set("port", strconv.FormatUint(uint64(p.Port), 10))
+		default:
+			_ = nc.Reject(ssh.UnknownChannelType, "unsupported channel type "+nc.ChannelType())
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			bridgeChannel(nc, up)
+			if nc.ChannelType() == agent.SSHChanSession {
+				defer func() { <-sessions }()
+			}
+			bridgeChannel(ctx, nc, cl, q)
 		}()
 	}
-	// The client went away: so does the agent connection, which ends
-	// every piped channel (and the agent kills what the channels started).
-	up.Close()
+	// The client went away. Its channels' request streams have ended, which
+	// closes their agent streams (the agent then kills what they started).
+	ctrl.Close()
 	wg.Wait()
 }
 
-func forwardGlobal(reqs <-chan *ssh.Request, to ssh.Conn) {
-	for r := range reqs {
-		forwardRequest(r, to)
-	}
-}
-
-func forwardRequest(r *ssh.Request, to ssh.Conn) {
-	ok, payload, err := to.SendRequest(r.Type, r.WantReply, r.Payload)
-	if r.WantReply {
-		_ = r.Reply(ok && err == nil, payload)
-	}
-}
-
-// forwardChannelRequest passes a channel request on; channel request
-// replies carry no payload.
-func forwardChannelRequest(r *ssh.Request, to ssh.Channel) {
-	ok, err := to.SendRequest(r.Type, r.WantReply, r.Payload)
-	if r.WantReply {
-		_ = r.Reply(ok && err == nil, nil)
-	}
-}
-
-// bridgeChannel opens the client's channel on the agent (passing on the
-// agent's refusal, e.g. a direct-tcpip target that refused the connection)
-// and pipes data, extended data, EOF, requests and close both ways.
-func bridgeChannel(nc ssh.NewChannel, up ssh.Conn) {
-	upCh, upReqs, err := up.OpenChannel(nc.ChannelType(), nc.ExtraData())
+// bridgeChannel opens the client's channel on the agent, passing on the
+// agent's refusal (an unknown user, a forward target that refused the
+// connection), then carries it until either side closes.
+func bridgeChannel(ctx context.Context, nc ssh.NewChannel, cl *agent.Client, q url.Values) {
+	dctx, cancel := context.WithTimeout(ctx, agentTimeout)
+	conn, err := cl.DialUpgrade(dctx, agent.SSHChannelPath+"?"+q.Encode(), agent.SSHChannelProtocol)
+	cancel()
 	if err != nil {
-		var oce *ssh.OpenChannelError
-		if errors.As(err, &oce) {
-			_ = nc.Reject(oce.Reason, oce.Message)
+		var ae *agent.Error
+		if errors.As(err, &ae) {
+			_ = nc.Reject(ssh.ConnectionFailed, ae.Detail)
 		} else {
 			_ = nc.Reject(ssh.ConnectionFailed, "sandbox unreachable: "+err.Error())
 		}
@@ -91,61 +96,168 @@ func bridgeChannel(nc ssh.NewChannel, up ssh.Conn) {
 	}
 	ch, reqs, err := nc.Accept()
 	if err != nil {
-		upCh.Close()
+		conn.Close()
 		return
 	}
-	pipe(ch, reqs, upCh, upReqs)
+	carry(ch, reqs, agent.NewFrameConn(conn), nc.ChannelType() == agent.SSHChanSession)
 }
 
-// pipe copies between the client's channel ch and the agent's channel
-// upCh. Exit status and exit signal are passed on only once all output
-// before them has been, so a client never sees the status ahead of the
-// last bytes.
-func pipe(ch ssh.Channel, reqs <-chan *ssh.Request, upCh ssh.Channel, upReqs <-chan *ssh.Request) {
-	outDone := make(chan struct{})
+// carry joins the client's channel ch and the agent stream fc. The agent's
+// frames are applied in order by one loop, replies to the client's requests
+// included, so neither an exit status nor the channel's close ever
+// overtakes output or a reply.
+func carry(ch ssh.Channel, reqs <-chan *ssh.Request, fc *agent.FrameConn, session bool) {
+	w := &window{avail: agent.SSHChannelWindow}
+	w.cond.L = &w.mu
+	// Requests waiting for the agent's reply, oldest first (RFC 4254
+	// answers channel requests in order).
+	pending := make(chan *ssh.Request, 16)
+	var clientClosed atomic.Bool
+	done := make(chan struct{}) // the agent's frames are all applied
 	go func() {
-		var wg sync.WaitGroup
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			_, _ = io.Copy(ch, upCh)
-		}()
-		go func() {
-			defer wg.Done()
-			_, _ = io.Copy(ch.Stderr(), upCh.Stderr())
-		}()
-		wg.Wait()
-		_ = ch.CloseWrite()
-		close(outDone)
-	}()
-	go func() {
-		var wg sync.WaitGroup
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			_, _ = io.Copy(upCh, ch)
-		}()
-		go func() {
-			defer wg.Done()
-			_, _ = io.Copy(upCh.Stderr(), ch.Stderr())
-		}()
-		wg.Wait()
-		_ = upCh.CloseWrite()
+		// Large chunks: every frame is a write here and a read in the agent.
+		_, _ = io.CopyBuffer(windowWriter{w, fc}, ch, make([]byte, agent.MaxFramePayload))
+		_ = fc.WriteFrame(agent.FrameEOF, nil)
 	}()
 	go func() {
 		for r := range reqs {
-			forwardChannelRequest(r, upCh)
+			if r.WantReply {
+				select {
+				case pending <- r:
+				case <-done:
+					_ = r.Reply(false, nil)
+					continue
+				}
+			}
+			if err := fc.WriteRequest(agent.ChannelRequest{Type: r.Type, WantReply: r.WantReply, Payload: r.Payload}); err != nil {
+				break
+			}
 		}
-		// The client closed its channel.
-		upCh.Close()
+		// The client closed the channel: so does the agent stream.
+		clientClosed.Store(true)
+		fc.Close()
+		for r := range reqs {
+			_ = r.Reply(false, nil)
+		}
 	}()
-	for r := range upReqs {
-		if r.Type == "exit-status" || r.Type == "exit-signal" {
-			<-outDone
+
+	exited := false
+	for {
+		t, p, err := fc.ReadFrame()
+		if err != nil {
+			break
 		}
-		forwardChannelRequest(r, ch)
+		switch t {
+		case agent.FrameData:
+			_, err = ch.Write(p)
+		case agent.FrameStderr:
+			_, err = ch.Stderr().Write(p)
+		case agent.FrameEOF:
+			err = ch.CloseWrite()
+		case agent.FrameRequest:
+			var req agent.ChannelRequest
+			if req, err = agent.ParseRequest(p); err != nil {
+				break
+			}
+			exited = exited || req.Type == "exit-status" || req.Type == "exit-signal"
+			ok, _ := ch.SendRequest(req.Type, req.WantReply, req.Payload)
+			if req.WantReply {
+				err = fc.WriteReply(ok)
+			}
+		case agent.FrameReply:
+			var ok bool
+			if ok, err = agent.ParseReply(p); err == nil {
+				select {
+				case r := <-pending:
+					err = r.Reply(ok, nil)
+				default:
+					err = errors.New("reply to no request")
+				}
+			}
+		case agent.FrameWindow:
+			var n uint32
+			if n, err = agent.ParseWindow(p); err == nil {
+				w.grant(int(n))
+			}
+		}
+		if err != nil {
+			break
+		}
 	}
-	// The agent closed its channel.
-	<-outDone
+	close(done)
+	w.close()
+	fc.Close()
+	for {
+		select {
+		case r := <-pending:
+			_ = r.Reply(false, nil)
+			continue
+		default:
+		}
+		break
+	}
+	if session && !exited && !clientClosed.Load() {
+		// Without this the client sees a bare "closed by remote host".
+		_, _ = io.WriteString(ch.Stderr(), "atelier: lost the connection to the sandbox (it stopped or its agent restarted)\r\n")
+	}
 	ch.Close()
+}
+
+// window is how much data the agent will still take (see
+// agent.SSHChannelWindow).
+type window struct {
+	mu     sync.Mutex
+	cond   sync.Cond
+	avail  int
+	closed bool
+}
+
+func (w *window) grant(n int) {
+	w.mu.Lock()
+	w.avail += n
+	w.cond.Broadcast()
+	w.mu.Unlock()
+}
+
+func (w *window) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.cond.Broadcast()
+	w.mu.Unlock()
+}
+
+// take waits for room and reserves up to n bytes of it.
+func (w *window) take(n int) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.avail == 0 && !w.closed {
+		w.cond.Wait()
+	}
+	if w.closed {
+		return 0, net.ErrClosed
+	}
+	n = min(n, w.avail)
+	w.avail -= n
+	return n, nil
+}
+
+// windowWriter sends data frames within the agent's window.
+type windowWriter struct {
+	w  *window
+	fc *agent.FrameConn
+}
+
+func (ww windowWriter) Write(p []byte) (int, error) {
+	done := 0
+	for done < len(p) {
+		n, err := ww.w.take(min(len(p)-done, agent.MaxFramePayload))
+		if err != nil {
+			return done, err
+		}
+		if err := ww.fc.WriteFrame(agent.FrameData, p[done:done+n]); err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
 }

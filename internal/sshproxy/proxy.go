@@ -2,11 +2,12 @@
 // `ssh <sandboxId>@ssh.<baseDomain> -p 2222`. It authenticates the client's
 // public key against the keys users registered (per connection, so a
 // deleted or expired key stops working at once), checks that the key's
-// owner is allowed to log in and owns the sandbox, then opens an SSH
-// connection to the sandbox agent's SSH server over the agent transport and
-// bridges every channel and request between the two. No guest port is
-// exposed and no shared key reaches into sandboxes (the reference let any
-// registered key into every sandbox through one shared VM key).
+// owner is allowed to log in and owns the sandbox, then carries every
+// channel the client opens to the sandbox agent on an agent stream of its
+// own, in plain frames (decrypted once, here; see agent.SSHChannelPath).
+// No guest port is exposed and no shared key reaches into sandboxes (the
+// reference let any registered key into every sandbox through one shared
+// VM key).
 package sshproxy
 
 import (
@@ -16,6 +17,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -212,15 +215,20 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 		refuse(down, chans, reqs, reason)
 		return
 	}
-	up, err := p.dialAgent(ctx, cl)
+	ctrl, err := p.dialAgent(ctx, cl)
 	if err != nil {
 		log.Warn("ssh: agent unreachable", "err", err)
-		refuse(down, chans, reqs, fmt.Sprintf("sandbox %s is running but its SSH server did not answer; try again, or restart the sandbox", id))
+		reason := fmt.Sprintf("sandbox %s is running but its agent did not answer; try again, or restart the sandbox", id)
+		var ae *agent.Error
+		if errors.As(err, &ae) && ae.Status == http.StatusBadRequest {
+			reason = fmt.Sprintf("sandbox %s cannot log you in: %s", id, ae.Detail)
+		}
+		refuse(down, chans, reqs, reason)
 		return
 	}
-	defer up.Close()
+	defer ctrl.Close()
 	log.Info("ssh session opened", "fingerprint", perms[extFingerprint], "setup_ms", time.Since(start).Milliseconds())
-	bridge(down, chans, reqs, up)
+	bridge(ctx, down, chans, reqs, cl, ctrl, p.o.GuestUser)
 	log.Info("ssh session closed", "duration_s", int(time.Since(start).Seconds()))
 }
 
@@ -349,53 +357,14 @@ func (p *Proxy) admit(ctx context.Context, id string, owner bool) (*agent.Client
 	}
 }
 
-// dialAgent opens an SSH client connection to the agent's SSH server over
-// an upgraded agent connection. The agent accepts "none" authentication
-// there because only the manager can open agent connections; its host key
-// is per agent start and deliberately not pinned.
-func (p *Proxy) dialAgent(ctx context.Context, cl *agent.Client) (*upConn, error) {
+// dialAgent opens the "connection" stream that stands for the client's
+// connection on the agent (see agent.SSHChannelPath): the agent checks the
+// unix user once, and the stream's end tells the bridge the agent is gone.
+func (p *Proxy) dialAgent(ctx context.Context, cl *agent.Client) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, agentTimeout)
 	defer cancel()
-	conn, err := cl.DialUpgrade(ctx, agent.SSHPath, agent.SSHProtocol)
-	if err != nil {
-		return nil, err
-	}
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(d)
-	}
-	// The handshake takes no context: a shutdown must still end it at once.
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	up, upChans, upReqs, err := ssh.NewClientConn(conn, "agent", &ssh.ClientConfig{
-		User:            p.o.GuestUser,
-		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
-		ClientVersion:   "SSH-2.0-atelier-proxy",
-		// The hop never leaves the host; the fastest AEAD with hardware
-		// support keeps the proxy's extra encryption cheap.
-		Config: ssh.Config{Ciphers: []string{ssh.CipherAES128GCM, ssh.CipherChaCha20Poly1305}},
-	})
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("ssh handshake with the agent: %w", err)
-	}
-	if !stop() {
-		up.Close()
-		return nil, fmt.Errorf("ssh handshake with the agent: %w", ctx.Err())
-	}
-	_ = conn.SetDeadline(time.Time{})
-	// The agent never opens channels toward the client.
-	go func() {
-		for nc := range upChans {
-			_ = nc.Reject(ssh.Prohibited, "not supported")
-		}
-	}()
-	return &upConn{Conn: up, reqs: upReqs}, nil
-}
-
-// upConn carries the agent connection's global requests to the bridge.
-type upConn struct {
-	ssh.Conn
-	reqs <-chan *ssh.Request
+	q := url.Values{"type": {agent.SSHChanConnection}, "user": {p.o.GuestUser}}
+	return cl.DialUpgrade(ctx, agent.SSHChannelPath+"?"+q.Encode(), agent.SSHChannelProtocol)
 }
 
 // refuse serves a connection whose sandbox cannot be entered: every session

@@ -343,6 +343,63 @@ func TestDisconnectKillsAndStopEndsConnection(t *testing.T) {
 	}
 }
 
+// TestClosingKillsAProgramIgnoringStdin checks that a program that never
+// reads its stdin cannot outlive its channel: the client fills every buffer
+// on the way (its window, the proxy's, the agent's) and closes the session.
+func TestClosingKillsAProgramIgnoringStdin(t *testing.T) {
+	e := newEnv(t, nil)
+	local := e.user(t, auth.LocalUserID, 0)
+	id := e.sandbox(t, local.ID)
+	signer, _ := e.key(t, local.ID, nil)
+	cl, err := e.dial(id, signer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	s, err := cl.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := s.StdoutPipe()
+	in, _ := s.StdinPipe()
+	if err := s.Start("echo $$; exec sleep 300"); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatalf("pid %q", line)
+	}
+	wrote := make(chan int, 1)
+	go func() {
+		chunk := make([]byte, 64<<10)
+		n := 0
+		for n < 16<<20 {
+			if _, err := in.Write(chunk); err != nil {
+				break
+			}
+			n += len(chunk)
+		}
+		wrote <- n
+	}()
+	// Let the writes stall on the full buffers before closing.
+	time.Sleep(500 * time.Millisecond)
+	s.Close()
+	waitGone(t, pid)
+	if n := <-wrote; n >= 16<<20 {
+		t.Errorf("%d bytes went into a program that reads nothing: nothing pushed back", n)
+	}
+	// The connection still works for the next session.
+	s2, err := cl.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if got, err := s2.Output("echo again"); string(got) != "again\n" || err != nil {
+		t.Errorf("next session: %q %v", got, err)
+	}
+}
+
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
