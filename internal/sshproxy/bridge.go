@@ -9,11 +9,16 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"atelier/internal/agent"
 )
+
+// lostGrace bounds how long the channels of a connection whose agent went
+// away may take to say so before the connection closes.
+const lostGrace = 2 * time.Second
 
 // bridge serves the client's connection until it ends or the agent goes
 // away (ctrl, the "connection" stream, ends). Every channel the client
@@ -23,8 +28,14 @@ import (
 // sandbox can open a listener reachable through the proxy (tcpip-forward)
 // and keepalives get the "no" OpenSSH expects.
 func bridge(ctx context.Context, down *ssh.ServerConn, chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request, cl *agent.Client, ctrl net.Conn, user string) {
+	var active atomic.Int32 // channels being carried
 	go func() {
 		_, _ = io.Copy(io.Discard, ctrl)
+		// The agent is gone (or the client left). Its channels' streams have
+		// ended too: give them a moment to tell their clients why.
+		for deadline := time.Now().Add(lostGrace); active.Load() > 0 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
 		down.Close()
 	}()
 	go func() {
@@ -64,8 +75,10 @@ func bridge(ctx context.Context, down *ssh.ServerConn, chans <-chan ssh.NewChann
 			continue
 		}
 		wg.Add(1)
+		active.Add(1)
 		go func() {
 			defer wg.Done()
+			defer active.Add(-1)
 			if nc.ChannelType() == agent.SSHChanSession {
 				defer func() { <-sessions }()
 			}

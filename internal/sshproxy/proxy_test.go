@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -451,4 +452,111 @@ func TestServeStops(t *testing.T) {
 	if _, err := cl.NewSession(); err == nil {
 		t.Error("client connection survived Serve's end")
 	}
+}
+
+// TestUnknownGuestUser checks that a guest user the sandbox does not have
+// is refused with the agent's reason, for sessions and forwards alike.
+func TestUnknownGuestUser(t *testing.T) {
+	e := newEnv(t, nil)
+	local := e.user(t, auth.LocalUserID, 0)
+	signer, _ := e.key(t, local.ID, nil)
+	id := e.sandbox(t, local.ID)
+	o := e.proxy.o
+	o.GuestUser = "no-such-user-atlt"
+	p, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(ctx, ln) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	cl, err := ssh.Dial("tcp", ln.Addr().String(), &ssh.ClientConfig{User: id, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.FixedHostKey(p.HostKey()), Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	_, stderr, code := run(t, cl, "true", nil)
+	want := `sandbox ` + id + ` cannot log you in: user: unknown user "no-such-user-atlt"`
+	if code != 1 || !strings.Contains(stderr, want) {
+		t.Errorf("status %d, stderr %q; want 1 and %q", code, stderr, want)
+	}
+	if _, err := cl.Dial("tcp", "127.0.0.1:22"); err == nil || !strings.Contains(err.Error(), "cannot log you in") {
+		t.Errorf("forward: %v", err)
+	}
+}
+
+// TestAgentLostMidSession checks that a client whose sandbox agent dies is
+// told so on stderr before its connection closes, instead of a bare
+// "closed by remote host".
+func TestAgentLostMidSession(t *testing.T) {
+	e := newEnv(t, nil)
+	local := e.user(t, auth.LocalUserID, 0)
+	signer, _ := e.key(t, local.ID, nil)
+	id := e.sandbox(t, local.ID)
+	cl, err := e.dial(id, signer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	s, err := cl.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var stderr strings.Builder
+	s.Stderr = &stderr
+	out, _ := s.StdoutPipe()
+	if err := s.Start("echo up; exec sleep 300"); err != nil {
+		t.Fatal(err)
+	}
+	if line, _ := bufio.NewReader(out).ReadString('\n'); line != "up\n" {
+		t.Fatalf("first line %q", line)
+	}
+	pid := agentPID(t, id)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Wait(); err == nil {
+		t.Error("session ended cleanly after its agent was killed")
+	}
+	if !strings.Contains(stderr.String(), "atelier: lost the connection to the sandbox") {
+		t.Errorf("stderr %q", stderr.String())
+	}
+	done := make(chan error, 1)
+	go func() { done <- cl.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("client connection still open after its agent died")
+	}
+}
+
+// agentPID finds the mock-mode agent process serving sandbox id.
+func agentPID(t *testing.T, id string) int {
+	t.Helper()
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile("/proc/" + d.Name() + "/cmdline")
+		args := strings.Split(string(b), "\x00")
+		if args[0] == agentBin && strings.Contains(string(b), id) {
+			return pid
+		}
+	}
+	t.Fatalf("no agent process for sandbox %s", id)
+	return 0
 }
