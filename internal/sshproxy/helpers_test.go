@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +34,9 @@ var agentBin string
 // TestMain builds the real agent once: mock-mode sandboxes run it as a
 // local process, so the proxy talks to the same SSH server as in a VM.
 func TestMain(m *testing.M) {
+	if os.Getenv(benchClientEnv) != "" {
+		os.Exit(benchClientMain())
+	}
 	dir, err := os.MkdirTemp("", "atlsshp")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -58,6 +62,7 @@ type env struct {
 	st    *store.Store
 	sbx   *sandbox.Service
 	proxy *Proxy
+	rt    *process.Runtime
 	addr  string
 	now   func() time.Time
 }
@@ -93,7 +98,7 @@ func newEnv(t testing.TB, tweak func(*config.Config)) *env {
 	}
 	sbx := sandbox.New(cfg, st, events.New(st, log), metrics.New(),
 		sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: stmock.New(filepath.Join(dir, "s", "overlays"))}, log)
-	e := &env{cfg: cfg, st: st, sbx: sbx, now: time.Now}
+	e := &env{cfg: cfg, st: st, sbx: sbx, rt: rt, now: time.Now}
 	e.proxy, err = New(Options{Config: cfg, Store: st, Sandboxes: sbx, Log: log, Now: func() time.Time { return e.now() }})
 	if err != nil {
 		t.Fatal(err)
@@ -159,13 +164,19 @@ func (e *env) key(t testing.TB, userID string, expires *time.Time) (ssh.Signer, 
 	if userID == "" {
 		return signer, store.SSHKey{}
 	}
+	return signer, e.register(t, userID, signer, expires)
+}
+
+// register adds signer's public key to userID's keys.
+func (e *env) register(t testing.TB, userID string, signer ssh.Signer, expires *time.Time) store.SSHKey {
+	t.Helper()
 	k, err := e.st.CreateSSHKey(context.Background(), store.SSHKey{UserID: userID, Name: "k",
 		PublicKey:   strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))),
 		Fingerprint: ssh.FingerprintSHA256(signer.PublicKey()), Type: signer.PublicKey().Type(), ExpiresAt: expires})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return signer, k
+	return k
 }
 
 // sandbox creates a sandbox owned by owner and waits until it runs.
@@ -240,4 +251,22 @@ func run(t testing.TB, cl *ssh.Client, cmd string, stdin io.Reader) (string, str
 		code = ee.ExitStatus()
 	}
 	return out.String(), errs.String(), code
+}
+
+// agentPID finds the mock-mode agent process serving sandbox id.
+func agentPID(t testing.TB, id string) int {
+	t.Helper()
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile("/proc/" + d.Name() + "/cmdline")
+		if args := strings.Split(string(b), "\x00"); args[0] == agentBin && strings.Contains(string(b), id) {
+			return pid
+		}
+	}
+	t.Fatalf("no agent process for sandbox %s", id)
+	return 0
 }

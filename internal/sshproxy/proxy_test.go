@@ -541,22 +541,3 @@ func TestAgentLostMidSession(t *testing.T) {
 		t.Fatal("client connection still open after its agent died")
 	}
 }
-
-// agentPID finds the mock-mode agent process serving sandbox id.
-func agentPID(t *testing.T, id string) int {
-	t.Helper()
-	dirs, _ := os.ReadDir("/proc")
-	for _, d := range dirs {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
-			continue
-		}
-		b, _ := os.ReadFile("/proc/" + d.Name() + "/cmdline")
-		args := strings.Split(string(b), "\x00")
-		if args[0] == agentBin && strings.Contains(string(b), id) {
-			return pid
-		}
-	}
-	t.Fatalf("no agent process for sandbox %s", id)
-	return 0
-}
