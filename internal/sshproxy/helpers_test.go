@@ -1,6 +1,7 @@
 package sshproxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"atelier/internal/agent"
+	"atelier/internal/auth"
 	"atelier/internal/config"
 	"atelier/internal/events"
 	"atelier/internal/metrics"
@@ -269,4 +271,38 @@ func agentPID(t testing.TB, id string) int {
 	}
 	t.Fatalf("no agent process for sandbox %s", id)
 	return 0
+}
+
+// loggedIn makes the local user, a running sandbox of theirs and a key,
+// and connects through the proxy; the connection closes with the test.
+func (e *env) loggedIn(t testing.TB) (string, ssh.Signer, *ssh.Client) {
+	t.Helper()
+	local := e.user(t, auth.LocalUserID, 0)
+	id := e.sandbox(t, local.ID)
+	signer, _ := e.key(t, local.ID, nil)
+	cl, err := e.dial(id, signer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return id, signer, cl
+}
+
+// startSleeper runs a program on s that reads nothing and lives for
+// minutes, and returns its pid.
+func startSleeper(t testing.TB, s *ssh.Session) int {
+	t.Helper()
+	out, err := s.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start("echo $$; exec sleep 300"); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatalf("pid %q", line)
+	}
+	return pid
 }

@@ -178,14 +178,7 @@ func TestKeyDeletedOrExpiredStopsWorkingAtOnce(t *testing.T) {
 
 func TestBridge(t *testing.T) {
 	e := newEnv(t, nil)
-	local := e.user(t, auth.LocalUserID, 0)
-	id := e.sandbox(t, local.ID)
-	signer, _ := e.key(t, local.ID, nil)
-	cl, err := e.dial(id, signer, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	_, _, cl := e.loggedIn(t)
 
 	t.Run("stdin stdout stderr status", func(t *testing.T) {
 		out, stderr, code := run(t, cl, "tr a-z A-Z; echo warn >&2; exit 7", strings.NewReader("hello"))
@@ -299,24 +292,12 @@ func TestBridge(t *testing.T) {
 
 func TestDisconnectKillsAndStopEndsConnection(t *testing.T) {
 	e := newEnv(t, nil)
-	local := e.user(t, auth.LocalUserID, 0)
-	id := e.sandbox(t, local.ID)
-	signer, _ := e.key(t, local.ID, nil)
-
-	cl, err := e.dial(id, signer, nil)
+	id, signer, cl := e.loggedIn(t)
+	s, err := cl.NewSession()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, _ := cl.NewSession()
-	out, _ := s.StdoutPipe()
-	if err := s.Start("echo $$; exec sleep 300"); err != nil {
-		t.Fatal(err)
-	}
-	line, _ := bufio.NewReader(out).ReadString('\n')
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil {
-		t.Fatalf("pid %q", line)
-	}
+	pid := startSleeper(t, s)
 	cl.Close() // the client vanishes mid-command
 	waitGone(t, pid)
 
@@ -349,28 +330,13 @@ func TestDisconnectKillsAndStopEndsConnection(t *testing.T) {
 // on the way (its window, the proxy's, the agent's) and closes the session.
 func TestClosingKillsAProgramIgnoringStdin(t *testing.T) {
 	e := newEnv(t, nil)
-	local := e.user(t, auth.LocalUserID, 0)
-	id := e.sandbox(t, local.ID)
-	signer, _ := e.key(t, local.ID, nil)
-	cl, err := e.dial(id, signer, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	_, _, cl := e.loggedIn(t)
 	s, err := cl.NewSession()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, _ := s.StdoutPipe()
 	in, _ := s.StdinPipe()
-	if err := s.Start("echo $$; exec sleep 300"); err != nil {
-		t.Fatal(err)
-	}
-	line, _ := bufio.NewReader(out).ReadString('\n')
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil {
-		t.Fatalf("pid %q", line)
-	}
+	pid := startSleeper(t, s)
 	wrote := make(chan int, 1)
 	go func() {
 		chunk := make([]byte, 64<<10)
@@ -501,14 +467,7 @@ func TestUnknownGuestUser(t *testing.T) {
 // "closed by remote host".
 func TestAgentLostMidSession(t *testing.T) {
 	e := newEnv(t, nil)
-	local := e.user(t, auth.LocalUserID, 0)
-	signer, _ := e.key(t, local.ID, nil)
-	id := e.sandbox(t, local.ID)
-	cl, err := e.dial(id, signer, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	id, _, cl := e.loggedIn(t)
 	s, err := cl.NewSession()
 	if err != nil {
 		t.Fatal(err)
