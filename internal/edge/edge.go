@@ -40,6 +40,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/certmagic"
 
+	"atelier/internal/agent"
 	"atelier/internal/config"
 	"atelier/internal/keylock"
 	"atelier/internal/sandbox"
@@ -319,7 +320,7 @@ func unreachable(err error) bool {
 // routes, a stopped one answers 503, a destroyed one loses every route.
 func (e *Edge) Hooks() sandbox.Hooks {
 	return sandbox.Hooks{
-		OnRunning: func(ctx context.Context, v sandbox.View) error {
+		OnRunning: func(ctx context.Context, v sandbox.View, _ *agent.Client) error {
 			return e.sandboxRunning(ctx, v.ID, v.IPAddress)
 		},
 		OnStopped: func(ctx context.Context, id string) error {

@@ -363,7 +363,7 @@ func TestLifecycleHooksAndRestart(t *testing.T) {
 	if res := h.do("GET", hosts[0]+".atelier.test", "/", nil); res.StatusCode != 503 {
 		t.Fatalf("stopped: %d", res.StatusCode)
 	}
-	if err := h.e.Hooks().OnRunning(ctx, viewOf(sbA, "127.0.0.1")); err != nil {
+	if err := h.e.Hooks().OnRunning(ctx, viewOf(sbA, "127.0.0.1"), nil); err != nil {
 		t.Fatal(err)
 	}
 	if res := h.do("GET", hosts[0]+".atelier.test", "/", nil); res.StatusCode != 200 {

@@ -134,7 +134,7 @@ func (h *harness) sandbox(id, ip string) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	if err := h.e.Hooks().OnRunning(ctx, viewOf(id, ip)); err != nil {
+	if err := h.e.Hooks().OnRunning(ctx, viewOf(id, ip), nil); err != nil {
 		h.t.Fatal(err)
 	}
 }

@@ -49,12 +49,9 @@ type ServiceOptions struct {
 	Store *store.Store
 	// Supervisor runs Verdaccio; nil (mock mode) only records the setting.
 	Supervisor *Supervisor
-	// Sandboxes and Dial enable injection; nil leaves guests alone (mock
-	// mode, whose "guests" are processes in the developer's own home).
+	// Sandboxes enables injection; nil leaves guests alone (mock mode,
+	// whose "guests" are processes in the developer's own home).
 	Sandboxes Sandboxes
-	// Dial reaches the agent of a sandbox about to be marked running (the
-	// lifecycle's Agent serves running sandboxes only).
-	Dial func(id string) agent.Dialer
 	// Targets are where configs go in guests (default DefaultTargets).
 	Targets *Targets
 	// EvictEvery is the eviction job's period (default 1 h).
@@ -333,15 +330,13 @@ func (s *Service) Status(ctx context.Context) Status {
 // Hooks follow sandboxes: a sandbox about to run gets the configs while the
 // cache is enabled, and loses stale ones while it is disabled.
 func (s *Service) Hooks() sandbox.Hooks {
-	return sandbox.Hooks{OnRunning: func(ctx context.Context, v sandbox.View) error {
-		if s.o.Dial == nil || s.o.Sandboxes == nil {
+	return sandbox.Hooks{OnRunning: func(ctx context.Context, v sandbox.View, c *agent.Client) error {
+		if c == nil || s.o.Sandboxes == nil {
 			return nil
 		}
 		if st := s.Settings(); !st.Enabled && !st.EverEnabled {
 			return nil
 		}
-		c := agent.New(s.o.Dial(v.ID))
-		defer c.Close()
 		// A guest without the cache's configs still works (it reaches the
 		// uplink directly), so a failure here must not fail the sandbox.
 		if err := s.apply(ctx, v.ID, c); err != nil {

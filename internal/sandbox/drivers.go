@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 
+	"atelier/internal/agent"
 	"atelier/internal/store"
 )
 
@@ -65,8 +66,10 @@ type Drivers struct {
 // the operation like any other step.
 type Hooks struct {
 	// OnRunning is called once the guest has booted, before the sandbox is
-	// marked running.
-	OnRunning func(ctx context.Context, v View) error
+	// marked running. c is the pooled client of the sandbox's agent, which
+	// has just answered (Service.Agent serves running sandboxes only); nil
+	// when the runtime has no agent.
+	OnRunning func(ctx context.Context, v View, c *agent.Client) error
 	// OnStopped is called after the guest stopped (and when a start is undone).
 	OnStopped func(ctx context.Context, id string) error
 	// OnDestroyed is called during destroy, after the lease is released, and

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"atelier/internal/agent"
 	"atelier/internal/config"
 	"atelier/internal/events"
 	"atelier/internal/ids"
@@ -139,13 +140,13 @@ func composeHooks(a, b Hooks) Hooks {
 	}
 	running := a.OnRunning
 	if b.OnRunning != nil {
-		running = func(ctx context.Context, v View) error {
+		running = func(ctx context.Context, v View, c *agent.Client) error {
 			if a.OnRunning != nil {
-				if err := a.OnRunning(ctx, v); err != nil {
+				if err := a.OnRunning(ctx, v, c); err != nil {
 					return err
 				}
 			}
-			return b.OnRunning(ctx, v)
+			return b.OnRunning(ctx, v, c)
 		}
 	}
 	return Hooks{OnRunning: running, OnStopped: ids(a.OnStopped, b.OnStopped), OnDestroyed: ids(a.OnDestroyed, b.OnDestroyed)}
@@ -601,7 +602,11 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 		}
 		running := sb
 		running.Status, running.IP, running.MAC = store.StatusRunning, up.lease.IP, up.lease.MAC
-		return "", hooks.OnRunning(ctx, s.View(running))
+		var c *agent.Client
+		if rt, ok := s.drv.Runtime.(AgentRuntime); ok {
+			c = s.agents.get(rt, id)
+		}
+		return "", hooks.OnRunning(ctx, s.View(running), c)
 	}, func(ctx context.Context) error { return undoHooks(ctx, id) })
 	return up, err
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"atelier/internal/agent"
 	"atelier/internal/config"
 	"atelier/internal/events"
 	"atelier/internal/metrics"
@@ -188,11 +189,13 @@ func isConflict(err error) bool {
 func TestCreateReachesRunning(t *testing.T) {
 	e := newEnv(t)
 	var onRunning []sandbox.View
+	var clients []*agent.Client
 	var mu sync.Mutex
-	e.svc.SetHooks(sandbox.Hooks{OnRunning: func(_ context.Context, v sandbox.View) error {
+	e.svc.SetHooks(sandbox.Hooks{OnRunning: func(_ context.Context, v sandbox.View, c *agent.Client) error {
 		mu.Lock()
 		defer mu.Unlock()
 		onRunning = append(onRunning, v)
+		clients = append(clients, c)
 		return nil
 	}})
 	e.run(t)
@@ -243,6 +246,10 @@ func TestCreateReachesRunning(t *testing.T) {
 	mu.Lock()
 	if len(onRunning) != 1 || onRunning[0].Status != store.StatusRunning || onRunning[0].IPAddress != sb.IP || onRunning[0].URLs == nil {
 		t.Errorf("OnRunning got %+v", onRunning)
+	}
+	// The mock runtime has no agent to hand over.
+	if len(clients) != 1 || clients[0] != nil {
+		t.Errorf("OnRunning got agent clients %v, want one nil", clients)
 	}
 	mu.Unlock()
 
@@ -565,7 +572,7 @@ func TestCreateFailureRollsBack(t *testing.T) {
 		{"boot", func(e *env) { e.rt.FailNext(rtmock.OpBoot, boom) }, []string{"lease", "volume", "link"}},
 		{"hooks", func(e *env) {
 			var failed atomic.Bool
-			e.svc.SetHooks(sandbox.Hooks{OnRunning: func(context.Context, sandbox.View) error {
+			e.svc.SetHooks(sandbox.Hooks{OnRunning: func(context.Context, sandbox.View, *agent.Client) error {
 				if failed.CompareAndSwap(false, true) {
 					return boom
 				}
@@ -1050,7 +1057,7 @@ func TestAddHooksComposeInOrder(t *testing.T) {
 	}
 	for _, name := range []string{"edge", "ssh"} {
 		e.svc.AddHooks(sandbox.Hooks{
-			OnRunning:   func(_ context.Context, v sandbox.View) error { rec(name + ":running"); return nil },
+			OnRunning:   func(context.Context, sandbox.View, *agent.Client) error { rec(name + ":running"); return nil },
 			OnDestroyed: func(_ context.Context, id string) error { rec(name + ":destroyed"); return nil },
 		})
 	}

@@ -30,8 +30,8 @@ func newRegistry(ctx context.Context, cfg *config.Config, opts Options, st *stor
 			return nil, err
 		}
 		so.Supervisor = sup
-		if ar, ok := drv.Runtime.(sandbox.AgentRuntime); ok {
-			so.Sandboxes, so.Dial = sbx, ar.AgentDialer
+		if _, ok := drv.Runtime.(sandbox.AgentRuntime); ok {
+			so.Sandboxes = sbx
 		}
 	}
 	return registry.NewService(ctx, so)
