@@ -128,8 +128,14 @@ func carry(ch ssh.Channel, reqs <-chan *ssh.Request, fc *agent.FrameConn, sessio
 	var clientClosed atomic.Bool
 	done := make(chan struct{}) // the agent's frames are all applied
 	go func() {
-		// Large chunks: every frame is a write here and a read in the agent.
-		_, _ = io.CopyBuffer(windowWriter{w, fc}, ch, make([]byte, agent.MaxFramePayload))
+		// Sessions copy in large chunks (every frame is a write here and a
+		// read in the agent: scp and uploads go faster); forwards, which a
+		// browser may open by the dozen, in small ones.
+		size := 32 << 10
+		if session {
+			size = agent.MaxFramePayload
+		}
+		_, _ = io.CopyBuffer(windowWriter{w, fc}, ch, make([]byte, size))
 		_ = fc.WriteFrame(agent.FrameEOF, nil)
 	}()
 	go func() {
