@@ -32,6 +32,19 @@ const (
 	SSHChanDirectTCPIP = "direct-tcpip"
 )
 
+// ForwardTarget is the payload of a direct-tcpip channel open (RFC 4254
+// section 7.2), decoded with ssh.Unmarshal by the proxy and by the agent's
+// own SSH server.
+type ForwardTarget struct {
+	Host     string
+	Port     uint32
+	OrigHost string
+	OrigPort uint32
+}
+
+// Valid reports whether the target names a host and a TCP port.
+func (t ForwardTarget) Valid() bool { return t.Host != "" && t.Port > 0 && t.Port <= 65535 }
+
 // SSHMaxSessions bounds the session channels open at once on one SSH
 // connection (OpenSSH's MaxSessions default).
 const SSHMaxSessions = 10

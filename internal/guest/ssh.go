@@ -220,7 +220,7 @@ func (ss *sshServer) serveConn(c net.Conn, cfg *ssh.ServerConfig) {
 				ss.session(sconn.User(), ch, sshRequests(reqs))
 			}()
 		case "direct-tcpip":
-			var p forwardTarget
+			var p agent.ForwardTarget
 			if err := ssh.Unmarshal(nc.ExtraData(), &p); err != nil {
 				_ = nc.Reject(ssh.ConnectionFailed, "malformed direct-tcpip request")
 				continue
@@ -228,7 +228,7 @@ func (ss *sshServer) serveConn(c net.Conn, cfg *ssh.ServerConfig) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				tc, err := p.dial()
+				tc, err := dialForward(p)
 				if err != nil {
 					_ = nc.Reject(ssh.ConnectionFailed, err.Error())
 					return
@@ -248,18 +248,10 @@ func (ss *sshServer) serveConn(c net.Conn, cfg *ssh.ServerConfig) {
 	wg.Wait()
 }
 
-// forwardTarget is the direct-tcpip payload (RFC 4254 section 7.2).
-type forwardTarget struct {
-	Host     string
-	Port     uint32
-	OrigHost string
-	OrigPort uint32
-}
-
-// dial connects to the target from inside the sandbox; the error is worded
-// for the client.
-func (p forwardTarget) dial() (net.Conn, error) {
-	if p.Host == "" || p.Port == 0 || p.Port > 65535 {
+// dialForward connects to a direct-tcpip target from inside the sandbox;
+// the error is worded for the client.
+func dialForward(p agent.ForwardTarget) (net.Conn, error) {
+	if !p.Valid() {
 		return nil, errors.New("malformed direct-tcpip request")
 	}
 	addr := net.JoinHostPort(p.Host, strconv.FormatUint(uint64(p.Port), 10))

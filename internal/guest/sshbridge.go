@@ -31,48 +31,49 @@ func (s *Server) sshChannelUpgrade(w http.ResponseWriter, r *http.Request) error
 		s.ssh.hold(conn)
 		return nil
 	case agent.SSHChanSession:
-		conn, err := upgrade(w, r, agent.SSHChannelProtocol)
-		if conn == nil {
-			return err
-		}
-		ch := newBridgeChannel(conn)
-		if !s.ssh.track(ch, true) {
-			ch.Close()
-			return nil
-		}
-		defer s.ssh.track(ch, false)
-		s.ssh.session(user, ch, ch.reqs)
-		return nil
+		_, err := s.serveBridged(w, r, func(ch *bridgeChannel) { s.ssh.session(user, ch, ch.reqs) })
+		return err
 	case agent.SSHChanDirectTCPIP:
 		port, err := strconv.ParseUint(q.Get("port"), 10, 16)
 		if err != nil {
 			return errBadField("port", "must be a TCP port number")
 		}
-		tc, err := forwardTarget{Host: q.Get("host"), Port: uint32(port)}.dial()
+		tc, err := dialForward(agent.ForwardTarget{Host: q.Get("host"), Port: uint32(port)})
 		if err != nil {
 			return &apiError{status: http.StatusBadGateway, code: agent.CodeStartFailed, detail: err.Error()}
 		}
-		conn, err := upgrade(w, r, agent.SSHChannelProtocol)
-		if conn == nil {
+		served, err := s.serveBridged(w, r, func(ch *bridgeChannel) {
+			go func() {
+				for range ch.reqs {
+				}
+			}()
+			forward(ch, tc)
+		})
+		if !served {
 			tc.Close()
-			return err
 		}
-		ch := newBridgeChannel(conn)
-		if !s.ssh.track(ch, true) {
-			ch.Close()
-			tc.Close()
-			return nil
-		}
-		defer s.ssh.track(ch, false)
-		go func() {
-			for range ch.reqs {
-			}
-		}()
-		forward(ch, tc)
-		return nil
+		return err
 	default:
 		return errBadField("type", "must be %q, %q or %q", agent.SSHChanConnection, agent.SSHChanSession, agent.SSHChanDirectTCPIP)
 	}
+}
+
+// serveBridged upgrades the request to a framed channel, tracked so that
+// agent shutdown closes it, and runs serve on it. served is false when the
+// client was gone or the agent is stopping before serve could run.
+func (s *Server) serveBridged(w http.ResponseWriter, r *http.Request, serve func(ch *bridgeChannel)) (served bool, err error) {
+	conn, err := upgrade(w, r, agent.SSHChannelProtocol)
+	if conn == nil {
+		return false, err
+	}
+	ch := newBridgeChannel(conn)
+	if !s.ssh.track(ch, true) {
+		ch.Close()
+		return false, nil
+	}
+	defer s.ssh.track(ch, false)
+	serve(ch)
+	return true, nil
 }
 
 // hold keeps a "connection" stream open until the proxy closes it or the

@@ -57,16 +57,26 @@ func (p *agentPool) drop(id string) {
 // is running only once its agent answers (the reference marked sandboxes
 // running whose agent never came up, weak point 22).
 func (s *Service) waitAgent(ctx context.Context, id string) error {
-	rt, ok := s.drv.Runtime.(AgentRuntime)
-	if !ok {
+	c := s.pooledAgent(id)
+	if c == nil {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, AgentReadyTimeout)
 	defer cancel()
-	if err := s.agents.get(rt, id).WaitReady(ctx, 5*time.Millisecond); err != nil {
+	if err := c.WaitReady(ctx, 5*time.Millisecond); err != nil {
 		return fmt.Errorf("wait for agent: %w", err)
 	}
 	return nil
+}
+
+// pooledAgent is the pooled client of sandbox id's agent, whatever its
+// state; nil when the runtime has no agent.
+func (s *Service) pooledAgent(id string) *agent.Client {
+	rt, ok := s.drv.Runtime.(AgentRuntime)
+	if !ok {
+		return nil
+	}
+	return s.agents.get(rt, id)
 }
 
 // Agent returns the agent client of a running sandbox.

@@ -602,11 +602,7 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 		}
 		running := sb
 		running.Status, running.IP, running.MAC = store.StatusRunning, up.lease.IP, up.lease.MAC
-		var c *agent.Client
-		if rt, ok := s.drv.Runtime.(AgentRuntime); ok {
-			c = s.agents.get(rt, id)
-		}
-		return "", hooks.OnRunning(ctx, s.View(running), c)
+		return "", hooks.OnRunning(ctx, s.View(running), s.pooledAgent(id))
 	}, func(ctx context.Context) error { return undoHooks(ctx, id) })
 	return up, err
 }

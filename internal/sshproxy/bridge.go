@@ -58,13 +58,8 @@ func bridge(ctx context.Context, down *ssh.ServerConn, chans <-chan ssh.NewChann
 				continue
 			}
 		case agent.SSHChanDirectTCPIP:
-			var p struct {
-				Host     string
-				Port     uint32
-				OrigHost string
-				OrigPort uint32
-			}
-			if err := ssh.Unmarshal(nc.ExtraData(), &p); err != nil || p.Host == "" || p.Port == 0 || p.Port > 65535 {
+			var p agent.ForwardTarget
+			if err := ssh.Unmarshal(nc.ExtraData(), &p); err != nil || !p.Valid() {
 				_ = nc.Reject(ssh.ConnectionFailed, "malformed direct-tcpip request")
 				continue
 			}
