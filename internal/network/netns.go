@@ -24,34 +24,14 @@ const nsfsMagic = 0x6e736673
 var errNotNetns = errors.New("not a network namespace")
 
 // Do runs fn on a dedicated OS thread switched into ns: sockets fn opens and
-// processes it forks belong to ns. A thread whose namespace cannot be
-// restored stays locked, so Go discards it when the goroutine ends and no
-// other goroutine ever runs in the wrong namespace.
+// processes it forks belong to ns.
 func Do(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
+	return onSwitchedThread(func() error {
 		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
+			return fmt.Errorf("enter netns: %w", err)
 		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+		return nil
+	}, fn)
 }
 
 // createNamedNetns makes a new network namespace and pins it at path the way
@@ -62,6 +42,19 @@ func createNamedNetns(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("create netns dir: %w", err)
 	}
+	return onSwitchedThread(func() error {
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("unshare netns: %w", err)
+		}
+		return nil
+	}, func() error { return pinCurrentNetns(path) })
+}
+
+// onSwitchedThread runs fn on a locked OS thread that enter has moved to
+// another network namespace, then moves the thread back. A thread whose
+// namespace cannot be restored stays locked, so Go discards it when the
+// goroutine ends and no other goroutine ever runs in the wrong namespace.
+func onSwitchedThread(enter, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -72,12 +65,13 @@ func createNamedNetns(path string) error {
 			return
 		}
 		defer orig.Close()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		if err := enter(); err != nil {
+			// A failed setns or unshare leaves the thread where it was.
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("unshare netns: %w", err)
+			errc <- err
 			return
 		}
-		ferr := pinCurrentNetns(path)
+		ferr := fn()
 		if err := netns.Set(orig); err != nil {
 			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
 			return

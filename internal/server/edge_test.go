@@ -13,7 +13,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -95,38 +94,6 @@ func edgeCert(t testing.TB) (certPath, keyPath string, pool *x509.CertPool) {
 	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
 	return certPath, keyPath, pool
-}
-
-// startStoppable runs an in-process manager that the test can stop early.
-func (f *fixture) startStoppable(t testing.TB) (*Server, func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := New(ctx, f.cfg, prodOptions(f.prefix, f.host, slog.New(slog.NewTextHandler(io.Discard, nil))))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	if err := srv.Listen(false); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	// The API answers once the start-up reconcile ran and the edge listens.
-	if code, body := f.call(t, "GET", "/health/live", ""); code != 200 {
-		t.Fatalf("manager not serving: %d %s", code, body)
-	}
-	return srv, stop
 }
 
 // browser is a client of the edge's HTTPS port that verifies the test
@@ -225,7 +192,7 @@ func TestEdgeEndToEnd(t *testing.T) {
 	certPath, keyPath, pool := edgeCert(t)
 	f.cfg.Domain.TLS.CertPath, f.cfg.Domain.TLS.KeyPath = certPath, keyPath
 	echo := buildEcho(t)
-	srv, stop := f.startStoppable(t)
+	srv, stop := f.startWith(t, nil)
 	b := newBrowser(t, f.cfg.Domain.HTTPSPort, pool)
 
 	id, code, body := f.create(t)
@@ -339,7 +306,7 @@ func TestEdgeEndToEnd(t *testing.T) {
 	// A manager restart rebuilds every route from the store; the sandbox
 	// and its dev server kept running, and the host cookies still work.
 	stop()
-	srv, _ = f.startStoppable(t)
+	srv, _ = f.startWith(t, nil)
 	for _, h := range []string{named, def, alias} {
 		if res, body := b.get(b.url(h, "/again"), http.Header{"Cookie": {cookies[h]}}); res.StatusCode != 200 || !strings.Contains(body, "path=/again") {
 			t.Fatalf("%s after restart: %d %q", h, res.StatusCode, body)

@@ -218,8 +218,20 @@ func newFixture(t testing.TB) *fixture {
 // start runs an in-process manager until the test ends.
 func (f *fixture) start(t testing.TB) *Server {
 	t.Helper()
+	srv, _ := f.startWith(t, nil)
+	return srv
+}
+
+// startWith runs an in-process manager, its options changed by tune (when
+// not nil), until the test ends or the returned function stops it.
+func (f *fixture) startWith(t testing.TB, tune func(*Options)) (*Server, func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := New(ctx, f.cfg, prodOptions(f.prefix, f.host, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	opts := prodOptions(f.prefix, f.host, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if tune != nil {
+		tune(&opts)
+	}
+	srv, err := New(ctx, f.cfg, opts)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -230,8 +242,21 @@ func (f *fixture) start(t testing.TB) *Server {
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return srv
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	// The API answers once the start-up reconcile ran and the edge listens.
+	if code, body := f.call(t, "GET", "/health/live", ""); code != 200 {
+		t.Fatalf("manager not serving: %d %s", code, body)
+	}
+	return srv, stop
 }
 
 // call talks to the manager over its root-only socket (admin, no token).

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -25,30 +23,7 @@ import (
 // returns the function that stops the manager.
 func (f *fixture) startWithRegistry(t *testing.T, tune func(*registry.Options)) (*Server, func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	opts := prodOptions(f.prefix, f.host, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	opts.Registry = tune
-	srv, err := New(ctx, f.cfg, opts)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	if err := srv.Listen(false); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			<-done
-		}
-	}
-	t.Cleanup(stop)
-	return srv, stop
+	return f.startWith(t, func(o *Options) { o.Registry = tune })
 }
 
 type registryStatus struct {
