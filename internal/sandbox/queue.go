@@ -13,6 +13,9 @@ type op struct {
 	cancel   context.CancelFunc
 	done     chan struct{}
 	enqueued time.Time
+	// locked: the op holds the sandbox lock for its whole run (a start);
+	// a create job holds none.
+	locked bool
 }
 
 // queue is the spawn queue: a FIFO that never blocks the pusher. Its length

@@ -358,7 +358,7 @@ func (s *Service) start(ctx context.Context, id string) (store.Sandbox, error) {
 	// Destroy may cancel a start; a client going away may not.
 	octx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	o := &op{id: id, ctx: octx, cancel: cancel, done: make(chan struct{})}
+	o := &op{id: id, ctx: octx, cancel: cancel, done: make(chan struct{}), locked: true}
 	s.mu.Lock()
 	s.inflight[id] = o
 	s.mu.Unlock()
@@ -396,9 +396,9 @@ func (s *Service) start(ctx context.Context, id string) (store.Sandbox, error) {
 // half-deleted; Destroy may be called again.
 func (s *Service) Destroy(ctx context.Context, id string) (err error) {
 	defer func() { s.m.ObserveOp(OpDestroy, result(err)) }()
-	// Cancel an in-flight create or start before queueing for the lock, or
-	// a hung boot would hold the destroy back.
-	s.cancelInflight(id)
+	// A start holds the sandbox lock: cancel it before queueing for the
+	// lock, or a hung boot would hold the destroy back.
+	s.cancelInflight(id, true)
 	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return fmt.Errorf("destroy sandbox %s: %w", id, err)
@@ -408,6 +408,10 @@ func (s *Service) Destroy(ctx context.Context, id string) (err error) {
 	if err != nil {
 		return fmt.Errorf("destroy sandbox %s: %w", id, err)
 	}
+	// A create job holds no lock: cancel it only once the row is in
+	// destroying, so its undo finds the row taken over and never publishes
+	// an error for a create the user cancelled.
+	s.cancelInflight(id, false)
 	bg := context.WithoutCancel(ctx)
 	s.awaitInflight(id)
 	return s.finishDestroy(bg, sb)
@@ -660,11 +664,13 @@ func (s *Service) undo(p *plan) {
 	}
 }
 
-func (s *Service) cancelInflight(id string) {
+// cancelInflight cancels the sandbox's in-flight op if it is a start
+// (locked) or a create job (!locked).
+func (s *Service) cancelInflight(id string, locked bool) {
 	s.mu.Lock()
 	o := s.inflight[id]
 	s.mu.Unlock()
-	if o != nil {
+	if o != nil && o.locked == locked {
 		o.cancel()
 	}
 }
