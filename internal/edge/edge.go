@@ -96,6 +96,7 @@ type Edge struct {
 	retryWindow   time.Duration
 
 	table    *table
+	health   *health
 	locks    keylock.Mutex // one route change per sandbox at a time
 	sessions sync.Map      // session id -> sessionCheck
 	// refusedCerts counts on-demand certificates refused to unknown names.
@@ -146,6 +147,7 @@ func New(opts Options) (*Edge, error) {
 		mock:          cfg.Server.Mode == config.ModeMock,
 		retryWindow:   opts.RetryWindow,
 		table:         newTable(),
+		health:        newHealth(opts.Dial, now),
 	}
 	if e.retryWindow <= 0 {
 		e.retryWindow = DefaultRetryWindow
@@ -229,6 +231,7 @@ func (e *Edge) Start(ctx context.Context, dashboard http.Handler) error {
 	e.running = true
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	e.cancel = cancel
+	e.health.start(bg, &e.bg)
 	if e.tlsMode == TLSACME {
 		e.bg.Add(1)
 		go func() { defer e.bg.Done(); e.cleanStorage(bg) }()
@@ -250,6 +253,7 @@ func (e *Edge) Stop() error {
 	}
 	e.cancel()
 	e.bg.Wait()
+	e.health.stopped()
 	caddyMu.Lock()
 	defer caddyMu.Unlock()
 	err := caddy.Stop()
@@ -298,11 +302,18 @@ func (e *Edge) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 			return nil
 		}
 	}
-	caddyhttp.SetVar(r.Context(), dialVar, dialAddr(ip, t.port))
+	addr := dialAddr(ip, t.port)
+	if p := e.health.downProbe(addr); p != nil && !p.await(r.Context(), e.retryWindow) {
+		e.page(w, http.StatusServiceUnavailable, pageStarting, host)
+		return nil
+	}
+	caddyhttp.SetVar(r.Context(), dialVar, addr)
 	err := next.ServeHTTP(w, r)
 	if err != nil && unreachable(err) {
 		// Nothing was written: the guest never answered within the retry
-		// window, so the browser gets a page that reloads itself.
+		// window, so the browser gets a page that reloads itself, and the
+		// next requests get it at once until a probe finds the port open.
+		e.health.markDown(addr)
 		e.page(w, http.StatusServiceUnavailable, pageStarting, host)
 		return nil
 	}
@@ -324,6 +335,7 @@ func (e *Edge) Hooks() sandbox.Hooks {
 			return e.sandboxRunning(ctx, v.ID, v.IPAddress)
 		},
 		OnStopped: func(ctx context.Context, id string) error {
+			e.health.forget(e.addrs(id))
 			e.table.setSandbox(id, "", false)
 			e.log.InfoContext(ctx, "edge routes down", "sandbox_id", id)
 			return nil
@@ -337,6 +349,7 @@ func (e *Edge) Hooks() sandbox.Hooks {
 			if err := e.st.DeleteRoutes(ctx, id); err != nil {
 				return err
 			}
+			e.health.forget(e.addrs(id))
 			e.table.removeSandbox(id)
 			e.log.InfoContext(ctx, "edge routes removed", "sandbox_id", id)
 			return nil
@@ -356,8 +369,33 @@ func (e *Edge) sandboxRunning(ctx context.Context, id, ip string) error {
 	}
 	e.table.replace(id, isService, routes)
 	e.table.setSandbox(id, ip, true)
+	// A restarted guest starts its services afresh: what was known of its
+	// ports is stale.
+	addrs := e.addrs(id)
+	e.health.forget(addrs)
+	e.health.check(addrs)
 	e.log.InfoContext(ctx, "edge routes up", "sandbox_id", id, "ip", ip)
 	return nil
+}
+
+// addrs are the guest addresses of a sandbox's routes, or of the given
+// ports of it, as requests dial them.
+func (e *Edge) addrs(id string, only ...int) []string {
+	ip, ports := e.table.ports(id)
+	if len(only) > 0 {
+		ports = only
+	}
+	if e.guestHost != "" {
+		ip = e.guestHost
+	}
+	if ip == "" {
+		return nil
+	}
+	out := make([]string, 0, len(ports))
+	for _, p := range ports {
+		out = append(out, dialAddr(ip, p))
+	}
+	return out
 }
 
 func isService(r store.Route) bool { return r.Kind != store.RouteDev }
@@ -379,6 +417,9 @@ func (e *Edge) ExposeDev(ctx context.Context, sandboxID string, d DevExposure) (
 		return nil, err
 	}
 	e.table.replace(sandboxID, devNamed(d.Name), routes)
+	if e.table.isUp(sandboxID) {
+		e.health.check(e.addrs(sandboxID, d.Port))
+	}
 	e.log.InfoContext(ctx, "dev command exposed", "sandbox_id", sandboxID, "name", d.Name, "port", d.Port, "hosts", len(routes), "public", d.Public)
 	return routes, nil
 }

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"slices"
 	"sync"
 
 	"atelier/internal/store"
@@ -134,4 +135,29 @@ func (t *table) len() int {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	return len(t.hosts)
+}
+
+// ports returns the guest address of a sandbox and the ports its routes
+// lead to, each once.
+func (t *table) ports(id string) (ip string, ports []int) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	sb, ok := t.sandboxes[id]
+	if !ok {
+		return "", nil
+	}
+	for h := range sb.hosts {
+		if r := t.hosts[h]; r != nil && !slices.Contains(ports, r.route.Port) {
+			ports = append(ports, r.route.Port)
+		}
+	}
+	return sb.ip, ports
+}
+
+// isUp reports whether a sandbox's guest is up.
+func (t *table) isUp(id string) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	sb, ok := t.sandboxes[id]
+	return ok && sb.up && sb.ip != ""
 }
