@@ -147,7 +147,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		return nil, err
 	}
 	sbx.AddHooks(reg.Hooks())
-	sp, err := sshproxy.New(sshproxy.Options{Config: cfg, Store: st, Sandboxes: sbx, Log: log})
+	guestUser := sshproxy.ImageUser
+	if cfg.Server.Mode == config.ModeMock {
+		guestUser = "" // mock guests are the developer's own processes
+	}
+	sp, err := sshproxy.New(sshproxy.Options{Config: cfg, Store: st, Sandboxes: sbx, GuestUser: guestUser, Log: log})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("ssh proxy: %w", err)

@@ -442,6 +442,10 @@ func TestSSHIntoContainerSandbox(t *testing.T) {
 	if out != "ok\n" || status != 3 {
 		t.Errorf("exec in the container: %q status %d (stderr %q)", out, status, stderr)
 	}
+	// Sessions run as the image's user, not as the agent's root.
+	if out, stderr, status := runSSH(t, port, key, v.ID, `echo "$(id -u) $(id -g) $USER $HOME"; pwd`); out != "1000 1000 dev /home/dev\n/home/dev\n" || status != 0 {
+		t.Errorf("ssh user: %q status %d (stderr %q)", out, status, stderr)
+	}
 	src := filepath.Join(f.dir, "up.txt")
 	os.WriteFile(src, []byte("into the container\n"), 0o600)
 	if _, stderr, status := runTool(t, "scp", append(sshArgs(key), "-P", port, src, v.ID+"@127.0.0.1:/tmp/up.txt")...); status != 0 {

@@ -61,6 +61,12 @@ type Sandboxes interface {
 	Agent(ctx context.Context, id string) (*agent.Client, error)
 }
 
+// ImageUser is the unprivileged user every sandbox image has (uid 1000,
+// home /home/dev, sudo where the image ships it). SSH logs in as it, as
+// VS Code and the terminal do: root logins stay closed, as in the images'
+// own sshd.
+const ImageUser = "dev"
+
 // Options configure a Proxy.
 type Options struct {
 	Config    *config.Config
@@ -69,8 +75,8 @@ type Options struct {
 	// HostKey is the proxy's host key; nil loads or creates
 	// {dataDir}/ssh_host_ed25519_key.
 	HostKey ssh.Signer
-	// GuestUser is the unix user asked of the agent; "" is the agent's own
-	// user (root in the images).
+	// GuestUser is the unix user sessions run as in the guest; "" is the
+	// agent's own user (root in the images). Production uses ImageUser.
 	GuestUser string
 	Log       *slog.Logger
 	// Now is the clock for key expiry; default time.Now.
