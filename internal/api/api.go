@@ -96,7 +96,7 @@ func New(d Deps) *Server {
 	cfg.CreateHooks = nil
 	cfg.Info.Description = "Manage sandboxes: isolated Linux environments with VS Code, OpenCode, a browser, a terminal and SSH."
 	cfg.Components.SecuritySchemes = map[string]*huma.SecurityScheme{
-		"cookie": {Type: "apiKey", In: "cookie", Name: auth.CookieName, Description: "Dashboard session (GitHub login)."},
+		"cookie": {Type: "apiKey", In: "cookie", Name: auth.CookieName, Description: "Dashboard session (GitHub login); named __Host-atelier_session over HTTPS."},
 		"bearer": {Type: "http", Scheme: "bearer", Description: "API token created at /api/tokens."},
 	}
 	s.api = humago.New(s.mux, cfg)

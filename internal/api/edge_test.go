@@ -10,7 +10,6 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"atelier/internal/auth"
 	"atelier/internal/config"
 	"atelier/internal/edge"
 	"atelier/internal/store"
@@ -31,7 +30,7 @@ func sessionCookie(t *testing.T, h *harness, userID string) map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return map[string]string{"Cookie": auth.CookieName + "=" + tok}
+	return map[string]string{"Cookie": h.srv.Auth.SessionCookieName() + "=" + tok}
 }
 
 func TestEdgeLoginRoute(t *testing.T) {

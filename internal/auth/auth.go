@@ -23,8 +23,14 @@ import (
 	"atelier/internal/store"
 )
 
-// CookieName is the dashboard session cookie.
+// CookieName is the dashboard session cookie on plain HTTP (localhost).
 const CookieName = "atelier_session"
+
+// SecureCookieName is the session cookie's name over HTTPS. Browsers refuse
+// a __Host- cookie from any response that gives it a Domain, so a page on a
+// sandbox host can neither plant a session of its own on the dashboard
+// (login fixation) nor shadow the real one with a parent-domain cookie.
+const SecureCookieName = "__Host-" + CookieName
 
 // stateCookieName binds an OAuth login to the browser that started it.
 const stateCookieName = "atelier_oauth_state"

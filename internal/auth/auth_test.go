@@ -266,7 +266,7 @@ func (b *browser) startLogin() string {
 
 func (b *browser) sessionCookie() *http.Cookie {
 	for _, c := range b.jar.Cookies(b.e.dash) {
-		if c.Name == CookieName {
+		if c.Name == b.e.svc.SessionCookieName() {
 			return c
 		}
 	}
@@ -1073,8 +1073,23 @@ func TestCookieAttributes(t *testing.T) {
 				t.Fatalf("login: %d at %s", resp.StatusCode, resp.Request.URL)
 			}
 			cb := b.tr.lastCallback(t)
-			sess := findSetCookie(t, cb.setCookie, CookieName)
+			name := e.svc.SessionCookieName()
+			if want := map[bool]string{false: CookieName, true: SecureCookieName}[tc.wantSecure]; name != want {
+				t.Fatalf("session cookie name %q, want %q", name, want)
+			}
+			sess := findSetCookie(t, cb.setCookie, name)
 			checkAttrs(t, sess, tc.wantSecure, "/", 24*3600)
+			value := b.sessionCookie().Value
+			if status, _ := e.raw(http.MethodGet, "/protected", map[string]string{"Cookie": name + "=" + value}); status != http.StatusOK {
+				t.Fatalf("session under %s: %d", name, status)
+			}
+			if tc.wantSecure {
+				// An unprefixed cookie, as a sandbox page could plant on the
+				// parent domain, is not a session.
+				if status, _ := e.raw(http.MethodGet, "/protected", map[string]string{"Cookie": CookieName + "=" + value}); status != http.StatusUnauthorized {
+					t.Fatalf("unprefixed session cookie over HTTPS: %d", status)
+				}
+			}
 
 			// Host-only: sandbox subdomains of the same base never receive it.
 			for _, host := range []string{"sandbox-abc123def456." + tc.base, "dev-web-abc123def456." + tc.base, "other." + e.dash.Hostname(), tc.base} {
@@ -1082,7 +1097,7 @@ func TestCookieAttributes(t *testing.T) {
 					continue // locally the dashboard is the base domain itself
 				}
 				for _, c := range b.jar.Cookies(&url.URL{Scheme: e.dash.Scheme, Host: host, Path: "/"}) {
-					if c.Name == CookieName {
+					if c.Name == name {
 						t.Fatalf("session cookie sent to %s", host)
 					}
 				}

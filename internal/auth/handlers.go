@@ -16,7 +16,7 @@ func (s *Service) LogoutHandler() http.Handler {
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 			return
 		}
-		if c, err := r.Cookie(CookieName); err == nil && c.Value != "" {
+		if c, err := r.Cookie(s.SessionCookieName()); err == nil && c.Value != "" {
 			if claims, err := s.parseJWT(c.Value); err == nil {
 				// A cross-site logout is refused like any other cross-site write.
 				if !s.sameOrigin(r) {

@@ -38,7 +38,7 @@ func (s *Service) Authenticate(r *http.Request) (Principal, error) {
 	if h := r.Header.Get("Authorization"); h != "" {
 		return s.authenticateBearer(ctx, h)
 	}
-	if c, err := r.Cookie(CookieName); err == nil && c.Value != "" {
+	if c, err := r.Cookie(s.SessionCookieName()); err == nil && c.Value != "" {
 		p, err := s.authenticateCookie(ctx, c.Value)
 		switch {
 		case err == nil:
@@ -171,12 +171,21 @@ func (s *Service) cookie(name, value, path string, maxAge int) *http.Cookie {
 	}
 }
 
+// SessionCookieName is the dashboard session cookie's name: the only one
+// read, so an unprefixed cookie planted on the parent domain is ignored.
+func (s *Service) SessionCookieName() string {
+	if s.secure {
+		return SecureCookieName
+	}
+	return CookieName
+}
+
 func (s *Service) sessionCookie(value string) *http.Cookie {
-	return s.cookie(CookieName, value, "/", int(s.sessionTTL/time.Second))
+	return s.cookie(s.SessionCookieName(), value, "/", int(s.sessionTTL/time.Second))
 }
 
 func (s *Service) clearSessionCookie() *http.Cookie {
-	return s.cookie(CookieName, "", "/", -1)
+	return s.cookie(s.SessionCookieName(), "", "/", -1)
 }
 
 func (s *Service) ensureLocalUser(ctx context.Context) (store.User, error) {

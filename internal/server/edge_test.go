@@ -148,7 +148,7 @@ func (b *browser) login(host, session string) string {
 	if res.StatusCode != http.StatusFound || body != "" || loc == nil || loc.Host != "sandbox.atelier.test:"+b.port || loc.Path != "/auth/edge" {
 		b.t.Fatalf("%s without login: %d %q, body %q", host, res.StatusCode, res.Header.Get("Location"), body)
 	}
-	res, _ = b.get(loc.String(), http.Header{"Cookie": {auth.CookieName + "=" + session}})
+	res, _ = b.get(loc.String(), http.Header{"Cookie": {auth.SecureCookieName + "=" + session}})
 	grant, _ := url.Parse(res.Header.Get("Location"))
 	if res.StatusCode != http.StatusFound || grant == nil || grant.Host != host+":"+b.port || grant.Path != edge.AuthPath {
 		b.t.Fatalf("/auth/edge for %s: %d %q", host, res.StatusCode, res.Header.Get("Location"))
@@ -265,7 +265,7 @@ func TestEdgeEndToEnd(t *testing.T) {
 	// The guest never sees Atelier's cookies or tokens, even when a client
 	// sends them.
 	res, leak := b.get(b.url(named, "/leak"), http.Header{
-		"Cookie":        {cookies[named] + "; " + auth.CookieName + "=" + session + "; app=1"},
+		"Cookie":        {cookies[named] + "; " + auth.SecureCookieName + "=" + session + "; " + auth.CookieName + "=" + session + "; app=1"},
 		"Authorization": {"Bearer atl_not_for_guests"},
 	})
 	if res.StatusCode != 200 {
