@@ -38,6 +38,18 @@ func serveOn(t *testing.T, port int) func() {
 	return func() { srv.Close() }
 }
 
+// countingHarness is a harness whose guest dials are counted.
+func countingHarness(t *testing.T) (*harness, *atomic.Int64) {
+	var dials atomic.Int64
+	h := newHarness(t, func(_ *config.Config, o *Options) {
+		o.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}
+	})
+	return h, &dials
+}
+
 // A booting guest: its VS Code port is dialled when the sandbox starts and
 // found closed. A visitor's request does not dial the guest; it waits for
 // the probe, which finds the port the moment it opens, and gets the guest's
@@ -92,13 +104,7 @@ func TestHealthActiveAtBoot(t *testing.T) {
 // found it closed; later requests wait out the retry window without
 // dialling the guest and get the starting page.
 func TestHealthPassive(t *testing.T) {
-	var dials atomic.Int64
-	h := newHarness(t, func(_ *config.Config, o *Options) {
-		o.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			dials.Add(1)
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		}
-	})
+	h, dials := countingHarness(t)
 	h.e.health.probeMin = time.Hour // no probe dials while the test counts
 	port := freePort(t)
 	stop := serveOn(t, port)
@@ -149,13 +155,7 @@ func TestHealthPassive(t *testing.T) {
 // Probing an address nobody asks for stops after probeIdle; its health is
 // unknown again.
 func TestHealthProbeGivesUp(t *testing.T) {
-	var dials atomic.Int64
-	h := newHarness(t, func(_ *config.Config, o *Options) {
-		o.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			dials.Add(1)
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		}
-	})
+	h, dials := countingHarness(t)
 	h.e.health.probeMin, h.e.health.probeMax = 5*time.Millisecond, 10*time.Millisecond
 	addr := dialAddr("127.0.0.1", freePort(t))
 	h.e.health.markDown(addr)
