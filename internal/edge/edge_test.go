@@ -18,6 +18,7 @@ import (
 
 	"atelier/internal/auth"
 	"atelier/internal/config"
+	"atelier/internal/edge/edgetest"
 	"atelier/internal/sandbox"
 	"atelier/internal/store"
 )
@@ -499,7 +500,7 @@ func TestCertificateAllowed(t *testing.T) {
 }
 
 func TestTLSWithCertificateFiles(t *testing.T) {
-	cert, key := selfSigned(t)
+	cert, key, _ := edgetest.WildcardCert(t, "atelier.test")
 	h := newHarness(t, func(c *config.Config, _ *Options) {
 		c.Domain.TLS.CertPath, c.Domain.TLS.KeyPath = cert, key
 	})

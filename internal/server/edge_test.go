@@ -3,17 +3,11 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -31,6 +25,7 @@ import (
 
 	"atelier/internal/auth"
 	"atelier/internal/edge"
+	"atelier/internal/edge/edgetest"
 	"atelier/internal/store"
 )
 
@@ -63,37 +58,6 @@ func buildEcho(t testing.TB) []byte {
 		t.Fatal(echoErr)
 	}
 	return echoBin
-}
-
-// edgeCert writes a self-signed certificate for *.atelier.test.
-func edgeCert(t testing.TB) (certPath, keyPath string, pool *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "*.atelier.test"},
-		DNSNames:     []string{"*.atelier.test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	kb, _ := x509.MarshalECPrivateKey(key)
-	dir := t.TempDir()
-	certPath, keyPath = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
-	return certPath, keyPath, pool
 }
 
 // browser is a client of the edge's HTTPS port that verifies the test
@@ -189,7 +153,7 @@ func (f *fixture) session(t testing.TB, st *store.Store) string {
 // stripping, a manager restart, a stopped and a destroyed sandbox.
 func TestEdgeEndToEnd(t *testing.T) {
 	f := newFixture(t)
-	certPath, keyPath, pool := edgeCert(t)
+	certPath, keyPath, pool := edgetest.WildcardCert(t, "atelier.test")
 	f.cfg.Domain.TLS.CertPath, f.cfg.Domain.TLS.KeyPath = certPath, keyPath
 	echo := buildEcho(t)
 	srv, stop := f.startWith(t, nil)
