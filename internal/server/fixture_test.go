@@ -185,6 +185,9 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(f.dir) })
+	// Runs after the manager stopped (registered before it starts): a test
+	// that failed half-way must not leave sandboxes running on the host.
+	t.Cleanup(func() { f.sweep(t) })
 	cfg := config.Default()
 	cfg.Server.Mode = config.ModeProduction
 	cfg.Server.Host = "127.0.0.1"
@@ -329,6 +332,47 @@ func (f *fixture) leaks(t testing.TB) []string {
 	// A container's processes live in its cgroup, so the check above also
 	// catches guest processes left running.
 	return out
+}
+
+// sweep removes whatever sandboxes the test left (containers with their
+// processes, mounts, loop devices, namespaces). Tests that pass assert
+// there is nothing; this is for the ones that failed before cleaning up.
+func (f *fixture) sweep(t testing.TB) {
+	left := f.leaks(t)
+	if len(left) == 0 {
+		return
+	}
+	t.Logf("sweeping what the test left: %s", strings.Join(left, "; "))
+	s := f.cfg.Sandbox.StateDir
+	root := filepath.Join(s, "runc")
+	b, _ := exec.Command("runc", "--root", root, "list", "-q").Output()
+	for _, id := range strings.Fields(string(b)) {
+		if out, err := exec.Command("runc", "--root", root, "delete", "--force", id).CombinedOutput(); err != nil {
+			t.Logf("runc delete %s: %v %s", id, err, out)
+		}
+	}
+	mounts, _ := os.ReadFile("/proc/mounts")
+	var under []string
+	for _, l := range strings.Split(string(mounts), "\n") {
+		if fs := strings.Fields(l); len(fs) > 1 && strings.HasPrefix(fs[1], f.dir+"/") {
+			under = append(under, fs[1])
+		}
+	}
+	for i := len(under) - 1; i >= 0; i-- { // innermost first
+		exec.Command("umount", "-l", under[i]).Run()
+	}
+	loops, _ := exec.Command("losetup", "-n", "-O", "NAME,BACK-FILE", "--list").Output()
+	for _, l := range strings.Split(string(loops), "\n") {
+		if fs := strings.Fields(l); len(fs) > 1 && strings.HasPrefix(fs[1], f.dir+"/") {
+			exec.Command("losetup", "-d", fs[0]).Run()
+		}
+	}
+	ns, _ := exec.Command("ip", "netns", "list").Output()
+	for _, l := range strings.Split(string(ns), "\n") {
+		if fs := strings.Fields(l); len(fs) > 0 && strings.HasPrefix(fs[0], f.prefix+"sb-") {
+			exec.Command("ip", "netns", "del", fs[0]).Run()
+		}
+	}
 }
 
 func (f *fixture) assertNoLeaks(t testing.TB) {
