@@ -65,21 +65,20 @@ func (c *Client) DialUpgrade(ctx context.Context, path, proto string) (net.Conn,
 		return fail(err)
 	}
 	if br.Buffered() > 0 {
-		return &bufferedConn{Conn: conn, r: br}, nil
+		return BufferedConn(conn, br), nil
 	}
 	return conn, nil
 }
 
-// bufferedConn hands out bytes the handshake read ahead before reading
-// from the connection again.
+// BufferedConn is c with its reads served by r, a reader over c: one that
+// holds bytes an upgrade handshake read ahead, or one that reads in large
+// pieces. (A bufio.Reader whose buffer is empty reads large requests
+// straight from c.)
+func BufferedConn(c net.Conn, r io.Reader) net.Conn { return &bufferedConn{Conn: c, r: r} }
+
 type bufferedConn struct {
 	net.Conn
-	r *bufio.Reader
+	r io.Reader
 }
 
-func (b *bufferedConn) Read(p []byte) (int, error) {
-	if b.r.Buffered() > 0 {
-		return b.r.Read(p)
-	}
-	return b.Conn.Read(p)
-}
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }

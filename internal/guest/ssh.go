@@ -164,18 +164,11 @@ func upgrade(w http.ResponseWriter, r *http.Request, proto string) (net.Conn, er
 		return nil, nil
 	}
 	if brw.Reader.Buffered() > 0 {
-		return &readAheadConn{Conn: conn, r: brw.Reader}, nil
+		// Bytes the HTTP server read ahead before the upgrade.
+		return agent.BufferedConn(conn, brw.Reader), nil
 	}
 	return conn, nil
 }
-
-// readAheadConn returns bytes the HTTP server buffered before the upgrade.
-type readAheadConn struct {
-	net.Conn
-	r io.Reader
-}
-
-func (c *readAheadConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 func (ss *sshServer) serveConn(c net.Conn, cfg *ssh.ServerConfig) {
 	_ = c.SetDeadline(time.Now().Add(sshHandshakeTimeout))

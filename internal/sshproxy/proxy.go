@@ -425,15 +425,8 @@ func refuse(down *ssh.ServerConn, chans <-chan ssh.NewChannel, reqs <-chan *ssh.
 // on loopback or a fast link every piece was a read system call of its
 // own: the proxy's largest cost after decryption.
 func readBuffered(c net.Conn) net.Conn {
-	return &bufferedConn{Conn: c, r: bufio.NewReaderSize(c, clientReadBuffer)}
+	return agent.BufferedConn(c, bufio.NewReaderSize(c, clientReadBuffer))
 }
 
 // clientReadBuffer holds several 32 KiB SSH packets.
 const clientReadBuffer = 128 << 10
-
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
