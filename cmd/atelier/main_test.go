@@ -80,6 +80,13 @@ func TestSandboxCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, "Status:") || !strings.Contains(out, "stopped") {
 		t.Fatalf("get: %v %s", err, out)
 	}
+	// Every id is checked before any is acted on: no half-done change.
+	if _, err = run(t, nil, "--url", url, "sandbox", "rm", v.ID, "../x"); err == nil || !strings.Contains(err.Error(), "invalid sandbox id") {
+		t.Fatalf("rm with a bad id: %v", err)
+	}
+	if _, err = run(t, nil, "--url", url, "sandbox", "get", v.ID); err != nil {
+		t.Fatalf("rm with a bad id removed the good one: %v", err)
+	}
 	if _, err = run(t, nil, "--url", url, "sandbox", "rm", v.ID); err != nil {
 		t.Fatalf("rm: %v", err)
 	}

@@ -22,6 +22,26 @@ import (
 
 // client picks the manager: --url/ATELIER_URL, else the local root socket when
 // this user can open it, else the TCP port from the config.
+// forEachID checks every id before acting on any, then runs fn on each in
+// turn, stopping at the first error.
+func (g *globals) forEachID(ids []string, fn func(c *client.Client, id string) error) error {
+	for _, id := range ids {
+		if err := checkID(id); err != nil {
+			return err
+		}
+	}
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if err := fn(c, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (g *globals) client() (*client.Client, error) {
 	if g.url != "" {
 		return client.New(g.url, g.token)
@@ -222,29 +242,17 @@ func newSandboxCmd(g *globals) *cobra.Command {
 			Short: short,
 			Args:  cobra.MinimumNArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				for _, id := range args {
-					if err := checkID(id); err != nil {
-						return err
-					}
-				}
-				c, err := g.client()
-				if err != nil {
-					return err
-				}
-				for _, id := range args {
+				return g.forEachID(args, func(c *client.Client, id string) error {
 					v, err := c.Action(ctx(cmd), id, name)
 					if err != nil {
 						return fmt.Errorf("%s %s: %w", name, id, err)
 					}
 					if g.json {
-						if err := printJSON(cmd.OutOrStdout(), v); err != nil {
-							return err
-						}
-					} else {
-						fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", v.ID, v.Status)
+						return printJSON(cmd.OutOrStdout(), v)
 					}
-				}
-				return nil
+					fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", v.ID, v.Status)
+					return nil
+				})
 			},
 		}
 	}
@@ -255,24 +263,15 @@ func newSandboxCmd(g *globals) *cobra.Command {
 		Short:   "Destroy sandboxes",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			for _, id := range args {
-				if err := checkID(id); err != nil {
-					return err
-				}
-			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			for _, id := range args {
+			return g.forEachID(args, func(c *client.Client, id string) error {
 				if err := c.DeleteSandbox(ctx(cmd), id); err != nil {
 					return fmt.Errorf("rm %s: %w", id, err)
 				}
 				if !g.json {
 					fmt.Fprintf(cmd.OutOrStdout(), "%s\tdestroyed\n", id)
 				}
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 	cmd.AddCommand(create, list, get, action("stop", "Stop running sandboxes"), action("start", "Start stopped sandboxes"),
