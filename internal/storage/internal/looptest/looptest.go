@@ -57,20 +57,7 @@ func Mount(t testing.TB, fstype string, size int64) string {
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Create(backing)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = f.Truncate(size)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := run("/usr/sbin/losetup", "--find", "--show", backing)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev := strings.TrimSpace(out)
+	dev := attachSparse(t, backing, size)
 	mounted := false
 	t.Cleanup(func() {
 		if mounted {
@@ -101,6 +88,22 @@ func Attach(t testing.TB, size int64) string {
 	t.Helper()
 	Root(t)
 	backing := filepath.Join(t.TempDir(), "disk.img")
+	dev := attachSparse(t, backing, size)
+	t.Cleanup(func() {
+		if _, err := run("/usr/sbin/losetup", "-d", dev); err != nil {
+			t.Errorf("looptest: %v", err)
+		}
+		if err := CheckGone(backing, ""); err != nil {
+			t.Errorf("looptest: %v", err)
+		}
+	})
+	return dev
+}
+
+// attachSparse makes backing a sparse file of size bytes and attaches it
+// to a free loop device; the caller detaches it.
+func attachSparse(t testing.TB, backing string, size int64) string {
+	t.Helper()
 	f, err := os.Create(backing)
 	if err != nil {
 		t.Fatal(err)
@@ -114,16 +117,7 @@ func Attach(t testing.TB, size int64) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev := strings.TrimSpace(out)
-	t.Cleanup(func() {
-		if _, err := run("/usr/sbin/losetup", "-d", dev); err != nil {
-			t.Errorf("looptest: %v", err)
-		}
-		if err := CheckGone(backing, ""); err != nil {
-			t.Errorf("looptest: %v", err)
-		}
-	})
-	return dev
+	return strings.TrimSpace(out)
 }
 
 // MountSource is the device mounted at mnt, "" when nothing is.
