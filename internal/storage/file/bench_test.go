@@ -3,6 +3,7 @@ package file
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -63,8 +64,8 @@ func BenchmarkClone(b *testing.B) {
 	}
 
 	src := filepath.Join(pool, ImagesDir, "img2g.ext4")
-	full := fullCopy(b, src, filepath.Join(pool, "full.ext4"))
-	sparse := sparseCopy(b, src, filepath.Join(pool, "sparse.ext4"))
+	full := timedCopy(b, src, filepath.Join(pool, "full.ext4"), fullCopy)
+	sparse := timedCopy(b, src, filepath.Join(pool, "sparse.ext4"), sparseCopy)
 
 	for b.Loop() {
 		id := nextID()
@@ -88,43 +89,36 @@ func BenchmarkClone(b *testing.B) {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// fullCopy writes every byte of src, zeros included, to dst and syncs: what
-// a clone costs without copy-on-write. A plain read/write loop, because
-// io.Copy would use copy_file_range, which XFS serves with a reflink.
-func fullCopy(b *testing.B, src, dst string) time.Duration {
-	b.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.Remove(dst)
-	defer out.Close()
+// fullCopy writes every byte of src, zeros included, to dst: what a clone
+// costs without copy-on-write. A plain read/write loop, because io.Copy
+// would use copy_file_range, which XFS serves with a reflink.
+func fullCopy(out, in *os.File) error {
 	buf := make([]byte, 4<<20)
-	start := time.Now()
 	for {
 		n, err := in.Read(buf)
 		if n > 0 {
 			if _, werr := out.Write(buf[:n]); werr != nil {
-				b.Fatal(werr)
+				return werr
 			}
 		}
+		if err == io.EOF {
+			return nil
+		}
 		if err != nil {
-			break
+			return err
 		}
 	}
-	if err := out.Sync(); err != nil {
-		b.Fatal(err)
-	}
-	return time.Since(start)
 }
 
-// sparseCopy times the driver's fallback copy of src, synced.
-func sparseCopy(b *testing.B, src, dst string) time.Duration {
+// sparseCopy is the driver's fallback copy.
+func sparseCopy(out, in *os.File) error {
+	_, err := storage.CopySparse(context.Background(), out, in, true)
+	return err
+}
+
+// timedCopy times copying src to a new dst with copy, synced; dst is
+// removed afterwards.
+func timedCopy(b *testing.B, src, dst string, copy func(out, in *os.File) error) time.Duration {
 	b.Helper()
 	in, err := os.Open(src)
 	if err != nil {
@@ -138,7 +132,7 @@ func sparseCopy(b *testing.B, src, dst string) time.Duration {
 	defer os.Remove(dst)
 	defer out.Close()
 	start := time.Now()
-	if _, err := storage.CopySparse(context.Background(), out, in, true); err != nil {
+	if err := copy(out, in); err != nil {
 		b.Fatal(err)
 	}
 	if err := out.Sync(); err != nil {
