@@ -251,9 +251,10 @@ func (e *Edge) Stop() error {
 	if !e.running {
 		return nil
 	}
+	e.health.halt()
 	e.cancel()
 	e.bg.Wait()
-	e.health.stopped()
+	e.health.forgetAll()
 	caddyMu.Lock()
 	defer caddyMu.Unlock()
 	err := caddy.Stop()

@@ -85,13 +85,16 @@ func (h *health) start(ctx context.Context, wg *sync.WaitGroup) {
 	h.mu.Unlock()
 }
 
-// stopped forgets every address once the probes have ended.
-func (h *health) stopped() {
+// halt refuses new probes; call it before ending the context given to
+// start, so no probe is added to the wait group while the edge waits on it.
+func (h *health) halt() {
 	h.mu.Lock()
 	h.ctx, h.wg = nil, nil
 	h.mu.Unlock()
-	h.down.Clear()
 }
+
+// forgetAll drops every address, once the probes have ended.
+func (h *health) forgetAll() { h.down.Clear() }
 
 // downProbe returns the probe of addr when it is down, else nil.
 func (h *health) downProbe(addr string) *probe {
@@ -149,7 +152,7 @@ func (h *health) spawn(fn func(context.Context)) bool {
 		return false
 	}
 	h.wg.Add(1)
-	go func(ctx context.Context) { defer h.wg.Done(); fn(ctx) }(h.ctx)
+	go func(ctx context.Context, wg *sync.WaitGroup) { defer wg.Done(); fn(ctx) }(h.ctx, h.wg)
 	return true
 }
 
