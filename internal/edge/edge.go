@@ -58,6 +58,9 @@ const (
 // not answer yet before the "starting" page.
 const DefaultRetryWindow = 2 * time.Second
 
+// shutdownGrace is how long Stop lets requests finish.
+const shutdownGrace = 5 * time.Second
+
 // Options configure an Edge.
 type Options struct {
 	Config *config.Config
@@ -97,6 +100,7 @@ type Edge struct {
 
 	table    *table
 	health   *health
+	drain    drain
 	locks    keylock.Mutex // one route change per sandbox at a time
 	sessions sync.Map      // session id -> sessionCheck
 	// refusedCerts counts on-demand certificates refused to unknown names.
@@ -258,6 +262,9 @@ func (e *Edge) Stop() error {
 	caddyMu.Lock()
 	defer caddyMu.Unlock()
 	err := caddy.Stop()
+	if !e.drain.wait(shutdownGrace + time.Second) {
+		e.log.Warn("edge stop: listeners or requests still open after the grace period")
+	}
 	caddyOwner = nil
 	instances.Delete(e.id)
 	e.running = false
@@ -573,7 +580,7 @@ func (e *Edge) caddyConfig() ([]byte, error) {
 	noAuto := map[string]any{"disable": true}
 	servers := map[string]any{}
 	apps := map[string]any{}
-	grace := int64(5 * time.Second)
+	grace := int64(shutdownGrace)
 	if e.tlsMode == TLSOff {
 		servers["edge_http"] = map[string]any{
 			"listen": []string{e.listen(e.cfg.Domain.HTTPPort)}, "routes": []any{map[string]any{"handle": proxy}},
@@ -595,6 +602,9 @@ func (e *Edge) caddyConfig() ([]byte, error) {
 			}}}},
 			"automatic_https": noAuto, "protocols": []string{"h1"},
 		}
+	}
+	for _, srv := range servers {
+		srv.(map[string]any)["listener_wrappers"] = []any{inst(map[string]any{"wrapper": "atelier"})}
 	}
 	apps["http"] = map[string]any{
 		"http_port": e.cfg.Domain.HTTPPort, "https_port": e.cfg.Domain.HTTPSPort,

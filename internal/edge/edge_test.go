@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -623,5 +626,55 @@ func TestMockGuestsOnLoopback(t *testing.T) {
 	}
 	if res := h.do("GET", "dev-loop-"+sbA+".atelier.test", "/", nil); res.StatusCode != http.StatusLoopDetected {
 		t.Fatalf("route to the edge itself: %d", res.StatusCode)
+	}
+}
+
+// Stop returns only once in-flight requests have finished (within the
+// grace period) and the ports are closed: Caddy's own stop returns while
+// its servers are still shutting down.
+func TestStopDrainsRequests(t *testing.T) {
+	h := newHarness(t, nil)
+	started, finished := make(chan struct{}), atomic.Bool{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		time.Sleep(300 * time.Millisecond)
+		finished.Store(true)
+		io.WriteString(w, "slow")
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	h.sandbox(sbA, "127.0.0.1")
+	if _, err := h.e.ExposeDev(context.Background(), sbA, DevExposure{Name: "slow", Port: l.Addr().(*net.TCPAddr).Port, Public: true}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", h.url("/"), nil)
+		req.Host = "dev-slow-" + sbA + ".atelier.test"
+		res, err := h.c.Do(req)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		got <- fmt.Sprint(res.StatusCode, " ", string(b))
+	}()
+	<-started
+	if err := h.e.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !finished.Load() {
+		t.Fatal("Stop returned while a request was still running")
+	}
+	if a := <-got; a != "200 slow" {
+		t.Fatalf("in-flight request: %q", a)
+	}
+	if _, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(h.cfg.Domain.HTTPPort), time.Second); err == nil {
+		t.Fatal("port still open after stop")
 	}
 }

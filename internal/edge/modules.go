@@ -37,6 +37,7 @@ func init() {
 	caddy.RegisterModule(permission{})
 	caddy.RegisterModule(transport{})
 	caddy.RegisterModule(logWriter{})
+	caddy.RegisterModule(listenerWrapper{})
 }
 
 // instances maps an instance id to its Edge while the Edge runs.
@@ -73,6 +74,8 @@ func (h *authHandler) Provision(caddy.Context) (err error) {
 }
 
 func (h *authHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	h.e.drain.change(0, 1)
+	defer h.e.drain.change(0, -1)
 	return h.e.serve(w, r, next)
 }
 
@@ -164,6 +167,24 @@ func (t *transport) RoundTrip(r *http.Request) (*http.Response, error) { return 
 
 func (t *transport) Cleanup() error { return t.rt.Cleanup() }
 
+// listenerWrapper is caddy.listeners.atelier: it tells the Edge when Caddy
+// has really closed its listeners (see drain).
+type listenerWrapper struct {
+	Instance string `json:"instance"`
+	e        *Edge
+}
+
+func (listenerWrapper) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "caddy.listeners.atelier", New: func() caddy.Module { return new(listenerWrapper) }}
+}
+
+func (l *listenerWrapper) Provision(caddy.Context) (err error) {
+	l.e, err = lookupInstance(l.Instance)
+	return err
+}
+
+func (l *listenerWrapper) WrapListener(ln net.Listener) net.Listener { return l.e.drain.listen(ln) }
+
 // logWriter is caddy.logging.writers.atelier: Caddy's logs go to the Edge's
 // slog logger instead of stderr.
 type logWriter struct {
@@ -227,6 +248,7 @@ func dialAddr(ip string, port int) string {
 
 var (
 	_ caddyhttp.MiddlewareHandler = (*authHandler)(nil)
+	_ caddy.ListenerWrapper       = (*listenerWrapper)(nil)
 	_ caddy.Provisioner           = (*authHandler)(nil)
 	_ reverseproxy.UpstreamSource = (*upstreams)(nil)
 	_ caddytls.OnDemandPermission = (*permission)(nil)
