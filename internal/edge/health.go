@@ -107,6 +107,7 @@ func (h *health) downProbe(addr string) *probe {
 	return p
 }
 
+// isDown reports whether addr is tracked as down.
 func (h *health) isDown(addr string) bool { _, ok := h.down.Load(addr); return ok }
 
 // markDown records that addr does not accept connections and probes it
@@ -126,7 +127,7 @@ func (h *health) markDown(addr string) {
 // a guest that just booted is usually still starting its services.
 func (h *health) check(addrs []string) {
 	for _, addr := range addrs {
-		if _, ok := h.down.Load(addr); ok {
+		if h.isDown(addr) {
 			continue
 		}
 		h.spawn(func(ctx context.Context) {

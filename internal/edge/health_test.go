@@ -164,10 +164,7 @@ func TestHealthProbeGivesUp(t *testing.T) {
 		t.Fatal("a refusing port was marked up")
 	}
 	h.clock.add(h.e.health.probeIdle + time.Second)
-	eventually(t, "the probe giving up", func() bool {
-		_, ok := h.e.health.down.Load(addr)
-		return !ok
-	})
+	eventually(t, "the probe giving up", func() bool { return !h.e.health.isDown(addr) })
 	n := dials.Load()
 	time.Sleep(50 * time.Millisecond)
 	if d := dials.Load() - n; d != 0 {
@@ -179,11 +176,11 @@ func TestHealthProbeGivesUp(t *testing.T) {
 	if err := h.e.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := h.e.health.down.Load(addr); ok {
+	if h.e.health.isDown(addr) {
 		t.Fatal("a stopped edge still tracks a port")
 	}
 	h.e.health.markDown(addr)
-	if _, ok := h.e.health.down.Load(addr); ok {
+	if h.e.health.isDown(addr) {
 		t.Fatal("a stopped edge marked a port down with no probe to bring it up")
 	}
 }
