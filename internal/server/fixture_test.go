@@ -361,10 +361,10 @@ func (f *fixture) sweep(t testing.TB) {
 	for i := len(under) - 1; i >= 0; i-- { // innermost first
 		exec.Command("umount", "-l", under[i]).Run()
 	}
-	loops, _ := exec.Command("losetup", "-n", "-O", "NAME,BACK-FILE", "--list").Output()
-	for _, l := range strings.Split(string(loops), "\n") {
-		if fs := strings.Fields(l); len(fs) > 1 && strings.HasPrefix(fs[1], f.dir+"/") {
-			exec.Command("losetup", "-d", fs[0]).Run()
+	disks, _ := filepath.Glob(filepath.Join(s, "overlays", "*"))
+	for _, disk := range disks {
+		if devs, _ := container.LoopsBacking(disk); len(devs) > 0 {
+			exec.Command("losetup", append([]string{"-d"}, devs...)...).Run()
 		}
 	}
 	ns, _ := exec.Command("ip", "netns", "list").Output()
