@@ -321,7 +321,7 @@ func (e *Edge) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 		// Nothing was written: the guest never answered within the retry
 		// window, so the browser gets a page that reloads itself, and the
 		// next requests get it at once until a probe finds the port open.
-		e.health.markDown(addr)
+		e.health.markDown(t.sandboxID, addr)
 		e.page(w, http.StatusServiceUnavailable, pageStarting, host)
 		return nil
 	}
@@ -343,7 +343,7 @@ func (e *Edge) Hooks() sandbox.Hooks {
 			return e.sandboxRunning(ctx, v.ID, v.IPAddress)
 		},
 		OnStopped: func(ctx context.Context, id string) error {
-			e.health.forget(e.addrs(id))
+			e.health.forget(id, e.addrs(id))
 			e.table.setSandbox(id, "", false)
 			e.log.InfoContext(ctx, "edge routes down", "sandbox_id", id)
 			return nil
@@ -357,7 +357,7 @@ func (e *Edge) Hooks() sandbox.Hooks {
 			if err := e.st.DeleteRoutes(ctx, id); err != nil {
 				return err
 			}
-			e.health.forget(e.addrs(id))
+			e.health.forget(id, e.addrs(id))
 			e.table.removeSandbox(id)
 			e.log.InfoContext(ctx, "edge routes removed", "sandbox_id", id)
 			return nil
@@ -380,8 +380,8 @@ func (e *Edge) sandboxRunning(ctx context.Context, id, ip string) error {
 	// A restarted guest starts its services afresh: what was known of its
 	// ports is stale.
 	addrs := e.addrs(id)
-	e.health.forget(addrs)
-	e.health.check(addrs)
+	e.health.forget(id, addrs)
+	e.health.check(id, addrs)
 	e.log.InfoContext(ctx, "edge routes up", "sandbox_id", id, "ip", ip)
 	return nil
 }
@@ -426,7 +426,7 @@ func (e *Edge) ExposeDev(ctx context.Context, sandboxID string, d DevExposure) (
 	}
 	e.table.replace(sandboxID, devNamed(d.Name), routes)
 	if e.table.isUp(sandboxID) {
-		e.health.check(e.addrs(sandboxID, d.Port))
+		e.health.check(sandboxID, e.addrs(sandboxID, d.Port))
 	}
 	e.log.InfoContext(ctx, "dev command exposed", "sandbox_id", sandboxID, "name", d.Name, "port", d.Port, "hosts", len(routes), "public", d.Public)
 	return routes, nil

@@ -17,6 +17,10 @@ import (
 //     an address that is down is dialled again and again (backing off to
 //     probeMax) until it accepts, which marks it up.
 //
+// Every check and probe runs for one sandbox: forgetting the sandbox (it
+// stopped, was destroyed or restarted) cancels them at once, dials in flight
+// included, so none outlives it or marks its reused address down later.
+//
 // A request for a down address does not dial the guest: it waits for the
 // probe to find the port open (a request resets the probe's back-off, so a
 // dev server that just started answers within probeMin) for at most the
@@ -32,9 +36,15 @@ type health struct {
 
 	down sync.Map // dial address -> *probe
 
-	mu  sync.Mutex
-	ctx context.Context // set while the edge runs; ends its probes
-	wg  *sync.WaitGroup
+	mu     sync.Mutex
+	ctx    context.Context // set while the edge runs; ends its probes
+	wg     *sync.WaitGroup
+	scopes map[string]scope // sandbox id -> its checks' and probes' context
+}
+
+type scope struct {
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // probe is a down address and the goroutine dialling it.
@@ -82,6 +92,7 @@ func newHealth(dial DialFunc, now func() time.Time) *health {
 func (h *health) start(ctx context.Context, wg *sync.WaitGroup) {
 	h.mu.Lock()
 	h.ctx, h.wg = ctx, wg
+	h.scopes = map[string]scope{}
 	h.mu.Unlock()
 }
 
@@ -90,6 +101,7 @@ func (h *health) start(ctx context.Context, wg *sync.WaitGroup) {
 func (h *health) halt() {
 	h.mu.Lock()
 	h.ctx, h.wg = nil, nil
+	h.scopes = nil
 	h.mu.Unlock()
 }
 
@@ -110,50 +122,64 @@ func (h *health) downProbe(addr string) *probe {
 // isDown reports whether addr is tracked as down.
 func (h *health) isDown(addr string) bool { _, ok := h.down.Load(addr); return ok }
 
-// markDown records that addr does not accept connections and probes it
-// until it does.
-func (h *health) markDown(addr string) {
+// markDown records that addr, a port of sandbox id, does not accept
+// connections and probes it until it does.
+func (h *health) markDown(id, addr string) {
 	p := newProbe(h.now())
 	if _, loaded := h.down.LoadOrStore(addr, p); loaded {
 		return
 	}
-	if !h.spawn(func(ctx context.Context) { h.probe(ctx, addr, p) }) {
+	if !h.spawn(id, func(ctx context.Context) { h.probe(ctx, addr, p) }) {
 		h.down.CompareAndDelete(addr, p)
 		close(p.done)
 	}
 }
 
-// check dials each address once, now, and marks the ones that refuse down:
-// a guest that just booted is usually still starting its services.
-func (h *health) check(addrs []string) {
+// check dials each address of sandbox id once, now, and marks the ones
+// that refuse down: a guest that just booted is usually still starting its
+// services.
+func (h *health) check(id string, addrs []string) {
 	for _, addr := range addrs {
 		if h.isDown(addr) {
 			continue
 		}
-		h.spawn(func(ctx context.Context) {
+		h.spawn(id, func(ctx context.Context) {
 			if !h.accepts(ctx, addr) && ctx.Err() == nil {
-				h.markDown(addr)
+				h.markDown(id, addr)
 			}
 		})
 	}
 }
 
-// forget drops the health of addrs; their probes end.
-func (h *health) forget(addrs []string) {
+// forget ends the checks and probes of sandbox id and drops the health of
+// its addrs.
+func (h *health) forget(id string, addrs []string) {
+	h.mu.Lock()
+	if s, ok := h.scopes[id]; ok {
+		s.cancel()
+		delete(h.scopes, id)
+	}
+	h.mu.Unlock()
 	for _, addr := range addrs {
 		h.down.Delete(addr)
 	}
 }
 
-// spawn runs fn in a goroutine while the edge runs; false if it does not.
-func (h *health) spawn(fn func(context.Context)) bool {
+// spawn runs fn for sandbox id in a goroutine while the edge runs; false
+// if it does not.
+func (h *health) spawn(id string, fn func(context.Context)) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.ctx == nil || h.ctx.Err() != nil {
 		return false
 	}
+	s, ok := h.scopes[id]
+	if !ok {
+		s.ctx, s.cancel = context.WithCancel(h.ctx)
+		h.scopes[id] = s
+	}
 	h.wg.Add(1)
-	go func(ctx context.Context, wg *sync.WaitGroup) { defer wg.Done(); fn(ctx) }(h.ctx, h.wg)
+	go func(wg *sync.WaitGroup) { defer wg.Done(); fn(s.ctx) }(h.wg)
 	return true
 }
 

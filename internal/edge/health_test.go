@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -158,7 +159,7 @@ func TestHealthProbeGivesUp(t *testing.T) {
 	h, dials := countingHarness(t)
 	h.e.health.probeMin, h.e.health.probeMax = 5*time.Millisecond, 10*time.Millisecond
 	addr := dialAddr("127.0.0.1", freePort(t))
-	h.e.health.markDown(addr)
+	h.e.health.markDown(sbA, addr)
 	eventually(t, "probes dialling the down port", func() bool { return dials.Load() >= 3 })
 	if !h.e.health.isDown(addr) {
 		t.Fatal("a refusing port was marked up")
@@ -172,15 +173,47 @@ func TestHealthProbeGivesUp(t *testing.T) {
 	}
 
 	// A stopped edge runs no probe and forgets everything.
-	h.e.health.markDown(addr)
+	h.e.health.markDown(sbA, addr)
 	if err := h.e.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	if h.e.health.isDown(addr) {
 		t.Fatal("a stopped edge still tracks a port")
 	}
-	h.e.health.markDown(addr)
+	h.e.health.markDown(sbA, addr)
 	if h.e.health.isDown(addr) {
 		t.Fatal("a stopped edge marked a port down with no probe to bring it up")
+	}
+}
+
+// Forgetting a sandbox cancels its checks in flight: a dial to a guest that
+// never answers (a dropped SYN) ends at once and marks nothing down, so the
+// address, which the next sandbox may lease, carries no stale state.
+func TestHealthForgetCancelsChecks(t *testing.T) {
+	dialing, ended := make(chan struct{}, 1), make(chan error, 1)
+	h := newHarness(t, func(_ *config.Config, o *Options) {
+		o.Dial = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			dialing <- struct{}{}
+			<-ctx.Done()
+			ended <- ctx.Err()
+			return nil, ctx.Err()
+		}
+	})
+	h.e.health.probeTimeout = time.Hour
+	addr := dialAddr("127.0.0.1", freePort(t))
+	h.e.health.check(sbA, []string{addr})
+	<-dialing
+	h.e.health.forget(sbA, []string{addr})
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("dial ended with %v, want canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the check's dial outlived the forgotten sandbox")
+	}
+	time.Sleep(50 * time.Millisecond)
+	if h.e.health.isDown(addr) {
+		t.Fatal("a forgotten sandbox's check marked its address down")
 	}
 }
