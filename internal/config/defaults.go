@@ -72,7 +72,7 @@ func defaults() *Config {
 				Agent:    Port{Port: 9998},
 			},
 			Server: AdvancedServer{
-				Verdaccio: VersionedPort{Port: 4873, Version: "6.8.0"},
+				Verdaccio: Verdaccio{Port: 4873, Version: "6.8.0", User: "atelier-registry"},
 				SSHProxy:  Version{Version: "1.5.2"},
 				Firecracker: Firecracker{
 					Version:    "1.14.1",
@@ -106,6 +106,9 @@ func (c *Config) derive() {
 	}
 	if c.Server.SocketPath == "" {
 		c.Server.SocketPath = filepath.Join(c.Server.DataDir, "atelier.sock")
+	}
+	if c.Advanced.Server.Verdaccio.Dir == "" && c.Server.DataDir != "" {
+		c.Advanced.Server.Verdaccio.Dir = filepath.Clean(c.Server.DataDir) + "-registry"
 	}
 	d, err := deriveNetwork(c.Network.BridgeIP, c.Network.BridgePrefix)
 	if err != nil {

@@ -72,6 +72,8 @@ var envTable = []EnvVar{
 	{Name: "ATELIER_REGISTRY_PORT", Key: "advanced.server.verdaccio.port", Description: "npm registry cache (Verdaccio) port on the host."},
 	{Name: "ATELIER_VERDACCIO_PORT", Key: "advanced.server.verdaccio.port", Description: "Older alias of ATELIER_REGISTRY_PORT, which wins when both are set."},
 	{Name: "ATELIER_VERSION_VERDACCIO", Key: "advanced.server.verdaccio.version", Description: "Verdaccio version the manager runs."},
+	{Name: "ATELIER_REGISTRY_USER", Key: "advanced.server.verdaccio.user", Description: "Unprivileged system user Verdaccio runs as when the manager is root; created (no login, no home) when missing."},
+	{Name: "ATELIER_REGISTRY_DIR", Key: "advanced.server.verdaccio.dir", Description: "Verdaccio's install, config and package storage, kept outside the private data dir; empty means {dataDir}-registry."},
 	{Name: "ATELIER_VERSION_SSH_PROXY", Key: "advanced.server.sshProxy.version", Description: "SSH proxy release version."},
 	{Name: "ATELIER_VERSION_FIRECRACKER", Key: "advanced.server.firecracker.version", Description: "Firecracker version installed on the host."},
 	{Name: "ATELIER_FIRECRACKER_BIN", Key: "advanced.server.firecracker.binaryPath", Description: "Firecracker binary path."},

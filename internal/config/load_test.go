@@ -364,17 +364,18 @@ func TestDerivation(t *testing.T) {
 	t.Run("defaults", func(t *testing.T) {
 		c := Default()
 		got := []string{c.Domain.Dashboard, c.Domain.SSH.Hostname, c.Server.SocketPath,
-			c.Network.GuestSubnet, c.Network.BridgeCIDR, c.Network.BridgeNetmask, string(c.Server.Mode)}
+			c.Network.GuestSubnet, c.Network.BridgeCIDR, c.Network.BridgeNetmask, string(c.Server.Mode),
+			c.Advanced.Server.Verdaccio.Dir}
 		want := []string{"sandbox.localhost", "ssh.localhost", "/var/lib/atelier/atelier.sock",
-			"172.16.0", "172.16.0.0/24", "255.255.255.0", ""}
+			"172.16.0", "172.16.0.0/24", "255.255.255.0", "", "/var/lib/atelier-registry"}
 		if !slices.Equal(got, want) {
 			t.Errorf("derived %q, want %q", got, want)
 		}
 	})
 	t.Run("base domain and data dir from env", func(t *testing.T) {
-		c := mustLoad(t, "", "ATELIER_BASE_DOMAIN=example.com", "ATELIER_DATA_DIR=/srv/atelier")
-		got := []string{c.Domain.Dashboard, c.Domain.SSH.Hostname, c.Server.SocketPath}
-		want := []string{"sandbox.example.com", "ssh.example.com", "/srv/atelier/atelier.sock"}
+		c := mustLoad(t, "", "ATELIER_BASE_DOMAIN=example.com", "ATELIER_DATA_DIR=/srv/atelier/")
+		got := []string{c.Domain.Dashboard, c.Domain.SSH.Hostname, c.Server.SocketPath, c.Advanced.Server.Verdaccio.Dir}
+		want := []string{"sandbox.example.com", "ssh.example.com", "/srv/atelier/atelier.sock", "/srv/atelier-registry"}
 		if !slices.Equal(got, want) {
 			t.Errorf("derived %q, want %q", got, want)
 		}

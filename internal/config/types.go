@@ -144,9 +144,22 @@ type VersionedPort struct {
 }
 
 type AdvancedServer struct {
-	Verdaccio   VersionedPort `json:"verdaccio"`
-	SSHProxy    Version       `json:"sshProxy"`
-	Firecracker Firecracker   `json:"firecracker"`
+	Verdaccio   Verdaccio   `json:"verdaccio"`
+	SSHProxy    Version     `json:"sshProxy"`
+	Firecracker Firecracker `json:"firecracker"`
+}
+
+// Verdaccio is the shared npm cache the manager runs on the bridge.
+type Verdaccio struct {
+	Port    int    `json:"port"`
+	Version string `json:"version"`
+	// User is the unprivileged system account Verdaccio runs as when the
+	// manager is root; created (no login, no home) when missing.
+	User string `json:"user"`
+	// Dir holds Verdaccio's install, config and package storage, outside
+	// the manager's private data dir; derived as {dataDir}-registry when
+	// empty.
+	Dir string `json:"dir"`
 }
 
 type Version struct {

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -148,6 +149,30 @@ func (v *checker) server() {
 	}
 	v.absPath("server.dataDir", s.DataDir)
 	v.absPath("server.socketPath", s.SocketPath)
+	v.registry()
+}
+
+// userNameRE is what useradd accepts by default (Debian's NAME_REGEX).
+var userNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,30}$`)
+
+func (v *checker) registry() {
+	r := v.c.Advanced.Server.Verdaccio
+	if !userNameRE.MatchString(r.User) || r.User == "root" {
+		v.add("advanced.server.verdaccio.user", "must be a system user name other than root, like atelier-registry (lowercase letters, digits, - and _, at most 31) (got %q)", r.User)
+	}
+	if !filepath.IsAbs(r.Dir) {
+		v.add("advanced.server.verdaccio.dir", "must be an absolute path (got %q)", r.Dir)
+		return
+	}
+	data := filepath.Clean(v.c.Server.DataDir)
+	if dir := filepath.Clean(r.Dir); filepath.IsAbs(data) && (within(dir, data) || within(data, dir)) {
+		v.add("advanced.server.verdaccio.dir", "must lie outside server.dataDir %s (which only the manager may read) and not contain it (got %q); leave it empty for %s-registry", data, r.Dir, data)
+	}
+}
+
+// within reports whether p is dir or lies under it.
+func within(p, dir string) bool {
+	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
 }
 
 func (v *checker) network() {

@@ -118,6 +118,24 @@ func TestValidate(t *testing.T) {
 		{name: "relative socket", mutate: func(c *Config) { c.Server.SocketPath = "atelier.sock" },
 			wantKey: "server.socketPath", wantEnv: "ATELIER_SOCKET_PATH"},
 
+		// npm cache.
+		{name: "registry as root", mutate: func(c *Config) { c.Advanced.Server.Verdaccio.User = "root" },
+			wantKey: "advanced.server.verdaccio.user", wantEnv: "ATELIER_REGISTRY_USER", wantMsg: "other than root"},
+		{name: "registry user empty", mutate: func(c *Config) { c.Advanced.Server.Verdaccio.User = "" },
+			wantKey: "advanced.server.verdaccio.user", wantEnv: "ATELIER_REGISTRY_USER"},
+		{name: "registry user with a shell metacharacter", mutate: func(c *Config) { c.Advanced.Server.Verdaccio.User = "npm;id" },
+			wantKey: "advanced.server.verdaccio.user", wantEnv: "ATELIER_REGISTRY_USER"},
+		{name: "registry user option-like", mutate: func(c *Config) { c.Advanced.Server.Verdaccio.User = "-o" },
+			wantKey: "advanced.server.verdaccio.user", wantEnv: "ATELIER_REGISTRY_USER"},
+		{name: "registry user named", mutate: func(c *Config) { c.Advanced.Server.Verdaccio.User = "npm-cache_1" }},
+		{name: "registry dir relative", mutate: func(c *Config) { c.Advanced.Server.Verdaccio.Dir = "registry" },
+			wantKey: "advanced.server.verdaccio.dir", wantEnv: "ATELIER_REGISTRY_DIR", wantMsg: "absolute"},
+		{name: "registry dir inside the data dir", mutate: func(c *Config) { c.Advanced.Server.Verdaccio.Dir = "/var/lib/atelier/registry" },
+			wantKey: "advanced.server.verdaccio.dir", wantEnv: "ATELIER_REGISTRY_DIR", wantMsg: "outside server.dataDir"},
+		{name: "registry dir holding the data dir", mutate: func(c *Config) { c.Advanced.Server.Verdaccio.Dir = "/var/lib" },
+			wantKey: "advanced.server.verdaccio.dir", wantEnv: "ATELIER_REGISTRY_DIR", wantMsg: "not contain it"},
+		{name: "registry dir elsewhere", mutate: func(c *Config) { c.Advanced.Server.Verdaccio.Dir = "/srv/npm-cache" }},
+
 		// Network.
 		{name: "bridge ip not an address", mutate: func(c *Config) { c.Network.BridgeIP = "300.1.1.1" },
 			wantKey: "network.bridgeIp", wantEnv: "ATELIER_BRIDGE_IP", wantMsg: "IPv4"},

@@ -1,7 +1,9 @@
 package guest
 
 import (
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"unicode/utf8"
 
@@ -25,14 +28,21 @@ const (
 	maxBatchFiles  = 1000
 )
 
-// fileRoots confines file and git paths. A path is accepted when, after
-// cleaning and resolving the symlinks of every existing component, it
-// still lies under one of the roots; so neither ".." nor a symlink can
-// lead out. (os.Root was not used: it refuses every absolute symlink, and
-// a real root filesystem is full of them.)
+// fileRoots confines file and git paths. A request path is first mapped to
+// a real path: cleaned, then the symlinks of every existing component
+// resolved (absolute ones included, as a real root filesystem is full of
+// them), and refused unless the result lies under one of the roots. The
+// file API then does not reopen that path by name: it opens it beneath
+// the root's directory file descriptor (os.Root), which refuses any
+// symlink or ".." that would lead out. A guest that swaps a component for
+// a symlink between the check and the use therefore gets an error, or
+// whatever now lies at that place inside the root, never a file outside.
 type fileRoots struct {
 	given []string // cleaned as configured
 	real  []string // with symlinks resolved
+
+	mu    sync.Mutex
+	roots []*os.Root // per real root, opened at start or at first use
 }
 
 func newFileRoots(roots []string) *fileRoots {
@@ -52,7 +62,28 @@ func newFileRoots(roots []string) *fileRoots {
 	if len(f.given) == 0 {
 		f.given, f.real = []string{"/"}, []string{"/"}
 	}
+	f.roots = make([]*os.Root, len(f.real))
+	for i := range f.real {
+		_, _ = f.open(i) // a root made later is opened at first use
+	}
 	return f
+}
+
+// open returns the directory handle of root i. It is kept for the agent's
+// lifetime, so a root renamed or replaced later still means the directory
+// it was.
+func (f *fileRoots) open(i int) (*os.Root, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.roots[i] != nil {
+		return f.roots[i], nil
+	}
+	r, err := os.OpenRoot(f.real[i])
+	if err != nil {
+		return nil, err
+	}
+	f.roots[i] = r
+	return r, nil
 }
 
 func under(p string, roots []string) bool {
@@ -66,6 +97,13 @@ func under(p string, roots []string) bool {
 
 func (f *fileRoots) isRoot(p string) bool {
 	return slices.Contains(f.real, p) || slices.Contains(f.given, p)
+}
+
+// loc is a request path resolved inside a root.
+type loc struct {
+	path string   // the real path, as answers report it
+	root *os.Root // the innermost root holding it
+	rel  string   // path relative to root ("." for the root itself)
 }
 
 // resolve maps a request path to a real path inside the roots. Relative
@@ -104,6 +142,33 @@ func (f *fileRoots) resolve(field, p string, followFinal bool) (string, error) {
 	return real, nil
 }
 
+// locate is resolve, then the root to operate beneath: every file API
+// operation goes through loc.root with loc.rel, never through loc.path.
+func (f *fileRoots) locate(field, p string, followFinal bool) (loc, error) {
+	real, err := f.resolve(field, p, followFinal)
+	if err != nil {
+		return loc{}, err
+	}
+	best := -1
+	for i, r := range f.real {
+		if under(real, []string{r}) && (best < 0 || len(r) > len(f.real[best])) {
+			best = i
+		}
+	}
+	if best < 0 { // resolve checked it; kept for safety
+		return loc{}, errForbidden("%s: %s resolves outside the allowed roots", field, p)
+	}
+	root, err := f.open(best)
+	if err != nil {
+		return loc{}, pathError(field, err)
+	}
+	rel, err := filepath.Rel(f.real[best], real)
+	if err != nil {
+		return loc{}, errForbidden("%s: %s resolves outside the allowed roots", field, p)
+	}
+	return loc{path: real, root: root, rel: rel}, nil
+}
+
 // evalExisting resolves symlinks in the longest existing prefix of p and
 // appends the components that do not exist yet.
 func evalExisting(p string) (string, error) {
@@ -125,12 +190,31 @@ func evalExisting(p string) (string, error) {
 	return filepath.Join(rp, filepath.Base(p)), nil
 }
 
+// errEscapes is the error os.Root gives for a path that would leave it (a
+// ".." above the root, a symlink out of it, an absolute symlink). The os
+// package does not export it, so it is taken from an open that must fail.
+var errEscapes = func() error {
+	r, err := os.OpenRoot("/")
+	if err != nil {
+		return nil
+	}
+	defer r.Close()
+	_, err = r.Open("..")
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return nil
+}()
+
 // pathError maps filesystem errors to problems.
 func pathError(field string, err error) error {
 	var ae *apiError
 	switch {
 	case errors.As(err, &ae):
 		return err
+	case errEscapes != nil && errors.Is(err, errEscapes):
+		return errForbidden("%s: %v (it changed while in use, or leads outside the allowed roots)", field, trimPathErr(err))
 	case errors.Is(err, fs.ErrNotExist):
 		return errNotFound("%s: %v", field, trimPathErr(err))
 	case errors.Is(err, fs.ErrPermission):
@@ -230,7 +314,8 @@ func parseOwner(field, s string) (*owner, error) {
 	return o, nil
 }
 
-func fileInfo(p string, fi os.FileInfo) agent.FileInfo {
+// fileInfo describes fi, found at rel beneath r and reported as p.
+func fileInfo(p string, fi os.FileInfo, r *os.Root, rel string) agent.FileInfo {
 	info := agent.FileInfo{
 		Path:    p,
 		Name:    fi.Name(),
@@ -245,7 +330,7 @@ func fileInfo(p string, fi os.FileInfo) agent.FileInfo {
 		info.Type = agent.FileTypeDir
 	case fi.Mode()&os.ModeSymlink != 0:
 		info.Type = agent.FileTypeSymlink
-		info.LinkTarget, _ = os.Readlink(p)
+		info.LinkTarget, _ = r.Readlink(rel)
 	default:
 		info.Type = agent.FileTypeOther
 	}
@@ -296,10 +381,11 @@ func queryInt(r *http.Request, key string, def, lo, hi int64) (int64, error) {
 // readFile is GET /files?path=&encoding=&offset=&limit=.
 func (s *Server) readFile(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
-	p, err := s.fs.resolve("path", q.Get("path"), true)
+	l, err := s.fs.locate("path", q.Get("path"), true)
 	if err != nil {
 		return err
 	}
+	p := l.path
 	enc := q.Get("encoding")
 	if enc != "" && enc != agent.EncodingUTF8 && enc != agent.EncodingBase64 {
 		return errBadField("encoding", "must be utf8 or base64")
@@ -312,7 +398,7 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(p)
+	f, err := l.root.Open(l.rel)
 	if err != nil {
 		return pathError("path", err)
 	}
@@ -343,7 +429,7 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) error {
 // writeFile is PUT /files?path=&mode=&owner=&parents=, body = raw bytes.
 func (s *Server) writeFile(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
-	p, err := s.fs.resolve("path", q.Get("path"), true)
+	l, err := s.fs.locate("path", q.Get("path"), true)
 	if err != nil {
 		return err
 	}
@@ -360,31 +446,49 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	body := http.MaxBytesReader(w, r.Body, s.opts.MaxFileBytes)
-	if err := atomicWrite(p, body, mode, own, parents); err != nil {
+	if err := atomicWriteAt(l.root, l.rel, body, mode, own, parents); err != nil {
 		return err
 	}
-	fi, err := os.Lstat(p)
+	fi, err := l.root.Lstat(l.rel)
 	if err != nil {
 		return pathError("path", err)
 	}
-	return writeJSON(w, http.StatusOK, fileInfo(p, fi))
+	return writeJSON(w, http.StatusOK, fileInfo(l.path, fi, l.root, l.rel))
 }
 
-// atomicWrite replaces target with the content of r: a temp file in the
-// same directory, written, chmod/chown-ed and fsynced, then renamed over
-// the target, so a reader sees the old or the new file, never a part.
-// Without an explicit mode or owner an existing file keeps its own.
+// atomicWrite is atomicWriteAt for the agent's own files (its config,
+// /etc/hostname…): paths it chose, not a request's.
 func atomicWrite(target string, r io.Reader, mode os.FileMode, own *owner, parents bool) error {
 	dir := filepath.Dir(target)
 	if parents {
-		if err := mkdirParents(dir, own); err != nil {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return pathError("path", err)
+		}
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return pathError("path", err)
+	}
+	defer root.Close()
+	return atomicWriteAt(root, filepath.Base(target), r, mode, own, false)
+}
+
+// atomicWriteAt replaces rel beneath root with the content of r: a temp
+// file in the same directory, written, chmod/chown-ed and fsynced, then
+// renamed over the target, so a reader sees the old or the new file, never
+// a part. Without an explicit mode or owner an existing file keeps its own.
+func atomicWriteAt(root *os.Root, rel string, r io.Reader, mode os.FileMode, own *owner, parents bool) error {
+	dir, base := filepath.Split(rel)
+	dir = filepath.Clean(dir)
+	if parents {
+		if err := mkdirParentsAt(root, dir, own); err != nil {
 			return pathError("path", err)
 		}
 	}
 	perm := os.FileMode(0o644)
-	if old, err := os.Stat(target); err == nil {
+	if old, err := root.Stat(rel); err == nil {
 		if old.IsDir() {
-			return errBadField("path", "%s is a directory", target)
+			return errBadField("path", "%s is a directory", filepath.Join(root.Name(), rel))
 		}
 		perm = old.Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
 		if own == nil && os.Geteuid() == 0 {
@@ -396,7 +500,7 @@ func atomicWrite(target string, r io.Reader, mode os.FileMode, own *owner, paren
 	if mode != 0 {
 		perm = mode
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(target)+".tmp-*")
+	tmp, tmpRel, err := createTemp(root, dir, "."+base+".tmp-")
 	if err != nil {
 		return pathError("path", err)
 	}
@@ -404,7 +508,7 @@ func atomicWrite(target string, r io.Reader, mode os.FileMode, own *owner, paren
 	defer func() {
 		if !done {
 			tmp.Close()
-			os.Remove(tmp.Name())
+			_ = root.Remove(tmpRel)
 		}
 	}()
 	if _, err := io.Copy(tmp, r); err != nil {
@@ -414,6 +518,7 @@ func atomicWrite(target string, r io.Reader, mode os.FileMode, own *owner, paren
 		}
 		return fmt.Errorf("write %s: %w", tmp.Name(), err)
 	}
+	// Through the descriptor: the name may already be something else.
 	if err := tmp.Chmod(perm); err != nil {
 		return pathError("mode", err)
 	}
@@ -428,62 +533,91 @@ func atomicWrite(target string, r io.Reader, mode os.FileMode, own *owner, paren
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", tmp.Name(), err)
 	}
-	if err := os.Rename(tmp.Name(), target); err != nil {
+	if err := root.Rename(tmpRel, rel); err != nil {
 		return pathError("path", err)
 	}
 	done = true
 	// The rename is durable only once the directory is synced.
-	if d, err := os.Open(dir); err == nil {
+	if d, err := root.Open(dir); err == nil {
 		_ = d.Sync()
 		d.Close()
 	}
 	return nil
 }
 
-// mkdirParents creates dir and its missing parents, giving each directory
-// it creates the requested owner (the reference left them root-owned).
-func mkdirParents(dir string, own *owner) error {
-	if fi, err := os.Stat(dir); err == nil {
+// createTemp is os.CreateTemp beneath a root: a new file (O_EXCL) named
+// prefix plus a random suffix in dir, mode 0600 until the caller sets it.
+func createTemp(root *os.Root, dir, prefix string) (*os.File, string, error) {
+	for try := 0; ; try++ {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		rel := filepath.Join(dir, prefix+hex.EncodeToString(b[:]))
+		f, err := root.OpenFile(rel, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err == nil || !errors.Is(err, fs.ErrExist) || try == 10 {
+			return f, rel, err
+		}
+	}
+}
+
+// mkdirParentsAt creates dir beneath root and its missing parents, giving
+// each directory it creates the requested owner (the reference left them
+// root-owned).
+func mkdirParentsAt(root *os.Root, dir string, own *owner) error {
+	if dir == "." {
+		return nil
+	}
+	if fi, err := root.Stat(dir); err == nil {
 		if !fi.IsDir() {
 			return &fs.PathError{Op: "mkdir", Path: dir, Err: syscall.ENOTDIR}
 		}
 		return nil
 	}
-	if parent := filepath.Dir(dir); parent != dir {
-		if err := mkdirParents(parent, own); err != nil {
-			return err
-		}
+	if err := mkdirParentsAt(root, filepath.Dir(dir), own); err != nil {
+		return err
 	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
+	if err := root.Mkdir(dir, 0o755); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			if fi, serr := os.Stat(dir); serr == nil && fi.IsDir() {
+			if fi, serr := root.Stat(dir); serr == nil && fi.IsDir() {
 				return nil
 			}
 		}
 		return err
 	}
 	if own != nil {
-		return os.Lchown(dir, own.uid, own.gid)
+		return root.Lchown(dir, own.uid, own.gid)
 	}
 	return nil
 }
 
 // listFiles is GET /files/list?path=.
 func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) error {
-	p, err := s.fs.resolve("path", r.URL.Query().Get("path"), true)
+	l, err := s.fs.locate("path", r.URL.Query().Get("path"), true)
 	if err != nil {
 		return err
 	}
-	d, err := os.Open(p)
-	if err != nil {
-		return pathError("path", err)
-	}
-	defer d.Close()
-	if fi, err := d.Stat(); err != nil {
+	p := l.path
+	// Entries are described beneath the listed directory's own handle, so
+	// their names and their details come from the same directory.
+	if fi, err := l.root.Stat(l.rel); err != nil {
 		return pathError("path", err)
 	} else if !fi.IsDir() {
 		return errBadField("path", "%s is not a directory", p)
 	}
+	dr, err := l.root.OpenRoot(l.rel)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) && !errors.As(pe.Err, new(syscall.Errno)) && !errors.Is(err, errEscapes) {
+			// os.Root's own "not a directory": it was one a moment ago.
+			return errConflict(agent.CodeConflict, "path: %s changed while being listed", p)
+		}
+		return pathError("path", err)
+	}
+	defer dr.Close()
+	d, err := dr.Open(".")
+	if err != nil {
+		return pathError("path", err)
+	}
+	defer d.Close()
 	ents, err := d.ReadDir(maxListEntries + 1)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return pathError("path", err)
@@ -493,11 +627,11 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) error {
 		ents, res.Truncated = ents[:maxListEntries], true
 	}
 	for _, e := range ents {
-		fi, err := e.Info()
+		fi, err := dr.Lstat(e.Name())
 		if err != nil {
 			continue // removed meanwhile
 		}
-		res.Entries = append(res.Entries, fileInfo(filepath.Join(p, e.Name()), fi))
+		res.Entries = append(res.Entries, fileInfo(filepath.Join(p, e.Name()), fi, dr, e.Name()))
 	}
 	slices.SortFunc(res.Entries, func(a, b agent.FileInfo) int { return strings.Compare(a.Name, b.Name) })
 	return writeJSON(w, http.StatusOK, res)
@@ -505,15 +639,15 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) error {
 
 // statFile is GET /files/stat?path= (a symlink is described, not followed).
 func (s *Server) statFile(w http.ResponseWriter, r *http.Request) error {
-	p, err := s.fs.resolve("path", r.URL.Query().Get("path"), false)
+	l, err := s.fs.locate("path", r.URL.Query().Get("path"), false)
 	if err != nil {
 		return err
 	}
-	fi, err := os.Lstat(p)
+	fi, err := l.root.Lstat(l.rel)
 	if err != nil {
 		return pathError("path", err)
 	}
-	return writeJSON(w, http.StatusOK, fileInfo(p, fi))
+	return writeJSON(w, http.StatusOK, fileInfo(l.path, fi, l.root, l.rel))
 }
 
 // mkdir is POST /files/mkdir; with parents it is idempotent like mkdir -p.
@@ -522,7 +656,7 @@ func (s *Server) mkdir(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &req, maxJSONBody, false); err != nil {
 		return err
 	}
-	p, err := s.fs.resolve("path", req.Path, true)
+	l, err := s.fs.locate("path", req.Path, true)
 	if err != nil {
 		return err
 	}
@@ -538,31 +672,32 @@ func (s *Server) mkdir(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if req.Parents {
-		if err := mkdirParents(filepath.Dir(p), own); err != nil {
+		if err := mkdirParentsAt(l.root, filepath.Dir(l.rel), own); err != nil {
 			return pathError("path", err)
 		}
 	}
-	if err := os.Mkdir(p, mode); err != nil {
-		fi, serr := os.Stat(p)
+	if err := l.root.Mkdir(l.rel, mode.Perm()); err != nil {
+		fi, serr := l.root.Stat(l.rel)
 		if !(errors.Is(err, fs.ErrExist) && req.Parents && serr == nil && fi.IsDir()) {
 			return pathError("path", err)
 		}
 	} else {
-		// Mkdir's mode is filtered by the umask; apply the requested bits.
-		if err := os.Chmod(p, mode); err != nil {
+		// Mkdir's mode is filtered by the umask and holds no special bits;
+		// apply the requested ones.
+		if err := l.root.Chmod(l.rel, mode); err != nil {
 			return pathError("mode", err)
 		}
 		if own != nil {
-			if err := os.Lchown(p, own.uid, own.gid); err != nil {
+			if err := l.root.Lchown(l.rel, own.uid, own.gid); err != nil {
 				return pathError("owner", err)
 			}
 		}
 	}
-	fi, err := os.Lstat(p)
+	fi, err := l.root.Lstat(l.rel)
 	if err != nil {
 		return pathError("path", err)
 	}
-	return writeJSON(w, http.StatusOK, fileInfo(p, fi))
+	return writeJSON(w, http.StatusOK, fileInfo(l.path, fi, l.root, l.rel))
 }
 
 // removeFile is DELETE /files?path=&recursive=; a missing path is a 404.
@@ -583,14 +718,14 @@ func (s *Server) removeFile(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) remove(path string, recursive bool) (bool, error) {
-	p, err := s.fs.resolve("path", path, false)
+	l, err := s.fs.locate("path", path, false)
 	if err != nil {
 		return false, err
 	}
-	if s.fs.isRoot(p) {
-		return false, errForbidden("path: %s is a file root and cannot be removed", p)
+	if s.fs.isRoot(l.path) || l.rel == "." {
+		return false, errForbidden("path: %s is a file root and cannot be removed", l.path)
 	}
-	fi, err := os.Lstat(p)
+	fi, err := l.root.Lstat(l.rel)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -598,9 +733,9 @@ func (s *Server) remove(path string, recursive bool) (bool, error) {
 		return false, pathError("path", err)
 	}
 	if fi.IsDir() && recursive {
-		err = os.RemoveAll(p)
+		err = l.root.RemoveAll(l.rel)
 	} else {
-		err = os.Remove(p)
+		err = l.root.Remove(l.rel)
 	}
 	if err != nil {
 		return true, pathError("path", err)
@@ -629,7 +764,7 @@ func (s *Server) writeBatch(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) writeOne(f agent.FileWrite) error {
-	p, err := s.fs.resolve("path", f.Path, true)
+	l, err := s.fs.locate("path", f.Path, true)
 	if err != nil {
 		return err
 	}
@@ -648,7 +783,7 @@ func (s *Server) writeOne(f agent.FileWrite) error {
 	if err != nil {
 		return err
 	}
-	return atomicWrite(p, strings.NewReader(string(data)), mode, own, f.Parents)
+	return atomicWriteAt(l.root, l.rel, strings.NewReader(string(data)), mode, own, f.Parents)
 }
 
 // deleteBatch is POST /files/delete-batch; missing paths succeed.

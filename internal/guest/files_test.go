@@ -262,6 +262,82 @@ func TestFilesConfinement(t *testing.T) {
 	}
 }
 
+// TestFilesSymlinksInside: symlinks that resolve inside a root, relative
+// or absolute, to the same root or another one, are followed by reads,
+// writes and listings; stat and delete act on the link itself.
+func TestFilesSymlinksInside(t *testing.T) {
+	var second string
+	a := startAgent(t, func(o *Options) {
+		second = filepath.Join(filepath.Dir(o.FileRoots[0]), "second")
+		if err := os.MkdirAll(second, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		o.FileRoots = append(o.FileRoots, second)
+	})
+	ctx := ctxT(t, 20*time.Second)
+	sub := filepath.Join(a.root, "sub")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sub, "f"), []byte("sub"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(second, "g"), []byte("second"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustSymlink(t, "sub", filepath.Join(a.root, "rel"))                          // relative, same root
+	mustSymlink(t, sub, filepath.Join(a.root, "abs"))                            // absolute, same root
+	mustSymlink(t, second, filepath.Join(a.root, "other"))                       // absolute, another root
+	mustSymlink(t, filepath.Join(a.root, "rel"), filepath.Join(a.root, "chain")) // link to a link
+
+	for _, p := range []string{"rel/f", "abs/f", "chain/f"} {
+		if b, err := a.c.ReadFileBytes(ctx, filepath.Join(a.root, p)); err != nil || string(b) != "sub" {
+			t.Errorf("read %s: %q %v", p, b, err)
+		}
+	}
+	if b, err := a.c.ReadFileBytes(ctx, filepath.Join(a.root, "other", "g")); err != nil || string(b) != "second" {
+		t.Errorf("read through a link to another root: %q %v", b, err)
+	}
+	if _, err := a.c.WriteFile(ctx, filepath.Join(a.root, "rel", "new"), strings.NewReader("n"), agent.WriteFileOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(sub, "new")); err != nil || string(b) != "n" {
+		t.Errorf("write through a link: %q %v", b, err)
+	}
+	if _, err := a.c.WriteFile(ctx, filepath.Join(a.root, "other", "h"), strings.NewReader("h"), agent.WriteFileOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(second, "h")); err != nil {
+		t.Errorf("write through a link to another root: %v", err)
+	}
+	l, err := a.c.List(ctx, filepath.Join(a.root, "chain"))
+	if err != nil || l.Path != sub || len(l.Entries) != 2 {
+		t.Fatalf("list through a chain: %+v %v", l, err)
+	}
+	st, err := a.c.Stat(ctx, filepath.Join(a.root, "rel"))
+	if err != nil || st.Type != agent.FileTypeSymlink || st.LinkTarget != "sub" {
+		t.Fatalf("stat of a link: %+v %v", st, err)
+	}
+	l, err = a.c.List(ctx, a.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range l.Entries {
+		if e.Name == "abs" && (e.Type != agent.FileTypeSymlink || e.LinkTarget != sub) {
+			t.Errorf("listed link %+v", e)
+		}
+	}
+	if err := a.c.Remove(ctx, filepath.Join(a.root, "chain"), true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(a.root, "rel")); err != nil {
+		t.Errorf("removing a link removed what it points to: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(sub, "f")); err != nil {
+		t.Errorf("removing a link removed what it points to: %v", err)
+	}
+}
+
 func mustSymlink(t *testing.T, target, link string) {
 	t.Helper()
 	if err := os.Symlink(target, link); err != nil {

@@ -26,9 +26,10 @@ func BenchmarkInstallThroughCache(b *testing.B) {
 	app := registrytest.VerdaccioDir(b)
 	nsName, nsPath := registrytest.Netns(b)
 	up := registrytest.StartUplink(b, nsPath)
-	dir := b.TempDir()
+	user := registrytest.UserName(b)
+	dir := registrytest.Dir(b)
 	s, err := NewSupervisor(Options{
-		AppDir: app, Version: registrytest.Version, StateDir: dir,
+		AppDir: app, Version: registrytest.Version, StateDir: dir, User: user,
 		Listen: netip.MustParseAddrPort("127.0.0.1:4873"), Uplink: up.URL, NetnsPath: nsPath,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

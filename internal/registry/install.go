@@ -6,12 +6,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"atelier/internal/config"
@@ -85,7 +88,37 @@ func Install(ctx context.Context, dir, version string) error {
 	if !Installed(dir, version) {
 		return fmt.Errorf("install verdaccio %s in %s: npm install succeeded but node_modules/verdaccio is not that version", version, dir)
 	}
+	// Verdaccio runs as its own user: under a tight umask npm left the code
+	// readable by root only.
+	if err := readableByAll(dir); err != nil {
+		return fmt.Errorf("install verdaccio %s in %s: %w", version, dir, err)
+	}
 	return nil
+}
+
+// readableByAll is chmod -R a+rX on dir (nothing in it is secret: it is
+// Verdaccio's published code). Symlinks are left alone.
+func readableByAll(dir string) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		m := fi.Mode().Perm() | 0o444
+		if d.IsDir() || m&0o100 != 0 {
+			m |= 0o111
+		}
+		if m == fi.Mode().Perm() {
+			return nil
+		}
+		return os.Chmod(p, m)
+	})
 }
 
 // HostRegistry is the npm registry configured on the host (`npm config get
@@ -103,6 +136,26 @@ func HostRegistry(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("find the host's npm registry: npm config get registry: %w", err)
 	}
 	return normalizeUplink(strings.TrimSpace(string(out)))
+}
+
+// hostCAFile is the CA bundle the host's npm is configured with (`npm
+// config get cafile`), "" when none.
+func hostCAFile(ctx context.Context) string {
+	npm, err := exec.LookPath("npm")
+	if err != nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, npm, "config", "get", "cafile").Output()
+	if err != nil {
+		return ""
+	}
+	v := strings.TrimSpace(string(out))
+	if v == "null" || v == "undefined" || !filepath.IsAbs(v) {
+		return ""
+	}
+	return v
 }
 
 // normalizeUplink checks an uplink URL and gives it a trailing slash, the
@@ -160,8 +213,10 @@ func tail(s string, n int) string {
 }
 
 // OptionsFromConfig are the production supervisor's options: Verdaccio
-// installed in {dataDir}/registry/app, its state in {dataDir}/registry,
-// listening on the bridge address at advanced.server.verdaccio.port.
+// installed in {advanced.server.verdaccio.dir}/app, its state in that dir
+// (outside the manager's private data dir), run as
+// advanced.server.verdaccio.user, listening on the bridge address at
+// advanced.server.verdaccio.port.
 func OptionsFromConfig(cfg *config.Config) (Options, error) {
 	ip, err := netip.ParseAddr(cfg.Network.BridgeIP)
 	if err != nil {
@@ -172,12 +227,49 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 		return Options{}, fmt.Errorf("registry options: advanced.server.verdaccio.port %d: want 1..65535", v.Port)
 	}
 	return Options{
-		AppDir:   AppDir(cfg.Server.DataDir),
-		Version:  v.Version,
-		StateDir: filepath.Join(cfg.Server.DataDir, "registry"),
-		Listen:   netip.AddrPortFrom(ip, uint16(v.Port)),
+		AppDir:         AppDir(v.Dir),
+		Version:        v.Version,
+		StateDir:       v.Dir,
+		User:           v.User,
+		FormerStateDir: LegacyDir(cfg.Server.DataDir),
+		Listen:         netip.AddrPortFrom(ip, uint16(v.Port)),
 	}, nil
 }
 
-// AppDir is where Verdaccio is installed under a data dir.
-func AppDir(dataDir string) string { return filepath.Join(dataDir, "registry", "app") }
+// AppDir is where Verdaccio is installed under the registry dir
+// (advanced.server.verdaccio.dir).
+func AppDir(registryDir string) string { return filepath.Join(registryDir, "app") }
+
+// LegacyDir is where Atelier kept the registry before it ran Verdaccio as
+// its own user: inside the data dir, which that user must not enter.
+func LegacyDir(dataDir string) string { return filepath.Join(dataDir, "registry") }
+
+// MigrateLegacyDir moves {dataDir}/registry (install, config, cached
+// packages) to the registry dir when the latter does not exist yet. It is
+// a rename, so both must be on one filesystem; otherwise the old dir is
+// left, with a warning: the cache starts empty and Verdaccio must be
+// installed again (`atelier registry install`).
+func MigrateLegacyDir(cfg *config.Config, log *slog.Logger) error {
+	from, to := LegacyDir(cfg.Server.DataDir), cfg.Advanced.Server.Verdaccio.Dir
+	if _, err := os.Lstat(from); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if _, err := os.Lstat(to); err == nil {
+		log.Warn("an npm cache from an older Atelier is left in the data dir and no longer used; remove it", "path", from, "registry_dir", to)
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		return fmt.Errorf("move the npm cache out of the data dir: %w", err)
+	}
+	err := os.Rename(from, to)
+	if errors.Is(err, syscall.EXDEV) {
+		log.Warn("the npm cache could not be moved out of the data dir (another filesystem); it starts empty: run `atelier registry install`, then remove the old dir",
+			"path", from, "registry_dir", to)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("move the npm cache out of the data dir: %w", err)
+	}
+	log.Info("moved the npm cache out of the data dir", "from", from, "to", to)
+	return nil
+}

@@ -23,6 +23,12 @@ import (
 // every time Verdaccio serves it (touchTarball, fed from Verdaccio's request
 // log). Eviction therefore works on noatime mounts too, where atime alone
 // would make every tarball look unused since download (weak point 37).
+//
+// Verdaccio runs as its own user and owns the storage; the manager, as
+// root, touches, measures and deletes in it. Every such access goes
+// through a handle on the storage dir (os.Root) and never follows a
+// symlink out of it, so a compromised Verdaccio cannot plant a link that
+// turns the manager's eviction or touch against files elsewhere.
 
 // Removed is what an eviction or a purge deleted.
 type Removed struct {
@@ -46,7 +52,54 @@ func touchTarball(storage, urlPath string, now time.Time) bool {
 	if !ok {
 		return false
 	}
-	return os.Chtimes(p, now, now) == nil
+	rel, err := filepath.Rel(storage, p)
+	if err != nil {
+		return false
+	}
+	root, err := os.OpenRoot(storage)
+	if err != nil {
+		return false
+	}
+	defer root.Close()
+	// A regular file only: Chtimes would follow a symlink (within the root).
+	if fi, err := root.Lstat(rel); err != nil || !fi.Mode().IsRegular() {
+		return false
+	}
+	return root.Chtimes(rel, now, now) == nil
+}
+
+// openStorage opens the storage dir; nil (and no error) when it does not
+// exist yet.
+func openStorage(storage string) (*os.Root, error) {
+	root, err := os.OpenRoot(storage)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open registry storage: %w", err)
+	}
+	return root, nil
+}
+
+// readDir lists dir beneath root with each entry's own lstat (made through
+// root: os.File.ReadDir's Info would look the names up by path).
+func readDir(root *os.Root, dir string) ([]fs.FileInfo, error) {
+	f, err := root.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]fs.FileInfo, 0, len(names))
+	for _, n := range names {
+		if fi, err := root.Lstat(filepath.Join(dir, n)); err == nil {
+			out = append(out, fi)
+		}
+	}
+	return out, nil
 }
 
 func tarballPath(storage, urlPath string) (string, bool) {
@@ -88,12 +141,10 @@ func validName(name string) bool {
 	return true
 }
 
-// packageDirs lists the package directories of storage.
-func packageDirs(storage string) ([]string, error) {
-	top, err := os.ReadDir(storage)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+// packageDirs lists the package directories beneath the storage root,
+// relative to it. Symlinks are not directories here.
+func packageDirs(root *os.Root) ([]string, error) {
+	top, err := readDir(root, ".")
 	if err != nil {
 		return nil, fmt.Errorf("read registry storage: %w", err)
 	}
@@ -102,18 +153,17 @@ func packageDirs(storage string) ([]string, error) {
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
-		dir := filepath.Join(storage, e.Name())
 		if !strings.HasPrefix(e.Name(), "@") {
-			out = append(out, dir)
+			out = append(out, e.Name())
 			continue
 		}
-		subs, err := os.ReadDir(dir)
+		subs, err := readDir(root, e.Name())
 		if err != nil {
 			return nil, fmt.Errorf("read registry storage: %w", err)
 		}
 		for _, s := range subs {
 			if s.IsDir() && !strings.HasPrefix(s.Name(), ".") {
-				out = append(out, filepath.Join(dir, s.Name()))
+				out = append(out, filepath.Join(e.Name(), s.Name()))
 			}
 		}
 	}
@@ -124,23 +174,28 @@ func packageDirs(storage string) ([]string, error) {
 // the storage uses.
 func usage(storage string) (Usage, error) {
 	var u Usage
-	dirs, err := packageDirs(storage)
+	root, err := openStorage(storage)
+	if root == nil {
+		return u, err
+	}
+	defer root.Close()
+	dirs, err := packageDirs(root)
 	if err != nil {
 		return u, err
 	}
 	for _, d := range dirs {
-		if _, err := os.Stat(filepath.Join(d, "package.json")); err == nil {
+		if fi, err := root.Lstat(filepath.Join(d, "package.json")); err == nil && fi.Mode().IsRegular() {
 			u.Packages++
 		}
 	}
-	err = filepath.WalkDir(storage, func(p string, d fs.DirEntry, err error) error {
+	err = fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil
 			}
 			return err
 		}
-		if fi, err := d.Info(); err == nil {
+		if fi, err := root.Lstat(p); err == nil {
 			u.Bytes += diskBytes(fi)
 		}
 		return nil
@@ -183,13 +238,18 @@ func purge(storage string) (Removed, error) {
 
 func sweep(storage string, old func(fs.FileInfo) bool) (Removed, error) {
 	var r Removed
-	dirs, err := packageDirs(storage)
+	root, err := openStorage(storage)
+	if root == nil {
+		return r, err
+	}
+	defer root.Close()
+	dirs, err := packageDirs(root)
 	if err != nil {
 		return r, err
 	}
 	var errs []error
 	for _, d := range dirs {
-		ents, err := os.ReadDir(d)
+		ents, err := readDir(root, d)
 		if err != nil {
 			if !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
@@ -197,19 +257,15 @@ func sweep(storage string, old func(fs.FileInfo) bool) (Removed, error) {
 			continue
 		}
 		left := 0
-		for _, e := range ents {
-			if e.IsDir() || !strings.HasSuffix(e.Name(), ".tgz") {
+		for _, fi := range ents {
+			if !fi.Mode().IsRegular() || !strings.HasSuffix(fi.Name(), ".tgz") {
 				continue
-			}
-			fi, err := e.Info()
-			if err != nil {
-				continue // gone meanwhile
 			}
 			if !old(fi) {
 				left++
 				continue
 			}
-			if err := os.Remove(filepath.Join(d, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := root.Remove(filepath.Join(d, fi.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
 				left++
 				continue
@@ -220,18 +276,18 @@ func sweep(storage string, old func(fs.FileInfo) bool) (Removed, error) {
 		if left > 0 {
 			continue
 		}
-		meta, err := os.Stat(filepath.Join(d, "package.json"))
+		meta, err := root.Lstat(filepath.Join(d, "package.json"))
 		if err == nil && !old(meta) {
 			continue
 		}
-		if err := os.RemoveAll(d); err != nil {
+		if err := root.RemoveAll(d); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		r.Packages++
 		// An @scope directory goes with its last package.
-		if parent := filepath.Dir(d); parent != storage {
-			_ = os.Remove(parent) // fails, harmlessly, while it is not empty
+		if parent := filepath.Dir(d); parent != "." {
+			_ = root.Remove(parent) // fails, harmlessly, while it is not empty
 		}
 	}
 	if len(errs) > 0 {

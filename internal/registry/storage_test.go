@@ -170,7 +170,7 @@ func TestUsageOfMissingStorage(t *testing.T) {
 // capture path: a served tarball becomes recently used.
 func TestCaptureRecordsDownloads(t *testing.T) {
 	dir := t.TempDir()
-	s, err := NewSupervisor(Options{AppDir: dir, StateDir: dir, Listen: netip.MustParseAddrPort("127.0.0.1:4873")})
+	s, err := NewSupervisor(Options{AppDir: dir, StateDir: dir, User: "atlreg-unused", Listen: netip.MustParseAddrPort("127.0.0.1:4873")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,5 +229,65 @@ func TestRotatingLog(t *testing.T) {
 	prev, err2 := os.Stat(p + ".1")
 	if err1 != nil || err2 != nil || cur.Size() > 100 || prev.Size() > 100 {
 		t.Fatalf("current %v %v, previous %v %v", cur, err1, prev, err2)
+	}
+}
+
+// TestStorageLinksNotFollowed: Verdaccio, running as its own user, owns
+// the storage and could plant symlinks in it to aim the manager's (root's)
+// touch, eviction and purge at files elsewhere. None is followed out.
+func TestStorageLinksNotFollowed(t *testing.T) {
+	day := 24 * time.Hour
+	now := time.Now()
+	old := now.Add(-30 * day)
+	outside := storageTree(t, now, map[string]time.Duration{
+		"victim/package.json":      30 * day,
+		"victim/victim-1.0.0.tgz":  30 * day,
+		"secret/secret-1.0.0.tgz":  30 * day,
+		"scoped/pkg/package.json":  30 * day,
+		"scoped/pkg/pkg-1.0.0.tgz": 30 * day,
+		"scoped/pkg/pkg-2.0.0.tgz": 30 * day,
+		"linked/linked-1.0.0.tgz":  30 * day,
+		"linked/linked-2.0.0.tgz":  30 * day,
+		"linked/package.json":      30 * day,
+	})
+	storage := storageTree(t, now, map[string]time.Duration{
+		"real/package.json":     30 * day,
+		"real/real-1.0.0.tgz":   30 * day,
+		"inner/package.json":    30 * day,
+		"inner/inner-1.0.0.tgz": 30 * day,
+	})
+	before := listTree(t, outside)
+	link := func(target, name string) {
+		t.Helper()
+		if err := os.Symlink(target, filepath.Join(storage, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link(filepath.Join(outside, "victim"), "victim")                                     // a package dir
+	link(filepath.Join(outside, "scoped"), "@scoped")                                    // a scope dir
+	link(filepath.Join(outside, "secret", "secret-1.0.0.tgz"), "inner/secret-1.0.0.tgz") // a tarball
+	link("../../"+filepath.Base(outside)+"/linked", "linked")                            // relative, out
+
+	for _, u := range []string{"/victim/-/victim-1.0.0.tgz", "/inner/-/secret-1.0.0.tgz", "/@scoped/pkg/-/pkg-1.0.0.tgz", "/linked/-/linked-1.0.0.tgz"} {
+		if touchTarball(storage, u, now) {
+			t.Errorf("touch %s went through a symlink", u)
+		}
+	}
+	for _, f := range before {
+		if fi, err := os.Stat(filepath.Join(outside, f)); err != nil || fi.ModTime().After(old.Add(time.Minute)) {
+			t.Errorf("outside file %s touched: %v %v", f, fi.ModTime(), err)
+		}
+	}
+	if _, err := evict(storage, now.Add(-14*day)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := purge(storage); err != nil {
+		t.Fatal(err)
+	}
+	if got := listTree(t, outside); !slices.Equal(got, before) {
+		t.Errorf("outside the storage, eviction and purge left\n%v\nof\n%v", got, before)
+	}
+	if _, err := os.Stat(filepath.Join(storage, "real")); !errors.Is(err, fs.ErrNotExist) {
+		t.Error("purge left a real package")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -22,6 +23,9 @@ import (
 	"time"
 )
 
+// capNetBindService is CAP_NET_BIND_SERVICE (linux/capability.h).
+const capNetBindService = 10
+
 // ErrUnavailable wraps every reason the registry cannot run (not installed,
 // no node, never became ready); the API answers 503 with the detail.
 var ErrUnavailable = errors.New("npm registry unavailable")
@@ -33,8 +37,16 @@ type Options struct {
 	// Version is the Verdaccio version AppDir must hold ("" skips the check).
 	Version string
 	// StateDir holds config.yaml, storage/, htpasswd, verdaccio.log and
-	// verdaccio.pid: {dataDir}/registry in production.
+	// verdaccio.pid: advanced.server.verdaccio.dir in production, outside
+	// the manager's private data dir.
 	StateDir string
+	// User is the system account Verdaccio runs as when the manager is
+	// root, created when missing (EnsureUser). It is required then:
+	// Verdaccio never runs as root.
+	User string
+	// FormerStateDir is where an older Atelier kept the state
+	// ({dataDir}/registry); a Verdaccio it left running is reaped too.
+	FormerStateDir string
 	// Listen is the bridge address and port. An unspecified address
 	// (0.0.0.0) is refused: the cache must not face the internet.
 	Listen netip.AddrPort
@@ -122,6 +134,9 @@ func NewSupervisor(opts Options) (*Supervisor, error) {
 	if len(opts.Command) == 0 && (opts.AppDir == "" || !filepath.IsAbs(opts.AppDir)) {
 		return nil, fmt.Errorf("registry: install dir %q: want an absolute path", opts.AppDir)
 	}
+	if os.Geteuid() == 0 && (opts.User == "" || opts.User == "root") {
+		return nil, fmt.Errorf("registry: user %q: refusing to run verdaccio as root; name an unprivileged system user (advanced.server.verdaccio.user)", opts.User)
+	}
 	s := &Supervisor{opts: opts, log: opts.Log.With("component", "registry")}
 	// No Proxy: probes go straight to the registry and the uplink, as
 	// Verdaccio's own requests do.
@@ -191,17 +206,13 @@ func (s *Supervisor) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, d := range []string{s.opts.StateDir, s.StorageDir(), filepath.Join(s.opts.StateDir, "plugins")} {
-		if err := os.MkdirAll(d, 0o750); err != nil {
-			return fmt.Errorf("registry: create %s: %w", d, err)
-		}
-	}
-	cfg, err := verdaccioConfig(s.opts.StateDir, uplink)
+	acct, err := s.account(ctx)
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(s.configPath(), cfg, 0o640); err != nil {
-		return fmt.Errorf("registry: write config: %w", err)
+	env, err := s.prepare(ctx, acct, uplink)
+	if err != nil {
+		return err
 	}
 	s.reapLeftover()
 	s.tailMu.Lock()
@@ -215,7 +226,7 @@ func (s *Supervisor) Start(ctx context.Context) error {
 	s.running.Store(true)
 	go func() {
 		defer close(done)
-		s.loop(runCtx, argv, ready)
+		s.loop(runCtx, argv, env, acct, ready)
 	}()
 
 	t := time.NewTimer(s.opts.ReadyTimeout)
@@ -304,13 +315,148 @@ func (s *Supervisor) argv() ([]string, error) {
 	return []string{node, binPath(s.opts.AppDir)}, nil
 }
 
+// account is the user Verdaccio runs as: nil when the manager is not root
+// (it cannot switch users, and runs it as itself).
+func (s *Supervisor) account(ctx context.Context) (*Account, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	a, err := EnsureUser(ctx, s.opts.User)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	return &a, nil
+}
+
+// prepare lays out the state dir for a Verdaccio running as acct, writes
+// its config and returns its environment. Verdaccio may write only its
+// storage; it reads the install, the config and the uplink's CA through
+// its group; the log and the pid file are the manager's alone:
+//
+//	StateDir/            root:acct 0750
+//	  app/               root, as installed (world-readable code)
+//	  config.yaml        root:acct 0640
+//	  uplink-ca.pem      root:acct 0640
+//	  plugins/           root:acct 0750
+//	  storage/           acct:acct 0750, everything below acct's
+//	  verdaccio.log, verdaccio.pid   root 0600
+//
+// Modes are set explicitly, so neither the umask nor an older layout
+// leaves them wider.
+func (s *Supervisor) prepare(ctx context.Context, acct *Account, uplink string) ([]string, error) {
+	gid := -1
+	if acct != nil {
+		gid = int(acct.GID)
+	}
+	for _, d := range []string{s.opts.StateDir, filepath.Join(s.opts.StateDir, "plugins"), s.StorageDir()} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("registry: create %s: %w", d, err)
+		}
+		if acct != nil && d != s.StorageDir() {
+			if err := os.Chown(d, 0, gid); err != nil {
+				return nil, fmt.Errorf("registry: chown %s: %w", d, err)
+			}
+		}
+		if err := os.Chmod(d, 0o750); err != nil {
+			return nil, fmt.Errorf("registry: chmod %s: %w", d, err)
+		}
+	}
+	if acct != nil {
+		// The storage is Verdaccio's, including what a root-run one (an
+		// older Atelier) filled.
+		if err := chownTree(s.StorageDir(), acct.UID, acct.GID); err != nil {
+			return nil, fmt.Errorf("registry: give %s to %s: %w", s.StorageDir(), acct.Name, err)
+		}
+		for _, d := range []string{s.opts.StateDir, s.opts.AppDir} {
+			if d == "" {
+				continue
+			}
+			if err := reachable(d, *acct); err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+		}
+	}
+	// Files only the manager reads, from a layout where they were wider.
+	for _, f := range []string{s.LogPath(), s.LogPath() + ".1", s.pidPath()} {
+		if err := os.Chmod(f, 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("registry: chmod %s: %w", f, err)
+		}
+	}
+	cfg, err := verdaccioConfig(s.opts.StateDir, uplink)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(s.configPath(), cfg, 0o640, gid); err != nil {
+		return nil, fmt.Errorf("registry: write config: %w", err)
+	}
+	ca, err := s.uplinkCA(ctx, uplink, gid)
+	if err != nil {
+		return nil, err
+	}
+	return verdaccioEnv(s.opts.StateDir, ca), nil
+}
+
+// uplinkCA gives Verdaccio the CA bundle the manager's node and npm trust
+// for an https uplink (NODE_EXTRA_CA_CERTS, else npm's cafile): hosts that
+// reach the registry through a TLS-intercepting proxy trust its CA that
+// way, and Verdaccio no longer inherits the manager's environment. The
+// bundle is copied into the state dir, so it need not be readable by the
+// registry's user where it lies. "" when there is none.
+func (s *Supervisor) uplinkCA(ctx context.Context, uplink string, gid int) (string, error) {
+	if !strings.HasPrefix(uplink, "https:") {
+		return "", nil
+	}
+	src := os.Getenv("NODE_EXTRA_CA_CERTS")
+	if src == "" {
+		src = hostCAFile(ctx)
+	}
+	dst := filepath.Join(s.opts.StateDir, "uplink-ca.pem")
+	if src == "" {
+		_ = os.Remove(dst)
+		return "", nil
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		s.log.Warn("cannot read the uplink's CA bundle; verdaccio trusts node's built-in CAs only", "path", src, "err", err)
+		_ = os.Remove(dst)
+		return "", nil
+	}
+	if err := writeFileAtomic(dst, b, 0o640, gid); err != nil {
+		return "", fmt.Errorf("registry: copy the uplink's CA bundle: %w", err)
+	}
+	return dst, nil
+}
+
+// passEnv are the manager's variables Verdaccio still gets: how to reach
+// the uplink (Verdaccio reads the proxy variables itself) and the zone.
+var passEnv = []string{"http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "TZ"}
+
+// verdaccioEnv is Verdaccio's whole environment: none of the manager's
+// secrets (ATELIER_*, credentials, tokens) reach it.
+func verdaccioEnv(stateDir, caFile string) []string {
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = "/usr/local/bin:/usr/bin:/bin"
+	}
+	env := []string{"PATH=" + path, "HOME=" + stateDir, "NODE_ENV=production"}
+	if caFile != "" {
+		env = append(env, "NODE_EXTRA_CA_CERTS="+caFile)
+	}
+	for _, k := range passEnv {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
 // loop keeps one Verdaccio running until ctx ends.
-func (s *Supervisor) loop(ctx context.Context, argv []string, ready chan struct{}) {
+func (s *Supervisor) loop(ctx context.Context, argv, env []string, acct *Account, ready chan struct{}) {
 	var readyOnce sync.Once
 	backoff := s.opts.MinBackoff
 	for {
 		started := time.Now()
-		err := s.runOnce(ctx, argv, func() { readyOnce.Do(func() { close(ready) }) })
+		err := s.runOnce(ctx, argv, env, acct, func() { readyOnce.Do(func() { close(ready) }) })
 		if ctx.Err() != nil {
 			return
 		}
@@ -331,13 +477,21 @@ func (s *Supervisor) loop(ctx context.Context, argv []string, ready chan struct{
 
 // runOnce starts one Verdaccio process, waits for it to end (or kills its
 // group when ctx ends) and returns why it ended.
-func (s *Supervisor) runOnce(ctx context.Context, argv []string, onReady func()) error {
+func (s *Supervisor) runOnce(ctx context.Context, argv, env []string, acct *Account, onReady func()) error {
 	args := append(append([]string(nil), argv...), "--config", s.configPath(), "--listen", s.opts.Listen.String())
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Dir = s.opts.StateDir
 	// Its own process group: Stop takes out anything it spawned too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Env = append(os.Environ(), "NODE_ENV=production")
+	if acct != nil {
+		// No supplementary groups: root's would otherwise stay.
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: acct.UID, Gid: acct.GID, Groups: []uint32{}}
+		if s.opts.Listen.Port() < 1024 {
+			// The one privilege a low port needs, and nothing else.
+			cmd.SysProcAttr.AmbientCaps = []uintptr{capNetBindService}
+		}
+	}
+	cmd.Env = env
 	r, w, err := os.Pipe()
 	if err != nil {
 		return fmt.Errorf("create output pipe: %w", err)
@@ -353,7 +507,7 @@ func (s *Supervisor) runOnce(ctx context.Context, argv []string, onReady func())
 	pid := cmd.Process.Pid
 	s.pid.Store(int64(pid))
 	s.starts.Add(1)
-	_ = writeFileAtomic(s.pidPath(), []byte(strconv.Itoa(pid)+"\n"), 0o644)
+	_ = writeFileAtomic(s.pidPath(), []byte(strconv.Itoa(pid)+"\n"), 0o600, -1)
 	s.log.Info("verdaccio started", "pid", pid, "listen", s.opts.Listen.String())
 
 	outDone := make(chan struct{})
@@ -428,7 +582,11 @@ func (s *Supervisor) reapLeftover() {
 		return
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !strings.Contains(string(cmdline), s.configPath()) {
+	ours := err == nil && strings.Contains(string(cmdline), s.configPath())
+	if s.opts.FormerStateDir != "" && err == nil {
+		ours = ours || strings.Contains(string(cmdline), filepath.Join(s.opts.FormerStateDir, "config.yaml"))
+	}
+	if !ours {
 		_ = os.Remove(s.pidPath())
 		return
 	}
@@ -528,7 +686,7 @@ func (l *rotatingLog) Write(p []byte) {
 		_ = os.Rename(l.path, l.path+".1")
 	}
 	if l.f == nil {
-		f, err := os.OpenFile(l.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		f, err := os.OpenFile(l.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
 			return
 		}
@@ -549,7 +707,9 @@ func (l *rotatingLog) Close() {
 	}
 }
 
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+// writeFileAtomic replaces path with data, mode (and group gid unless -1)
+// set on the temp file before it takes the name.
+func writeFileAtomic(path string, data []byte, mode os.FileMode, gid int) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
@@ -562,6 +722,12 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := tmp.Chmod(mode); err != nil {
 		tmp.Close()
 		return err
+	}
+	if gid >= 0 {
+		if err := tmp.Chown(-1, gid); err != nil {
+			tmp.Close()
+			return err
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return err

@@ -195,6 +195,7 @@ func newFixture(t testing.TB) *fixture {
 	// The edge starts with every manager; loopback ports of its own.
 	cfg.Domain.HTTPPort, cfg.Domain.HTTPSPort = freePort(t), freePort(t)
 	cfg.Server.DataDir = filepath.Join(f.dir, "data")
+	cfg.Advanced.Server.Verdaccio.Dir = filepath.Join(f.dir, "registry")
 	cfg.Server.SocketPath = filepath.Join(f.dir, "atelier.sock")
 	cfg.Sandbox.Runtime = "container"
 	cfg.Sandbox.StateDir = filepath.Join(f.dir, "s")

@@ -17,6 +17,9 @@ import (
 func newRegistry(ctx context.Context, cfg *config.Config, opts Options, st *store.Store, sbx *sandbox.Service, drv sandbox.Drivers, log *slog.Logger) (*registry.Service, error) {
 	so := registry.ServiceOptions{Store: st, Log: log}
 	if cfg.Server.Mode != config.ModeMock {
+		if err := registry.MigrateLegacyDir(cfg, log); err != nil {
+			return nil, err
+		}
 		ro, err := registry.OptionsFromConfig(cfg)
 		if err != nil {
 			return nil, err

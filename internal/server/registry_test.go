@@ -45,13 +45,20 @@ type registryStatus struct {
 // from a second sandbox with the uplink gone, check the isolation, disable.
 func TestRegistryEndToEnd(t *testing.T) {
 	app := registrytest.VerdaccioDir(t)
+	user := registrytest.UserName(t)
 	f := newFixture(t)
+	// The registry dir is the fixture's; Verdaccio's user must reach it.
+	if err := os.Chmod(f.dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	hostNS := "/var/run/netns/" + f.prefix + "host"
 	up := registrytest.StartUplink(t, hostNS)
+	// What a compromised Verdaccio would look for in its environment.
+	t.Setenv("ATELIER_JWT_SECRET", f.cfg.Auth.JWTSecret)
 	_, stop := f.startWithRegistry(t, func(o *registry.Options) {
-		o.AppDir, o.NetnsPath, o.Uplink = app, hostNS, up.URL
+		o.AppDir, o.NetnsPath, o.Uplink, o.User = app, hostNS, up.URL, user
 	})
-	storage := filepath.Join(f.cfg.Server.DataDir, "registry", "storage")
+	storage := filepath.Join(f.cfg.Advanced.Server.Verdaccio.Dir, "storage")
 	const url = "http://172.16.0.1:4873/"
 	ctx := context.Background()
 
@@ -123,6 +130,24 @@ func TestRegistryEndToEnd(t *testing.T) {
 		t.Fatalf("enable: %d %s", code, b)
 	}
 	checkConfigs(id1) // running at enable time
+
+	// Verdaccio runs as its own user, without the manager's secrets, and
+	// cannot enter the manager's data dir.
+	b, _ = os.ReadFile(filepath.Join(f.cfg.Advanced.Server.Verdaccio.Dir, "verdaccio.pid"))
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("verdaccio.pid: %q %v", b, err)
+	}
+	procStatus, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if uid := procField(string(procStatus), "Uid"); uid == "" || strings.HasPrefix(uid, "0\t") {
+		t.Errorf("verdaccio runs with Uid %q, want its own user", uid)
+	}
+	if env, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ"); len(env) == 0 || strings.Contains(string(env), f.cfg.Auth.JWTSecret) {
+		t.Errorf("verdaccio's environment is unreadable or holds the manager's JWT secret")
+	}
+	if fi, err := os.Stat(f.cfg.Server.DataDir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("data dir %v %v, want 0700", fi.Mode(), err)
+	}
 
 	// Through the cache, from the first sandbox.
 	prefix := npmInstall(id1, "is-number")
@@ -223,8 +248,8 @@ func TestRegistryEndToEnd(t *testing.T) {
 	if code, b := f.call(t, "POST", "/api/registry/enable", ""); code != 200 {
 		t.Fatalf("re-enable: %d %s", code, b)
 	}
-	pidb, err := os.ReadFile(filepath.Join(f.cfg.Server.DataDir, "registry", "verdaccio.pid"))
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(pidb)))
+	pidb, err := os.ReadFile(filepath.Join(f.cfg.Advanced.Server.Verdaccio.Dir, "verdaccio.pid"))
+	pid, _ = strconv.Atoi(strings.TrimSpace(string(pidb)))
 	if err != nil || pid <= 0 {
 		t.Fatalf("verdaccio pid file: %q %v", pidb, err)
 	}
@@ -252,7 +277,7 @@ func TestRegistryEndToEnd(t *testing.T) {
 
 	// A new manager starts the enabled cache by itself.
 	_, stop = f.startWithRegistry(t, func(o *registry.Options) {
-		o.AppDir, o.NetnsPath, o.Uplink = app, hostNS, up.URL
+		o.AppDir, o.NetnsPath, o.Uplink, o.User = app, hostNS, up.URL, user
 	})
 	for i := 0; !status().Online; i++ {
 		if i > 250 {
@@ -260,7 +285,7 @@ func TestRegistryEndToEnd(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	pidb, _ = os.ReadFile(filepath.Join(f.cfg.Server.DataDir, "registry", "verdaccio.pid"))
+	pidb, _ = os.ReadFile(filepath.Join(f.cfg.Advanced.Server.Verdaccio.Dir, "verdaccio.pid"))
 	pid2, _ := strconv.Atoi(strings.TrimSpace(string(pidb)))
 	if pid2 <= 0 || pid2 == pid {
 		t.Fatalf("verdaccio pid after restart: %q", pidb)
@@ -268,4 +293,14 @@ func TestRegistryEndToEnd(t *testing.T) {
 	stop()
 	waitGone(pid2)
 	f.assertNoLeaks(t)
+}
+
+// procField is one field of a /proc/<pid>/status text.
+func procField(status, key string) string {
+	for _, l := range strings.Split(status, "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }

@@ -131,7 +131,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		}
 		drv, inv = &d, &i
 	}
-	st, err := store.Open(ctx, cfg.Server.DataDir)
+	st, err := store.Open(ctx, cfg.Server.DataDir, store.WithLogger(log))
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}

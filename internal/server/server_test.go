@@ -39,6 +39,7 @@ func productionConfig(t *testing.T) *config.Config {
 	// The edge starts with every manager; loopback ports of its own.
 	cfg.Domain.HTTPPort, cfg.Domain.HTTPSPort = freePort(t), freePort(t)
 	cfg.Server.DataDir = dir
+	cfg.Advanced.Server.Verdaccio.Dir = dir + "-registry"
 	cfg.Server.SocketPath = filepath.Join(dir, "run", "atelier.sock")
 	cfg.Sandbox.StateDir = filepath.Join(dir, "state")
 	cfg.Domain.BaseDomain = "atelier.test"

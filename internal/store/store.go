@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -37,19 +38,43 @@ type Store struct {
 	now func() time.Time
 }
 
+// Option adjusts Open.
+type Option func(*openOptions)
+
+type openOptions struct{ log *slog.Logger }
+
+// WithLogger sends Open's log lines (permissions it tightened) to log
+// instead of slog.Default().
+func WithLogger(log *slog.Logger) Option { return func(o *openOptions) { o.log = log } }
+
 // Open creates dataDir if needed, opens {dataDir}/atelier.db and applies
 // pending migrations. A database written by a newer binary is refused.
-func Open(ctx context.Context, dataDir string) (*Store, error) {
+//
+// The data dir holds sessions, PKCE verifiers, token hashes and keys, so
+// it is made 0700 and the database 0600 whatever created them and whatever
+// the umask: see SecureDataDir.
+func Open(ctx context.Context, dataDir string, opts ...Option) (*Store, error) {
+	o := openOptions{log: slog.Default()}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if dataDir == "" {
 		return nil, errors.New("open store: empty data directory")
 	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("open store: create data directory: %w", err)
+	if err := SecureDataDir(dataDir, o.log); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
 	}
 	path, err := filepath.Abs(filepath.Join(dataDir, DBFile))
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	// Created here, 0600, rather than by SQLite (0644 less the umask); SQLite
+	// gives the -wal and -shm files the database file's mode.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open store: create %s: %w", path, err)
+	}
+	f.Close()
 
 	w, err := openDB(ctx, dsn(path, true))
 	if err != nil {
@@ -75,6 +100,74 @@ func Open(ctx context.Context, dataDir string) (*Store, error) {
 	r.SetMaxIdleConns(n)
 
 	return &Store{w: w, r: r, now: time.Now}, nil
+}
+
+// SecureDataDir creates dataDir (0700) or tightens it to 0700, and takes
+// the group and other bits off every file (to 0600) and directory (to
+// 0700) directly inside it: the database and its -wal and -shm, the SSH
+// host key, Caddy's storage. A manager older than this, or `atelier
+// registry install` run before the first `serve`, left them 0755 and
+// 0644. Symlinks and sockets are left alone (the socket is made 0600 when
+// it is bound). Each change is logged.
+func SecureDataDir(dataDir string, log *slog.Logger) error {
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	fi, err := os.Stat(dataDir)
+	if err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("data directory %s is not a directory", dataDir)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(dataDir, 0o700); err != nil {
+			return fmt.Errorf("restrict data directory %s to 0700: %w", dataDir, err)
+		}
+		logRestricted(log, dataDir, fi.Mode(), 0o700)
+	}
+	// Through a handle on the directory, and never following a symlink: an
+	// entry swapped meanwhile cannot redirect a chmod elsewhere.
+	root, err := os.OpenRoot(dataDir)
+	if err != nil {
+		return fmt.Errorf("open data directory: %w", err)
+	}
+	defer root.Close()
+	d, err := root.Open(".")
+	if err != nil {
+		return fmt.Errorf("read data directory: %w", err)
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return fmt.Errorf("read data directory: %w", err)
+	}
+	for _, name := range names {
+		fi, err := root.Lstat(name)
+		if err != nil || fi.Mode().Perm()&0o077 == 0 {
+			continue // gone meanwhile, or private already
+		}
+		want := os.FileMode(0o600)
+		switch {
+		case fi.IsDir():
+			want = 0o700
+		case !fi.Mode().IsRegular():
+			continue
+		}
+		if err := root.Chmod(name, want); err != nil {
+			return fmt.Errorf("restrict %s to %04o: %w", filepath.Join(dataDir, name), want, err)
+		}
+		logRestricted(log, filepath.Join(dataDir, name), fi.Mode(), want)
+	}
+	return nil
+}
+
+func logRestricted(log *slog.Logger, p string, was, now os.FileMode) {
+	log.Warn("data directory entry was open to other users; restricted", "path", p,
+		"was", fmt.Sprintf("%04o", was.Perm()), "now", fmt.Sprintf("%04o", now))
 }
 
 func openDB(ctx context.Context, dsn string) (*sql.DB, error) {

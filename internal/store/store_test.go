@@ -1,11 +1,15 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -107,5 +111,100 @@ func TestTimeLayoutSortsAsText(t *testing.T) {
 	}
 	if !got.Equal(odd) || got.Location() != time.UTC {
 		t.Fatalf("round trip of %v = %v", odd, got)
+	}
+}
+
+// TestOpenRestrictsDataDir reproduces the install that ran before the
+// first serve: the data dir 0755 and a database (with its -wal and -shm)
+// 0644, readable by every local user. Open, under umask 0, leaves the dir
+// 0700 and every file 0600, logs what it changed, and the -wal and -shm
+// SQLite creates afterwards are 0600 too.
+func TestOpenRestrictsDataDir(t *testing.T) {
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	dir := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The database as SQLite itself creates it (0644 less the umask).
+	db, err := sql.Open("sqlite", filepath.Join(dir, DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("CREATE TABLE t (x); INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	for _, name := range []string{DBFile + "-wal", DBFile + "-shm", "ssh_host_ed25519_key"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "caddy"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Not followed: a link in the data dir to a file elsewhere.
+	elsewhere := filepath.Join(t.TempDir(), "elsewhere")
+	if err := os.WriteFile(elsewhere, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(elsewhere, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]os.FileMode{"": 0o755, DBFile: 0o644} {
+		if fi, _ := os.Stat(filepath.Join(dir, name)); fi.Mode().Perm() != want {
+			t.Fatalf("setup: %s is %04o, want %04o", name, fi.Mode().Perm(), want)
+		}
+	}
+
+	var logs bytes.Buffer
+	s, err := Open(context.Background(), dir, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.PutSetting(context.Background(), "k", "v"); err != nil { // writes the WAL
+		t.Fatal(err)
+	}
+	check := func(name string, want os.FileMode) {
+		t.Helper()
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+		} else if fi.Mode().Perm() != want {
+			t.Errorf("%s is %04o, want %04o", name, fi.Mode().Perm(), want)
+		}
+	}
+	check("", 0o700)
+	check(DBFile, 0o600)
+	check(DBFile+"-wal", 0o600)
+	check(DBFile+"-shm", 0o600)
+	check("ssh_host_ed25519_key", 0o600)
+	check("caddy", 0o700)
+	if fi, _ := os.Stat(elsewhere); fi.Mode().Perm() != 0o644 {
+		t.Errorf("the target of a symlink in the data dir was changed to %04o", fi.Mode().Perm())
+	}
+	if n := strings.Count(logs.String(), "restricted"); n != 6 {
+		t.Errorf("%d log lines about restricted entries, want 6:\n%s", n, logs.String())
+	}
+
+	// A fresh data dir under umask 0: created private.
+	fresh := filepath.Join(t.TempDir(), "fresh", "data")
+	s2, err := Open(context.Background(), fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if err := s2.PutSetting(context.Background(), "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"", DBFile, DBFile + "-wal", DBFile + "-shm"} {
+		want := os.FileMode(0o600)
+		if name == "" {
+			want = 0o700
+		}
+		if fi, err := os.Stat(filepath.Join(fresh, name)); err != nil || fi.Mode().Perm() != want {
+			t.Errorf("fresh %q: %v %v, want %04o", name, fi.Mode(), err, want)
+		}
 	}
 }

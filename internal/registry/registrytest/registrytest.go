@@ -6,17 +6,25 @@ package registrytest
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -67,6 +75,52 @@ func installed(dir string) bool {
 	return json.Unmarshal(b, &m) == nil && m.Version == Version
 }
 
+// UserName is a fresh name for the system user a test's Verdaccio runs
+// as; the supervisor creates the user (as production does) and the test's
+// cleanup deletes it, with its group, if it exists by then. Register it
+// before anything that must stop first (the supervisor's Stop): cleanups
+// run last-registered first, and userdel refuses a user with processes.
+func UserName(tb testing.TB) string {
+	tb.Helper()
+	b := make([]byte, 3)
+	rand.Read(b)
+	name := "atlreg-" + hex.EncodeToString(b)
+	tb.Cleanup(func() {
+		if _, err := user.Lookup(name); err != nil {
+			return
+		}
+		for try := 0; ; try++ {
+			out, err := exec.Command("userdel", name).CombinedOutput()
+			if err == nil {
+				return
+			}
+			// /etc/passwd locked by a concurrent useradd or userdel.
+			if try < 50 && bytes.Contains(out, []byte("lock")) {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			tb.Errorf("userdel %s: %v: %s", name, err, out)
+			return
+		}
+	})
+	return name
+}
+
+// Dir is a temporary directory that every user can reach (t.TempDir's
+// parent is private to root), for a Verdaccio running as its own user.
+func Dir(tb testing.TB) string {
+	tb.Helper()
+	d, err := os.MkdirTemp("", "atlreg")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(d) })
+	if err := os.Chmod(d, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	return d
+}
+
 // Netns creates a network namespace with loopback up and returns its name
 // and path; the test's cleanup deletes it.
 func Netns(tb testing.TB) (name, path string) {
@@ -109,6 +163,48 @@ func (u *Uplink) Close() { u.srv.Close() }
 // inside the namespace at nsPath until the test ends or Close.
 func StartUplink(tb testing.TB, nsPath string) *Uplink {
 	tb.Helper()
+	return startUplink(tb, nsPath, nil)
+}
+
+// StartUplinkTLS is StartUplink over HTTPS with a certificate of a CA of
+// its own, as a TLS-intercepting proxy presents: caFile (in a directory
+// only root can read) is that CA, which nothing trusts by default.
+func StartUplinkTLS(tb testing.TB, nsPath string) (u *Uplink, caFile string) {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "atelier test uplink CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	private, err := os.MkdirTemp("", "atlca")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(private) })
+	caFile = filepath.Join(private, "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	return startUplink(tb, nsPath, cfg), caFile
+}
+
+func startUplink(tb testing.TB, nsPath string, tlsCfg *tls.Config) *Uplink {
+	tb.Helper()
 	out, err := exec.Command("npm", "config", "get", "registry").Output()
 	if err != nil {
 		tb.Fatalf("npm config get registry: %v", err)
@@ -121,7 +217,11 @@ func StartUplink(tb testing.TB, nsPath string) *Uplink {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	u := &Uplink{URL: "http://" + ln.Addr().String() + "/"}
+	scheme := "http://"
+	if tlsCfg != nil {
+		ln, scheme = tls.NewListener(ln, tlsCfg), "https://"
+	}
+	u := &Uplink{URL: scheme + ln.Addr().String() + "/"}
 	// Metadata names tarballs by absolute URL on the real registry, which
 	// the namespace cannot reach: point them at the proxy instead.
 	from, to := []byte(strings.TrimSuffix(tu.String(), "/")+"/"), []byte(u.URL)
