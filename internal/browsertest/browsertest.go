@@ -18,14 +18,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"atelier/internal/testenv"
 )
 
 // EnvDir names the directory whose node_modules holds playwright-core.
 const EnvDir = "ATELIER_TEST_PLAYWRIGHT_DIR"
-
-// EnvStrict, set by .ci/run, turns "not installed" skips into failures, so
-// CI can never pass by skipping the browser tests.
-const EnvStrict = "ATELIER_TEST_STRICT"
 
 // DefaultDir is where .ci/run installs playwright-core.
 const DefaultDir = "/var/cache/atelier-test/playwright"
@@ -51,17 +49,13 @@ type Options struct {
 	Timeout time.Duration
 }
 
-// Require skips (or, under EnvStrict, fails) the test when the browser
+// Require skips (or, under testenv.EnvStrict, fails) the test when the browser
 // stack is missing, and returns the playwright-core directory.
 func Require(tb testing.TB) string {
 	tb.Helper()
 	missing := func(format string, a ...any) {
 		tb.Helper()
-		msg := fmt.Sprintf(format, a...)
-		if os.Getenv(EnvStrict) != "" {
-			tb.Fatalf("%s (%s is set: CI must run browser tests)", msg, EnvStrict)
-		}
-		tb.Skip(msg)
+		testenv.Missing(tb, format, a...)
 	}
 	if _, err := os.Stat(Chromium); err != nil {
 		missing("requires %s (apt-get install chromium)", Chromium)

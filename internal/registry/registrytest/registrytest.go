@@ -34,6 +34,7 @@ import (
 
 	"atelier/internal/config"
 	"atelier/internal/network"
+	"atelier/internal/testenv"
 )
 
 // EnvVerdaccio names the directory holding Verdaccio installed by
@@ -53,13 +54,13 @@ func VerdaccioDir(tb testing.TB) string {
 	}
 	dir := os.Getenv(EnvVerdaccio)
 	if dir == "" {
-		tb.Skipf("%s is not set: run .ci/run, or `atelier registry install --dir D` and export %s=D", EnvVerdaccio, EnvVerdaccio)
+		testenv.Missing(tb, "%s is not set: run .ci/run, or `atelier registry install --dir D` and export %s=D", EnvVerdaccio, EnvVerdaccio)
 	}
 	if !installed(dir) {
-		tb.Skipf("%s=%s holds no Verdaccio %s: run `atelier registry install --dir %s`", EnvVerdaccio, dir, Version, dir)
+		testenv.Missing(tb, "%s=%s holds no Verdaccio %s: run `atelier registry install --dir %s`", EnvVerdaccio, dir, Version, dir)
 	}
 	if _, err := exec.LookPath("npm"); err != nil {
-		tb.Skip("requires npm (apt-get install nodejs npm)")
+		testenv.Missing(tb, "requires npm (apt-get install nodejs npm)")
 	}
 	return dir
 }
