@@ -105,6 +105,9 @@ type Edge struct {
 	sessions sync.Map      // session id -> sessionCheck
 	// refusedCerts counts on-demand certificates refused to unknown names.
 	refusedCerts atomic.Int64
+	// refusedCrossOrigin counts writes and upgrades refused by the origin
+	// check (crossOriginWrite).
+	refusedCrossOrigin atomic.Int64
 
 	dashboard http.Handler
 	mu        sync.Mutex
@@ -291,9 +294,17 @@ func (e *Edge) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 		e.exchange(w, r, host)
 		return nil
 	}
-	if !t.public && !e.authorized(r, host) {
-		e.challenge(w, r, host)
-		return nil
+	if !t.public {
+		if why := crossOriginWrite(r, e.secure); why != "" {
+			e.refusedCrossOrigin.Add(1)
+			e.log.Debug("edge: cross-origin write refused", "sandbox_id", t.sandboxID, "host", host, "method", r.Method, "reason", why)
+			e.page(w, http.StatusForbidden, pageCrossOrigin, host)
+			return nil
+		}
+		if !e.authorized(r, host) {
+			e.challenge(w, r, host)
+			return nil
+		}
 	}
 	if !t.up {
 		e.page(w, http.StatusServiceUnavailable, pageStopped, host)
