@@ -58,6 +58,13 @@ const (
 // not answer yet before the "starting" page.
 const DefaultRetryWindow = 2 * time.Second
 
+// HSTS is the Strict-Transport-Security of every HTTPS answer: a year, the
+// common floor. Not includeSubDomains: it would reach nothing Atelier serves
+// (its hosts are one label each under the base domain), and when the
+// dashboard is the operator's apex or base domain it would force HTTPS for a
+// year on the operator's other hosts there, which Atelier knows nothing of.
+const HSTS = "max-age=31536000"
+
 // shutdownGrace is how long Stop lets requests finish.
 const shutdownGrace = 5 * time.Second
 
@@ -280,6 +287,11 @@ func (e *Edge) Stop() error {
 
 // serve is the auth handler's body, in front of reverse_proxy.
 func (e *Edge) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.TLS != nil {
+		// Every answer over HTTPS, the edge's pages and the dashboard's
+		// included; guests' own values are dropped (see caddyConfig).
+		w.Header().Set("Strict-Transport-Security", HSTS)
+	}
 	host := normalizeHost(r.Host)
 	if host == e.dashboardHost {
 		e.dashboard.ServeHTTP(w, r)
@@ -586,6 +598,9 @@ func (e *Edge) caddyConfig() ([]byte, error) {
 				"try_duration": int64(e.retryWindow),
 				"try_interval": int64(100 * time.Millisecond),
 			},
+			// HSTS is the edge's, set before proxying: a guest's own would
+			// be a second, conflicting header.
+			"headers": map[string]any{"response": map[string]any{"delete": []string{"Strict-Transport-Security"}}},
 		},
 	}
 	noAuto := map[string]any{"disable": true}
