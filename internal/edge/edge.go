@@ -16,6 +16,7 @@
 package edge
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -68,6 +69,25 @@ const HSTS = "max-age=31536000"
 // shutdownGrace is how long Stop lets requests finish.
 const shutdownGrace = 5 * time.Second
 
+// Timeouts bound how long a client may hold a connection of the edge's
+// servers without making progress (slowloris and its kin). None bounds a
+// transfer that keeps moving: long downloads, long uploads and WebSockets
+// (handed over to the proxy's tunnel once upgraded) are unaffected.
+type Timeouts struct {
+	// ReadHeader bounds the TLS handshake and the request's line and headers.
+	ReadHeader time.Duration
+	// ReadIdle bounds a pause in the arrival of a request body.
+	ReadIdle time.Duration
+	// WriteIdle bounds a pause of a client in reading an answer.
+	WriteIdle time.Duration
+	// Idle bounds a kept-alive connection waiting for its next request.
+	Idle time.Duration
+}
+
+// DefaultTimeouts are the edge's Timeouts: a browser sends its headers in
+// milliseconds, and a minute of silence mid-transfer is a dead client.
+var DefaultTimeouts = Timeouts{ReadHeader: 10 * time.Second, ReadIdle: time.Minute, WriteIdle: time.Minute, Idle: 2 * time.Minute}
+
 // Options configure an Edge.
 type Options struct {
 	Config *config.Config
@@ -81,6 +101,8 @@ type Options struct {
 	GuestHost string
 	// RetryWindow overrides DefaultRetryWindow.
 	RetryWindow time.Duration
+	// Timeouts override DefaultTimeouts field by field (tests).
+	Timeouts Timeouts
 	// Now replaces time.Now (tests).
 	Now func() time.Time
 }
@@ -104,6 +126,7 @@ type Edge struct {
 	cookieName    string
 	cookieKey     []byte
 	retryWindow   time.Duration
+	timeouts      Timeouts
 
 	table    *table
 	health   *health
@@ -165,6 +188,11 @@ func New(opts Options) (*Edge, error) {
 	}
 	if e.retryWindow <= 0 {
 		e.retryWindow = DefaultRetryWindow
+	}
+	d, o := DefaultTimeouts, opts.Timeouts
+	e.timeouts = Timeouts{
+		ReadHeader: cmp.Or(o.ReadHeader, d.ReadHeader), ReadIdle: cmp.Or(o.ReadIdle, d.ReadIdle),
+		WriteIdle: cmp.Or(o.WriteIdle, d.WriteIdle), Idle: cmp.Or(o.Idle, d.Idle),
 	}
 	switch {
 	case cfg.IsLocal():
@@ -630,7 +658,14 @@ func (e *Edge) caddyConfig() ([]byte, error) {
 		}
 	}
 	for _, srv := range servers {
-		srv.(map[string]any)["listener_wrappers"] = []any{inst(map[string]any{"wrapper": "atelier"})}
+		m := srv.(map[string]any)
+		m["listener_wrappers"] = []any{inst(map[string]any{"wrapper": "atelier"})}
+		// Stated rather than left to Caddy's defaults (a minute for headers,
+		// five for idle connections), which are looser and may change.
+		m["read_header_timeout"] = int64(e.timeouts.ReadHeader)
+		m["read_idle_timeout"] = int64(e.timeouts.ReadIdle)
+		m["write_idle_timeout"] = int64(e.timeouts.WriteIdle)
+		m["idle_timeout"] = int64(e.timeouts.Idle)
 	}
 	apps["http"] = map[string]any{
 		"http_port": e.cfg.Domain.HTTPPort, "https_port": e.cfg.Domain.HTTPSPort,
