@@ -40,6 +40,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/certmagic"
+	"golang.org/x/time/rate"
 
 	"atelier/internal/agent"
 	"atelier/internal/config"
@@ -135,6 +136,10 @@ type Edge struct {
 	sessions sync.Map      // session id -> sessionCheck
 	// refusedCerts counts on-demand certificates refused to unknown names.
 	refusedCerts atomic.Int64
+	// newCerts is domain.tls.maxNewCertsPerHour as a token bucket (nil: no
+	// limit); throttledCerts counts the issuances it deferred.
+	newCerts       *rate.Limiter
+	throttledCerts atomic.Int64
 	// refusedCrossOrigin counts writes and upgrades refused by the origin
 	// check (crossOriginWrite).
 	refusedCrossOrigin atomic.Int64
@@ -188,6 +193,10 @@ func New(opts Options) (*Edge, error) {
 	}
 	if e.retryWindow <= 0 {
 		e.retryWindow = DefaultRetryWindow
+	}
+	if n := cfg.Domain.TLS.MaxNewCertsPerHour; n > 0 {
+		// A full hour's worth at once, then one every hour/n.
+		e.newCerts = rate.NewLimiter(rate.Every(time.Hour/time.Duration(n)), n)
 	}
 	d, o := DefaultTimeouts, opts.Timeouts
 	e.timeouts = Timeouts{
@@ -461,7 +470,9 @@ func isService(r store.Route) bool { return r.Kind != store.RouteDev }
 
 // ExposeDev routes the hosts of a dev command (replacing its previous
 // ones) and returns them. Invalid names, aliases or ports are
-// *sandbox.FieldError; a host held by another command is store.ErrDuplicate.
+// *sandbox.FieldError; a host held by another command is store.ErrDuplicate;
+// more dev hosts than domain.maxDevHostsPerSandbox or
+// domain.maxDevHostsPerUser allow is a *QuotaError.
 func (e *Edge) ExposeDev(ctx context.Context, sandboxID string, d DevExposure) ([]store.Route, error) {
 	routes, err := e.devRoutes(sandboxID, d)
 	if err != nil {
@@ -472,7 +483,12 @@ func (e *Edge) ExposeDev(ctx context.Context, sandboxID string, d DevExposure) (
 		return nil, fmt.Errorf("expose %s in %s: %w", d.Name, sandboxID, err)
 	}
 	defer unlock()
-	if err := e.st.ReplaceRoutes(ctx, sandboxID, d.Name, []string{store.RouteDev}, routes); err != nil {
+	lim := store.DevRouteLimits{PerSandbox: e.cfg.Domain.MaxDevHostsPerSandbox, PerUser: e.cfg.Domain.MaxDevHostsPerUser}
+	if err := e.st.ReplaceDevRoutes(ctx, sandboxID, d.Name, routes, lim); err != nil {
+		var qe *store.DevRouteQuotaError
+		if errors.As(err, &qe) {
+			return nil, quotaError(sandboxID, qe)
+		}
 		return nil, err
 	}
 	e.table.replace(sandboxID, devNamed(d.Name), routes)
@@ -496,6 +512,31 @@ func (e *Edge) UnexposeDev(ctx context.Context, sandboxID, name string) error {
 	e.table.replace(sandboxID, devNamed(name), nil)
 	e.log.InfoContext(ctx, "dev command unexposed", "sandbox_id", sandboxID, "name", name)
 	return nil
+}
+
+// QuotaError is an exposure refused by a dev host cap: every host is a
+// route and, with ACME, a certificate against the CA's quota for the whole
+// domain.
+type QuotaError struct {
+	// Key is the config key of the cap.
+	Key string
+	// Limit is the cap; Held what the sandbox or user holds; Wanted what
+	// the exposure would make.
+	Limit, Held, Wanted int
+	what                string
+}
+
+func (q *QuotaError) Error() string {
+	return fmt.Sprintf("too many dev hosts for %s: %d held, this exposure would make %d, the limit is %d (%s); unexpose a dev command first",
+		q.what, q.Held, q.Wanted, q.Limit, q.Key)
+}
+
+func quotaError(sandboxID string, qe *store.DevRouteQuotaError) *QuotaError {
+	q := &QuotaError{Key: "domain.maxDevHostsPerSandbox", Limit: qe.Limit, Held: qe.Held, Wanted: qe.Wanted, what: "sandbox " + sandboxID}
+	if qe.Scope == store.QuotaUser {
+		q.Key, q.what = "domain.maxDevHostsPerUser", "its owner's sandboxes"
+	}
+	return q
 }
 
 func devNamed(name string) func(store.Route) bool {
