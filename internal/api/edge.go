@@ -81,9 +81,10 @@ func (s *Server) registerEdge() {
 	errs := []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusNotFound, http.StatusConflict}
 	huma.Register(s.api, huma.Operation{
 		OperationID: "expose-dev", Method: http.MethodPost, Path: "/api/sandboxes/{id}/dev/{name}/expose", Tags: tags,
-		Summary: "Route a dev command's hosts", Security: securityAuthed, Errors: errs,
+		Summary: "Route a dev command's hosts", Security: securityAuthed, Errors: append(errs, http.StatusTooManyRequests),
 		Description: "Serves the dev command at dev-{name}-{id} (and dev-{id} when default, and dev-{name}-{alias}-{id} per alias), " +
-			"replacing its previous hosts. Routes are stored and survive manager restarts; a host held by another command is 409.",
+			"replacing its previous hosts. Routes are stored and survive manager restarts; a host held by another command is 409; " +
+			"more dev hosts than domain.maxDevHostsPerSandbox or domain.maxDevHostsPerUser allow is 429 (quota_exceeded, naming the key).",
 	}, func(ctx context.Context, in *exposeInput) (*routesOutput, error) {
 		if s.d.Edge == nil {
 			return nil, errNoEdge
@@ -107,6 +108,11 @@ func (s *Server) registerEdge() {
 			d.Aliases = append(d.Aliases, edge.DevAlias{Alias: a.Alias, Port: a.Port})
 		}
 		rs, err := s.d.Edge.ExposeDev(ctx, in.ID, d)
+		var qe *edge.QuotaError
+		if errors.As(err, &qe) {
+			return nil, newProblem(http.StatusTooManyRequests, "quota_exceeded", qe.Error(),
+				&huma.ErrorDetail{Location: qe.Key, Message: qe.Error(), Value: qe.Limit})
+		}
 		if err != nil {
 			return nil, toProblem(ctx, s.d.Log, err)
 		}

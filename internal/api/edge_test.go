@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -142,5 +143,72 @@ func TestExposeRoutes(t *testing.T) {
 	}
 	if r := h.do(t, "POST", base+"/dev/web/expose", map[string]any{"port": 1}, nil); r.status != http.StatusUnauthorized {
 		t.Fatalf("anonymous expose: %d", r.status)
+	}
+}
+
+// TestExposeQuota: a user cannot register dev hosts without end (one sandbox
+// registered 1 024 in 0.6 s); past a cap the answer is a 429 problem naming
+// the config key.
+func TestExposeQuota(t *testing.T) {
+	h := newHarness(t, config.ModeProduction, func(c *config.Config) {
+		c.Domain.MaxDevHostsPerSandbox, c.Domain.MaxDevHostsPerUser = 3, 5
+	})
+	ctx := context.Background()
+	alice, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("alice", 1))
+	bob, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("bob", 2))
+	sa, _, _ := h.srv.Auth.CreateToken(ctx, alice.ID, "ci", 0)
+	sb, _, _ := h.srv.Auth.CreateToken(ctx, bob.ID, "ci", 0)
+	a := map[string]string{"Authorization": "Bearer " + sa}
+	b := map[string]string{"Authorization": "Bearer " + sb}
+	a1, a2, b1 := h.create2(t, a), h.create2(t, a), h.create2(t, b)
+	expose := func(id, name string, aliases int, hdr map[string]string) resp {
+		t.Helper()
+		var al []any
+		for i := 0; i < aliases; i++ {
+			al = append(al, map[string]any{"alias": "a" + strconv.Itoa(i), "port": 4000 + i})
+		}
+		return h.do(t, "POST", "/api/sandboxes/"+id+"/dev/"+name+"/expose", map[string]any{"port": 3000, "aliases": al}, hdr)
+	}
+	tests := []struct {
+		name    string
+		id      string
+		dev     string
+		aliases int
+		hdr     map[string]string
+		status  int
+		key     string
+	}{
+		{"three hosts in a sandbox", a1.ID, "web", 2, a, 200, ""},
+		{"a fourth in the same sandbox", a1.ID, "api", 0, a, 429, "domain.maxDevHostsPerSandbox"},
+		{"re-exposing the same command", a1.ID, "web", 2, a, 200, ""},
+		{"two in another sandbox", a2.ID, "web", 1, a, 200, ""},
+		{"a sixth for the user", a2.ID, "api", 0, a, 429, "domain.maxDevHostsPerUser"},
+		{"another user has their own", b1.ID, "web", 2, b, 200, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := expose(tt.id, tt.dev, tt.aliases, tt.hdr)
+			if r.status != tt.status {
+				t.Fatalf("%d %s", r.status, r.body)
+			}
+			if tt.status != 429 {
+				return
+			}
+			var p struct {
+				Code, Detail string
+				Errors       []struct {
+					Location string
+					Value    int
+				}
+			}
+			r.json(t, &p)
+			if r.header.Get("Content-Type") != "application/problem+json" || p.Code != "quota_exceeded" ||
+				!strings.Contains(p.Detail, tt.key) || len(p.Errors) != 1 || p.Errors[0].Location != tt.key {
+				t.Fatalf("problem %s %s", r.header.Get("Content-Type"), r.body)
+			}
+		})
+	}
+	if r := h.do(t, "GET", "/api/sandboxes/"+a2.ID+"/routes", nil, a); !strings.Contains(string(r.body), "dev-web-a0-") || strings.Contains(string(r.body), "dev-api-") {
+		t.Fatalf("routes after a refused expose: %s", r.body)
 	}
 }

@@ -27,7 +27,13 @@ func defaults() *Config {
 			BaseDomain: "localhost",
 			HTTPPort:   80,
 			HTTPSPort:  443,
-			SSH:        SSH{Port: 2222},
+			// Enough for a project's few dev servers with aliases in each
+			// sandbox; the user's cap keeps one user off the CA's weekly
+			// quota for the whole domain.
+			MaxDevHostsPerSandbox: 32,
+			MaxDevHostsPerUser:    128,
+			TLS:                   TLS{MaxNewCertsPerHour: 10},
+			SSH:                   SSH{Port: 2222},
 		},
 		Auth: Auth{
 			GitHub: GitHub{

@@ -30,14 +30,21 @@ type Domain struct {
 	Dashboard string `json:"dashboard"`
 	HTTPPort  int    `json:"httpPort"`
 	HTTPSPort int    `json:"httpsPort"`
-	TLS       TLS    `json:"tls"`
-	SSH       SSH    `json:"ssh"`
+	// MaxDevHostsPerSandbox and MaxDevHostsPerUser cap exposed dev hosts:
+	// each is a route and, with ACME, a certificate.
+	MaxDevHostsPerSandbox int `json:"maxDevHostsPerSandbox"`
+	MaxDevHostsPerUser    int `json:"maxDevHostsPerUser"`
+	TLS                   TLS `json:"tls"`
+	SSH                   SSH `json:"ssh"`
 }
 
 type TLS struct {
 	Email    string `json:"email"`
 	CertPath string `json:"certPath"`
 	KeyPath  string `json:"keyPath"`
+	// MaxNewCertsPerHour bounds on-demand ACME issuance host-wide; 0 is no
+	// limit (a private CA).
+	MaxNewCertsPerHour int `json:"maxNewCertsPerHour"`
 }
 
 type SSH struct {

@@ -209,6 +209,13 @@ func TestValidate(t *testing.T) {
 			wantKey: "domain.tls.certPath", wantEnv: "ATELIER_TLS_CERT_PATH", wantMsg: "absolute"},
 		{name: "tls email", mutate: func(c *Config) { c.Domain.TLS.Email = "admin" },
 			wantKey: "domain.tls.email", wantEnv: "ATELIER_TLS_EMAIL"},
+		{name: "negative certificate rate", mutate: func(c *Config) { c.Domain.TLS.MaxNewCertsPerHour = -1 },
+			wantKey: "domain.tls.maxNewCertsPerHour", wantEnv: "ATELIER_TLS_MAX_NEW_CERTS_PER_HOUR", wantMsg: "between 0 and 10000"},
+		{name: "unlimited certificate rate", mutate: func(c *Config) { c.Domain.TLS.MaxNewCertsPerHour = 0 }},
+		{name: "no dev hosts per sandbox", mutate: func(c *Config) { c.Domain.MaxDevHostsPerSandbox = 0 },
+			wantKey: "domain.maxDevHostsPerSandbox", wantEnv: "ATELIER_MAX_DEV_HOSTS_PER_SANDBOX", wantMsg: "between 1 and 10000"},
+		{name: "no dev hosts per user", mutate: func(c *Config) { c.Domain.MaxDevHostsPerUser = 0 },
+			wantKey: "domain.maxDevHostsPerUser", wantEnv: "ATELIER_MAX_DEV_HOSTS_PER_USER", wantMsg: "between 1 and 100000"},
 
 		// Auth.
 		{name: "session ttl zero", mutate: func(c *Config) { c.Auth.SessionTTLHours = 0 },

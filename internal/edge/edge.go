@@ -16,6 +16,7 @@
 package edge
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -39,6 +40,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/certmagic"
+	"golang.org/x/time/rate"
 
 	"atelier/internal/agent"
 	"atelier/internal/config"
@@ -58,8 +60,34 @@ const (
 // not answer yet before the "starting" page.
 const DefaultRetryWindow = 2 * time.Second
 
+// HSTS is the Strict-Transport-Security of every HTTPS answer: a year, the
+// common floor. Not includeSubDomains: it would reach nothing Atelier serves
+// (its hosts are one label each under the base domain), and when the
+// dashboard is the operator's apex or base domain it would force HTTPS for a
+// year on the operator's other hosts there, which Atelier knows nothing of.
+const HSTS = "max-age=31536000"
+
 // shutdownGrace is how long Stop lets requests finish.
 const shutdownGrace = 5 * time.Second
+
+// Timeouts bound how long a client may hold a connection of the edge's
+// servers without making progress (slowloris and its kin). None bounds a
+// transfer that keeps moving: long downloads, long uploads and WebSockets
+// (handed over to the proxy's tunnel once upgraded) are unaffected.
+type Timeouts struct {
+	// ReadHeader bounds the TLS handshake and the request's line and headers.
+	ReadHeader time.Duration
+	// ReadIdle bounds a pause in the arrival of a request body.
+	ReadIdle time.Duration
+	// WriteIdle bounds a pause of a client in reading an answer.
+	WriteIdle time.Duration
+	// Idle bounds a kept-alive connection waiting for its next request.
+	Idle time.Duration
+}
+
+// DefaultTimeouts are the edge's Timeouts: a browser sends its headers in
+// milliseconds, and a minute of silence mid-transfer is a dead client.
+var DefaultTimeouts = Timeouts{ReadHeader: 10 * time.Second, ReadIdle: time.Minute, WriteIdle: time.Minute, Idle: 2 * time.Minute}
 
 // Options configure an Edge.
 type Options struct {
@@ -74,6 +102,8 @@ type Options struct {
 	GuestHost string
 	// RetryWindow overrides DefaultRetryWindow.
 	RetryWindow time.Duration
+	// Timeouts override DefaultTimeouts field by field (tests).
+	Timeouts Timeouts
 	// Now replaces time.Now (tests).
 	Now func() time.Time
 }
@@ -97,6 +127,7 @@ type Edge struct {
 	cookieName    string
 	cookieKey     []byte
 	retryWindow   time.Duration
+	timeouts      Timeouts
 
 	table    *table
 	health   *health
@@ -105,6 +136,13 @@ type Edge struct {
 	sessions sync.Map      // session id -> sessionCheck
 	// refusedCerts counts on-demand certificates refused to unknown names.
 	refusedCerts atomic.Int64
+	// newCerts is domain.tls.maxNewCertsPerHour as a token bucket (nil: no
+	// limit); throttledCerts counts the issuances it deferred.
+	newCerts       *rate.Limiter
+	throttledCerts atomic.Int64
+	// refusedCrossOrigin counts writes and upgrades refused by the origin
+	// check (crossOriginWrite).
+	refusedCrossOrigin atomic.Int64
 
 	dashboard http.Handler
 	mu        sync.Mutex
@@ -155,6 +193,15 @@ func New(opts Options) (*Edge, error) {
 	}
 	if e.retryWindow <= 0 {
 		e.retryWindow = DefaultRetryWindow
+	}
+	if n := cfg.Domain.TLS.MaxNewCertsPerHour; n > 0 {
+		// A full hour's worth at once, then one every hour/n.
+		e.newCerts = rate.NewLimiter(rate.Every(time.Hour/time.Duration(n)), n)
+	}
+	d, o := DefaultTimeouts, opts.Timeouts
+	e.timeouts = Timeouts{
+		ReadHeader: cmp.Or(o.ReadHeader, d.ReadHeader), ReadIdle: cmp.Or(o.ReadIdle, d.ReadIdle),
+		WriteIdle: cmp.Or(o.WriteIdle, d.WriteIdle), Idle: cmp.Or(o.Idle, d.Idle),
 	}
 	switch {
 	case cfg.IsLocal():
@@ -277,6 +324,11 @@ func (e *Edge) Stop() error {
 
 // serve is the auth handler's body, in front of reverse_proxy.
 func (e *Edge) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.TLS != nil {
+		// Every answer over HTTPS, the edge's pages and the dashboard's
+		// included; guests' own values are dropped (see caddyConfig).
+		w.Header().Set("Strict-Transport-Security", HSTS)
+	}
 	host := normalizeHost(r.Host)
 	if host == e.dashboardHost {
 		e.dashboard.ServeHTTP(w, r)
@@ -291,9 +343,17 @@ func (e *Edge) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 		e.exchange(w, r, host)
 		return nil
 	}
-	if !t.public && !e.authorized(r, host) {
-		e.challenge(w, r, host)
-		return nil
+	if !t.public {
+		if why := crossOriginWrite(r, e.secure); why != "" {
+			e.refusedCrossOrigin.Add(1)
+			e.log.Debug("edge: cross-origin write refused", "sandbox_id", t.sandboxID, "host", host, "method", r.Method, "reason", why)
+			e.page(w, http.StatusForbidden, pageCrossOrigin, host)
+			return nil
+		}
+		if !e.authorized(r, host) {
+			e.challenge(w, r, host)
+			return nil
+		}
 	}
 	if !t.up {
 		e.page(w, http.StatusServiceUnavailable, pageStopped, host)
@@ -410,7 +470,9 @@ func isService(r store.Route) bool { return r.Kind != store.RouteDev }
 
 // ExposeDev routes the hosts of a dev command (replacing its previous
 // ones) and returns them. Invalid names, aliases or ports are
-// *sandbox.FieldError; a host held by another command is store.ErrDuplicate.
+// *sandbox.FieldError; a host held by another command is store.ErrDuplicate;
+// more dev hosts than domain.maxDevHostsPerSandbox or
+// domain.maxDevHostsPerUser allow is a *QuotaError.
 func (e *Edge) ExposeDev(ctx context.Context, sandboxID string, d DevExposure) ([]store.Route, error) {
 	routes, err := e.devRoutes(sandboxID, d)
 	if err != nil {
@@ -421,7 +483,12 @@ func (e *Edge) ExposeDev(ctx context.Context, sandboxID string, d DevExposure) (
 		return nil, fmt.Errorf("expose %s in %s: %w", d.Name, sandboxID, err)
 	}
 	defer unlock()
-	if err := e.st.ReplaceRoutes(ctx, sandboxID, d.Name, []string{store.RouteDev}, routes); err != nil {
+	lim := store.DevRouteLimits{PerSandbox: e.cfg.Domain.MaxDevHostsPerSandbox, PerUser: e.cfg.Domain.MaxDevHostsPerUser}
+	if err := e.st.ReplaceDevRoutes(ctx, sandboxID, d.Name, routes, lim); err != nil {
+		var qe *store.DevRouteQuotaError
+		if errors.As(err, &qe) {
+			return nil, quotaError(sandboxID, qe)
+		}
 		return nil, err
 	}
 	e.table.replace(sandboxID, devNamed(d.Name), routes)
@@ -445,6 +512,31 @@ func (e *Edge) UnexposeDev(ctx context.Context, sandboxID, name string) error {
 	e.table.replace(sandboxID, devNamed(name), nil)
 	e.log.InfoContext(ctx, "dev command unexposed", "sandbox_id", sandboxID, "name", name)
 	return nil
+}
+
+// QuotaError is an exposure refused by a dev host cap: every host is a
+// route and, with ACME, a certificate against the CA's quota for the whole
+// domain.
+type QuotaError struct {
+	// Key is the config key of the cap.
+	Key string
+	// Limit is the cap; Held what the sandbox or user holds; Wanted what
+	// the exposure would make.
+	Limit, Held, Wanted int
+	what                string
+}
+
+func (q *QuotaError) Error() string {
+	return fmt.Sprintf("too many dev hosts for %s: %d held, this exposure would make %d, the limit is %d (%s); unexpose a dev command first",
+		q.what, q.Held, q.Wanted, q.Limit, q.Key)
+}
+
+func quotaError(sandboxID string, qe *store.DevRouteQuotaError) *QuotaError {
+	q := &QuotaError{Key: "domain.maxDevHostsPerSandbox", Limit: qe.Limit, Held: qe.Held, Wanted: qe.Wanted, what: "sandbox " + sandboxID}
+	if qe.Scope == store.QuotaUser {
+		q.Key, q.what = "domain.maxDevHostsPerUser", "its owner's sandboxes"
+	}
+	return q
 }
 
 func devNamed(name string) func(store.Route) bool {
@@ -575,6 +667,9 @@ func (e *Edge) caddyConfig() ([]byte, error) {
 				"try_duration": int64(e.retryWindow),
 				"try_interval": int64(100 * time.Millisecond),
 			},
+			// HSTS is the edge's, set before proxying: a guest's own would
+			// be a second, conflicting header.
+			"headers": map[string]any{"response": map[string]any{"delete": []string{"Strict-Transport-Security"}}},
 		},
 	}
 	noAuto := map[string]any{"disable": true}
@@ -604,7 +699,14 @@ func (e *Edge) caddyConfig() ([]byte, error) {
 		}
 	}
 	for _, srv := range servers {
-		srv.(map[string]any)["listener_wrappers"] = []any{inst(map[string]any{"wrapper": "atelier"})}
+		m := srv.(map[string]any)
+		m["listener_wrappers"] = []any{inst(map[string]any{"wrapper": "atelier"})}
+		// Stated rather than left to Caddy's defaults (a minute for headers,
+		// five for idle connections), which are looser and may change.
+		m["read_header_timeout"] = int64(e.timeouts.ReadHeader)
+		m["read_idle_timeout"] = int64(e.timeouts.ReadIdle)
+		m["write_idle_timeout"] = int64(e.timeouts.WriteIdle)
+		m["idle_timeout"] = int64(e.timeouts.Idle)
 	}
 	apps["http"] = map[string]any{
 		"http_port": e.cfg.Domain.HTTPPort, "https_port": e.cfg.Domain.HTTPSPort,

@@ -110,7 +110,20 @@ func newHarness(t testing.TB, mutate func(*config.Config, *Options)) *harness {
 
 func (h *harness) start() {
 	h.t.Helper()
-	dash := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "dashboard") })
+	dash := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/auth/edge" {
+			// The dashboard's half of the login handshake (internal/api's
+			// edgeLogin) for the harness's logged-in user.
+			u, err := h.e.Grant(r.Context(), r.URL.Query().Get("host"), r.URL.Query().Get("next"), h.p)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusNotFound)
+				return
+			}
+			http.Redirect(w, r, u, http.StatusFound)
+			return
+		}
+		io.WriteString(w, "dashboard")
+	})
 	if err := h.e.Start(context.Background(), dash); err != nil {
 		h.t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 
@@ -119,14 +120,39 @@ func (p *permission) CertificateAllowed(_ context.Context, name string) error {
 }
 
 // CertificateAllowed is the on-demand TLS policy: nil for the dashboard and
-// for every host in the routing table.
+// for hosts in the routing table, the latter within
+// domain.tls.maxNewCertsPerHour unless storage already holds a certificate
+// for them. Certmagic asks before loading a certificate from storage and
+// before renewing one, so those must not spend the budget: only a first
+// issuance does.
 func (e *Edge) CertificateAllowed(name string) error {
 	name = normalizeHost(name)
-	if name == e.dashboardHost || e.table.has(name) {
+	if name == e.dashboardHost {
 		return nil
 	}
-	e.refusedCerts.Add(1)
-	return fmt.Errorf("%w: %s is not an Atelier host", caddytls.ErrPermissionDenied, name)
+	if !e.table.has(name) {
+		e.refusedCerts.Add(1)
+		return fmt.Errorf("%w: %s is not an Atelier host", caddytls.ErrPermissionDenied, name)
+	}
+	if e.newCerts == nil || e.hasStoredCert(name) {
+		return nil
+	}
+	if !e.newCerts.AllowN(e.now(), 1) {
+		e.throttledCerts.Add(1)
+		e.log.Warn("edge: new certificate deferred: domain.tls.maxNewCertsPerHour reached", "host", name,
+			"limit", e.cfg.Domain.TLS.MaxNewCertsPerHour)
+		return fmt.Errorf("%w: new certificates for %s wait: domain.tls.maxNewCertsPerHour (%d) reached",
+			caddytls.ErrPermissionDenied, name, e.cfg.Domain.TLS.MaxNewCertsPerHour)
+	}
+	return nil
+}
+
+// hasStoredCert reports whether Caddy's storage holds a certificate for
+// name from any issuer (certificates/<issuer>/<name>/<name>.crt). Names in
+// the table are DNS labels, so they hold no glob metacharacters.
+func (e *Edge) hasStoredCert(name string) bool {
+	m, _ := filepath.Glob(filepath.Join(e.caddyDir(), "certificates", "*", name, name+".crt"))
+	return len(m) > 0
 }
 
 // transport is http.reverse_proxy.transport.atelier: Caddy's HTTP transport

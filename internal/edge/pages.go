@@ -21,6 +21,8 @@ var (
 	pageSignIn   = pageKind{"Sign in required", "%s needs a dashboard login. Open it in a browser to sign in.", 0}
 	pageBadCode  = pageKind{"Login link expired", "The login link for %s is invalid or was already used. Reload the sandbox page to sign in again.", 0}
 	pageLoop     = pageKind{"Loop", "%s points at the edge's own port.", 0}
+	// pageCrossOrigin answers a write or WebSocket another site's page sent.
+	pageCrossOrigin = pageKind{"Cross-site request refused", "%s accepts changes and WebSockets only from its own pages; this request came from another site.", 0}
 )
 
 func (e *Edge) page(w http.ResponseWriter, status int, p pageKind, host string) {

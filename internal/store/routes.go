@@ -68,10 +68,67 @@ func scanRoute(r rowScanner) (Route, error) {
 	return rt, nil
 }
 
+// DevRouteLimits cap the dev hosts of one sandbox and of all the sandboxes
+// of its owner; 0 is no cap.
+type DevRouteLimits struct {
+	PerSandbox int
+	PerUser    int
+}
+
+// Scopes of a DevRouteQuotaError.
+const (
+	QuotaSandbox = "sandbox"
+	QuotaUser    = "user"
+)
+
+// DevRouteQuotaError is a dev-host cap that a change would exceed.
+type DevRouteQuotaError struct {
+	// Scope is QuotaSandbox or QuotaUser.
+	Scope string
+	Limit int
+	// Held is what the scope holds now; Wanted what it would hold.
+	Held, Wanted int
+}
+
+func (e *DevRouteQuotaError) Error() string {
+	return fmt.Sprintf("dev host limit per %s reached: %d of %d held, this change needs %d", e.Scope, e.Held, e.Limit, e.Wanted)
+}
+
 // ReplaceRoutes atomically replaces the routes of sandboxID whose kind is in
 // kinds and whose name is name with routes (nil removes them). A host held
 // by any other route is ErrDuplicate and changes nothing.
 func (s *Store) ReplaceRoutes(ctx context.Context, sandboxID, name string, kinds []string, routes []Route) error {
+	return s.replaceRoutes(ctx, sandboxID, name, kinds, routes, DevRouteLimits{})
+}
+
+// ReplaceDevRoutes is ReplaceRoutes for the hosts of dev command name, in
+// the same transaction as a check of lim: a change that leaves the sandbox,
+// or its owner, with more dev hosts than lim allows and than before is a
+// *DevRouteQuotaError and changes nothing. Shrinking is always allowed, so a
+// lowered limit never blocks an unexpose.
+func (s *Store) ReplaceDevRoutes(ctx context.Context, sandboxID, name string, routes []Route, lim DevRouteLimits) error {
+	return s.replaceRoutes(ctx, sandboxID, name, []string{RouteDev}, routes, lim)
+}
+
+// devQuota checks one scope of DevRouteLimits inside a transaction, before
+// the command's old routes are deleted: held counts every dev host of the
+// scope, mine those of the command being replaced.
+func devQuota(ctx context.Context, tx *sql.Tx, scope string, limit, adding int, q string, args ...any) error {
+	if limit <= 0 {
+		return nil
+	}
+	var held, mine int
+	if err := tx.QueryRowContext(ctx, q, args...).Scan(&held, &mine); err != nil {
+		return fmt.Errorf("count dev hosts per %s: %w", scope, err)
+	}
+	wanted := held - mine + adding
+	if wanted > limit && wanted > held {
+		return &DevRouteQuotaError{Scope: scope, Limit: limit, Held: held, Wanted: wanted}
+	}
+	return nil
+}
+
+func (s *Store) replaceRoutes(ctx context.Context, sandboxID, name string, kinds []string, routes []Route, lim DevRouteLimits) error {
 	if sandboxID == "" || len(kinds) == 0 {
 		return errors.New("replace routes: empty sandbox id or kinds")
 	}
@@ -82,6 +139,21 @@ func (s *Store) ReplaceRoutes(ctx context.Context, sandboxID, name string, kinds
 	}
 	now := fmtTime(s.orNow(time.Time{}))
 	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if len(routes) > 0 {
+			// The user's count joins on the owner: its sandboxes are listed
+			// by sandboxes_owner_id, their routes by routes_sandbox_id.
+			if err := devQuota(ctx, tx, QuotaSandbox, lim.PerSandbox, len(routes),
+				`SELECT COUNT(*), COUNT(*) FILTER (WHERE name = ?) FROM routes WHERE sandbox_id = ? AND kind = 'dev'`,
+				name, sandboxID); err != nil {
+				return err
+			}
+			if err := devQuota(ctx, tx, QuotaUser, lim.PerUser, len(routes),
+				`SELECT COUNT(*), COUNT(*) FILTER (WHERE r.sandbox_id = ? AND r.name = ?) FROM routes r JOIN sandboxes s ON s.id = r.sandbox_id
+				 WHERE r.kind = 'dev' AND s.owner_id = (SELECT owner_id FROM sandboxes WHERE id = ?)`,
+				sandboxID, name, sandboxID); err != nil {
+				return err
+			}
+		}
 		args := append([]any{sandboxID, name}, routeKindArgs(kinds)...)
 		if _, err := tx.ExecContext(ctx, `DELETE FROM routes WHERE sandbox_id = ? AND name = ? AND kind IN `+inList(len(kinds)), args...); err != nil {
 			return err

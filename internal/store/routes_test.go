@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -144,5 +147,83 @@ func TestEdgeCodesAreOneTime(t *testing.T) {
 	}
 	if _, err := s.TakeEdgeCode(ctx, h("b"), now); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("code taken at its expiry: %v", err)
+	}
+}
+
+func TestDevRouteLimits(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	for i, owner := range []string{"u1", "u1", "u2", "u1"} {
+		if err := s.InsertSandbox(ctx, newSandbox(i+1, owner, StatusRunning), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b, c, e := sbID(1), sbID(2), sbID(3), sbID(4)
+	dev := func(sb, name string, n int) []Route {
+		var out []Route
+		for i := 0; i < n; i++ {
+			out = append(out, Route{Host: fmt.Sprintf("dev-%s-%d-%s.x.test", name, i, sb), SandboxID: sb, Kind: RouteDev, Name: name, Alias: fmt.Sprint(i), Port: 3000})
+		}
+		return out
+	}
+	lim := DevRouteLimits{PerSandbox: 3, PerUser: 5}
+	steps := []struct {
+		name   string
+		sb     string
+		dev    string
+		n      int
+		lim    DevRouteLimits
+		scope  string // "" when allowed
+		wanted int
+	}{
+		{"fill the sandbox", a, "web", 3, lim, "", 0},
+		{"one more in the sandbox", a, "api", 1, lim, QuotaSandbox, 4},
+		{"replace with as many", a, "web", 3, lim, "", 0},
+		{"shrink", a, "web", 2, lim, "", 0},
+		{"another sandbox of the user", b, "x", 3, lim, "", 0},
+		{"one more for the user, in a third sandbox", e, "y", 1, lim, QuotaUser, 6},
+		{"another user is not counted", c, "web", 3, lim, "", 0},
+		{"limit lowered: same size passes", a, "web", 2, DevRouteLimits{PerSandbox: 1, PerUser: 1}, "", 0},
+		{"limit lowered: growing refused", a, "web", 3, DevRouteLimits{PerSandbox: 1}, QuotaSandbox, 3},
+		{"limit lowered: unexpose passes", b, "x", 0, DevRouteLimits{PerSandbox: 1, PerUser: 1}, "", 0},
+		{"no limits", b, "big", 10, DevRouteLimits{}, "", 0},
+	}
+	for _, st := range steps {
+		before, _ := s.ListRoutes(ctx, "")
+		err := s.ReplaceDevRoutes(ctx, st.sb, st.dev, dev(st.sb, st.dev, st.n), st.lim)
+		var qe *DevRouteQuotaError
+		switch {
+		case st.scope == "" && err != nil:
+			t.Fatalf("%s: %v", st.name, err)
+		case st.scope != "" && (!errors.As(err, &qe) || qe.Scope != st.scope || qe.Wanted != st.wanted):
+			t.Fatalf("%s: err %v, want a %s quota error wanting %d", st.name, err, st.scope, st.wanted)
+		case st.scope != "":
+			if after, _ := s.ListRoutes(ctx, ""); len(after) != len(before) {
+				t.Fatalf("%s: a refused change altered the routes: %d -> %d", st.name, len(before), len(after))
+			}
+		}
+	}
+
+	// Concurrent exposes cannot overshoot: the count and the insert are one
+	// transaction.
+	d := sbID(5)
+	if err := s.InsertSandbox(ctx, newSandbox(5, "u3", StatusRunning), 0); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			name := fmt.Sprintf("c%d", i)
+			if s.ReplaceDevRoutes(ctx, d, name, dev(d, name, 1), DevRouteLimits{PerSandbox: 5}) == nil {
+				ok.Add(1)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if got, _ := s.ListRoutes(ctx, d); ok.Load() != 5 || len(got) != 5 {
+		t.Fatalf("%d concurrent exposes succeeded, %d routes, want 5", ok.Load(), len(got))
 	}
 }
