@@ -196,20 +196,15 @@ const maxStacked = 64
 // the file itself are peeled off first. Once the file is not a mount point
 // in the namespace of the caller of unlink, the kernel removes it and
 // detaches the mounts on it in every other namespace, the hidden one in the
-// host's included. The thread that did this stays locked, so Go ends it with
-// the goroutine and nothing else ever runs in that namespace.
+// host's included.
 func unlinkBeneathMounts(path string) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
+	return onThrowawayThread(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-			errc <- fmt.Errorf("unshare mount namespace: %w", err)
-			return
+			return fmt.Errorf("unshare mount namespace: %w", err)
 		}
 		// Private first: the unmounts below must not propagate back.
 		if err := unix.Mount("", "/", "none", unix.MS_PRIVATE|unix.MS_REC, ""); err != nil {
-			errc <- fmt.Errorf("make private mount namespace: %w", err)
-			return
+			return fmt.Errorf("make private mount namespace: %w", err)
 		}
 		dir := filepath.Dir(path)
 		for range maxStacked {
@@ -222,7 +217,27 @@ func unlinkBeneathMounts(path string) error {
 				break
 			}
 		}
-		errc <- unix.Unlink(path)
+		return unix.Unlink(path)
+	})
+}
+
+// onThrowawayThread runs fn on a locked OS thread that nothing else ever
+// uses again: fn's goroutine ends still locked, so Go terminates the thread
+// with whatever namespace fn moved it to. That must not be the main thread,
+// which Go cannot terminate and only parks for good, with fn's namespace
+// still on it, where /proc/self (the main thread's view) would show it to
+// the rest of the process. Holding the main thread while a second goroutine
+// runs fn keeps fn off it.
+func onThrowawayThread(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			defer runtime.UnlockOSThread()
+			errc <- onThrowawayThread(fn)
+			return
+		}
+		errc <- fn()
 	}()
 	return <-errc
 }

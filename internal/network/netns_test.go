@@ -2,9 +2,12 @@ package network
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -12,18 +15,32 @@ import (
 
 // mountsAt lists the mountinfo lines of this process's mount namespace
 // whose mount point is path, with their optional fields (shared:N, ...).
+// A read of mountinfo is not atomic and can miss lines while other tests
+// mount and unmount on the host, so it reads until two reads agree.
 func mountsAt(t testing.TB, path string) []string {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	must(t, err)
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 6 && f[4] == path {
-			out = append(out, line)
+	read := func() []string {
+		b, err := os.ReadFile("/proc/self/mountinfo")
+		must(t, err)
+		var out []string
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) > 6 && f[4] == path {
+				out = append(out, line)
+			}
 		}
+		return out
 	}
-	return out
+	prev := read()
+	for range 20 {
+		cur := read()
+		if slices.Equal(cur, prev) {
+			return cur
+		}
+		prev = cur
+	}
+	t.Fatalf("mountinfo for %s does not settle", path)
+	return nil
 }
 
 // netnsTestDir is a directory of its own for named namespaces, unmounted and
@@ -106,5 +123,38 @@ func TestCreateNamedNetnsMakesItsDirAMountPoint(t *testing.T) {
 		if m := mountsAt(t, filepath.Join(dir, n)); len(m) != 0 {
 			t.Errorf("mounts left at %s: %q", n, m)
 		}
+	}
+}
+
+// The fallback unshares a mount namespace on a thread of its own. Run on the
+// main thread, which Go never terminates, it left the whole process's
+// /proc/self (the main thread's view) in that private namespace, and mount
+// checks that read /proc/self/mountinfo went wrong for good.
+func TestUnlinkFallbackKeepsTheProcessMountNamespace(t *testing.T) {
+	dir := netnsTestDir(t)
+	must(t, os.MkdirAll(dir, 0o755))
+	before, err := os.Readlink("/proc/self/ns/mnt")
+	must(t, err)
+	for i := range 40 {
+		p := filepath.Join(dir, fmt.Sprint("ns", i))
+		must(t, onSwitchedThread(func() error { return unix.Unshare(unix.CLONE_NEWNET) },
+			func() error { return pinCurrentNetns(p) }))
+		must(t, unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""))
+		if err := deleteNamedNetns(p); err != nil {
+			t.Fatalf("delete %d: %v", i, err)
+		}
+		if after, err := os.Readlink("/proc/self/ns/mnt"); err != nil || after != before {
+			t.Fatalf("after %d fallbacks the process's mount namespace is %s, was %s (%v)", i+1, after, before, err)
+		}
+	}
+	var tids sync.Map
+	for range 200 {
+		must(t, onThrowawayThread(func() error {
+			tids.Store(unix.Gettid(), true)
+			return nil
+		}))
+	}
+	if _, ok := tids.Load(unix.Getpid()); ok {
+		t.Error("onThrowawayThread ran on the main thread")
 	}
 }
