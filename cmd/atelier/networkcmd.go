@@ -19,9 +19,11 @@ func newNetworkCmd(g *globals) *cobra.Command {
 		Use:   "network",
 		Short: "Set up, inspect or remove the sandbox network (root required)",
 		Long: `Set up, inspect or remove the host side of sandbox networking: the bridge
-(network.bridgeName with network.bridgeIp/bridgePrefix), IPv4 forwarding, NAT out of
-the default route's interface, and Atelier's nftables tables "inet atelier" and
-"bridge atelier_bridge" (guest isolation, anti-spoofing, guest-to-host filter).
+(network.bridgeName with network.bridgeIp/bridgePrefix), IPv4 forwarding on the bridge
+and the egress interface only, NAT out of the default route's interface, and Atelier's
+nftables tables "inet atelier" and "bridge atelier_bridge" (guest isolation,
+anti-spoofing, guest-to-host filter, no private or metadata destinations except
+network.egressAllowCidrs and the DNS servers on port 53).
 The manager runs the same setup at every start; setup is idempotent and keeps running
 sandboxes attached. Every subcommand needs root.`,
 	}
@@ -67,9 +69,10 @@ sandboxes attached. Every subcommand needs root.`,
 		Use:   "teardown",
 		Short: "Remove every sandbox link and netns, the firewall tables and the bridge Atelier created",
 		Long: `Remove every sandbox link and named netns, Atelier's nftables tables and the bridge,
-when Atelier created it (a bridge the operator made is left in place). ip_forward is
-left on. Running sandboxes lose their network, so teardown refuses while links exist
-unless --force is given.`,
+when Atelier created it (a bridge the operator made is left in place). Forwarding on
+the egress interface is turned off again when setup turned it on; net.ipv4.ip_forward
+is never changed. Running sandboxes lose their network, so teardown refuses while
+links exist unless --force is given.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			m, err := g.networkManager("network teardown")
@@ -162,7 +165,13 @@ func (g *globals) printNetwork(w io.Writer, st network.Status) error {
 		egress = "none: " + st.EgressError
 	}
 	fmt.Fprintf(tw, "egress:\t%s\n", egress)
-	fmt.Fprintf(tw, "ip_forward:\t%s\n", onOff(st.IPForward))
+	fmt.Fprintf(tw, "forwarding:\tbridge %s, egress %s, host-wide ip_forward %s\n",
+		onOff(st.BridgeForwarding), onOff(st.EgressForwarding), onOff(st.IPForward))
+	if st.RoutingGuard {
+		fmt.Fprintf(tw, "routing from egress:\tonly to the bridge (the host is not a router)\n")
+	} else if st.IPForward {
+		fmt.Fprintf(tw, "routing from egress:\tleft to the host's firewall (ip_forward is on host-wide)\n")
+	}
 	if st.BridgeNFCallIptables != "" {
 		fmt.Fprintf(tw, "bridge-nf-call-iptables:\t%s (isolation does not depend on it)\n", st.BridgeNFCallIptables)
 	}
@@ -172,8 +181,8 @@ func (g *globals) printNetwork(w io.Writer, st network.Status) error {
 	}
 	fmt.Fprintf(tw, "firewall:\t%s\n", tables)
 	d := st.Drops
-	fmt.Fprintf(tw, "dropped packets:\tspoofed %d, guest-to-guest %d, guest-to-host %d, other forward %d\n",
-		d.Spoofed, d.GuestToGuest, d.GuestToHost, d.Forward)
+	fmt.Fprintf(tw, "dropped packets:\tspoofed %d, guest-to-guest %d, guest-to-host %d, guest-to-private %d, other forward %d, routed from egress %d\n",
+		d.Spoofed, d.GuestToGuest, d.GuestToHost, d.Private, d.Forward, d.Routed)
 	fmt.Fprintf(tw, "sandbox links:\t%d\n", len(st.Links))
 	tw.Flush()
 	if len(st.Links) > 0 {

@@ -58,6 +58,9 @@ func defaults() *Config {
 			BridgePrefix: 24,
 			GuestIPStart: 10,
 			DNSServers:   []string{"8.8.8.8", "8.8.4.4"},
+			// Empty: guests reach no private, link-local, loopback, multicast or
+			// reserved address (the cloud metadata service included).
+			EgressAllowCIDRs: []string{},
 		},
 		Sandbox: Sandbox{
 			Runtime:         "firecracker",

@@ -105,6 +105,7 @@ func (c *Config) clone() *Config {
 	cp := *c
 	cp.Auth.AllowedUsers = slices.Clone(c.Auth.AllowedUsers)
 	cp.Network.DNSServers = slices.Clone(c.Network.DNSServers)
+	cp.Network.EgressAllowCIDRs = slices.Clone(c.Network.EgressAllowCIDRs)
 	return &cp
 }
 
@@ -119,6 +120,9 @@ func (c *Config) JSON() ([]byte, error) {
 	}
 	if cp.Network.DNSServers == nil {
 		cp.Network.DNSServers = []string{}
+	}
+	if cp.Network.EgressAllowCIDRs == nil {
+		cp.Network.EgressAllowCIDRs = []string{}
 	}
 	return marshalIndent(cp)
 }

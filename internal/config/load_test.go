@@ -96,6 +96,8 @@ func TestPrecedence(t *testing.T) {
 		{kind: "list", key: "network.dnsServers", env: "ATELIER_DNS_SERVERS",
 			def: []string{"8.8.8.8", "8.8.4.4"}, fileVal: []string{"1.1.1.1"},
 			envVal: " 9.9.9.9, ,149.112.112.112,", wantEnv: []string{"9.9.9.9", "149.112.112.112"}},
+		{kind: "egress allow-list", key: "network.egressAllowCidrs", env: "ATELIER_EGRESS_ALLOW_CIDRS",
+			def: []string{}, fileVal: []string{"10.20.0.0/16"}, envVal: "192.168.5.0/24, 10.1.2.3/32", wantEnv: []string{"192.168.5.0/24", "10.1.2.3/32"}},
 		{kind: "list from empty default", key: "auth.allowedUsers", env: "ATELIER_AUTH_ALLOWED_USERS",
 			def: []string{}, fileVal: []string{"alice"}, envVal: "bob,carol", wantEnv: []string{"bob", "carol"}},
 		{kind: "nested string", key: "advanced.server.firecracker.kernelPath", env: "ATELIER_KERNEL_PATH",

@@ -90,6 +90,9 @@ type Network struct {
 	BridgePrefix int      `json:"bridgePrefix"`
 	GuestIPStart int      `json:"guestIpStart"`
 	DNSServers   []string `json:"dnsServers"`
+	// EgressAllowCIDRs are private or otherwise blocked IPv4 prefixes that
+	// guests may nevertheless reach through the egress interface.
+	EgressAllowCIDRs []string `json:"egressAllowCidrs"`
 	// The three below are always derived from BridgeIP and BridgePrefix; a
 	// config file may state them only with the derived value.
 	GuestSubnet   string `json:"guestSubnet"`

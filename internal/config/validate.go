@@ -188,6 +188,11 @@ func (v *checker) network() {
 			v.add("network.dnsServers", "entry %d %q is not an IP address", i, s)
 		}
 	}
+	for i, s := range n.EgressAllowCIDRs {
+		if msg := egressCIDRError(s); msg != "" {
+			v.add("network.egressAllowCidrs", "entry %d %q %s", i, s, msg)
+		}
+	}
 
 	bridge, pfx, err := parseBridge(n.BridgeIP, n.BridgePrefix)
 	if err != nil {
@@ -408,4 +413,23 @@ func quoteList(items []string) string {
 		q[i] = strconv.Quote(s)
 	}
 	return strings.Join(q, ", ")
+}
+
+// egressCIDRError explains why s is not an IPv4 prefix in canonical form, or
+// returns "". Guests have IPv4 only, and a prefix with host bits set is
+// refused rather than silently widened or narrowed.
+func egressCIDRError(s string) string {
+	p, err := netip.ParsePrefix(s)
+	switch {
+	case err != nil:
+		if _, aerr := netip.ParseAddr(s); aerr == nil {
+			return "is an address, not a CIDR prefix; write " + s + "/32 for one address"
+		}
+		return "is not a CIDR prefix like 10.20.0.0/16"
+	case !p.Addr().Is4():
+		return "is not IPv4 (guests have IPv4 only)"
+	case p.Masked() != p:
+		return "has bits set after the prefix length; did you mean " + p.Masked().String() + "?"
+	}
+	return ""
 }

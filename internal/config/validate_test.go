@@ -166,6 +166,17 @@ func TestValidate(t *testing.T) {
 		{name: "dns server not an IP", mutate: func(c *Config) { c.Network.DNSServers = []string{"1.1.1.1", "dns.google"} },
 			wantKey: "network.dnsServers", wantEnv: "ATELIER_DNS_SERVERS", wantMsg: `entry 1 "dns.google"`},
 		{name: "IPv6 dns server", mutate: func(c *Config) { c.Network.DNSServers = []string{"2001:4860:4860::8888"} }},
+		{name: "egress allow-list", mutate: func(c *Config) {
+			c.Network.EgressAllowCIDRs = []string{"10.20.0.0/16", "192.168.5.7/32", "169.254.169.254/32"}
+		}},
+		{name: "egress allow not a prefix", mutate: func(c *Config) { c.Network.EgressAllowCIDRs = []string{"10.0.0.0/8", "lan"} },
+			wantKey: "network.egressAllowCidrs", wantEnv: "ATELIER_EGRESS_ALLOW_CIDRS", wantMsg: `entry 1 "lan" is not a CIDR prefix`},
+		{name: "egress allow a bare address", mutate: func(c *Config) { c.Network.EgressAllowCIDRs = []string{"10.1.2.3"} },
+			wantKey: "network.egressAllowCidrs", wantEnv: "ATELIER_EGRESS_ALLOW_CIDRS", wantMsg: "10.1.2.3/32"},
+		{name: "egress allow with host bits", mutate: func(c *Config) { c.Network.EgressAllowCIDRs = []string{"10.1.2.3/16"} },
+			wantKey: "network.egressAllowCidrs", wantEnv: "ATELIER_EGRESS_ALLOW_CIDRS", wantMsg: "did you mean 10.1.0.0/16"},
+		{name: "egress allow IPv6", mutate: func(c *Config) { c.Network.EgressAllowCIDRs = []string{"fd00::/8"} },
+			wantKey: "network.egressAllowCidrs", wantEnv: "ATELIER_EGRESS_ALLOW_CIDRS", wantMsg: "IPv4 only"},
 		{name: "bridge name empty", mutate: func(c *Config) { c.Network.BridgeName = "" },
 			wantKey: "network.bridgeName", wantEnv: "ATELIER_BRIDGE_NAME"},
 		{name: "bridge name 16 chars", mutate: func(c *Config) { c.Network.BridgeName = "abcdefghijklmnop" },

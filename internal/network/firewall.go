@@ -1,6 +1,8 @@
 package network
 
 import (
+	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -19,7 +21,33 @@ const (
 	inetTable   = "atelier"
 	bridgeTable = "atelier_bridge"
 	guestsSet   = "guests"
+	// Sets of the inet table: destinations guests may not reach through the
+	// egress, the operator's exceptions, and the DNS servers (port 53 only).
+	blockedSet = "egress_blocked"
+	allowSet   = "egress_allowed"
+	dnsSet     = "dns_servers"
 )
+
+// blockedEgress are the IPv4 destinations a guest may not reach: whatever is
+// not the public internet. Through the egress they are the operator's
+// networks (RFC 1918, CGNAT, which some clouds use for their own services)
+// and the cloud metadata service (link-local); the rest (loopback,
+// multicast, "this network", reserved, limited broadcast) has no business
+// leaving a guest. The host's own addresses are covered separately: traffic
+// to any of them is input, not forward, and guest_to_host drops it.
+var blockedEgress = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),      // "this network"
+	netip.MustParsePrefix("10.0.0.0/8"),     // RFC 1918
+	netip.MustParsePrefix("100.64.0.0/10"),  // shared address space (CGNAT)
+	netip.MustParsePrefix("127.0.0.0/8"),    // loopback
+	netip.MustParsePrefix("169.254.0.0/16"), // link-local, cloud metadata 169.254.169.254
+	netip.MustParsePrefix("172.16.0.0/12"),  // RFC 1918
+	netip.MustParsePrefix("192.0.0.0/24"),   // IETF protocol assignments
+	netip.MustParsePrefix("192.168.0.0/16"), // RFC 1918
+	netip.MustParsePrefix("198.18.0.0/15"),  // benchmarking
+	netip.MustParsePrefix("224.0.0.0/4"),    // multicast
+	netip.MustParsePrefix("240.0.0.0/4"),    // reserved, limited broadcast
+}
 
 // Rule comments name the drop counters that Status reports.
 const (
@@ -30,7 +58,13 @@ const (
 	cmtFwdOut    = "atelier:forward-from-bridge-drop"
 	cmtFwdIn     = "atelier:forward-to-bridge-drop"
 	cmtBridgedIn = "atelier:bridged-to-guest-drop"
+	cmtPrivate   = "atelier:guest-to-private-drop"
+	cmtGuard     = "atelier:routed-from-egress-drop"
 )
+
+// ipsDstNAT is IPS_DST_NAT of the conntrack status: the connection was
+// destination-NATed on the way in (a port published by Docker, say).
+const ipsDstNAT uint32 = 1 << 5
 
 var (
 	errNoFirewall = errors.New("firewall tables missing: run network setup first")
@@ -88,7 +122,7 @@ func (m *Manager) nft() (*nftables.Conn, error) {
 // recreate: the kernel applies it atomically, so there is no moment without
 // rules) and fills the anti-spoofing set with ports. It returns the number
 // of rules.
-func (m *Manager) buildFirewall(egress string, ports []portEntry) (int, error) {
+func (m *Manager) buildFirewall(egress string, guard bool, ports []portEntry) (int, error) {
 	c, err := m.nft()
 	if err != nil {
 		return 0, err
@@ -99,7 +133,10 @@ func (m *Manager) buildFirewall(egress string, ports []portEntry) (int, error) {
 		c.DelTable(t)
 		c.AddTable(t)
 	}
-	n := m.inetRules(c, inet, egress)
+	n, err := m.inetRules(c, inet, egress, guard)
+	if err != nil {
+		return 0, err
+	}
 	nb, err := m.bridgeRules(c, br, ports)
 	if err != nil {
 		return 0, err
@@ -126,7 +163,25 @@ func (m *Manager) deleteFirewall() error {
 	return nil
 }
 
-func (m *Manager) inetRules(c *nftables.Conn, t *nftables.Table, egress string) int {
+// inetRules fills the inet table. With guard, forwarding on the egress
+// interface is on only for the guests' sake (the host-wide switch is off), and
+// anything arriving there to be routed elsewhere than the bridge is dropped,
+// except replies and destination-NATed connections, so that software that
+// turns forwarding on later (Docker's published ports) keeps working.
+func (m *Manager) inetRules(c *nftables.Conn, t *nftables.Table, egress string, guard bool) (int, error) {
+	blocked := &nftables.Set{Table: t, Name: blockedSet, KeyType: nftables.TypeIPAddr, Interval: true}
+	if err := c.AddSet(blocked, intervalElements(blockedEgress)); err != nil {
+		return 0, fmt.Errorf("build blocked destinations set: %w", err)
+	}
+	allowed := &nftables.Set{Table: t, Name: allowSet, KeyType: nftables.TypeIPAddr, Interval: true}
+	if err := c.AddSet(allowed, intervalElements(m.opts.EgressAllow)); err != nil {
+		return 0, fmt.Errorf("build allowed destinations set: %w", err)
+	}
+	dns := &nftables.Set{Table: t, Name: dnsSet, KeyType: nftables.TypeIPAddr}
+	if err := c.AddSet(dns, addrElements(m.opts.DNSServers)); err != nil {
+		return 0, fmt.Errorf("build DNS servers set: %w", err)
+	}
+
 	accept := nftables.ChainPolicyAccept
 	input := c.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
@@ -147,30 +202,49 @@ func (m *Manager) inetRules(c *nftables.Conn, t *nftables.Table, egress string) 
 	}
 	br, gw := m.opts.Bridge, m.opts.BridgeIP.Addr().AsSlice()
 	toGateway := slices.Concat(isIPv4(), payloadEq(expr.PayloadBaseNetworkHeader, 16, gw))
+	dstIn := func(s *nftables.Set) []expr.Any {
+		return slices.Concat(isIPv4(), []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID},
+		})
+	}
+	dport := func(proto byte, port uint16) []expr.Any {
+		return slices.Concat(metaEq(expr.MetaKeyL4PROTO, []byte{proto}),
+			payloadEq(expr.PayloadBaseTransportHeader, 2, binaryutil.BigEndian.PutUint16(port)))
+	}
+	fromBridgeOut := slices.Concat(metaEq(expr.MetaKeyIIFNAME, ifname(br)), metaEq(expr.MetaKeyOIFNAME, ifname(egress)))
 
 	add(input, "", metaEq(expr.MetaKeyIIFNAME, ifname(br)), jump(toHost.Name))
 
+	// Every address of the host, on any interface, is input: only these pass.
 	add(toHost, "", ctEstablished(), verdict(expr.VerdictAccept))
 	add(toHost, "", toGateway, metaEq(expr.MetaKeyL4PROTO, []byte{unix.IPPROTO_ICMP}),
 		payloadEq(expr.PayloadBaseTransportHeader, 0, []byte{8}), verdict(expr.VerdictAccept))
 	for _, p := range m.hostTCPPorts() {
-		add(toHost, "", toGateway, metaEq(expr.MetaKeyL4PROTO, []byte{unix.IPPROTO_TCP}),
-			payloadEq(expr.PayloadBaseTransportHeader, 2, binaryutil.BigEndian.PutUint16(uint16(p))), verdict(expr.VerdictAccept))
+		add(toHost, "", toGateway, dport(unix.IPPROTO_TCP, uint16(p)), verdict(expr.VerdictAccept))
 	}
-	if slices.Contains(m.opts.DNSServers, m.opts.BridgeIP.Addr()) {
-		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
-			add(toHost, "", toGateway, metaEq(expr.MetaKeyL4PROTO, []byte{proto}),
-				payloadEq(expr.PayloadBaseTransportHeader, 2, binaryutil.BigEndian.PutUint16(53)), verdict(expr.VerdictAccept))
-		}
+	// DNS on a host address (the bridge's, typically) that is a configured server.
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		add(toHost, "", dstIn(dns), dport(proto, 53), verdict(expr.VerdictAccept))
 	}
 	add(toHost, cmtHost, counterDrop())
 
 	add(forward, cmtRouted, metaEq(expr.MetaKeyIIFNAME, ifname(br)), metaEq(expr.MetaKeyOIFNAME, ifname(br)), counterDrop())
-	add(forward, "", metaEq(expr.MetaKeyIIFNAME, ifname(br)), metaEq(expr.MetaKeyOIFNAME, ifname(egress)), verdict(expr.VerdictAccept))
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		add(forward, "", fromBridgeOut, dstIn(dns), dport(proto, 53), verdict(expr.VerdictAccept))
+	}
+	add(forward, "", fromBridgeOut, dstIn(allowed), verdict(expr.VerdictAccept))
+	add(forward, cmtPrivate, fromBridgeOut, dstIn(blocked), counterDrop())
+	add(forward, "", fromBridgeOut, isIPv4(), verdict(expr.VerdictAccept))
 	add(forward, "", metaEq(expr.MetaKeyIIFNAME, ifname(egress)), metaEq(expr.MetaKeyOIFNAME, ifname(br)),
 		ctEstablished(), verdict(expr.VerdictAccept))
 	add(forward, cmtFwdOut, metaEq(expr.MetaKeyIIFNAME, ifname(br)), counterDrop())
 	add(forward, cmtFwdIn, metaEq(expr.MetaKeyOIFNAME, ifname(br)), counterDrop())
+	if guard {
+		add(forward, cmtGuard, metaEq(expr.MetaKeyIIFNAME, ifname(egress)),
+			ctMaskZero(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+			ctMaskZero(expr.CtKeySTATUS, ipsDstNAT), counterDrop())
+	}
 
 	subnet := m.opts.BridgeIP.Masked()
 	add(post, "", isIPv4(), metaEq(expr.MetaKeyOIFNAME, ifname(egress)),
@@ -181,7 +255,60 @@ func (m *Manager) inetRules(c *nftables.Conn, t *nftables.Table, egress string) 
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: subnet.Addr().AsSlice()},
 			&expr.Masq{},
 		})
-	return n
+	return n, nil
+}
+
+// intervalElements are the elements of an IPv4 interval set holding the
+// prefixes: ranges sorted and merged where they overlap or touch (the
+// kernel refuses overlapping intervals), each a start key and an end key one
+// past its last address; a range that reaches 255.255.255.255 has no end.
+func intervalElements(ps []netip.Prefix) []nftables.SetElement {
+	type span struct{ lo, hi uint64 } // inclusive
+	var spans []span
+	for _, p := range ps {
+		if !p.Addr().Is4() {
+			continue
+		}
+		p = p.Masked()
+		lo := uint64(u32(p.Addr()))
+		spans = append(spans, span{lo, lo + (uint64(1) << (32 - p.Bits())) - 1})
+	}
+	slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(a.lo, b.lo) })
+	var merged []span
+	for _, s := range spans {
+		if k := len(merged) - 1; k >= 0 && s.lo <= merged[k].hi+1 {
+			merged[k].hi = max(merged[k].hi, s.hi)
+			continue
+		}
+		merged = append(merged, s)
+	}
+	var out []nftables.SetElement
+	for _, s := range merged {
+		out = append(out, nftables.SetElement{Key: binaryutil.BigEndian.PutUint32(uint32(s.lo))})
+		if s.hi < 1<<32-1 {
+			out = append(out, nftables.SetElement{Key: binaryutil.BigEndian.PutUint32(uint32(s.hi + 1)), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+// addrElements are the distinct IPv4 addresses among as; guests have no
+// IPv6, so an IPv6 DNS server is of no use to them.
+func addrElements(as []netip.Addr) []nftables.SetElement {
+	var out []nftables.SetElement
+	seen := map[netip.Addr]bool{}
+	for _, a := range as {
+		if a.Is4() && !seen[a] {
+			seen[a] = true
+			out = append(out, nftables.SetElement{Key: a.AsSlice()})
+		}
+	}
+	return out
+}
+
+func u32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.BigEndian.Uint32(b[:])
 }
 
 // hostTCPPorts are the registry port and the allowed ports, deduplicated.
@@ -314,6 +441,8 @@ type firewallState struct {
 	tables []string
 	rules  int
 	drops  Drops
+	// guard: the forward chain drops routing from the egress (see inetRules).
+	guard bool
 }
 
 func (m *Manager) firewallStatus() (firewallState, error) {
@@ -347,6 +476,9 @@ func (m *Manager) firewallStatus() (firewallState, error) {
 			st.rules += len(rules)
 			for _, r := range rules {
 				cmt, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+				if cmt == cmtGuard {
+					st.guard = true
+				}
 				for _, e := range r.Exprs {
 					ctr, ok := e.(*expr.Counter)
 					if !ok {
@@ -361,6 +493,10 @@ func (m *Manager) firewallStatus() (firewallState, error) {
 						st.drops.GuestToHost += ctr.Packets
 					case cmtFwdOut, cmtFwdIn, cmtBridgedIn:
 						st.drops.Forward += ctr.Packets
+					case cmtPrivate:
+						st.drops.Private += ctr.Packets
+					case cmtGuard:
+						st.drops.Routed += ctr.Packets
 					}
 				}
 			}
@@ -420,6 +556,16 @@ func ctEstablished() []expr.Any {
 	}
 }
 
+// ctMaskZero matches a conntrack state or status with none of the mask's bits.
+func ctMaskZero(key expr.CtKey, mask uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: key},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(mask), Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0, 0, 0}},
+	}
+}
+
 func verdict(k expr.VerdictKind) []expr.Any { return []expr.Any{&expr.Verdict{Kind: k}} }
 
 func jump(chain string) []expr.Any {
@@ -428,4 +574,35 @@ func jump(chain string) []expr.Any {
 
 func counterDrop() []expr.Any {
 	return []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
+}
+
+// guardedEgress is the interface the forward chain's routing guard names, ""
+// when the table or the guard is absent: the egress whose forwarding Atelier
+// turned on while the host-wide switch was off.
+func (m *Manager) guardedEgress() (string, error) {
+	c, err := m.nft()
+	if err != nil {
+		return "", err
+	}
+	inet, _ := ourTables()
+	rules, err := c.GetRules(inet, &nftables.Chain{Name: "forward", Table: inet})
+	if errors.Is(err, unix.ENOENT) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("list forward rules: %w", err)
+	}
+	for _, r := range rules {
+		if cmt, _ := userdata.GetString(r.UserData, userdata.TypeComment); cmt != cmtGuard {
+			continue
+		}
+		for i, e := range r.Exprs {
+			if meta, ok := e.(*expr.Meta); ok && meta.Key == expr.MetaKeyIIFNAME && i+1 < len(r.Exprs) {
+				if cmp, ok := r.Exprs[i+1].(*expr.Cmp); ok {
+					return strings.TrimRight(string(cmp.Data), "\x00"), nil
+				}
+			}
+		}
+	}
+	return "", nil
 }

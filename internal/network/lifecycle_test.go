@@ -100,8 +100,9 @@ func TestSetupIsIdempotent(t *testing.T) {
 	if !slices.Equal(st.BridgeAddrs, []string{"172.16.0.1/24"}) {
 		t.Errorf("bridge addresses %v", st.BridgeAddrs)
 	}
-	if st.Egress != "wan0" || !st.IPForward {
-		t.Errorf("egress %q ip_forward %v", st.Egress, st.IPForward)
+	if st.Egress != "wan0" || st.IPForward || !st.BridgeForwarding || !st.EgressForwarding || !st.RoutingGuard {
+		t.Errorf("egress %q, host-wide ip_forward %v (want it left off), forwarding on bridge %v and egress %v, guard %v",
+			st.Egress, st.IPForward, st.BridgeForwarding, st.EgressForwarding, st.RoutingGuard)
 	}
 	if !slices.Equal(st.Tables, []string{"inet atelier", "bridge atelier_bridge"}) {
 		t.Errorf("tables %v", st.Tables)

@@ -39,8 +39,8 @@ func Do(ns netns.NsHandle, fn func() error) error {
 // would leave the calling thread inside the new namespace; here a throwaway
 // locked thread does the unshare and is restored (or discarded).
 func createNamedNetns(path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("create netns dir: %w", err)
+	if err := ensureNetnsDir(filepath.Dir(path)); err != nil {
+		return err
 	}
 	return onSwitchedThread(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
@@ -80,6 +80,32 @@ func onSwitchedThread(enter, fn func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// ensureNetnsDir makes dir a shared mount point of its own, as `ip netns add`
+// and CNI do. Whichever of them finds the directory a plain one bind-mounts it
+// onto itself recursively; every namespace file already mounted in it then
+// gets a copy in the new layer while the original stays underneath, hidden,
+// and the file can no longer be unlinked (EBUSY) once the visible copy is
+// unmounted. A directory that is already a mount point is left as it is
+// (only made shared), so after this no well-behaved tool re-binds it. Shared
+// propagation also carries an unmount into the mount namespaces of runc and
+// `ip netns exec` that copied the file, so the namespace is freed sooner.
+func ensureNetnsDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create netns dir: %w", err)
+	}
+	err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if errors.Is(err, unix.EINVAL) { // not a mount point yet
+		if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind-mount netns dir %s: %w", dir, err)
+		}
+		err = unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	}
+	if err != nil {
+		return fmt.Errorf("make netns dir %s a shared mount: %w", dir, err)
+	}
+	return nil
 }
 
 func pinCurrentNetns(path string) error {
@@ -139,14 +165,81 @@ func ensureNamedNetns(path string) (h netns.NsHandle, created bool, err error) {
 // deleteNamedNetns unpins a namespace; an absent one is already gone. The
 // namespace itself lives on while a process (a container) still uses it.
 func deleteNamedNetns(path string) error {
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil &&
-		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount netns %s: %w", path, err)
+	// Every mount stacked on the file, not just the top one.
+	for range maxStacked {
+		err := unix.Unmount(path, unix.MNT_DETACH)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("unmount netns %s: %w", path, err)
+		}
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	err := unix.Unlink(path)
+	if errors.Is(err, unix.EBUSY) {
+		// A copy of the mount is hidden under a later bind of the directory
+		// (see ensureNetnsDir): unreachable by path here, so unlink from a
+		// private mount namespace where it is not in the way.
+		err = unlinkBeneathMounts(path)
+	}
+	if err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("remove netns %s: %w", path, err)
 	}
 	return nil
+}
+
+// maxStacked bounds the mounts peeled off one path.
+const maxStacked = 64
+
+// unlinkBeneathMounts unlinks path from a private copy of the mount
+// namespace in which every bind stacked over its directory and every mount on
+// the file itself are peeled off first. Once the file is not a mount point
+// in the namespace of the caller of unlink, the kernel removes it and
+// detaches the mounts on it in every other namespace, the hidden one in the
+// host's included.
+func unlinkBeneathMounts(path string) error {
+	return onThrowawayThread(func() error {
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			return fmt.Errorf("unshare mount namespace: %w", err)
+		}
+		// Private first: the unmounts below must not propagate back.
+		if err := unix.Mount("", "/", "none", unix.MS_PRIVATE|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("make private mount namespace: %w", err)
+		}
+		dir := filepath.Dir(path)
+		for range maxStacked {
+			if unix.Unmount(dir, unix.MNT_DETACH) != nil {
+				break
+			}
+		}
+		for range maxStacked {
+			if unix.Unmount(path, unix.MNT_DETACH) != nil {
+				break
+			}
+		}
+		return unix.Unlink(path)
+	})
+}
+
+// onThrowawayThread runs fn on a locked OS thread that nothing else ever
+// uses again: fn's goroutine ends still locked, so Go terminates the thread
+// with whatever namespace fn moved it to. That must not be the main thread,
+// which Go cannot terminate and only parks for good, with fn's namespace
+// still on it, where /proc/self (the main thread's view) would show it to
+// the rest of the process. Holding the main thread while a second goroutine
+// runs fn keeps fn off it.
+func onThrowawayThread(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			defer runtime.UnlockOSThread()
+			errc <- onThrowawayThread(fn)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
 }
 
 // namedNetns lists the names under netnsDir that start with prefix.

@@ -6,12 +6,18 @@
 // Everything lives in one network namespace, Options.HostNS (the root netns
 // in production). The firewall is two nftables tables owned by Atelier:
 //
-//   - inet "atelier": guest→host input limited to ICMP echo to the gateway,
-//     the registry port and Options.AllowedHostPorts (plus replies to
-//     connections the host opened); forward bridge→egress, replies back,
-//     nothing else to or from the bridge (this also stops guest→guest
-//     traffic routed through the gateway); masquerade of the bridge subnet
-//     out of the egress interface.
+//   - inet "atelier": guest→host input (to any of the host's addresses)
+//     limited to ICMP echo to the gateway, the registry port and
+//     Options.AllowedHostPorts on the gateway, port 53 of a host address that
+//     is a DNS server (plus replies to connections the host opened); forward
+//     bridge→egress for IPv4 to public destinations, to Options.EgressAllow
+//     and to the DNS servers on port 53, never to the blockedEgress ranges
+//     (private, CGNAT, link-local with the cloud metadata address, loopback,
+//     multicast, reserved); replies back; nothing else to or from the bridge
+//     (this also stops guest→guest traffic routed through the gateway);
+//     masquerade of the bridge subnet out of the egress interface; and,
+//     while net.ipv4.ip_forward is off, a guard that drops traffic arriving
+//     on the egress to be routed anywhere but the bridge.
 //   - bridge "atelier_bridge": every frame entering a sandbox port (a link in
 //     interface group PortGroup) must carry that port's leased MAC and IPv4
 //     address (Ethernet source, IPv4 source, ARP sender MAC and IP), kept in
@@ -34,9 +40,14 @@
 // tap-{8 hex digits of SHA-256(id)}; Attach returns the name it used (see
 // linkNames). A veth sandbox's netns is /var/run/netns/atelier-<id>
 // (NetnsPath). Guests get IPv4 only: every other ethertype from a sandbox
-// port is dropped. Setup turns ip_forward on and leaves it on at Teardown;
-// it never changes net.bridge.bridge-nf-call-iptables, which other bridges
-// on the host may rely on, because isolation does not need it.
+// port is dropped. Setup turns IPv4 forwarding on for the bridge and the
+// egress interface only (net.ipv4.conf.<if>.forwarding), never host-wide:
+// the host does not become a router between its other interfaces, and the
+// guard above keeps the egress's flag from routing a peer on the egress link
+// anywhere but to the guests. Teardown turns the flags off again when it
+// removes the guard. It never changes net.bridge.bridge-nf-call-iptables,
+// which other bridges on the host may rely on, because isolation does not
+// need it.
 package network
 
 import (
@@ -47,6 +58,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -92,9 +104,12 @@ type Options struct {
 	RegistryPort int
 	// AllowedHostPorts are extra TCP ports guests may reach on the bridge address.
 	AllowedHostPorts []int
-	// DNSServers are handed to guests by the runtime; when one of them is the
-	// bridge address, guests may also reach port 53 (UDP and TCP) on it.
+	// DNSServers are handed to guests by the runtime; guests may reach each
+	// of them on port 53 (UDP and TCP), private and host addresses included.
 	DNSServers []netip.Addr
+	// EgressAllow are IPv4 prefixes guests may reach through the egress
+	// although they are in the blocked ranges (private, link-local, ...).
+	EgressAllow []netip.Prefix
 	// Kind is the link Attach creates.
 	Kind LinkKind
 	// HostNS holds the bridge. A negative or zero handle means the network
@@ -120,11 +135,20 @@ func OptionsFromConfig(cfg *config.Config, kind LinkKind) (Options, error) {
 		}
 		dns = append(dns, a)
 	}
+	allow := make([]netip.Prefix, 0, len(cfg.Network.EgressAllowCIDRs))
+	for _, s := range cfg.Network.EgressAllowCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return Options{}, fmt.Errorf("network options: network.egressAllowCidrs %q: %w", s, err)
+		}
+		allow = append(allow, p)
+	}
 	return Options{
 		Bridge:       cfg.Network.BridgeName,
 		BridgeIP:     netip.PrefixFrom(gw, cfg.Network.BridgePrefix),
 		RegistryPort: cfg.Advanced.Server.Verdaccio.Port,
 		DNSServers:   dns,
+		EgressAllow:  allow,
 		Kind:         kind,
 		HostNS:       netns.None(),
 		NetnsPrefix:  DefaultNetnsPrefix,
@@ -201,6 +225,11 @@ func (o Options) check() error {
 	for _, p := range o.AllowedHostPorts {
 		if p < 1 || p > 65535 {
 			errs = append(errs, fmt.Errorf("allowed host port %d: outside 1..65535", p))
+		}
+	}
+	for _, p := range o.EgressAllow {
+		if !p.IsValid() || !p.Addr().Is4() {
+			errs = append(errs, fmt.Errorf("egress allow %s: not an IPv4 prefix", p))
 		}
 	}
 	if o.Kind != LinkTAP && o.Kind != LinkVeth {
@@ -297,16 +326,53 @@ func (m *Manager) Setup(ctx context.Context) error {
 		}
 		ports = append(ports, portEntry{name: l.Attrs().Name, mac: a.mac, ip: a.ip})
 	}
-	n, err := m.buildFirewall(egress, ports)
+	// Forwarding goes on for the bridge and the egress only. When the
+	// host-wide switch is off, the host routes nothing else, and the guard
+	// keeps the egress's flag from routing anything but the guests' traffic.
+	global, err := readSysctl(m.hostNS, "net/ipv4/ip_forward")
 	if err != nil {
 		return fmt.Errorf("network setup: %w", err)
 	}
-	if err := writeSysctl(m.hostNS, "net/ipv4/ip_forward", "1"); err != nil {
+	guard := global == "0"
+	prev, err := m.guardedEgress()
+	if err != nil {
 		return fmt.Errorf("network setup: %w", err)
 	}
+	n, err := m.buildFirewall(egress, guard, ports)
+	if err != nil {
+		return fmt.Errorf("network setup: %w", err)
+	}
+	for _, ifc := range []string{m.opts.Bridge, egress} {
+		if err := writeSysctl(m.hostNS, "net/ipv4/conf/"+ifc+"/forwarding", "1"); err != nil {
+			return fmt.Errorf("network setup: %w", err)
+		}
+	}
+	if guard && prev != "" && prev != egress {
+		// The egress moved: the old one no longer needs forwarding.
+		m.unforward(prev)
+	}
+	if !guard {
+		m.log.Warn("IPv4 forwarding is on for every interface (net.ipv4.ip_forward=1): the host routes between "+
+			"all of them as its own firewall allows; Atelier needs it only on the bridge and the egress "+
+			"(if an earlier Atelier turned it on, turn it off: sysctl -w net.ipv4.ip_forward=0, then run network setup)",
+			"bridge", m.opts.Bridge, "egress", egress)
+	}
 	m.log.Info("network ready", "bridge", m.opts.Bridge, "address", m.opts.BridgeIP.String(),
-		"egress", egress, "rules", n, "ports", len(ports))
+		"egress", egress, "rules", n, "ports", len(ports), "routing_guard", guard)
 	return nil
+}
+
+// unforward turns IPv4 forwarding off on an interface Atelier turned it on
+// for, unless the host-wide switch is on by now (then it is the operator's).
+// An interface that is gone needs nothing.
+func (m *Manager) unforward(ifc string) {
+	if v, err := readSysctl(m.hostNS, "net/ipv4/ip_forward"); err != nil || v != "0" {
+		return
+	}
+	err := writeSysctl(m.hostNS, "net/ipv4/conf/"+ifc+"/forwarding", "0")
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		m.log.Warn("turn forwarding off", "interface", ifc, "err", err)
+	}
 }
 
 // ensureBridge creates the bridge with a fixed MAC (a Linux bridge otherwise
@@ -414,8 +480,10 @@ func (m *Manager) egressInterface() (string, error) {
 // (found by alias or PortGroup), every named netns with the Manager's prefix, both
 // nftables tables, and the bridge when Atelier created it (it carries the
 // alias "atelier:bridge"; a bridge the operator made is left in place with
-// its address). ip_forward is left on: other software on the host may rely
-// on it. Running sandboxes lose their network.
+// its address). Forwarding on the egress (and on an operator's bridge) is
+// turned off again when Setup turned it on while the host-wide switch was
+// off, before the guard goes with the tables; net.ipv4.ip_forward itself is
+// never touched. Running sandboxes lose their network.
 func (m *Manager) Teardown(ctx context.Context) error {
 	if err := m.lock(context.WithoutCancel(ctx)); err != nil {
 		return fmt.Errorf("network teardown: %w", err)
@@ -445,6 +513,14 @@ func (m *Manager) Teardown(ctx context.Context) error {
 		if err := deleteNamedNetns(netnsDir + "/" + n); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	guarded, err := m.guardedEgress()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if guarded != "" {
+		m.unforward(guarded)
+		m.unforward(m.opts.Bridge)
 	}
 	if err := m.deleteFirewall(); err != nil {
 		errs = append(errs, err)
@@ -478,7 +554,16 @@ type Status struct {
 	BridgeOwned bool   `json:"bridgeOwned"`
 	Egress      string `json:"egress"`
 	EgressError string `json:"egressError,omitempty"`
-	IPForward   bool   `json:"ipForward"`
+	// IPForward is the host-wide net.ipv4.ip_forward; Atelier leaves it alone.
+	IPForward bool `json:"ipForward"`
+	// BridgeForwarding and EgressForwarding are the per-interface IPv4
+	// forwarding flags Setup turns on.
+	BridgeForwarding bool `json:"bridgeForwarding"`
+	EgressForwarding bool `json:"egressForwarding"`
+	// RoutingGuard reports that the firewall drops traffic arriving on the
+	// egress to be routed elsewhere than the bridge (set while ip_forward is
+	// off; replies and destination-NATed connections pass).
+	RoutingGuard bool `json:"routingGuard"`
 	// BridgeNFCallIptables is net.bridge.bridge-nf-call-iptables ("" when the
 	// sysctl is absent). Isolation does not depend on it.
 	BridgeNFCallIptables string     `json:"bridgeNfCallIptables"`
@@ -501,6 +586,12 @@ type Drops struct {
 	GuestToHost uint64 `json:"guestToHost"`
 	// Forward counts other forwarded packets to or from the bridge.
 	Forward uint64 `json:"forward"`
+	// Private counts guest packets to blocked destinations through the
+	// egress: private, CGNAT, link-local (cloud metadata), loopback,
+	// multicast and reserved addresses not in the allow-list.
+	Private uint64 `json:"private"`
+	// Routed counts packets the routing guard dropped.
+	Routed uint64 `json:"routed"`
 }
 
 // Status reports the bridge, egress, forwarding, firewall and links.
@@ -535,6 +626,14 @@ func (m *Manager) Status(ctx context.Context) (Status, error) {
 	if v, err := readSysctl(m.hostNS, "net/ipv4/ip_forward"); err == nil {
 		st.IPForward = v == "1"
 	}
+	if v, err := readSysctl(m.hostNS, "net/ipv4/conf/"+m.opts.Bridge+"/forwarding"); err == nil {
+		st.BridgeForwarding = v == "1"
+	}
+	if st.Egress != "" {
+		if v, err := readSysctl(m.hostNS, "net/ipv4/conf/"+st.Egress+"/forwarding"); err == nil {
+			st.EgressForwarding = v == "1"
+		}
+	}
 	if v, err := readSysctl(m.hostNS, "net/bridge/bridge-nf-call-iptables"); err == nil {
 		st.BridgeNFCallIptables = v
 	}
@@ -542,7 +641,7 @@ func (m *Manager) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return st, fmt.Errorf("network status: %w", err)
 	}
-	st.Tables, st.Rules, st.Drops = fw.tables, fw.rules, fw.drops
+	st.Tables, st.Rules, st.Drops, st.RoutingGuard = fw.tables, fw.rules, fw.drops, fw.guard
 	if st.Links, err = m.linkInfos(); err != nil {
 		return st, fmt.Errorf("network status: %w", err)
 	}

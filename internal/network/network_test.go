@@ -1,12 +1,15 @@
 package network
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/google/nftables"
 
 	"atelier/internal/config"
 	"atelier/internal/sandbox"
@@ -113,6 +116,8 @@ func TestOptionsCheck(t *testing.T) {
 		{"bad registry port", func(o *Options) { o.RegistryPort = 70000 }, "registry port"},
 		{"bad allowed port", func(o *Options) { o.AllowedHostPorts = []int{0} }, "allowed host port"},
 		{"no kind", func(o *Options) { o.Kind = "" }, "link kind"},
+		{"egress allow", func(o *Options) { o.EgressAllow = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")} }, ""},
+		{"IPv6 egress allow", func(o *Options) { o.EgressAllow = []netip.Prefix{netip.MustParsePrefix("fd00::/8")} }, "egress allow"},
 		{"netns prefix with slash", func(o *Options) { o.NetnsPrefix = "../x" }, "netns prefix"},
 	}
 	for _, c := range cases {
@@ -150,10 +155,24 @@ func TestOptionsFromConfig(t *testing.T) {
 		t.Errorf("netns path %s", NetnsPath("abcdefgh1234"))
 	}
 
+	if len(o.EgressAllow) != 0 {
+		t.Errorf("default egress allow-list %v", o.EgressAllow)
+	}
+	allow := config.Default()
+	allow.Network.EgressAllowCIDRs = []string{"10.20.0.0/16", "192.168.5.7/32"}
+	if o, err := OptionsFromConfig(allow, LinkTAP); err != nil || len(o.EgressAllow) != 2 || o.EgressAllow[1].String() != "192.168.5.7/32" {
+		t.Errorf("egress allow-list from config: %v, %v", o.EgressAllow, err)
+	}
+
 	bad := config.Default()
 	bad.Network.BridgeIP = "172.16.0.0"
 	if _, err := OptionsFromConfig(bad, LinkTAP); err == nil {
 		t.Error("accepted the network address as bridge")
+	}
+	bad = config.Default()
+	bad.Network.EgressAllowCIDRs = []string{"lan"}
+	if _, err := OptionsFromConfig(bad, LinkTAP); err == nil || !strings.Contains(err.Error(), "egressAllowCidrs") {
+		t.Errorf("bad egress allow-list: %v", err)
 	}
 	bad = config.Default()
 	bad.Network.DNSServers = []string{"dns.example"}
@@ -170,5 +189,68 @@ func TestHostTCPPorts(t *testing.T) {
 	m.opts.RegistryPort = 0
 	if got := m.hostTCPPorts(); !slices.Equal(got, []int{8081, 4873, 9000}) {
 		t.Errorf("ports without registry %v", got)
+	}
+}
+
+// inIntervals looks a up in interval set elements the way the kernel does:
+// the closest element at or below a decides, and an end element means outside.
+func inIntervals(els []nftables.SetElement, a netip.Addr) bool {
+	in := false
+	for _, e := range els {
+		if binary.BigEndian.Uint32(e.Key) > u32(a) {
+			break
+		}
+		in = !e.IntervalEnd
+	}
+	return in
+}
+
+func TestIntervalElements(t *testing.T) {
+	els := intervalElements([]netip.Prefix{
+		netip.MustParsePrefix("10.2.0.0/16"),
+		netip.MustParsePrefix("10.1.0.0/16"), // touches 10.2/16: merged
+		netip.MustParsePrefix("10.1.7.0/24"), // inside 10.1/16
+		netip.MustParsePrefix("10.9.0.9/32"),
+		netip.MustParsePrefix("240.0.0.0/4"), // reaches the top: no end element
+		netip.MustParsePrefix("fd00::/8"),    // ignored: guests have no IPv6
+	})
+	var got []string
+	for _, e := range els {
+		s := netip.AddrFrom4([4]byte(e.Key)).String()
+		if e.IntervalEnd {
+			s = "end " + s
+		}
+		got = append(got, s)
+	}
+	want := []string{"10.1.0.0", "end 10.3.0.0", "10.9.0.9", "end 10.9.0.10", "240.0.0.0"}
+	if !slices.Equal(got, want) {
+		t.Errorf("elements %q, want %q", got, want)
+	}
+	if len(intervalElements(nil)) != 0 {
+		t.Error("elements of an empty list")
+	}
+}
+
+func TestBlockedEgress(t *testing.T) {
+	els := intervalElements(blockedEgress)
+	for _, s := range []string{
+		"0.0.0.0", "0.255.255.255", "10.0.0.1", "10.255.255.255", "100.64.0.1", "100.100.100.200",
+		"100.127.255.255", "127.0.0.1", "127.255.255.254", "169.254.169.254", "169.254.0.1",
+		"172.16.0.1", "172.31.255.255", "192.0.0.170", "192.168.0.1", "192.168.255.255",
+		"198.18.0.1", "198.19.255.255", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255",
+	} {
+		if !inIntervals(els, netip.MustParseAddr(s)) {
+			t.Errorf("%s is not blocked", s)
+		}
+	}
+	for _, s := range []string{
+		"1.1.1.1", "8.8.8.8", "9.255.255.255", "11.0.0.0", "100.63.255.255", "100.128.0.0",
+		"126.255.255.255", "128.0.0.0", "169.253.255.255", "169.255.0.0", "172.15.255.255", "172.32.0.0",
+		"192.0.1.0", "192.0.2.1", "192.167.255.255", "192.169.0.0", "198.17.255.255", "198.20.0.0",
+		"198.51.100.2", "203.0.113.1", "223.255.255.255",
+	} {
+		if inIntervals(els, netip.MustParseAddr(s)) {
+			t.Errorf("%s is blocked", s)
+		}
 	}
 }

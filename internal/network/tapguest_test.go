@@ -78,15 +78,28 @@ func startTAPGuest(t testing.TB, hostNS netns.NsHandle, name string, ip netip.Ad
 // a bridge port that is not forwarding yet.
 func (g *tapGuest) echo(t testing.TB, dst netip.Addr, dstMAC net.HardwareAddr, id uint16, timeout time.Duration) bool {
 	t.Helper()
+	ok, err := g.tryEcho(dst, dstMAC, id, timeout)
+	if err != nil {
+		t.Fatalf("tap guest send: %v", err)
+	}
+	return ok
+}
+
+// tryEcho is echo for any goroutine: it reports a failed send instead of
+// failing the test.
+func (g *tapGuest) tryEcho(dst netip.Addr, dstMAC net.HardwareAddr, id uint16, timeout time.Duration) (bool, error) {
 	mark := g.mark()
 	deadline := time.Now().Add(timeout)
 	for seq := uint16(1); time.Now().Before(deadline); seq++ {
-		g.send(t, ethFrame(dstMAC, g.mac, unix.ETH_P_IP, ipv4Packet(g.ip, dst, unix.IPPROTO_ICMP, icmpEcho(8, id, seq, nil))))
+		fr := ethFrame(dstMAC, g.mac, unix.ETH_P_IP, ipv4Packet(g.ip, dst, unix.IPPROTO_ICMP, icmpEcho(8, id, seq, nil)))
+		if _, err := g.f.Write(fr); err != nil {
+			return false, err
+		}
 		if g.waitFrame(mark, 100*time.Millisecond, g.isEchoReply(id)) {
-			return true
+			return true, nil
 		}
 	}
-	return false
+	return false, nil
 }
 
 func (g *tapGuest) loop(done chan struct{}) {
@@ -306,4 +319,102 @@ func checksum(b []byte) uint16 {
 		sum = sum&0xffff + sum>>16
 	}
 	return ^uint16(sum)
+}
+
+// trySYN sends TCP SYNs from the guest to dst:port through the gateway MAC,
+// resending until a SYN-ACK from dst:port arrives or the timeout passes: a
+// TCP connection attempt for a guest that has no TCP stack.
+func (g *tapGuest) trySYN(dst netip.Addr, dstMAC net.HardwareAddr, sport, dport uint16, timeout time.Duration) (bool, error) {
+	mark := g.mark()
+	deadline := time.Now().Add(timeout)
+	for seq := uint32(1); time.Now().Before(deadline); seq++ {
+		fr := ethFrame(dstMAC, g.mac, unix.ETH_P_IP, ipv4Packet(g.ip, dst, unix.IPPROTO_TCP, tcpSyn(g.ip, dst, sport, dport, seq)))
+		if _, err := g.f.Write(fr); err != nil {
+			return false, err
+		}
+		if g.waitFrame(mark, 100*time.Millisecond, isSynAck(dst, dport, sport)) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func tcpSyn(src, dst netip.Addr, sport, dport uint16, seq uint32) []byte {
+	b := make([]byte, 20)
+	binary.BigEndian.PutUint16(b[0:], sport)
+	binary.BigEndian.PutUint16(b[2:], dport)
+	binary.BigEndian.PutUint32(b[4:], seq)
+	b[12] = 5 << 4 // header length
+	b[13] = 0x02   // SYN
+	binary.BigEndian.PutUint16(b[14:], 65535)
+	s, d := src.As4(), dst.As4()
+	pseudo := append(append(append([]byte{}, s[:]...), d[:]...), 0, unix.IPPROTO_TCP, 0, byte(len(b)))
+	binary.BigEndian.PutUint16(b[16:], checksum(append(pseudo, b...)))
+	return b
+}
+
+// isSynAck matches a TCP SYN-ACK from src:sport to dport.
+func isSynAck(src netip.Addr, sport, dport uint16) func([]byte) bool {
+	return func(fr []byte) bool {
+		if len(fr) < 14 || binary.BigEndian.Uint16(fr[12:]) != unix.ETH_P_IP {
+			return false
+		}
+		p, ok := parseIPv4(fr[14:])
+		return ok && p.src == src && p.proto == unix.IPPROTO_TCP && len(p.payload) >= 14 &&
+			binary.BigEndian.Uint16(p.payload[0:]) == sport && binary.BigEndian.Uint16(p.payload[2:]) == dport &&
+			p.payload[13]&0x12 == 0x12
+	}
+}
+
+// tryEcho6 sends ICMPv6 echo requests from src to the all-nodes group (the
+// host's bridge answers them), resending until a reply with id arrives or
+// the timeout passes.
+func (g *tapGuest) tryEcho6(src netip.Addr, id uint16, timeout time.Duration) (bool, error) {
+	allNodes := netip.MustParseAddr("ff02::1")
+	dstMAC := net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}
+	mark := g.mark()
+	deadline := time.Now().Add(timeout)
+	for seq := uint16(1); time.Now().Before(deadline); seq++ {
+		msg := icmpEcho(128, id, seq, nil)
+		msg[2], msg[3] = 0, 0
+		binary.BigEndian.PutUint16(msg[2:], icmp6Checksum(src, allNodes, msg))
+		if _, err := g.f.Write(ethFrame(dstMAC, g.mac, unix.ETH_P_IPV6, ipv6Packet(src, allNodes, 58, msg))); err != nil {
+			return false, err
+		}
+		if g.waitFrame(mark, 100*time.Millisecond, isEcho6Reply(id)) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func ipv6Packet(src, dst netip.Addr, next byte, payload []byte) []byte {
+	b := make([]byte, 40, 40+len(payload))
+	b[0] = 6 << 4
+	binary.BigEndian.PutUint16(b[4:], uint16(len(payload)))
+	b[6] = next
+	b[7] = 255
+	s, d := src.As16(), dst.As16()
+	copy(b[8:24], s[:])
+	copy(b[24:40], d[:])
+	return append(b, payload...)
+}
+
+func icmp6Checksum(src, dst netip.Addr, msg []byte) uint16 {
+	s, d := src.As16(), dst.As16()
+	pseudo := append(append([]byte{}, s[:]...), d[:]...)
+	pseudo = binary.BigEndian.AppendUint32(pseudo, uint32(len(msg)))
+	pseudo = append(pseudo, 0, 0, 0, 58)
+	return checksum(append(pseudo, msg...))
+}
+
+// isEcho6Reply matches an ICMPv6 echo reply with id.
+func isEcho6Reply(id uint16) func([]byte) bool {
+	return func(fr []byte) bool {
+		if len(fr) < 14+40+8 || binary.BigEndian.Uint16(fr[12:]) != unix.ETH_P_IPV6 {
+			return false
+		}
+		p := fr[14:]
+		return p[6] == 58 && p[40] == 129 && binary.BigEndian.Uint16(p[44:]) == id
+	}
 }
