@@ -344,7 +344,11 @@ func (e *Edge) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 		return nil
 	}
 	if !t.public {
-		if why := crossOriginWrite(r, e.secure); why != "" {
+		var sibling func(string) bool
+		if t.kind == "dev" {
+			sibling = func(h string) bool { return e.table.devSibling(t.sandboxID, h) }
+		}
+		if why := crossOriginWrite(r, e.secure, sibling); why != "" {
 			e.refusedCrossOrigin.Add(1)
 			e.log.Debug("edge: cross-origin write refused", "sandbox_id", t.sandboxID, "host", host, "method", r.Method, "reason", why)
 			e.page(w, http.StatusForbidden, pageCrossOrigin, host)

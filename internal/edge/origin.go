@@ -19,18 +19,28 @@ import (
 // upgrade always pass: the same-origin policy keeps their answers from the
 // sending page. A request without Origin and Sec-Fetch-Site is not from a
 // browser page (curl, the CLI, a tool's backend) and passes.
-func crossOriginWrite(r *http.Request, secure bool) string {
+//
+// sibling, when not nil, names the other hosts on this edge whose pages may
+// write here: a dev server's front end on dev-web-{id} calling its own API
+// alias dev-web-api-{id} is one application split over two hosts of one
+// sandbox. The edge allows that between dev hosts of the same sandbox only,
+// never towards the tool hosts (VS Code, OpenCode, the browser), which would
+// hand a cross-site-scripting hole in the owner's demo a root terminal.
+func crossOriginWrite(r *http.Request, secure bool, sibling func(host string) bool) string {
 	if !writes(r) {
 		return ""
 	}
-	switch site := r.Header.Get("Sec-Fetch-Site"); site {
-	case "cross-site", "same-site":
-		// same-origin would say so; same-site is another sandbox host.
+	site := r.Header.Get("Sec-Fetch-Site")
+	if site == "cross-site" {
 		return "Sec-Fetch-Site: " + site
 	}
 	origins := r.Header.Values("Origin")
 	switch {
 	case len(origins) == 0:
+		if site == "same-site" {
+			// same-origin would say so; same-site is another host.
+			return "Sec-Fetch-Site: same-site without Origin"
+		}
 		return ""
 	case len(origins) > 1:
 		return "several Origin headers"
@@ -42,10 +52,32 @@ func crossOriginWrite(r *http.Request, secure bool) string {
 	if secure {
 		scheme = "https"
 	}
-	if !sameOrigin(origins[0], scheme, r.Host) {
-		return "Origin: " + origins[0]
+	if sameOrigin(origins[0], scheme, r.Host) {
+		return ""
 	}
-	return ""
+	if sibling != nil {
+		if h, ok := originOnThisEdge(origins[0], scheme, r.Host); ok && sibling(h) {
+			return ""
+		}
+	}
+	return "Origin: " + origins[0]
+}
+
+// originOnThisEdge returns the host name of origin when it has the scheme and
+// port this request arrived with, that is, when it could be a host this edge
+// serves.
+func originOnThisEdge(origin, scheme, host string) (string, bool) {
+	u, err := url.Parse(origin)
+	if err != nil || u.Scheme != scheme || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Host == "" {
+		return "", false
+	}
+	o, self := hostPort(u.Host, scheme), hostPort(host, scheme)
+	oh, op, _ := net.SplitHostPort(o)
+	_, sp, _ := net.SplitHostPort(self)
+	if op != sp {
+		return "", false
+	}
+	return oh, true
 }
 
 // writes reports a request that can change state in the guest: any method

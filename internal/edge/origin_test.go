@@ -49,6 +49,11 @@ func TestCrossOriginWrite(t *testing.T) {
 		{"websocket same origin", "GET", with(ws, "Origin", "https://dev-web-aaaaaaaaaaaa.atelier.test:8443"), true, false},
 		{"websocket from the CLI", "GET", ws, true, false},
 		{"post from a sibling host", "POST", with(nil, "Origin", "https://dev-pub-bbbbbbbbbbbb.atelier.test:8443", "Sec-Fetch-Site", "same-site"), true, true},
+		{"post from a dev host of the same sandbox", "POST", with(nil, "Origin", "https://dev-web-api-aaaaaaaaaaaa.atelier.test:8443", "Sec-Fetch-Site", "same-site"), true, false},
+		{"websocket from a dev host of the same sandbox", "GET", with(ws, "Origin", "https://dev-aaaaaaaaaaaa.atelier.test:8443"), true, false},
+		{"post from the same sandbox's tool host", "POST", with(nil, "Origin", "https://sandbox-aaaaaaaaaaaa.atelier.test:8443", "Sec-Fetch-Site", "same-site"), true, true},
+		{"post from a same-sandbox dev host on another port", "POST", with(nil, "Origin", "https://dev-web-api-aaaaaaaaaaaa.atelier.test"), true, true},
+		{"post from a same-sandbox dev host over http", "POST", with(nil, "Origin", "http://dev-web-api-aaaaaaaaaaaa.atelier.test:8443"), true, true},
 		{"post same-site without origin", "POST", with(nil, "Sec-Fetch-Site", "same-site"), true, true},
 		{"post cross-site", "POST", with(nil, "Origin", "https://evil.example", "Sec-Fetch-Site", "cross-site"), true, true},
 		{"post origin of a sibling, no fetch metadata", "POST", with(nil, "Origin", "https://dev-pub-bbbbbbbbbbbb.atelier.test:8443"), true, true},
@@ -76,7 +81,11 @@ func TestCrossOriginWrite(t *testing.T) {
 			if r.Header == nil {
 				r.Header = http.Header{}
 			}
-			if why := crossOriginWrite(r, tt.secure); (why != "") != tt.refused {
+			// The sandbox aaaaaaaaaaaa's dev hosts, as the table would answer.
+			sibling := func(h string) bool {
+				return strings.HasPrefix(h, "dev-") && strings.HasSuffix(h, "-aaaaaaaaaaaa.atelier.test")
+			}
+			if why := crossOriginWrite(r, tt.secure, sibling); (why != "") != tt.refused {
 				t.Fatalf("reason %q, want refused=%v", why, tt.refused)
 			}
 		})
@@ -85,7 +94,7 @@ func TestCrossOriginWrite(t *testing.T) {
 	r, _ := http.NewRequest("POST", "https://x/", nil)
 	r.Host = "dev-web-aaaaaaaaaaaa.atelier.test"
 	r.Header.Set("Origin", "https://dev-web-aaaaaaaaaaaa.atelier.test:443")
-	if why := crossOriginWrite(r, true); why != "" {
+	if why := crossOriginWrite(r, true, nil); why != "" {
 		t.Fatalf("explicit default port refused: %s", why)
 	}
 }
@@ -201,6 +210,8 @@ func TestCrossOriginWritesRefused(t *testing.T) {
 		{"own POST passes", "POST", host + ":" + strconv.Itoa(h.cfg.Domain.HTTPPort), "/own", hdr("Origin", self, "Sec-Fetch-Site", "same-origin"), 200},
 		{"CLI POST passes", "POST", host, "/cli", hdr(), 200},
 		{"public host: sibling POST passes", "POST", pub, "/pub", http.Header{"Origin": {sibling}, "Sec-Fetch-Site": {"same-site"}}, 200},
+		{"dev host of the same sandbox: POST passes", "POST", host + ":" + strconv.Itoa(h.cfg.Domain.HTTPPort), "/alias", hdr("Origin", "http://"+pub+":"+strconv.Itoa(h.cfg.Domain.HTTPPort), "Sec-Fetch-Site", "same-site"), 200},
+		{"dev host to the same sandbox's VS Code: refused", "POST", "sandbox-" + sbA + ".atelier.test", "/tool", hdr("Origin", self, "Sec-Fetch-Site", "same-site"), 403},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -218,7 +229,7 @@ func TestCrossOriginWritesRefused(t *testing.T) {
 			}
 		})
 	}
-	want := []string{"GET /read", "POST /own", "POST /cli", "POST /pub"}
+	want := []string{"GET /read", "POST /own", "POST /cli", "POST /pub", "POST /alias"}
 	if got := log.all(); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("the guest received %q, want %q", got, want)
 	}

@@ -33,6 +33,7 @@ type tableSandbox struct {
 // the request is served.
 type target struct {
 	sandboxID string
+	kind      string
 	ip        string
 	port      int
 	public    bool
@@ -50,7 +51,15 @@ func (t *table) lookup(host string) (target, bool) {
 	if !ok {
 		return target{}, false
 	}
-	return target{sandboxID: r.route.SandboxID, ip: r.sb.ip, port: r.route.Port, public: r.route.Public, up: r.sb.up && r.sb.ip != ""}, true
+	return target{sandboxID: r.route.SandboxID, kind: r.route.Kind, ip: r.sb.ip, port: r.route.Port, public: r.route.Public, up: r.sb.up && r.sb.ip != ""}, true
+}
+
+// devSibling reports whether host is a dev host of sandbox id.
+func (t *table) devSibling(id, host string) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	r, ok := t.hosts[host]
+	return ok && r.route.SandboxID == id && r.route.Kind == "dev"
 }
 
 func (t *table) has(host string) bool {
