@@ -148,3 +148,35 @@ func TestReconcileAfterCrash(t *testing.T) {
 		t.Fatalf("destroy after an interrupted create: %v", err)
 	}
 }
+
+// TestReconcileSparesACreateInFlight runs a reconciler pass in the window
+// between Create's insert and its job starting, as a periodic pass or POST
+// /api/system/cleanup can: it must leave the create alone, not undo it as
+// interrupted by a manager restart.
+func TestReconcileSparesACreateInFlight(t *testing.T) {
+	e := newEnv(t)
+	e.run(t)
+	var (
+		rep  sandbox.Report
+		rerr error
+		ran  bool
+	)
+	e.svc.SetAfterInsert(func(string) {
+		ran = true
+		rep, rerr = e.svc.Reconcile(context.Background(), false)
+	})
+	sb := e.create(t)
+	if !ran {
+		t.Fatal("the hook did not run")
+	}
+	if rerr != nil || rep.Interrupted != 0 {
+		t.Fatalf("reconcile during create: %+v, %v; want nothing settled", rep, rerr)
+	}
+	got, err := e.svc.Wait(ctxT(t), sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != store.StatusRunning {
+		t.Fatalf("status %s (%s), want running", got.Status, got.Error)
+	}
+}

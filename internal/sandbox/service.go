@@ -72,6 +72,10 @@ type Service struct {
 	agents   agentPool
 	// inventory lists host resources for the reconciler.
 	inventory atomic.Pointer[Inventory]
+
+	// afterInsert, set only by tests, runs right after Create inserted the
+	// row, where a reconciler pass used to find a creating row with no job.
+	afterInsert func(id string)
 }
 
 // New builds the service; Run starts its spawn workers.
@@ -201,23 +205,29 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (store.Sandbox,
 		Image: req.Image, Status: store.StatusCreating, Vcpus: req.Vcpus, MemoryMB: req.MemoryMB,
 		CreatedAt: now, UpdatedAt: now,
 	}
-	if err := s.st.InsertSandbox(ctx, sb, s.cfg.Server.MaxSandboxes); err != nil {
-		s.m.ObserveOp(OpCreate, result(err))
-		return store.Sandbox{}, fmt.Errorf("create sandbox: %w", err)
-	}
-	// The row exists: from here on a cancelled request must not strand it
-	// in creating without a job.
+	// The job is in flight before its row exists: a reconciler pass (periodic
+	// or POST /api/system/cleanup) that saw a creating row without a job
+	// would undo it as a create interrupted by a crash.
 	bg := context.WithoutCancel(ctx)
-	if got, err := s.st.GetSandbox(bg, sb.ID); err == nil {
-		sb = got
-	}
-	s.publish(bg, events.SandboxCreated, sb)
-
 	jctx, cancel := context.WithCancel(bg)
 	j := &op{id: sb.ID, ctx: jctx, cancel: cancel, done: make(chan struct{}), enqueued: time.Now()}
 	s.mu.Lock()
 	s.inflight[sb.ID] = j
 	s.mu.Unlock()
+	if err := s.st.InsertSandbox(ctx, sb, s.cfg.Server.MaxSandboxes); err != nil {
+		s.finish(j)
+		s.m.ObserveOp(OpCreate, result(err))
+		return store.Sandbox{}, fmt.Errorf("create sandbox: %w", err)
+	}
+	if s.afterInsert != nil {
+		s.afterInsert(sb.ID)
+	}
+	// The row exists: from here on a cancelled request must not strand it
+	// in creating without a job.
+	if got, err := s.st.GetSandbox(bg, sb.ID); err == nil {
+		sb = got
+	}
+	s.publish(bg, events.SandboxCreated, sb)
 	s.q.push(j)
 	s.log.InfoContext(ctx, "sandbox queued", "sandbox_id", sb.ID, "owner_id", sb.OwnerID, "image", sb.Image)
 	return sb, nil
