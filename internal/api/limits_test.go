@@ -56,3 +56,41 @@ func TestCreateSchemaUsesConfigBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestQuotaExceededIs429NamingTheQuota: a user at a quota gets a problem
+// naming the quota, its limit and their use, for a create and for a start.
+func TestQuotaExceededIs429NamingTheQuota(t *testing.T) {
+	h := newHarness(t, config.ModeMock, func(c *config.Config) {
+		c.Quotas = config.Quotas{RunningPerUser: 1, SandboxesPerUser: 2, DiskGBPerUser: 50}
+	})
+	type quotaProblem struct {
+		Status int    `json:"status"`
+		Code   string `json:"code"`
+		Detail string `json:"detail"`
+		Quota  struct {
+			Name                   string
+			Limit, Used, Requested float64
+			Unit                   string
+		} `json:"quota"`
+	}
+	check := func(r resp, name string, limit, used float64) {
+		t.Helper()
+		var p quotaProblem
+		r.json(t, &p)
+		if r.status != 429 || p.Code != "quota_exceeded" || p.Quota.Name != name || p.Quota.Limit != limit ||
+			p.Quota.Used != used || p.Quota.Unit != "sandboxes" || p.Quota.Requested != 1 {
+			t.Fatalf("got %d %s, want 429 quota_exceeded %s %v/%v", r.status, r.body, name, used, limit)
+		}
+		if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
+			t.Fatalf("content type %q", ct)
+		}
+	}
+	a := h.create(t, nil)
+	check(h.do(t, "POST", "/api/sandboxes", nil, nil), "quotas.runningPerUser", 1, 1)
+	if r := h.do(t, "POST", "/api/sandboxes/"+a.ID+"/stop", nil, nil); r.status != 200 {
+		t.Fatalf("stop: %d", r.status)
+	}
+	h.create(t, nil)
+	check(h.do(t, "POST", "/api/sandboxes/"+a.ID+"/start", nil, nil), "quotas.runningPerUser", 1, 1)
+	check(h.do(t, "POST", "/api/sandboxes", nil, nil), "quotas.sandboxesPerUser", 2, 2)
+}

@@ -461,3 +461,24 @@ func problemKeys(err error) []string {
 	}
 	return keys
 }
+
+func TestQuotasFromEnvAndFile(t *testing.T) {
+	c := Default()
+	if c.Quotas.RunningPerUser == 0 || c.Quotas.SandboxesPerUser == 0 || c.Quotas.DiskGBPerUser == 0 {
+		t.Fatalf("default quotas %+v: unlimited must be the operator's explicit choice", c.Quotas)
+	}
+	if c.Quotas.RunningPerUser*2 > c.Server.MaxSandboxes {
+		t.Errorf("default running quota %d lets two users fill server.maxSandboxes %d", c.Quotas.RunningPerUser, c.Server.MaxSandboxes)
+	}
+	path := filepath.Join(t.TempDir(), "c.json")
+	if err := os.WriteFile(path, []byte(`{"quotas": {"runningPerUser": 0, "diskGbPerUser": 7}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(Options{File: path, Env: []string{"ATELIER_QUOTA_SANDBOXES_PER_USER=3", "ATELIER_QUOTA_DISK_GB_PER_USER=9"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Quotas{RunningPerUser: 0, SandboxesPerUser: 3, DiskGBPerUser: 9}); c.Quotas != want {
+		t.Fatalf("quotas = %+v, want %+v", c.Quotas, want)
+	}
+}

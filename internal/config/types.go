@@ -18,6 +18,7 @@ type Config struct {
 	Domain   Domain   `json:"domain"`
 	Auth     Auth     `json:"auth"`
 	Server   Server   `json:"server"`
+	Quotas   Quotas   `json:"quotas"`
 	Network  Network  `json:"network"`
 	Sandbox  Sandbox  `json:"sandbox"`
 	Setup    Setup    `json:"setup"`
@@ -75,6 +76,21 @@ type Server struct {
 	// derived as {dataDir}/atelier.sock when empty.
 	SocketPath string `json:"socketPath"`
 	LogLevel   string `json:"logLevel"`
+}
+
+// Quotas bound what one user (owner id) may hold, so that one user cannot
+// starve the others of a shared host. 0 means unlimited; the defaults are
+// not 0, so unlimited is always the operator's explicit choice.
+type Quotas struct {
+	// RunningPerUser bounds a user's sandboxes that are creating, starting,
+	// running or stopping: the ones counted by server.maxSandboxes.
+	RunningPerUser int `json:"runningPerUser"`
+	// SandboxesPerUser bounds a user's sandboxes in any state: a stopped
+	// one still holds its disk and its IP address.
+	SandboxesPerUser int `json:"sandboxesPerUser"`
+	// DiskGBPerUser bounds, in GiB, the sum of the virtual sizes of a
+	// user's sandbox disks (each is its image's size).
+	DiskGBPerUser int `json:"diskGbPerUser"`
 }
 
 type Network struct {

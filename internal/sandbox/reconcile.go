@@ -15,7 +15,15 @@ import (
 type Inventory struct {
 	Runtimes func(ctx context.Context) ([]string, error)
 	Links    func(ctx context.Context) ([]string, error)
-	Volumes  func(ctx context.Context) ([]string, error)
+	// Volumes lists the sandbox volumes of every volume driver present.
+	Volumes func(ctx context.Context) ([]HostVolume, error)
+}
+
+// HostVolume is one sandbox volume found on the host.
+type HostVolume struct {
+	ID        string // the sandbox's
+	Driver    string // "lvm" or "file"; "" when the store has one driver
+	SizeBytes int64
 }
 
 // Report counts what one reconciler pass fixed.
@@ -206,7 +214,7 @@ func (s *Service) settle(ctx context.Context, sb store.Sandbox, to store.Status,
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("reconcile %s: %w", sb.ID, err)
 	}
-	_, err := s.move(ctx, sb.ID, []store.Status{sb.Status}, to, 0, func(x *store.Sandbox) {
+	_, err := s.move(ctx, sb.ID, []store.Status{sb.Status}, to, noLimits, func(x *store.Sandbox) {
 		x.Error = msg
 		if to == store.StatusError {
 			x.IP, x.MAC = "", ""
@@ -234,6 +242,18 @@ func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbo
 		_, err := s.st.GetSandbox(bg, id)
 		return errors.Is(err, store.ErrNotFound)
 	}
+	var volumes func(context.Context) ([]string, error)
+	if inv.Volumes != nil {
+		volumes = func(ctx context.Context) ([]string, error) {
+			vs, err := inv.Volumes(ctx)
+			s.recordVolumes(ctx, known, vs)
+			ids := make([]string, 0, len(vs))
+			for _, v := range vs {
+				ids = append(ids, v.ID)
+			}
+			return ids, err
+		}
+	}
 	kinds := []struct {
 		list   func(context.Context) ([]string, error)
 		remove func(context.Context, string) error
@@ -242,7 +262,8 @@ func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbo
 	}{
 		{inv.Runtimes, s.drv.Runtime.Destroy, &rep.Runtimes, "runtime"},
 		{inv.Links, s.drv.Network.Detach, &rep.Links, "link"},
-		{inv.Volumes, s.drv.Volumes.Delete, &rep.Volumes, "volume"},
+		// Delete removes the volume from every driver present.
+		{volumes, s.drv.Volumes.Delete, &rep.Volumes, "volume"},
 	}
 	for _, k := range kinds {
 		if k.list == nil {
@@ -253,10 +274,12 @@ func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbo
 			errs = append(errs, fmt.Errorf("list %ss: %w", k.name, err))
 			continue
 		}
+		seen := map[string]bool{}
 		for _, id := range found {
-			if !orphan(id) {
+			if seen[id] || !orphan(id) {
 				continue
 			}
+			seen[id] = true
 			if err := k.remove(bg, id); err != nil {
 				errs = append(errs, fmt.Errorf("remove orphan %s %s: %w", k.name, id, err))
 				continue
@@ -281,4 +304,29 @@ func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbo
 		s.log.Info("released orphan lease", "sandbox_id", l.SandboxID, "ip", l.IP)
 	}
 	return errors.Join(errs...)
+}
+
+// recordVolumes fills in the disk size and volume driver of sandboxes made
+// before the store recorded them, from their volumes on the host, so they
+// count against their owner's disk quota.
+func (s *Service) recordVolumes(ctx context.Context, known map[string]store.Sandbox, vs []HostVolume) {
+	for _, v := range vs {
+		sb, ok := known[v.ID]
+		needDisk := sb.DiskBytes == 0 && v.SizeBytes > 0
+		needDriver := sb.VolumeDriver == "" && v.Driver != ""
+		if !ok || (!needDisk && !needDriver) {
+			continue
+		}
+		_, err := s.st.UpdateSandbox(context.WithoutCancel(ctx), v.ID, func(x *store.Sandbox) {
+			if x.DiskBytes == 0 {
+				x.DiskBytes = v.SizeBytes
+			}
+			if x.VolumeDriver == "" {
+				x.VolumeDriver = v.Driver
+			}
+		})
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.log.Warn("record volume size", "sandbox_id", v.ID, "err", err)
+		}
+	}
 }

@@ -82,7 +82,7 @@ func TestReconcileAfterCrash(t *testing.T) {
 	svc.SetInventory(sandbox.Inventory{
 		Runtimes: func(context.Context) ([]string, error) { return e.rt.Instances(), nil },
 		Links:    func(context.Context) ([]string, error) { return e.nw.LinkIDs(), nil },
-		Volumes:  func(context.Context) ([]string, error) { return e.vol.IDs(), nil },
+		Volumes:  e.hostVolumes,
 	})
 	rep, err := svc.Reconcile(ctx, true)
 	if err != nil {
@@ -179,4 +179,13 @@ func TestReconcileSparesACreateInFlight(t *testing.T) {
 	if got.Status != store.StatusRunning {
 		t.Fatalf("status %s (%s), want running", got.Status, got.Error)
 	}
+}
+
+// hostVolumes is the mock volume store as the reconciler's inventory.
+func (e *env) hostVolumes(context.Context) ([]sandbox.HostVolume, error) {
+	var out []sandbox.HostVolume
+	for _, id := range e.vol.IDs() {
+		out = append(out, sandbox.HostVolume{ID: id})
+	}
+	return out, nil
 }
