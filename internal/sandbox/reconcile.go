@@ -45,11 +45,18 @@ func (r Report) total() int {
 // SetInventory installs the host listings the reconciler uses for orphans.
 func (s *Service) SetInventory(inv Inventory) { s.inventory.Store(&inv) }
 
-// RunReconciler reconciles every interval until ctx is done. The first pass
-// at start-up is the server's job (Reconcile before serving).
+// JournalRetention is what the journal keeps: every open step, the newest
+// 64 closed steps of each sandbox (its last several operations), and a
+// deleted sandbox's history for a week, at most 10 000 steps of them.
+var JournalRetention = store.OpRetention{PerSandbox: 64, Gone: 7 * 24 * time.Hour, GoneMax: 10000}
+
+// RunReconciler reconciles, and prunes the journal, every interval until
+// ctx is done. The first reconcile at start-up is the server's job
+// (Reconcile before serving).
 func (s *Service) RunReconciler(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	s.PruneJournal(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -58,7 +65,27 @@ func (s *Service) RunReconciler(ctx context.Context, interval time.Duration) {
 			if _, err := s.Reconcile(ctx, false); err != nil && ctx.Err() == nil {
 				s.log.Warn("reconcile", "err", err)
 			}
+			s.PruneJournal(ctx)
 		}
+	}
+}
+
+// PruneJournal deletes the journal steps JournalRetention does not keep,
+// so the journal stays bounded however many sandboxes come and go.
+func (s *Service) PruneJournal(ctx context.Context) {
+	r := JournalRetention
+	if s.retention != nil {
+		r = *s.retention
+	}
+	n, err := s.st.PruneOps(ctx, r)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("prune journal", "err", err)
+		}
+		return
+	}
+	if n > 0 {
+		s.log.Debug("journal pruned", "steps", n)
 	}
 }
 

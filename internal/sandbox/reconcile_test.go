@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"atelier/internal/sandbox"
 	"atelier/internal/store"
@@ -188,4 +189,53 @@ func (e *env) hostVolumes(context.Context) ([]sandbox.HostVolume, error) {
 		out = append(out, sandbox.HostVolume{ID: id})
 	}
 	return out, nil
+}
+
+// TestJournalStaysBounded: many create/destroy cycles, and stop/start
+// cycles of long-lived sandboxes, leave a journal of bounded size that
+// still holds every open step and each live sandbox's latest operation.
+func TestJournalStaysBounded(t *testing.T) {
+	e := newEnv(t)
+	e.run(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r := store.OpRetention{PerSandbox: 16, Gone: time.Hour, GoneMax: 40}
+	e.svc.SetJournalRetention(r)
+	var live []store.Sandbox
+	for range 3 {
+		live = append(live, e.createRunning(t))
+	}
+	// A crash's open step, which recovery still needs, however old.
+	if _, err := e.st.AppendOp(ctx, store.Op{SandboxID: "gonegonegone", Op: sandbox.OpDestroy, Step: sandbox.StepVolume}); err != nil {
+		t.Fatal(err)
+	}
+	bound := len(live)*r.PerSandbox + r.GoneMax + 1
+	for cycle := range 50 {
+		sb := e.createRunning(t)
+		if err := e.svc.Destroy(ctx, sb.ID); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range live {
+			if _, err := e.svc.Restart(ctx, l.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if cycle%10 == 9 {
+			e.svc.PruneJournal(ctx)
+			if n, _ := e.st.CountOps(ctx); n > bound {
+				t.Fatalf("cycle %d: %d journal steps, want at most %d", cycle, n, bound)
+			}
+		}
+	}
+	if open, _ := e.st.OpenOps(ctx); len(open) != 1 || open[0].SandboxID != "gonegonegone" {
+		t.Fatalf("open steps %+v, want the crash's", open)
+	}
+	for _, l := range live {
+		steps := e.journal(t, l.ID, sandbox.OpStart)
+		for _, step := range []string{sandbox.StepLease, sandbox.StepVolume, sandbox.StepLink, sandbox.StepBoot, sandbox.StepHooks} {
+			if steps[step] != store.OpDone {
+				t.Fatalf("latest start of %s lost step %s: %v", l.ID, step, steps)
+			}
+		}
+	}
 }

@@ -77,6 +77,8 @@ type Service struct {
 	// afterInsert, set only by tests, runs right after Create inserted the
 	// row, where a reconciler pass used to find a creating row with no job.
 	afterInsert func(id string)
+	// retention replaces JournalRetention in tests.
+	retention *store.OpRetention
 }
 
 // New builds the service; Run starts its spawn workers.

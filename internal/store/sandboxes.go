@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 const sandboxCols = `id, name, owner_id, workspace_id, image, status, vcpus, memory_mb, ip, mac, error,
@@ -461,4 +462,72 @@ func (s *Store) queryOps(ctx context.Context, q string, args ...any) ([]Op, erro
 		out = append(out, op)
 	}
 	return out, rows.Err()
+}
+
+// OpRetention bounds the journal. Open steps (OpIntent) are always kept:
+// they are what recovery reads after a crash.
+type OpRetention struct {
+	// PerSandbox keeps the newest closed steps of each sandbox, enough for
+	// its last few operations.
+	PerSandbox int
+	// Gone keeps the closed steps of deleted sandboxes this long, and
+	// GoneMax bounds how many are kept at all, newest first.
+	Gone    time.Duration
+	GoneMax int
+}
+
+// pruneBatch bounds one DELETE, so other writers wait for a batch, not for
+// a whole backlog.
+const pruneBatch = 5000
+
+// PruneOps deletes journal steps r does not keep and returns how many.
+func (s *Store) PruneOps(ctx context.Context, r OpRetention) (int64, error) {
+	if r.PerSandbox < 1 || r.GoneMax < 0 || r.Gone < 0 {
+		return 0, fmt.Errorf("prune ops: invalid retention %+v", r)
+	}
+	cutoff := fmtTime(s.now().Add(-r.Gone))
+	stmts := []struct {
+		q    string
+		args []any
+	}{
+		// Beyond the newest PerSandbox closed steps of any sandbox, and
+		// closed steps of deleted sandboxes older than the cutoff.
+		{`DELETE FROM sandbox_ops WHERE id IN (
+			SELECT id FROM (
+				SELECT o.id, o.updated_at,
+					row_number() OVER (PARTITION BY o.sandbox_id ORDER BY o.id DESC) AS rn,
+					EXISTS (SELECT 1 FROM sandboxes s WHERE s.id = o.sandbox_id) AS live
+				FROM sandbox_ops o WHERE o.state <> ?)
+			WHERE rn > ? OR (NOT live AND updated_at < ?)
+			LIMIT ?)`, []any{OpIntent, r.PerSandbox, cutoff, pruneBatch}},
+		// Deleted sandboxes' closed steps past the newest GoneMax.
+		{`DELETE FROM sandbox_ops WHERE id IN (
+			SELECT o.id FROM sandbox_ops o
+			WHERE o.state <> ? AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.id = o.sandbox_id)
+			ORDER BY o.id DESC LIMIT ? OFFSET ?)`, []any{OpIntent, pruneBatch, r.GoneMax}},
+	}
+	var total int64
+	for _, st := range stmts {
+		for {
+			res, err := s.w.ExecContext(ctx, st.q, st.args...)
+			if err != nil {
+				return total, fmt.Errorf("prune ops: %w", err)
+			}
+			n, _ := res.RowsAffected()
+			total += n
+			if n < pruneBatch {
+				break
+			}
+		}
+	}
+	return total, nil
+}
+
+// CountOps counts the journal's steps.
+func (s *Store) CountOps(ctx context.Context) (int, error) {
+	var n int
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM sandbox_ops`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count ops: %w", err)
+	}
+	return n, nil
 }
