@@ -64,7 +64,6 @@ func defaults() *Config {
 		Sandbox: Sandbox{
 			Runtime:         "firecracker",
 			DefaultImage:    "dev-base",
-			ImagesDirectory: "/opt/atelier/infra/images",
 			StateDir:        "/var/lib/sandbox",
 			LogDir:          "/var/log/sandbox",
 			DefaultVcpus:    2,

@@ -60,7 +60,6 @@ var envTable = []EnvVar{
 	{Name: "ATELIER_DNS_SERVERS", Key: "network.dnsServers", Description: "DNS servers written into guests' resolv.conf (comma-separated in the environment)."},
 	{Name: "ATELIER_SANDBOX_RUNTIME", Key: "sandbox.runtime", Description: "Sandbox runtime: firecracker or container."},
 	{Name: "ATELIER_DEFAULT_IMAGE", Key: "sandbox.defaultImage", Description: "Image used when a sandbox names none."},
-	{Name: "ATELIER_IMAGES_DIR", Key: "sandbox.imagesDirectory", Description: "Directory holding the image definitions."},
 	{Name: "ATELIER_STATE_DIR", Key: "sandbox.stateDir", Description: "Root of the sandbox host paths (sockets, overlays, snapshots, images)."},
 	{Name: "ATELIER_LOG_DIR", Key: "sandbox.logDir", Description: "Sandbox log directory."},
 	{Name: "ATELIER_GIT_EMAIL", Key: "sandbox.git.email", Description: "Git author email configured inside sandboxes."},
@@ -160,8 +159,6 @@ var rules = []rule{
 	{key: "setup.storage.loopSizeGb", min: new(0),
 		desc: "Size of the loop-backed pool in GiB; 0 means unset (the CLI asks), otherwise at least 10."},
 	{key: "setup.storage.device", desc: "Block device the CLI uses when method is device."},
-	{key: "setup.network.onExists", enum: []string{"", "status", "recreate"},
-		desc: "What the CLI's network setup does when the bridge exists; empty means ask."},
 }
 
 var ruleIndex = sync.OnceValue(func() map[string]rule {

@@ -109,7 +109,6 @@ type Network struct {
 type Sandbox struct {
 	Runtime         string `json:"runtime"`
 	DefaultImage    string `json:"defaultImage"`
-	ImagesDirectory string `json:"imagesDirectory"`
 	StateDir        string `json:"stateDir"`
 	LogDir          string `json:"logDir"`
 	DefaultVcpus    int    `json:"defaultVcpus"`
@@ -123,18 +122,13 @@ type Git struct {
 }
 
 type Setup struct {
-	Storage      SetupStorage `json:"storage"`
-	NetworkSetup SetupNetwork `json:"network"`
+	Storage SetupStorage `json:"storage"`
 }
 
 type SetupStorage struct {
 	Method     string `json:"method"`
 	LoopSizeGB int    `json:"loopSizeGb"`
 	Device     string `json:"device"`
-}
-
-type SetupNetwork struct {
-	OnExists string `json:"onExists"`
 }
 
 type Advanced struct {

@@ -243,8 +243,6 @@ func TestValidate(t *testing.T) {
 		{name: "loop size 10", mutate: func(c *Config) { c.Setup.Storage.Method, c.Setup.Storage.LoopSizeGB = "loop", 10 }},
 		{name: "device method without device", mutate: func(c *Config) { c.Setup.Storage.Method = "device" },
 			wantKey: "setup.storage.device", wantEnv: ""},
-		{name: "network onExists", mutate: func(c *Config) { c.Setup.NetworkSetup.OnExists = "delete" },
-			wantKey: "setup.network.onExists", wantEnv: "", wantMsg: `"status", "recreate"`},
 
 		// Production refusals.
 		{name: "production default secret", prod: true, mutate: func(c *Config) { c.Auth.JWTSecret = DefaultJWTSecret },
