@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	"atelier/internal/config"
 	"atelier/internal/storage"
@@ -36,7 +37,14 @@ type Set struct {
 
 	mu   sync.Mutex
 	open map[string]Volumes
+	// missed is when a probe last found a driver's pool absent: listing and
+	// deleting probe again only after reprobeEvery (a probe may run lvs).
+	missed map[string]time.Time
 }
+
+// reprobeEvery bounds how often listing and deleting look for a pool that
+// was absent; a start of a sandbox whose volume is there always looks.
+const reprobeEvery = time.Minute
 
 // OpenSet opens the driver storage.Detect picks for new volumes, and every
 // other driver whose pool is present. Drivers whose pool appears later are
@@ -54,6 +62,7 @@ func OpenSet(ctx context.Context, cfg *config.Config, r Runner, log *slog.Logger
 		primary: choice.Driver,
 		log:     log,
 		open:    map[string]Volumes{choice.Driver: primary},
+		missed:  map[string]time.Time{},
 		probes: map[string]func(context.Context) (Volumes, bool){
 			storage.DriverLVM: func(ctx context.Context) (Volumes, bool) {
 				if !storage.ThinPoolExists(ctx, r) {
@@ -100,7 +109,12 @@ func (s *Set) namesLocked() []string {
 // drivers in Drivers order.
 func (s *Set) probeAll(ctx context.Context) []Volumes {
 	for _, name := range []string{storage.DriverLVM, storage.DriverFile} {
-		s.driver(ctx, name)
+		s.mu.Lock()
+		recent := time.Since(s.missed[name]) < reprobeEvery
+		s.mu.Unlock()
+		if !recent {
+			s.driver(ctx, name)
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -124,11 +138,12 @@ func (s *Set) driver(ctx context.Context, name string) (Volumes, bool) {
 		return nil, false
 	}
 	d, ok = probe(ctx)
-	if !ok {
-		return nil, false
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !ok {
+		s.missed[name] = time.Now()
+		return nil, false
+	}
 	if have, ok := s.open[name]; ok {
 		return have, true
 	}
