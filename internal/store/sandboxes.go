@@ -478,49 +478,82 @@ type OpRetention struct {
 
 // pruneBatch bounds one DELETE, so other writers wait for a batch, not for
 // a whole backlog.
-const pruneBatch = 5000
+const pruneBatch = 500
 
-// PruneOps deletes journal steps r does not keep and returns how many.
+// PruneOps deletes journal steps r does not keep and returns how many. What
+// to delete is found on the read pool; the write connection only deletes
+// rows by id, in batches. A closed step never reopens and sandbox ids are
+// never reused, so what was found stays prunable.
 func (s *Store) PruneOps(ctx context.Context, r OpRetention) (int64, error) {
 	if r.PerSandbox < 1 || r.GoneMax < 0 || r.Gone < 0 {
 		return 0, fmt.Errorf("prune ops: invalid retention %+v", r)
 	}
-	cutoff := fmtTime(s.now().Add(-r.Gone))
-	stmts := []struct {
-		q    string
-		args []any
-	}{
-		// Beyond the newest PerSandbox closed steps of any sandbox, and
-		// closed steps of deleted sandboxes older than the cutoff.
-		{`DELETE FROM sandbox_ops WHERE id IN (
-			SELECT id FROM (
-				SELECT o.id, o.updated_at,
-					row_number() OVER (PARTITION BY o.sandbox_id ORDER BY o.id DESC) AS rn,
-					EXISTS (SELECT 1 FROM sandboxes s WHERE s.id = o.sandbox_id) AS live
-				FROM sandbox_ops o WHERE o.state <> ?)
-			WHERE rn > ? OR (NOT live AND updated_at < ?)
-			LIMIT ?)`, []any{OpIntent, r.PerSandbox, cutoff, pruneBatch}},
-		// Deleted sandboxes' closed steps past the newest GoneMax.
-		{`DELETE FROM sandbox_ops WHERE id IN (
-			SELECT o.id FROM sandbox_ops o
-			WHERE o.state <> ? AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.id = o.sandbox_id)
-			ORDER BY o.id DESC LIMIT ? OFFSET ?)`, []any{OpIntent, pruneBatch, r.GoneMax}},
-	}
-	var total int64
-	for _, st := range stmts {
-		for {
-			res, err := s.w.ExecContext(ctx, st.q, st.args...)
-			if err != nil {
-				return total, fmt.Errorf("prune ops: %w", err)
+	var ids []int64
+	scan := func(q string, args []any, keep func(id int64, updated string) bool) error {
+		rows, err := s.r.QueryContext(ctx, q, args...)
+		if err != nil {
+			return fmt.Errorf("prune ops: %w", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				id      int64
+				updated string
+			)
+			if err := rows.Scan(&id, &updated); err != nil {
+				return fmt.Errorf("prune ops: %w", err)
 			}
-			n, _ := res.RowsAffected()
-			total += n
-			if n < pruneBatch {
-				break
+			if !keep(id, updated) {
+				ids = append(ids, id)
 			}
 		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("prune ops: %w", err)
+		}
+		return nil
+	}
+	// Each sandbox's closed steps beyond its newest PerSandbox.
+	err := scan(`SELECT id, '' FROM (
+			SELECT id, row_number() OVER (PARTITION BY sandbox_id ORDER BY id DESC) AS rn
+			FROM sandbox_ops WHERE state <> ?)
+		WHERE rn > ?`, []any{OpIntent, r.PerSandbox}, func(int64, string) bool { return false })
+	if err != nil {
+		return 0, err
+	}
+	// Deleted sandboxes' closed steps, newest first: the first GoneMax of
+	// them while younger than the cutoff. (Steps already beyond a sandbox's
+	// own cap were listed above; deleting an id twice is harmless.)
+	cutoff, n := fmtTime(s.now().Add(-r.Gone)), 0
+	err = scan(`SELECT o.id, o.updated_at FROM sandbox_ops o
+		WHERE o.state <> ? AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.id = o.sandbox_id)
+		ORDER BY o.id DESC`, []any{OpIntent}, func(_ int64, updated string) bool {
+		n++
+		return n <= r.GoneMax && updated >= cutoff
+	})
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for len(ids) > 0 {
+		batch := ids[:min(pruneBatch, len(ids))]
+		ids = ids[len(batch):]
+		res, err := s.w.ExecContext(ctx, `DELETE FROM sandbox_ops WHERE state <> ? AND id IN `+inList(len(batch)),
+			append([]any{OpIntent}, int64Args(batch)...)...)
+		if err != nil {
+			return total, fmt.Errorf("prune ops: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
 	}
 	return total, nil
+}
+
+func int64Args(v []int64) []any {
+	out := make([]any, len(v))
+	for i, x := range v {
+		out[i] = x
+	}
+	return out
 }
 
 // CountOps counts the journal's steps.
