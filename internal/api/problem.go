@@ -23,6 +23,16 @@ type Problem struct {
 	Code   string              `json:"code" doc:"Stable machine-readable error code." enum:"invalid_input,unauthenticated,forbidden,not_found,method_not_allowed,conflict,sandbox_limit,quota_exceeded,subnet_exhausted,body_too_large,not_acceptable,unavailable,internal"`
 	Detail string              `json:"detail,omitempty" doc:"What went wrong in this occurrence."`
 	Errors []*huma.ErrorDetail `json:"errors,omitempty" doc:"Individual problems, each naming the field it is about."`
+	Quota  *QuotaDetail        `json:"quota,omitempty" doc:"With code quota_exceeded: the quota that refused the request."`
+}
+
+// QuotaDetail names an exceeded per-user quota and the numbers behind it.
+type QuotaDetail struct {
+	Name      string  `json:"name" enum:"quotas.runningPerUser,quotas.sandboxesPerUser,quotas.diskGbPerUser" doc:"The quota's config key."`
+	Limit     float64 `json:"limit" doc:"The quota, in unit."`
+	Used      float64 `json:"used" doc:"What the user holds now, in unit."`
+	Requested float64 `json:"requested" doc:"What the request needed, in unit."`
+	Unit      string  `json:"unit" enum:"sandboxes,GiB"`
 }
 
 func (p *Problem) Error() string  { return p.Detail }
@@ -105,6 +115,7 @@ func toProblem(ctx context.Context, log *slog.Logger, err error) error {
 		fe       *sandbox.FieldError
 		afe      *auth.FieldError
 		conflict *store.ConflictError
+		quota    *store.QuotaError
 		p        *Problem
 	)
 	switch {
@@ -122,6 +133,15 @@ func toProblem(ctx context.Context, log *slog.Logger, err error) error {
 		return newProblem(http.StatusConflict, "conflict", conflict.Error())
 	case errors.Is(err, store.ErrNotFound):
 		return newProblem(http.StatusNotFound, "not_found", "sandbox not found")
+	case errors.As(err, &quota):
+		p := newProblem(http.StatusTooManyRequests, "quota_exceeded", quota.Error())
+		p.Quota = &QuotaDetail{Name: quota.Quota, Unit: "sandboxes",
+			Limit: float64(quota.Limit), Used: float64(quota.Used), Requested: float64(quota.Requested)}
+		if quota.Quota == store.QuotaDisk {
+			p.Quota.Unit = "GiB"
+			p.Quota.Limit, p.Quota.Used, p.Quota.Requested = gib(quota.Limit), gib(quota.Used), gib(quota.Requested)
+		}
+		return p
 	case errors.Is(err, store.ErrLimit):
 		return newProblem(http.StatusTooManyRequests, "sandbox_limit", err.Error())
 	case errors.Is(err, store.ErrExhausted):
@@ -139,3 +159,5 @@ func toProblem(ctx context.Context, log *slog.Logger, err error) error {
 		return newProblem(http.StatusInternalServerError, "internal", "internal error")
 	}
 }
+
+func gib(b int64) float64 { return float64(b) / (1 << 30) }

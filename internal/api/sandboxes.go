@@ -2,10 +2,12 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 
 	"github.com/danielgtaylor/huma/v2"
 
+	"atelier/internal/config"
 	"atelier/internal/sandbox"
 	"atelier/internal/store"
 )
@@ -30,10 +32,28 @@ type createSandboxInput struct {
 type createSandboxBody struct {
 	_           struct{} `json:"-" additionalProperties:"false"`
 	Image       string   `json:"image,omitempty" pattern:"^[a-z0-9][a-z0-9._-]{0,62}$" doc:"Image id; defaults to sandbox.defaultImage."`
-	Vcpus       int      `json:"vcpus,omitempty" minimum:"1" maximum:"8" doc:"Virtual CPUs (1-8); defaults to sandbox.defaultVcpus."`
-	MemoryMB    int      `json:"memoryMb,omitempty" minimum:"512" maximum:"16384" doc:"Memory in MiB (512-16384); defaults to sandbox.defaultMemoryMb."`
+	Vcpus       int      `json:"vcpus,omitempty" doc:"Virtual CPUs; defaults to sandbox.defaultVcpus."`
+	MemoryMB    int      `json:"memoryMb,omitempty" doc:"Memory in MiB; defaults to sandbox.defaultMemoryMb."`
 	Name        string   `json:"name,omitempty" pattern:"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$" doc:"Optional DNS-label name, unique per owner."`
 	WorkspaceID string   `json:"workspaceId,omitempty" pattern:"^[a-z0-9]{12}$" doc:"Optional workspace id."`
+}
+
+// TransformSchema sets the resource bounds from the config's constants, the
+// ones config validation and the lifecycle service use too: struct tags
+// cannot name a constant, and a second copy of the numbers would drift.
+func (createSandboxBody) TransformSchema(_ huma.Registry, s *huma.Schema) *huma.Schema {
+	bound := func(name string, lo, hi int) {
+		p := s.Properties[name]
+		if p == nil {
+			return
+		}
+		p.Minimum, p.Maximum = new(float64(lo)), new(float64(hi))
+		p.Description += fmt.Sprintf(" Between %d and %d.", lo, hi)
+		p.PrecomputeMessages()
+	}
+	bound("vcpus", config.MinVcpus, config.MaxVcpus)
+	bound("memoryMb", config.MinMemoryMB, config.MaxMemoryMB)
+	return s
 }
 
 type createSandboxOutput struct {
@@ -93,7 +113,7 @@ func (s *Server) registerSandboxes() {
 	huma.Register(s.api, huma.Operation{
 		OperationID: "create-sandbox", Method: http.MethodPost, Path: "/api/sandboxes", Tags: tags,
 		Summary: "Create a sandbox", Security: securityAuthed, DefaultStatus: http.StatusCreated,
-		Description: "Reserves a slot under server.maxSandboxes atomically (429 past it), then boots through the spawn queue.",
+		Description: "Reserves a slot under server.maxSandboxes and the caller's quotas atomically (429 sandbox_limit or quota_exceeded past them), then boots through the spawn queue.",
 		Errors:      append(errs, http.StatusConflict, http.StatusTooManyRequests, http.StatusServiceUnavailable),
 	}, func(ctx context.Context, in *createSandboxInput) (*createSandboxOutput, error) {
 		body := in.Body
@@ -156,7 +176,7 @@ func (s *Server) registerSandboxes() {
 		huma.Register(s.api, huma.Operation{
 			OperationID: a.name + "-sandbox", Method: http.MethodPost, Path: "/api/sandboxes/{id}/" + a.name, Tags: tags,
 			Summary: a.summary, Security: securityAuthed,
-			Description: "409 when the sandbox's status does not allow it; 429 when starting would exceed server.maxSandboxes.",
+			Description: "409 when the sandbox's status does not allow it; 429 when starting would exceed server.maxSandboxes or the owner's running quota.",
 			Errors:      append(errs, http.StatusConflict, http.StatusTooManyRequests),
 		}, func(ctx context.Context, in *sandboxIDInput) (*sandboxOutput, error) {
 			if _, err := s.owned(ctx, in.ID); err != nil {

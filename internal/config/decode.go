@@ -191,6 +191,15 @@ func (w *walker) object(t reflect.Type, key string, root bool) error {
 			if err := w.value(reflect.TypeFor[string](), full, false); err != nil {
 				return err
 			}
+		case retiredKeys[full] != "":
+			w.problem(full, off, "removed: %s", retiredKeys[full])
+			vtok, err := w.token()
+			if err != nil {
+				return err
+			}
+			if err := w.skip(vtok); err != nil {
+				return err
+			}
 		default:
 			w.problem(full, off, "unknown key %q", full)
 			vtok, err := w.token()

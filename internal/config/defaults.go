@@ -52,6 +52,14 @@ func defaults() *Config {
 			DataDir:          "/var/lib/atelier",
 			LogLevel:         "info",
 		},
+		// With server.maxSandboxes at 20, four users can run at once
+		// before one can be refused; ten sandboxes of the 5 GiB dev-base
+		// image fill the disk quota exactly.
+		Quotas: Quotas{
+			RunningPerUser:   5,
+			SandboxesPerUser: 10,
+			DiskGBPerUser:    50,
+		},
 		Network: Network{
 			BridgeName:   "br0",
 			BridgeIP:     "172.16.0.1",
@@ -65,7 +73,6 @@ func defaults() *Config {
 		Sandbox: Sandbox{
 			Runtime:         "firecracker",
 			DefaultImage:    "dev-base",
-			ImagesDirectory: "/opt/atelier/infra/images",
 			StateDir:        "/var/lib/sandbox",
 			LogDir:          "/var/log/sandbox",
 			DefaultVcpus:    2,

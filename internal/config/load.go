@@ -114,6 +114,12 @@ func applyEnv(c *Config, env map[string]string) error {
 			return fmt.Errorf("env %s: key %s has unsupported type %s", ev.Name, ev.Key, f.Type())
 		}
 	}
+	for name, key := range retiredEnv {
+		if env[name] != "" {
+			problems = append(problems, Problem{Key: key, Env: name,
+				Message: "removed: " + retiredKeys[key] + "; unset " + name})
+		}
+	}
 	if len(problems) > 0 {
 		return &EnvError{Problems: problems}
 	}

@@ -464,3 +464,63 @@ func problemKeys(err error) []string {
 	}
 	return keys
 }
+
+func TestQuotasFromEnvAndFile(t *testing.T) {
+	c := Default()
+	if c.Quotas.RunningPerUser == 0 || c.Quotas.SandboxesPerUser == 0 || c.Quotas.DiskGBPerUser == 0 {
+		t.Fatalf("default quotas %+v: unlimited must be the operator's explicit choice", c.Quotas)
+	}
+	if c.Quotas.RunningPerUser*2 > c.Server.MaxSandboxes {
+		t.Errorf("default running quota %d lets two users fill server.maxSandboxes %d", c.Quotas.RunningPerUser, c.Server.MaxSandboxes)
+	}
+	path := filepath.Join(t.TempDir(), "c.json")
+	if err := os.WriteFile(path, []byte(`{"quotas": {"runningPerUser": 0, "diskGbPerUser": 7}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(Options{File: path, Env: []string{"ATELIER_QUOTA_SANDBOXES_PER_USER=3", "ATELIER_QUOTA_DISK_GB_PER_USER=9"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Quotas{RunningPerUser: 0, SandboxesPerUser: 3, DiskGBPerUser: 9}); c.Quotas != want {
+		t.Fatalf("quotas = %+v, want %+v", c.Quotas, want)
+	}
+}
+
+// TestRetiredKeysAreRefused: keys that were accepted and never read are
+// refused with the reason, from a file and from the environment, instead
+// of being taken and silently ignored.
+func TestRetiredKeysAreRefused(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.json")
+	body := `{"sandbox": {"imagesDirectory": "/opt/atelier/infra/images"}, "setup": {"network": {"onExists": "recreate"}}}`
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(Options{File: path, Env: []string{}})
+	var fe *FileError
+	if !errors.As(err, &fe) || len(fe.Problems) != 2 {
+		t.Fatalf("err = %v, want both keys refused", err)
+	}
+	for i, key := range []string{"sandbox.imagesDirectory", "setup.network"} {
+		p := fe.Problems[i]
+		if p.Key != key || !strings.HasPrefix(p.Message, "removed: ") || !strings.Contains(p.Message, "never read") {
+			t.Errorf("problem %d = %+v, want %s removed with the reason", i, p, key)
+		}
+	}
+	_, err = Load(Options{SkipFile: true, Env: []string{"ATELIER_IMAGES_DIR=/x"}})
+	var ee *EnvError
+	if !errors.As(err, &ee) || len(ee.Problems) != 1 || ee.Problems[0].Env != "ATELIER_IMAGES_DIR" ||
+		!strings.Contains(ee.Problems[0].Message, "unset ATELIER_IMAGES_DIR") {
+		t.Fatalf("env: %v, want ATELIER_IMAGES_DIR refused", err)
+	}
+	for _, e := range EnvVars() {
+		if _, retired := retiredEnv[e.Name]; retired {
+			t.Errorf("%s is both read and retired", e.Name)
+		}
+	}
+	for key := range retiredKeys {
+		if _, ok := leafByKey(key); ok {
+			t.Errorf("%s is both a key and retired", key)
+		}
+	}
+}

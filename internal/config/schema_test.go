@@ -258,10 +258,13 @@ func TestEnvNamesMatchTheContract(t *testing.T) {
 		"ATELIER_DATA_DIR":           "server.dataDir", "ATELIER_STATE_DIR": "sandbox.stateDir",
 		"ATELIER_LOG_DIR": "sandbox.logDir", "ATELIER_SANDBOX_RUNTIME": "sandbox.runtime",
 		"ATELIER_HTTP_PORT": "domain.httpPort", "ATELIER_HTTPS_PORT": "domain.httpsPort",
-		"ATELIER_FIRECRACKER_BIN": "advanced.server.firecracker.binaryPath",
-		"ATELIER_KERNEL_PATH":     "advanced.server.firecracker.kernelPath",
-		"ATELIER_REGISTRY_PORT":   "advanced.server.verdaccio.port",
-		"ATELIER_VERDACCIO_PORT":  "advanced.server.verdaccio.port",
+		"ATELIER_FIRECRACKER_BIN":          "advanced.server.firecracker.binaryPath",
+		"ATELIER_KERNEL_PATH":              "advanced.server.firecracker.kernelPath",
+		"ATELIER_REGISTRY_PORT":            "advanced.server.verdaccio.port",
+		"ATELIER_VERDACCIO_PORT":           "advanced.server.verdaccio.port",
+		"ATELIER_QUOTA_RUNNING_PER_USER":   "quotas.runningPerUser",
+		"ATELIER_QUOTA_SANDBOXES_PER_USER": "quotas.sandboxesPerUser",
+		"ATELIER_QUOTA_DISK_GB_PER_USER":   "quotas.diskGbPerUser",
 	}
 	got := map[string]string{}
 	for _, e := range EnvVars() {

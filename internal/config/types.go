@@ -18,6 +18,7 @@ type Config struct {
 	Domain   Domain   `json:"domain"`
 	Auth     Auth     `json:"auth"`
 	Server   Server   `json:"server"`
+	Quotas   Quotas   `json:"quotas"`
 	Network  Network  `json:"network"`
 	Sandbox  Sandbox  `json:"sandbox"`
 	Setup    Setup    `json:"setup"`
@@ -84,6 +85,21 @@ type Server struct {
 	LogLevel   string `json:"logLevel"`
 }
 
+// Quotas bound what one user (owner id) may hold, so that one user cannot
+// starve the others of a shared host. 0 means unlimited; the defaults are
+// not 0, so unlimited is always the operator's explicit choice.
+type Quotas struct {
+	// RunningPerUser bounds a user's sandboxes that are creating, starting,
+	// running or stopping: the ones counted by server.maxSandboxes.
+	RunningPerUser int `json:"runningPerUser"`
+	// SandboxesPerUser bounds a user's sandboxes in any state: a stopped
+	// one still holds its disk and its IP address.
+	SandboxesPerUser int `json:"sandboxesPerUser"`
+	// DiskGBPerUser bounds, in GiB, the sum of the virtual sizes of a
+	// user's sandbox disks (each is its image's size).
+	DiskGBPerUser int `json:"diskGbPerUser"`
+}
+
 type Network struct {
 	BridgeName   string   `json:"bridgeName"`
 	BridgeIP     string   `json:"bridgeIp"`
@@ -103,7 +119,6 @@ type Network struct {
 type Sandbox struct {
 	Runtime         string `json:"runtime"`
 	DefaultImage    string `json:"defaultImage"`
-	ImagesDirectory string `json:"imagesDirectory"`
 	StateDir        string `json:"stateDir"`
 	LogDir          string `json:"logDir"`
 	DefaultVcpus    int    `json:"defaultVcpus"`
@@ -117,18 +132,13 @@ type Git struct {
 }
 
 type Setup struct {
-	Storage      SetupStorage `json:"storage"`
-	NetworkSetup SetupNetwork `json:"network"`
+	Storage SetupStorage `json:"storage"`
 }
 
 type SetupStorage struct {
 	Method     string `json:"method"`
 	LoopSizeGB int    `json:"loopSizeGb"`
 	Device     string `json:"device"`
-}
-
-type SetupNetwork struct {
-	OnExists string `json:"onExists"`
 }
 
 type Advanced struct {

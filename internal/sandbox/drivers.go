@@ -54,6 +54,27 @@ type Volumes interface {
 	Delete(ctx context.Context, id string) error
 }
 
+// VolumeSet is Volumes over several drivers (storage/pool.Set). New volumes
+// go to Driver(), which Create records on the row; a sandbox's volume then
+// stays on the driver the row names, whatever the host's choice for new
+// volumes becomes.
+type VolumeSet interface {
+	// Driver is where new volumes go.
+	Driver() string
+	// CloneOn is Clone on the named driver ("" for a row that names none:
+	// wherever the volume is, else Driver()); used is the driver holding
+	// the volume. A named driver that is not available is an error, never
+	// a fresh volume elsewhere.
+	CloneOn(ctx context.Context, driver, image, id string) (path, used string, err error)
+}
+
+// ImageSizer reports an image's virtual size: the size of every sandbox
+// volume cloned from it, counted against the owner's disk quota. An image
+// that does not exist is storage.ErrNotFound.
+type ImageSizer interface {
+	ImageSize(ctx context.Context, image string) (int64, error)
+}
+
 // Drivers are the host mechanisms the lifecycle drives.
 type Drivers struct {
 	Runtime Runtime

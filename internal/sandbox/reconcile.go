@@ -15,7 +15,15 @@ import (
 type Inventory struct {
 	Runtimes func(ctx context.Context) ([]string, error)
 	Links    func(ctx context.Context) ([]string, error)
-	Volumes  func(ctx context.Context) ([]string, error)
+	// Volumes lists the sandbox volumes of every volume driver present.
+	Volumes func(ctx context.Context) ([]HostVolume, error)
+}
+
+// HostVolume is one sandbox volume found on the host.
+type HostVolume struct {
+	ID        string // the sandbox's
+	Driver    string // "lvm" or "file"; "" when the store has one driver
+	SizeBytes int64
 }
 
 // Report counts what one reconciler pass fixed.
@@ -37,11 +45,18 @@ func (r Report) total() int {
 // SetInventory installs the host listings the reconciler uses for orphans.
 func (s *Service) SetInventory(inv Inventory) { s.inventory.Store(&inv) }
 
-// RunReconciler reconciles every interval until ctx is done. The first pass
-// at start-up is the server's job (Reconcile before serving).
+// JournalRetention is what the journal keeps: every open step, the newest
+// 64 closed steps of each sandbox (its last several operations), and a
+// deleted sandbox's history for a week, at most 10 000 steps of them.
+var JournalRetention = store.OpRetention{PerSandbox: 64, Gone: 7 * 24 * time.Hour, GoneMax: 10000}
+
+// RunReconciler reconciles, and prunes the journal, every interval until
+// ctx is done. The first reconcile at start-up is the server's job
+// (Reconcile before serving).
 func (s *Service) RunReconciler(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	s.PruneJournal(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -50,7 +65,27 @@ func (s *Service) RunReconciler(ctx context.Context, interval time.Duration) {
 			if _, err := s.Reconcile(ctx, false); err != nil && ctx.Err() == nil {
 				s.log.Warn("reconcile", "err", err)
 			}
+			s.PruneJournal(ctx)
 		}
+	}
+}
+
+// PruneJournal deletes the journal steps JournalRetention does not keep,
+// so the journal stays bounded however many sandboxes come and go.
+func (s *Service) PruneJournal(ctx context.Context) {
+	r := JournalRetention
+	if s.retention != nil {
+		r = *s.retention
+	}
+	n, err := s.st.PruneOps(ctx, r)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("prune journal", "err", err)
+		}
+		return
+	}
+	if n > 0 {
+		s.log.Debug("journal pruned", "steps", n)
 	}
 }
 
@@ -206,7 +241,7 @@ func (s *Service) settle(ctx context.Context, sb store.Sandbox, to store.Status,
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("reconcile %s: %w", sb.ID, err)
 	}
-	_, err := s.move(ctx, sb.ID, []store.Status{sb.Status}, to, 0, func(x *store.Sandbox) {
+	_, err := s.move(ctx, sb.ID, []store.Status{sb.Status}, to, noLimits, func(x *store.Sandbox) {
 		x.Error = msg
 		if to == store.StatusError {
 			x.IP, x.MAC = "", ""
@@ -234,6 +269,18 @@ func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbo
 		_, err := s.st.GetSandbox(bg, id)
 		return errors.Is(err, store.ErrNotFound)
 	}
+	var volumes func(context.Context) ([]string, error)
+	if inv.Volumes != nil {
+		volumes = func(ctx context.Context) ([]string, error) {
+			vs, err := inv.Volumes(ctx)
+			s.recordVolumes(ctx, known, vs)
+			ids := make([]string, 0, len(vs))
+			for _, v := range vs {
+				ids = append(ids, v.ID)
+			}
+			return ids, err
+		}
+	}
 	kinds := []struct {
 		list   func(context.Context) ([]string, error)
 		remove func(context.Context, string) error
@@ -242,7 +289,8 @@ func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbo
 	}{
 		{inv.Runtimes, s.drv.Runtime.Destroy, &rep.Runtimes, "runtime"},
 		{inv.Links, s.drv.Network.Detach, &rep.Links, "link"},
-		{inv.Volumes, s.drv.Volumes.Delete, &rep.Volumes, "volume"},
+		// Delete removes the volume from every driver present.
+		{volumes, s.drv.Volumes.Delete, &rep.Volumes, "volume"},
 	}
 	for _, k := range kinds {
 		if k.list == nil {
@@ -253,10 +301,12 @@ func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbo
 			errs = append(errs, fmt.Errorf("list %ss: %w", k.name, err))
 			continue
 		}
+		seen := map[string]bool{}
 		for _, id := range found {
-			if !orphan(id) {
+			if seen[id] || !orphan(id) {
 				continue
 			}
+			seen[id] = true
 			if err := k.remove(bg, id); err != nil {
 				errs = append(errs, fmt.Errorf("remove orphan %s %s: %w", k.name, id, err))
 				continue
@@ -281,4 +331,29 @@ func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbo
 		s.log.Info("released orphan lease", "sandbox_id", l.SandboxID, "ip", l.IP)
 	}
 	return errors.Join(errs...)
+}
+
+// recordVolumes fills in the disk size and volume driver of sandboxes made
+// before the store recorded them, from their volumes on the host, so they
+// count against their owner's disk quota.
+func (s *Service) recordVolumes(ctx context.Context, known map[string]store.Sandbox, vs []HostVolume) {
+	for _, v := range vs {
+		sb, ok := known[v.ID]
+		needDisk := sb.DiskBytes == 0 && v.SizeBytes > 0
+		needDriver := sb.VolumeDriver == "" && v.Driver != ""
+		if !ok || (!needDisk && !needDriver) {
+			continue
+		}
+		_, err := s.st.UpdateSandbox(context.WithoutCancel(ctx), v.ID, func(x *store.Sandbox) {
+			if x.DiskBytes == 0 {
+				x.DiskBytes = v.SizeBytes
+			}
+			if x.VolumeDriver == "" {
+				x.VolumeDriver = v.Driver
+			}
+		})
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.log.Warn("record volume size", "sandbox_id", v.ID, "err", err)
+		}
+	}
 }

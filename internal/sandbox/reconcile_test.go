@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"atelier/internal/sandbox"
 	"atelier/internal/store"
@@ -82,7 +83,7 @@ func TestReconcileAfterCrash(t *testing.T) {
 	svc.SetInventory(sandbox.Inventory{
 		Runtimes: func(context.Context) ([]string, error) { return e.rt.Instances(), nil },
 		Links:    func(context.Context) ([]string, error) { return e.nw.LinkIDs(), nil },
-		Volumes:  func(context.Context) ([]string, error) { return e.vol.IDs(), nil },
+		Volumes:  e.hostVolumes,
 	})
 	rep, err := svc.Reconcile(ctx, true)
 	if err != nil {
@@ -146,5 +147,95 @@ func TestReconcileAfterCrash(t *testing.T) {
 	}
 	if err := svc.Destroy(ctx, creating); err != nil {
 		t.Fatalf("destroy after an interrupted create: %v", err)
+	}
+}
+
+// TestReconcileSparesACreateInFlight runs a reconciler pass in the window
+// between Create's insert and its job starting, as a periodic pass or POST
+// /api/system/cleanup can: it must leave the create alone, not undo it as
+// interrupted by a manager restart.
+func TestReconcileSparesACreateInFlight(t *testing.T) {
+	e := newEnv(t)
+	e.run(t)
+	var (
+		rep  sandbox.Report
+		rerr error
+		ran  bool
+	)
+	e.svc.SetAfterInsert(func(string) {
+		ran = true
+		rep, rerr = e.svc.Reconcile(context.Background(), false)
+	})
+	sb := e.create(t)
+	if !ran {
+		t.Fatal("the hook did not run")
+	}
+	if rerr != nil || rep.Interrupted != 0 {
+		t.Fatalf("reconcile during create: %+v, %v; want nothing settled", rep, rerr)
+	}
+	got, err := e.svc.Wait(ctxT(t), sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != store.StatusRunning {
+		t.Fatalf("status %s (%s), want running", got.Status, got.Error)
+	}
+}
+
+// hostVolumes is the mock volume store as the reconciler's inventory.
+func (e *env) hostVolumes(context.Context) ([]sandbox.HostVolume, error) {
+	var out []sandbox.HostVolume
+	for _, id := range e.vol.IDs() {
+		out = append(out, sandbox.HostVolume{ID: id})
+	}
+	return out, nil
+}
+
+// TestJournalStaysBounded: many create/destroy cycles, and stop/start
+// cycles of long-lived sandboxes, leave a journal of bounded size that
+// still holds every open step and each live sandbox's latest operation.
+func TestJournalStaysBounded(t *testing.T) {
+	e := newEnv(t)
+	e.run(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r := store.OpRetention{PerSandbox: 16, Gone: time.Hour, GoneMax: 40}
+	e.svc.SetJournalRetention(r)
+	var live []store.Sandbox
+	for range 3 {
+		live = append(live, e.createRunning(t))
+	}
+	// A crash's open step, which recovery still needs, however old.
+	if _, err := e.st.AppendOp(ctx, store.Op{SandboxID: "gonegonegone", Op: sandbox.OpDestroy, Step: sandbox.StepVolume}); err != nil {
+		t.Fatal(err)
+	}
+	bound := len(live)*r.PerSandbox + r.GoneMax + 1
+	for cycle := range 50 {
+		sb := e.createRunning(t)
+		if err := e.svc.Destroy(ctx, sb.ID); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range live {
+			if _, err := e.svc.Restart(ctx, l.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if cycle%10 == 9 {
+			e.svc.PruneJournal(ctx)
+			if n, _ := e.st.CountOps(ctx); n > bound {
+				t.Fatalf("cycle %d: %d journal steps, want at most %d", cycle, n, bound)
+			}
+		}
+	}
+	if open, _ := e.st.OpenOps(ctx); len(open) != 1 || open[0].SandboxID != "gonegonegone" {
+		t.Fatalf("open steps %+v, want the crash's", open)
+	}
+	for _, l := range live {
+		steps := e.journal(t, l.ID, sandbox.OpStart)
+		for _, step := range []string{sandbox.StepLease, sandbox.StepVolume, sandbox.StepLink, sandbox.StepBoot, sandbox.StepHooks} {
+			if steps[step] != store.OpDone {
+				t.Fatalf("latest start of %s lost step %s: %v", l.ID, step, steps)
+			}
+		}
 	}
 }

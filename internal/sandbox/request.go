@@ -8,12 +8,13 @@ import (
 	"atelier/internal/ids"
 )
 
-// Bounds on a sandbox's resources.
+// Bounds on a sandbox's resources: the config's, so a valid default is
+// always a valid request.
 const (
-	MinVcpus    = 1
-	MaxVcpus    = 8
-	MinMemoryMB = 512
-	MaxMemoryMB = 16384
+	MinVcpus    = config.MinVcpus
+	MaxVcpus    = config.MaxVcpus
+	MinMemoryMB = config.MinMemoryMB
+	MaxMemoryMB = config.MaxMemoryMB
 
 	// Fallbacks when the config leaves the defaults unset.
 	fallbackVcpus    = 2

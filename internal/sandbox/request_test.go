@@ -76,3 +76,67 @@ func TestNormalizeFallsBackWhenConfigDefaultsUnset(t *testing.T) {
 		t.Fatalf("fallbacks = %d vcpus, %d MiB; want 2, 2048", req.Vcpus, req.MemoryMB)
 	}
 }
+
+// TestConfigDefaultsAndRequestsShareBounds walks the edges of every resource
+// bound: a default the config accepts must be one a create accepts (a config
+// that validated used to allow 32 vCPUs and 128 MiB, and then every default
+// create failed), and an explicit request must follow the same bounds.
+func TestConfigDefaultsAndRequestsShareBounds(t *testing.T) {
+	edges := func(lo, hi int) []int { return []int{lo - 1, lo, lo + 1, hi - 1, hi, hi + 1, 0, -1, 4 * hi} }
+	cases := []struct {
+		key      string
+		field    string
+		lo, hi   int
+		setDef   func(*config.Config, int)
+		setValue func(*sandbox.CreateRequest, int)
+	}{
+		{"sandbox.defaultVcpus", "vcpus", sandbox.MinVcpus, sandbox.MaxVcpus,
+			func(c *config.Config, v int) { c.Sandbox.DefaultVcpus = v },
+			func(r *sandbox.CreateRequest, v int) { r.Vcpus = v }},
+		{"sandbox.defaultMemoryMb", "memoryMb", sandbox.MinMemoryMB, sandbox.MaxMemoryMB,
+			func(c *config.Config, v int) { c.Sandbox.DefaultMemoryMB = v },
+			func(r *sandbox.CreateRequest, v int) { r.MemoryMB = v }},
+	}
+	for _, tc := range cases {
+		for _, v := range edges(tc.lo, tc.hi) {
+			cfg := config.Default()
+			cfg.Server.Mode = config.ModeMock
+			tc.setDef(cfg, v)
+			configOK := true
+			var ve *config.ValidationError
+			if err := cfg.Validate(); errors.As(err, &ve) {
+				for _, p := range ve.Problems {
+					if p.Key == tc.key {
+						configOK = false
+					}
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			inRange := v >= tc.lo && v <= tc.hi
+			if configOK != inRange {
+				t.Errorf("%s = %d: config valid %v, want %v (bounds %d..%d)", tc.key, v, configOK, inRange, tc.lo, tc.hi)
+			}
+			if configOK {
+				// A config that validates never makes the default create fail.
+				req := sandbox.CreateRequest{}
+				if err := req.Normalize(cfg); err != nil {
+					t.Errorf("%s = %d validates, but a create with the defaults fails: %v", tc.key, v, err)
+				}
+			}
+			if v == 0 {
+				continue // 0 in a request means "the default"
+			}
+			explicit := sandbox.CreateRequest{}
+			tc.setValue(&explicit, v)
+			var fe *sandbox.FieldError
+			err := explicit.Normalize(config.Default())
+			if inRange && err != nil {
+				t.Errorf("%s %d refused: %v", tc.field, v, err)
+			}
+			if !inRange && (!errors.As(err, &fe) || fe.Field != tc.field) {
+				t.Errorf("%s %d: err %v, want a field error on %s", tc.field, v, err, tc.field)
+			}
+		}
+	}
+}

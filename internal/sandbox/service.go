@@ -24,6 +24,7 @@ import (
 	"atelier/internal/events"
 	"atelier/internal/ids"
 	"atelier/internal/metrics"
+	"atelier/internal/storage"
 	"atelier/internal/store"
 )
 
@@ -72,6 +73,12 @@ type Service struct {
 	agents   agentPool
 	// inventory lists host resources for the reconciler.
 	inventory atomic.Pointer[Inventory]
+
+	// afterInsert, set only by tests, runs right after Create inserted the
+	// row, where a reconciler pass used to find a creating row with no job.
+	afterInsert func(id string)
+	// retention replaces JournalRetention in tests.
+	retention *store.OpRetention
 }
 
 // New builds the service; Run starts its spawn workers.
@@ -185,8 +192,9 @@ func (s *Service) List(ctx context.Context, f store.SandboxFilter) ([]store.Sand
 	return s.st.ListSandboxes(ctx, f)
 }
 
-// Create validates req, reserves a slot under server.maxSandboxes by
-// inserting the row as creating (store.ErrLimit past it), and queues the boot.
+// Create validates req, reserves a slot under server.maxSandboxes and the
+// owner's quotas by inserting the row as creating (store.ErrLimit or a
+// *store.QuotaError past them), and queues the boot.
 // It returns at once; Wait follows the sandbox to a settled status.
 func (s *Service) Create(ctx context.Context, req CreateRequest) (store.Sandbox, error) {
 	if err := req.Normalize(s.cfg); err != nil {
@@ -195,32 +203,64 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (store.Sandbox,
 	if req.OwnerID == "" {
 		return store.Sandbox{}, errors.New("create sandbox: owner id missing")
 	}
+	disk, err := s.imageSize(ctx, req.Image)
+	if err != nil {
+		s.m.ObserveOp(OpCreate, result(err))
+		return store.Sandbox{}, err
+	}
+	var driver string
+	if vs, ok := s.drv.Volumes.(VolumeSet); ok {
+		driver = vs.Driver()
+	}
 	now := time.Now().UTC()
 	sb := store.Sandbox{
 		ID: ids.NewSandboxID(), Name: req.Name, OwnerID: req.OwnerID, WorkspaceID: req.WorkspaceID,
 		Image: req.Image, Status: store.StatusCreating, Vcpus: req.Vcpus, MemoryMB: req.MemoryMB,
-		CreatedAt: now, UpdatedAt: now,
+		DiskBytes: disk, VolumeDriver: driver, CreatedAt: now, UpdatedAt: now,
 	}
-	if err := s.st.InsertSandbox(ctx, sb, s.cfg.Server.MaxSandboxes); err != nil {
-		s.m.ObserveOp(OpCreate, result(err))
-		return store.Sandbox{}, fmt.Errorf("create sandbox: %w", err)
-	}
-	// The row exists: from here on a cancelled request must not strand it
-	// in creating without a job.
+	// The job is in flight before its row exists: a reconciler pass (periodic
+	// or POST /api/system/cleanup) that saw a creating row without a job
+	// would undo it as a create interrupted by a crash.
 	bg := context.WithoutCancel(ctx)
-	if got, err := s.st.GetSandbox(bg, sb.ID); err == nil {
-		sb = got
-	}
-	s.publish(bg, events.SandboxCreated, sb)
-
 	jctx, cancel := context.WithCancel(bg)
 	j := &op{id: sb.ID, ctx: jctx, cancel: cancel, done: make(chan struct{}), enqueued: time.Now()}
 	s.mu.Lock()
 	s.inflight[sb.ID] = j
 	s.mu.Unlock()
+	if err := s.st.InsertSandboxWithin(ctx, sb, s.limits()); err != nil {
+		s.finish(j)
+		s.m.ObserveOp(OpCreate, result(err))
+		return store.Sandbox{}, fmt.Errorf("create sandbox: %w", err)
+	}
+	if s.afterInsert != nil {
+		s.afterInsert(sb.ID)
+	}
+	// The row exists: from here on a cancelled request must not strand it
+	// in creating without a job.
+	if got, err := s.st.GetSandbox(bg, sb.ID); err == nil {
+		sb = got
+	}
+	s.publish(bg, events.SandboxCreated, sb)
 	s.q.push(j)
 	s.log.InfoContext(ctx, "sandbox queued", "sandbox_id", sb.ID, "owner_id", sb.OwnerID, "image", sb.Image)
 	return sb, nil
+}
+
+// imageSize is the disk a sandbox of image will hold, counted against the
+// owner's disk quota: 0 when the volume driver cannot tell (mock mode).
+func (s *Service) imageSize(ctx context.Context, image string) (int64, error) {
+	sizer, ok := s.drv.Volumes.(ImageSizer)
+	if !ok {
+		return 0, nil
+	}
+	n, err := sizer.ImageSize(ctx, image)
+	if errors.Is(err, storage.ErrNotFound) {
+		return 0, &FieldError{"image", fmt.Sprintf("no image %q on this host", image)}
+	}
+	if err != nil {
+		return 0, fmt.Errorf("create sandbox: size of image %s: %w", image, err)
+	}
+	return n, nil
 }
 
 // Wait blocks until the sandbox is running, stopped or error, and returns it;
@@ -312,7 +352,7 @@ func (s *Service) Restart(ctx context.Context, id string) (sb store.Sandbox, err
 }
 
 func (s *Service) stop(ctx context.Context, id string) (store.Sandbox, error) {
-	sb, err := s.move(ctx, id, []store.Status{store.StatusRunning}, store.StatusStopping, 0, nil)
+	sb, err := s.move(ctx, id, []store.Status{store.StatusRunning}, store.StatusStopping, noLimits, nil)
 	if err != nil {
 		return sb, fmt.Errorf("stop sandbox %s: %w", id, err)
 	}
@@ -337,7 +377,7 @@ func (s *Service) stop(ctx context.Context, id string) (store.Sandbox, error) {
 			return sb, fmt.Errorf("stop sandbox %s: %w", id, err)
 		}
 	}
-	sb, err = s.move(bg, id, []store.Status{store.StatusStopping}, store.StatusStopped, 0, nil)
+	sb, err = s.move(bg, id, []store.Status{store.StatusStopping}, store.StatusStopped, noLimits, nil)
 	if err != nil {
 		return sb, fmt.Errorf("stop sandbox %s: %w", id, err)
 	}
@@ -351,7 +391,7 @@ func (s *Service) start(ctx context.Context, id string) (store.Sandbox, error) {
 		return prev, fmt.Errorf("start sandbox %s: %w", id, err)
 	}
 	sb, err := s.move(ctx, id, []store.Status{store.StatusStopped, store.StatusError},
-		store.StatusStarting, s.cfg.Server.MaxSandboxes, func(x *store.Sandbox) { x.Error = "" })
+		store.StatusStarting, s.limits(), func(x *store.Sandbox) { x.Error = "" })
 	if err != nil {
 		return sb, fmt.Errorf("start sandbox %s: %w", id, err)
 	}
@@ -379,7 +419,7 @@ func (s *Service) start(ctx context.Context, id string) (store.Sandbox, error) {
 	}
 	if err == nil {
 		p.timings["total"] = ms(time.Since(begin))
-		sb, err = s.move(bg, id, []store.Status{store.StatusStarting}, store.StatusRunning, 0, up.apply(p.timings))
+		sb, err = s.move(bg, id, []store.Status{store.StatusStarting}, store.StatusRunning, noLimits, up.apply(p.timings))
 	}
 	if err != nil {
 		s.undo(p)
@@ -404,7 +444,7 @@ func (s *Service) Destroy(ctx context.Context, id string) (err error) {
 		return fmt.Errorf("destroy sandbox %s: %w", id, err)
 	}
 	defer unlock()
-	sb, err := s.move(ctx, id, sources(store.StatusDestroying), store.StatusDestroying, 0, nil)
+	sb, err := s.move(ctx, id, sources(store.StatusDestroying), store.StatusDestroying, noLimits, nil)
 	if err != nil {
 		return fmt.Errorf("destroy sandbox %s: %w", id, err)
 	}
@@ -484,7 +524,7 @@ func (s *Service) runCreate(j *op) {
 	up, err := s.bringUp(p, sb, true)
 	if err == nil {
 		p.timings["total"] = ms(time.Since(begin))
-		sb, err = s.move(bg, j.id, []store.Status{store.StatusCreating}, store.StatusRunning, 0, up.apply(p.timings))
+		sb, err = s.move(bg, j.id, []store.Status{store.StatusCreating}, store.StatusRunning, noLimits, up.apply(p.timings))
 	}
 	if err != nil {
 		s.undo(p)
@@ -506,11 +546,16 @@ func (s *Service) runCreate(j *op) {
 // brought is what bringUp acquired, recorded on the row at running.
 type brought struct {
 	lease store.Lease
+	// driver holds the volume; "" when the volume store has one driver.
+	driver string
 }
 
 func (b brought) apply(timings map[string]float64) func(*store.Sandbox) {
 	return func(x *store.Sandbox) {
 		x.IP, x.MAC, x.Timings, x.Error = b.lease.IP, b.lease.MAC, timings, ""
+		if b.driver != "" {
+			x.VolumeDriver = b.driver
+		}
 	}
 }
 
@@ -557,7 +602,13 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 	}
 	err = p.step(StepVolume, sb.Image, func(ctx context.Context) (string, error) {
 		var err error
-		disk, err = s.drv.Volumes.Clone(ctx, sb.Image, id)
+		if vs, ok := s.drv.Volumes.(VolumeSet); ok {
+			// The driver that holds the volume, or will: never a fresh
+			// volume on another driver in place of the user's disk.
+			disk, up.driver, err = vs.CloneOn(ctx, sb.VolumeDriver, sb.Image, id)
+		} else {
+			disk, err = s.drv.Volumes.Clone(ctx, sb.Image, id)
+		}
 		return disk, err
 	}, undoVolume)
 	if err != nil {
@@ -626,7 +677,7 @@ func (s *Service) settleError(p *plan, from store.Status, cause error, releaseLe
 	if len(msg) > maxErrorLen {
 		msg = msg[:maxErrorLen]
 	}
-	_, err := s.move(p.bg, p.id, []store.Status{from}, store.StatusError, 0, func(x *store.Sandbox) {
+	_, err := s.move(p.bg, p.id, []store.Status{from}, store.StatusError, noLimits, func(x *store.Sandbox) {
 		x.Error = msg
 		if p.released {
 			x.IP, x.MAC = "", ""
@@ -642,18 +693,31 @@ func (s *Service) settleError(p *plan, from store.Status, cause error, releaseLe
 // publishes sandbox.updated. The per-sandbox event lock keeps one sandbox's
 // events in the order of its transitions even when a create job and a
 // destroy race; it is held only for the store write and the publish.
-func (s *Service) move(ctx context.Context, id string, from []store.Status, to store.Status, limit int, mutate func(*store.Sandbox)) (store.Sandbox, error) {
+func (s *Service) move(ctx context.Context, id string, from []store.Status, to store.Status, lim store.Limits, mutate func(*store.Sandbox)) (store.Sandbox, error) {
 	unlock, err := s.evLocks.Lock(context.Background(), id)
 	if err != nil {
 		return store.Sandbox{}, err
 	}
 	defer unlock()
-	sb, err := s.st.Transition(ctx, id, from, to, limit, mutate)
+	sb, err := s.st.TransitionWithin(ctx, id, from, to, lim, mutate)
 	if err != nil {
 		return sb, err
 	}
 	s.publish(context.WithoutCancel(ctx), events.SandboxUpdated, sb)
 	return sb, nil
+}
+
+// noLimits is for moves that cannot take a sandbox into an active status
+// from a non-active one, the only moves limits apply to.
+var noLimits store.Limits
+
+// limits are server.maxSandboxes and the owner's quotas, checked by the
+// store in the transaction that inserts a sandbox or starts one.
+func (s *Service) limits() store.Limits {
+	q := s.cfg.Quotas
+	return store.Limits{Host: s.cfg.Server.MaxSandboxes, Quotas: store.Quotas{
+		Running: q.RunningPerUser, Sandboxes: q.SandboxesPerUser, DiskBytes: int64(q.DiskGBPerUser) << 30,
+	}}
 }
 
 // undo reverts the plan's completed steps.
@@ -732,7 +796,7 @@ func result(err error) string {
 		return metrics.ResultOK
 	case errors.As(err, &conflict):
 		return metrics.ResultConflict
-	case errors.Is(err, store.ErrLimit):
+	case errors.Is(err, store.ErrLimit), errors.Is(err, store.ErrQuota):
 		return metrics.ResultLimit
 	case errors.Is(err, store.ErrNotFound):
 		return metrics.ResultNotFound

@@ -46,6 +46,8 @@ func newEnv(t *testing.T, tweak ...func(*config.Config)) *env {
 	cfg.Server.DataDir = t.TempDir()
 	cfg.Server.MaxSandboxes = 5
 	cfg.Server.SpawnConcurrency = 4
+	// The tests of quotas set them; the others create freely as one owner.
+	cfg.Quotas = config.Quotas{}
 	for _, f := range tweak {
 		f(cfg)
 	}

@@ -19,6 +19,7 @@ type View struct {
 	Status      store.Status       `json:"status" enum:"creating,running,stopping,stopped,starting,error,destroying"`
 	Vcpus       int                `json:"vcpus"`
 	MemoryMB    int                `json:"memoryMb"`
+	DiskBytes   int64              `json:"diskBytes,omitempty" doc:"Virtual size of the root disk, counted against quotas.diskGbPerUser."`
 	IPAddress   string             `json:"ipAddress,omitempty"`
 	MACAddress  string             `json:"macAddress,omitempty"`
 	URLs        *URLs              `json:"urls,omitempty" doc:"Present once the sandbox has been running."`
@@ -44,7 +45,7 @@ func (s *Service) View(sb store.Sandbox) View {
 func newView(cfg *config.Config, patterns map[string]string, sb store.Sandbox) View {
 	v := View{
 		ID: sb.ID, Name: sb.Name, OwnerID: sb.OwnerID, WorkspaceID: sb.WorkspaceID, Image: sb.Image,
-		Status: sb.Status, Vcpus: sb.Vcpus, MemoryMB: sb.MemoryMB, IPAddress: sb.IP, MACAddress: sb.MAC,
+		Status: sb.Status, Vcpus: sb.Vcpus, MemoryMB: sb.MemoryMB, DiskBytes: sb.DiskBytes, IPAddress: sb.IP, MACAddress: sb.MAC,
 		Error: sb.Error, Timings: sb.Timings, CreatedAt: sb.CreatedAt, UpdatedAt: sb.UpdatedAt,
 	}
 	if hasRun(sb) {

@@ -208,6 +208,9 @@ func newFixture(t testing.TB) *fixture {
 	cfg.Auth.JWTSecret = strings.Repeat("k", 40)
 	cfg.Auth.GitHub.ClientID, cfg.Auth.GitHub.ClientSecret = "id", "secret"
 	cfg.Auth.AllowedOrg = "acme"
+	// One owner (the unix socket's) fills the host here; the quotas are
+	// tested in the sandbox and api packages.
+	cfg.Quotas = config.Quotas{}
 	f.cfg = cfg
 	f.uc = unixClient(cfg.Server.SocketPath)
 	if err := os.MkdirAll(filepath.Join(cfg.Sandbox.StateDir, "images"), 0o700); err != nil {

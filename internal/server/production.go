@@ -47,11 +47,12 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 	if err := net.Setup(ctx); err != nil {
 		return none, sandbox.Inventory{}, fmt.Errorf("set up host network (atelier network setup): %w", err)
 	}
-	vols, choice, err := pool.Open(ctx, cfg, storage.Exec{}, log)
+	vols, choice, err := pool.OpenSet(ctx, cfg, storage.Exec{}, log)
 	if err != nil {
 		return none, sandbox.Inventory{}, err
 	}
-	log.Info("storage driver chosen", "driver", choice.Driver, "reason", choice.Reason)
+	log.Info("storage driver chosen for new volumes", "driver", choice.Driver, "reason", choice.Reason,
+		"drivers_present", vols.Drivers())
 
 	var rt withAgent
 	var listRuntimes func(context.Context) ([]string, error)
@@ -101,12 +102,12 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 			}
 			return out, err
 		},
-		Volumes: func(ctx context.Context) ([]string, error) {
+		Volumes: func(ctx context.Context) ([]sandbox.HostVolume, error) {
 			vs, err := vols.List(ctx)
-			var out []string
+			var out []sandbox.HostVolume
 			for _, v := range vs {
 				if v.Kind == storage.KindSandbox {
-					out = append(out, v.ID)
+					out = append(out, sandbox.HostVolume{ID: v.ID, Driver: v.Driver, SizeBytes: v.SizeBytes})
 				}
 			}
 			return out, err

@@ -42,6 +42,8 @@ type Volume struct {
 	// Origin is the volume this one was cloned from ({kind}-{id}), when the
 	// driver knows it.
 	Origin string `json:"origin,omitempty"`
+	// Driver is the driver holding the volume, DriverLVM or DriverFile.
+	Driver string `json:"driver"`
 }
 
 // Usage is how full a driver's pool is.

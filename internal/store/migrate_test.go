@@ -3,9 +3,12 @@ package store
 import (
 	"context"
 	"database/sql"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
+	"time"
 )
 
 func TestEmbeddedMigrationsAreContiguous(t *testing.T) {
@@ -182,5 +185,58 @@ func TestFailedMigrationLeavesNoTrace(t *testing.T) {
 	}
 	if tables != 2 {
 		t.Errorf("multi-statement migration created %d of 2 objects", tables)
+	}
+}
+
+// TestLifecycleMigrationRecordsVolumeDrivers upgrades a database holding
+// sandboxes from before 0004: each learns its volume driver from the path
+// its create journaled.
+func TestLifecycleMigrationRecordsVolumeDrivers(t *testing.T) {
+	ctx := context.Background()
+	ms, err := loadMigrations(migrationFS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(ms, func(m migration) bool { return strings.HasSuffix(m.name, "_lifecycle.sql") })
+	if i < 0 {
+		t.Fatal("no lifecycle migration")
+	}
+	db, err := openDB(ctx, dsn(filepath.Join(t.TempDir(), DBFile), true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := applyMigrations(ctx, db, ms[:i]); err != nil {
+		t.Fatal(err)
+	}
+	now := fmtTime(time.Now())
+	for id, detail := range map[string]string{
+		"lvmlvmlvmlvm": "/dev/sandbox-vg/sandbox-lvmlvmlvmlvm",
+		"filefilefile": "/var/lib/sandbox/overlays/filefilefile.ext4",
+		"nonenonenone": "",
+	} {
+		if _, err := db.ExecContext(ctx, `INSERT INTO sandboxes (id, owner_id, status, created_at, updated_at)
+			VALUES (?, 'u', 'stopped', ?, ?)`, id, now, now); err != nil {
+			t.Fatal(err)
+		}
+		if detail == "" {
+			continue
+		}
+		for _, st := range []string{"undone", "done"} { // a failed create, then a start
+			if _, err := db.ExecContext(ctx, `INSERT INTO sandbox_ops (sandbox_id, op, step, state, detail, created_at, updated_at)
+				VALUES (?, 'create', 'volume', ?, ?, ?, ?)`, id, st, detail, now, now); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := applyMigrations(ctx, db, ms); err != nil {
+		t.Fatal(err)
+	}
+	s := &Store{w: db, r: db, now: time.Now}
+	for id, want := range map[string]string{"lvmlvmlvmlvm": "lvm", "filefilefile": "file", "nonenonenone": ""} {
+		sb, err := s.GetSandbox(ctx, id)
+		if err != nil || sb.VolumeDriver != want || sb.DiskBytes != 0 {
+			t.Errorf("%s: driver %q disk %d (%v), want %q and 0", id, sb.VolumeDriver, sb.DiskBytes, err, want)
+		}
 	}
 }

@@ -26,12 +26,15 @@
 //	TouchAPIToken(ctx, id, now) error
 //
 //	InsertSandbox(ctx, Sandbox, limit int) error // atomic: ErrLimit when count(ActiveStatuses) >= limit (limit<=0: none)
+//	InsertSandboxWithin(ctx, Sandbox, Limits) error // the same, plus the owner's quotas (*QuotaError)
 //	GetSandbox(ctx, id) (Sandbox, error)
 //	ListSandboxes(ctx, SandboxFilter) ([]Sandbox, error) // ordered by CreatedAt, ID
 //	CountSandboxes(ctx, statuses ...Status) (int, error)
 //	Transition(ctx, id, from []Status, to Status, limit int, mutate func(*Sandbox)) (Sandbox, error)
 //	    // compare-and-set on status; *ConflictError when status not in from; ErrLimit when
 //	    // to is active, from is not, and the active count is already >= limit (limit<=0: none)
+//	TransitionWithin(ctx, id, from, to, Limits, mutate) (Sandbox, error) // plus the owner's running quota
+//	PruneOps(ctx, OpRetention) (int64, error)  // bounded journal: open steps are always kept
 //	UpdateSandbox(ctx, id, mutate func(*Sandbox)) (Sandbox, error) // fields other than Status
 //	DeleteSandbox(ctx, id) error                // ErrNotFound when absent
 //
@@ -73,6 +76,7 @@ import (
 var (
 	ErrNotFound  = errors.New("not found")
 	ErrLimit     = errors.New("sandbox limit reached")
+	ErrQuota     = errors.New("quota exceeded")
 	ErrExhausted = errors.New("subnet exhausted")
 	ErrDuplicate = errors.New("already exists")
 )
@@ -91,6 +95,61 @@ func (e *ConflictError) Error() string {
 }
 
 func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// The quotas, named by their config keys.
+const (
+	QuotaRunning   = "quotas.runningPerUser"
+	QuotaSandboxes = "quotas.sandboxesPerUser"
+	QuotaDisk      = "quotas.diskGbPerUser"
+)
+
+// Quotas bound what one owner may hold; a zero field is unlimited.
+type Quotas struct {
+	// Running bounds the owner's sandboxes in ActiveStatuses.
+	Running int
+	// Sandboxes bounds the owner's sandboxes in any status: a stopped one
+	// keeps its disk and its address.
+	Sandboxes int
+	// DiskBytes bounds the sum of the owner's sandboxes' DiskBytes.
+	DiskBytes int64
+}
+
+// Limits are checked in the same immediate transaction as the write they
+// guard, so concurrent creates and starts can never exceed them.
+type Limits struct {
+	// Host bounds the active sandboxes of every owner (server.maxSandboxes).
+	Host int
+	Quotas
+}
+
+// QuotaError reports a refused write that would take the owner past a
+// quota; errors.Is(err, ErrQuota) holds.
+type QuotaError struct {
+	Quota string // QuotaRunning, QuotaSandboxes or QuotaDisk
+	// Limit, Used and Requested count sandboxes, or bytes for QuotaDisk.
+	Limit, Used, Requested int64
+}
+
+func (e *QuotaError) Error() string {
+	if e.Quota == QuotaDisk {
+		return fmt.Sprintf("quota %s exceeded: %s of %s in use, and this sandbox's disk needs %s more",
+			e.Quota, gib(e.Used), gib(e.Limit), gib(e.Requested))
+	}
+	what := "sandboxes"
+	if e.Quota == QuotaRunning {
+		what = "running sandboxes"
+	}
+	return fmt.Sprintf("quota %s exceeded: %d of %d %s in use", e.Quota, e.Used, e.Limit, what)
+}
+
+func (e *QuotaError) Is(target error) bool { return target == ErrQuota }
+
+func gib(b int64) string {
+	if b%(1<<30) == 0 {
+		return fmt.Sprintf("%d GiB", b>>30)
+	}
+	return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30))
+}
 
 // Status is a sandbox's lifecycle state.
 type Status string
@@ -175,6 +234,11 @@ type Sandbox struct {
 	IP          string
 	MAC         string
 	Error       string
+	// DiskBytes is the virtual size of the root volume, counted against
+	// the owner's disk quota.
+	DiskBytes int64
+	// VolumeDriver holds the root volume: "lvm", "file", or "" when unknown.
+	VolumeDriver string
 	// Timings holds per-phase durations in milliseconds of the last create or start.
 	Timings   map[string]float64
 	CreatedAt time.Time

@@ -8,10 +8,11 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 const sandboxCols = `id, name, owner_id, workspace_id, image, status, vcpus, memory_mb, ip, mac, error,
-	timings, created_at, updated_at`
+	disk_bytes, volume_driver, timings, created_at, updated_at`
 
 func scanSandbox(r rowScanner) (Sandbox, error) {
 	var (
@@ -21,7 +22,7 @@ func scanSandbox(r rowScanner) (Sandbox, error) {
 		cAt, uAt string
 	)
 	if err := r.Scan(&sb.ID, &sb.Name, &sb.OwnerID, &sb.WorkspaceID, &sb.Image, &status, &sb.Vcpus,
-		&sb.MemoryMB, &sb.IP, &sb.MAC, &sb.Error, &timings, &cAt, &uAt); err != nil {
+		&sb.MemoryMB, &sb.IP, &sb.MAC, &sb.Error, &sb.DiskBytes, &sb.VolumeDriver, &timings, &cAt, &uAt); err != nil {
 		return Sandbox{}, err
 	}
 	sb.Status = Status(status)
@@ -51,7 +52,8 @@ func sandboxArgs(sb Sandbox) ([]any, error) {
 		timings = string(b)
 	}
 	return []any{sb.ID, sb.Name, sb.OwnerID, sb.WorkspaceID, sb.Image, string(sb.Status), sb.Vcpus,
-		sb.MemoryMB, sb.IP, sb.MAC, sb.Error, timings, fmtTime(sb.CreatedAt), fmtTime(sb.UpdatedAt)}, nil
+		sb.MemoryMB, sb.IP, sb.MAC, sb.Error, sb.DiskBytes, sb.VolumeDriver, timings, fmtTime(sb.CreatedAt),
+		fmtTime(sb.UpdatedAt)}, nil
 }
 
 func validStatus(s Status) bool { return slices.Contains(AllStatuses, s) }
@@ -99,8 +101,19 @@ func statusArgs(ss []Status) []any {
 // duplicate id or (owner, name) is ErrDuplicate. Zero CreatedAt and
 // UpdatedAt default to now.
 func (s *Store) InsertSandbox(ctx context.Context, sb Sandbox, limit int) error {
+	return s.InsertSandboxWithin(ctx, sb, Limits{Host: limit})
+}
+
+// InsertSandboxWithin is InsertSandbox checking the owner's quotas too, in
+// the same transaction: a *QuotaError (ErrQuota) names the first quota the
+// new row would exceed. Quotas are checked before the host limit, so a
+// user at their own quota is told so rather than that the host is full.
+func (s *Store) InsertSandboxWithin(ctx context.Context, sb Sandbox, lim Limits) error {
 	if !validStatus(sb.Status) {
 		return fmt.Errorf("insert sandbox %s: invalid status %q", sb.ID, sb.Status)
+	}
+	if sb.DiskBytes < 0 {
+		return fmt.Errorf("insert sandbox %s: negative disk size %d", sb.ID, sb.DiskBytes)
 	}
 	now := s.now().UTC()
 	if sb.CreatedAt.IsZero() {
@@ -114,21 +127,57 @@ func (s *Store) InsertSandbox(ctx context.Context, sb Sandbox, limit int) error 
 		return fmt.Errorf("insert sandbox %s: %w", sb.ID, err)
 	}
 	err = s.tx(ctx, func(tx *sql.Tx) error {
-		if limit > 0 && sb.Status.IsActive() {
-			n, err := countActive(ctx, tx)
-			if err != nil {
+		if err := checkQuotas(ctx, tx, sb.OwnerID, lim.Quotas, sb.Status.IsActive(), true, sb.DiskBytes); err != nil {
+			return err
+		}
+		if lim.Host > 0 && sb.Status.IsActive() {
+			if err := checkHost(ctx, tx, lim.Host); err != nil {
 				return err
-			}
-			if n >= limit {
-				return fmt.Errorf("%w (%d of %d in use)", ErrLimit, n, limit)
 			}
 		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO sandboxes (`+sandboxCols+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
 		return sandboxWriteErr(err, sb)
 	})
 	if err != nil {
 		return fmt.Errorf("insert sandbox %s: %w", sb.ID, err)
+	}
+	return nil
+}
+
+func checkHost(ctx context.Context, tx *sql.Tx, limit int) error {
+	n, err := countActive(ctx, tx)
+	if err != nil {
+		return err
+	}
+	if n >= limit {
+		return fmt.Errorf("%w (%d of %d in use)", ErrLimit, n, limit)
+	}
+	return nil
+}
+
+// checkQuotas refuses a write that would take owner past q: one more
+// active sandbox (active), one more row (newRow) holding disk more bytes.
+func checkQuotas(ctx context.Context, tx *sql.Tx, owner string, q Quotas, active, newRow bool, disk int64) error {
+	if q == (Quotas{}) || (!active && !newRow) {
+		return nil
+	}
+	var total, running, bytes int64
+	err := tx.QueryRowContext(ctx, `SELECT count(*),
+		coalesce(sum(CASE WHEN status IN `+inList(len(ActiveStatuses))+` THEN 1 ELSE 0 END), 0),
+		coalesce(sum(disk_bytes), 0)
+		FROM sandboxes WHERE owner_id = ?`, append(statusArgs(ActiveStatuses), owner)...).Scan(&total, &running, &bytes)
+	if err != nil {
+		return fmt.Errorf("count sandboxes of owner %s: %w", owner, err)
+	}
+	// What stopping a sandbox cannot fix is reported first.
+	switch {
+	case newRow && q.Sandboxes > 0 && total >= int64(q.Sandboxes):
+		return &QuotaError{Quota: QuotaSandboxes, Limit: int64(q.Sandboxes), Used: total, Requested: 1}
+	case newRow && q.DiskBytes > 0 && bytes+disk > q.DiskBytes:
+		return &QuotaError{Quota: QuotaDisk, Limit: q.DiskBytes, Used: bytes, Requested: disk}
+	case active && q.Running > 0 && running >= int64(q.Running):
+		return &QuotaError{Quota: QuotaRunning, Limit: int64(q.Running), Used: running, Requested: 1}
 	}
 	return nil
 }
@@ -206,6 +255,12 @@ func (s *Store) CountSandboxes(ctx context.Context, statuses ...Status) (int, er
 // mutate runs inside the write transaction: it must be quick and must not
 // call the Store.
 func (s *Store) Transition(ctx context.Context, id string, from []Status, to Status, limit int, mutate func(*Sandbox)) (Sandbox, error) {
+	return s.TransitionWithin(ctx, id, from, to, Limits{Host: limit}, mutate)
+}
+
+// TransitionWithin is Transition checking, for a move into an active
+// status, the owner's running quota too (*QuotaError).
+func (s *Store) TransitionWithin(ctx context.Context, id string, from []Status, to Status, lim Limits, mutate func(*Sandbox)) (Sandbox, error) {
 	if !validStatus(to) {
 		return Sandbox{}, fmt.Errorf("transition sandbox %s: invalid status %q", id, to)
 	}
@@ -218,13 +273,14 @@ func (s *Store) Transition(ctx context.Context, id string, from []Status, to Sta
 		if !slices.Contains(from, cur.Status) {
 			return &ConflictError{ID: id, Current: cur.Status, To: to}
 		}
-		if limit > 0 && to.IsActive() && !cur.Status.IsActive() {
-			n, err := countActive(ctx, tx)
-			if err != nil {
+		if to.IsActive() && !cur.Status.IsActive() {
+			if err := checkQuotas(ctx, tx, cur.OwnerID, lim.Quotas, true, false, 0); err != nil {
 				return err
 			}
-			if n >= limit {
-				return fmt.Errorf("%w (%d of %d in use)", ErrLimit, n, limit)
+			if lim.Host > 0 {
+				if err := checkHost(ctx, tx, lim.Host); err != nil {
+					return err
+				}
 			}
 		}
 		out, err = s.updateTx(ctx, tx, cur, mutate, to)
@@ -288,8 +344,8 @@ func (s *Store) updateTx(ctx context.Context, tx *sql.Tx, cur Sandbox, mutate fu
 	}
 	// args[0] is the id: reuse it for the WHERE clause.
 	_, err = tx.ExecContext(ctx, `UPDATE sandboxes SET name = ?, owner_id = ?, workspace_id = ?, image = ?,
-		status = ?, vcpus = ?, memory_mb = ?, ip = ?, mac = ?, error = ?, timings = ?, created_at = ?,
-		updated_at = ? WHERE id = ?`, append(args[1:], args[0])...)
+		status = ?, vcpus = ?, memory_mb = ?, ip = ?, mac = ?, error = ?, disk_bytes = ?, volume_driver = ?,
+		timings = ?, created_at = ?, updated_at = ? WHERE id = ?`, append(args[1:], args[0])...)
 	if err != nil {
 		return Sandbox{}, sandboxWriteErr(err, next)
 	}
@@ -406,4 +462,105 @@ func (s *Store) queryOps(ctx context.Context, q string, args ...any) ([]Op, erro
 		out = append(out, op)
 	}
 	return out, rows.Err()
+}
+
+// OpRetention bounds the journal. Open steps (OpIntent) are always kept:
+// they are what recovery reads after a crash.
+type OpRetention struct {
+	// PerSandbox keeps the newest closed steps of each sandbox, enough for
+	// its last few operations.
+	PerSandbox int
+	// Gone keeps the closed steps of deleted sandboxes this long, and
+	// GoneMax bounds how many are kept at all, newest first.
+	Gone    time.Duration
+	GoneMax int
+}
+
+// pruneBatch bounds one DELETE, so other writers wait for a batch, not for
+// a whole backlog.
+const pruneBatch = 500
+
+// PruneOps deletes journal steps r does not keep and returns how many. What
+// to delete is found on the read pool; the write connection only deletes
+// rows by id, in batches. A closed step never reopens and sandbox ids are
+// never reused, so what was found stays prunable.
+func (s *Store) PruneOps(ctx context.Context, r OpRetention) (int64, error) {
+	if r.PerSandbox < 1 || r.GoneMax < 0 || r.Gone < 0 {
+		return 0, fmt.Errorf("prune ops: invalid retention %+v", r)
+	}
+	var ids []int64
+	scan := func(q string, args []any, keep func(id int64, updated string) bool) error {
+		rows, err := s.r.QueryContext(ctx, q, args...)
+		if err != nil {
+			return fmt.Errorf("prune ops: %w", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				id      int64
+				updated string
+			)
+			if err := rows.Scan(&id, &updated); err != nil {
+				return fmt.Errorf("prune ops: %w", err)
+			}
+			if !keep(id, updated) {
+				ids = append(ids, id)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("prune ops: %w", err)
+		}
+		return nil
+	}
+	// Each sandbox's closed steps beyond its newest PerSandbox.
+	err := scan(`SELECT id, '' FROM (
+			SELECT id, row_number() OVER (PARTITION BY sandbox_id ORDER BY id DESC) AS rn
+			FROM sandbox_ops WHERE state <> ?)
+		WHERE rn > ?`, []any{OpIntent, r.PerSandbox}, func(int64, string) bool { return false })
+	if err != nil {
+		return 0, err
+	}
+	// Deleted sandboxes' closed steps, newest first: the first GoneMax of
+	// them while younger than the cutoff. (Steps already beyond a sandbox's
+	// own cap were listed above; deleting an id twice is harmless.)
+	cutoff, n := fmtTime(s.now().Add(-r.Gone)), 0
+	err = scan(`SELECT o.id, o.updated_at FROM sandbox_ops o
+		WHERE o.state <> ? AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.id = o.sandbox_id)
+		ORDER BY o.id DESC`, []any{OpIntent}, func(_ int64, updated string) bool {
+		n++
+		return n <= r.GoneMax && updated >= cutoff
+	})
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for len(ids) > 0 {
+		batch := ids[:min(pruneBatch, len(ids))]
+		ids = ids[len(batch):]
+		res, err := s.w.ExecContext(ctx, `DELETE FROM sandbox_ops WHERE state <> ? AND id IN `+inList(len(batch)),
+			append([]any{OpIntent}, int64Args(batch)...)...)
+		if err != nil {
+			return total, fmt.Errorf("prune ops: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+	}
+	return total, nil
+}
+
+func int64Args(v []int64) []any {
+	out := make([]any, len(v))
+	for i, x := range v {
+		out[i] = x
+	}
+	return out
+}
+
+// CountOps counts the journal's steps.
+func (s *Store) CountOps(ctx context.Context) (int, error) {
+	var n int
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM sandbox_ops`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count ops: %w", err)
+	}
+	return n, nil
 }

@@ -435,19 +435,43 @@ func (d *Driver) List(ctx context.Context) ([]storage.Volume, error) {
 			if st.Mode&unix.S_IFMT != unix.S_IFREG {
 				continue
 			}
-			out = append(out, storage.Volume{
-				Name:      storage.VolumeName(kind, id),
-				Kind:      kind,
-				ID:        id,
-				Path:      path,
-				SizeBytes: st.Size,
-				UsedBytes: st.Blocks * 512,
-				Origin:    readOrigin(path),
-			})
+			out = append(out, volumeOf(kind, id, path, &st))
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+func volumeOf(kind storage.Kind, id, path string, st *unix.Stat_t) storage.Volume {
+	return storage.Volume{
+		Name:      storage.VolumeName(kind, id),
+		Kind:      kind,
+		ID:        id,
+		Path:      path,
+		SizeBytes: st.Size,
+		UsedBytes: st.Blocks * 512,
+		Origin:    readOrigin(path),
+		Driver:    storage.DriverFile,
+	}
+}
+
+// Stat returns one volume; storage.ErrNotFound when it does not exist.
+func (d *Driver) Stat(ctx context.Context, kind storage.Kind, id string) (storage.Volume, error) {
+	if err := storage.CheckID(kind, id); err != nil {
+		return storage.Volume{}, fmt.Errorf("stat volume: %w", err)
+	}
+	path := d.volPath(kind, id)
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return storage.Volume{}, fmt.Errorf("stat volume %s: %w", storage.VolumeName(kind, id), storage.ErrNotFound)
+		}
+		return storage.Volume{}, fmt.Errorf("stat volume %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return storage.Volume{}, fmt.Errorf("stat volume %s: not a regular file", path)
+	}
+	return volumeOf(kind, id, path, &st), nil
 }
 
 func readOrigin(path string) string {

@@ -504,6 +504,15 @@ func TestListAndUsage(t *testing.T) {
 		if v.UsedBytes <= 0 {
 			t.Errorf("%s: used %d", v.Name, v.UsedBytes)
 		}
+		if v.Driver != storage.DriverFile {
+			t.Errorf("%s: driver %q", v.Name, v.Driver)
+		}
+		if one, err := d.Stat(ctx, v.Kind, v.ID); err != nil || one != v {
+			t.Errorf("Stat(%s) = %+v, %v; want %+v", v.Name, one, err, v)
+		}
+	}
+	if _, err := d.Stat(ctx, storage.KindSandbox, "n0n0n0n0n0n0"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Stat of a missing volume: %v, want ErrNotFound", err)
 	}
 	want := []brief{
 		{"image-dev-base", storage.KindImage, filepath.Join(root, "images", "dev-base.ext4"), 2 << 20, ""},

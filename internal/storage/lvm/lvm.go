@@ -415,18 +415,40 @@ func (d *Driver) volumes(st state) []storage.Volume {
 		if !ok {
 			continue
 		}
-		out = append(out, storage.Volume{
-			Name:      r.Name,
-			Kind:      kind,
-			ID:        id,
-			Path:      d.devPath(r.Name),
-			SizeBytes: r.sizeByte,
-			UsedBytes: int64(float64(r.DataPct) / 100 * float64(r.sizeByte)),
-			Origin:    r.Origin,
-		})
+		out = append(out, d.volumeOf(kind, id, r))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+func (d *Driver) volumeOf(kind storage.Kind, id string, r row) storage.Volume {
+	return storage.Volume{
+		Name:      r.Name,
+		Kind:      kind,
+		ID:        id,
+		Path:      d.devPath(r.Name),
+		SizeBytes: r.sizeByte,
+		UsedBytes: int64(float64(r.DataPct) / 100 * float64(r.sizeByte)),
+		Origin:    r.Origin,
+		Driver:    storage.DriverLVM,
+	}
+}
+
+// Stat returns one volume; storage.ErrNotFound when it does not exist.
+func (d *Driver) Stat(ctx context.Context, kind storage.Kind, id string) (storage.Volume, error) {
+	if err := storage.CheckID(kind, id); err != nil {
+		return storage.Volume{}, fmt.Errorf("stat volume: %w", err)
+	}
+	name := lvName(kind, id)
+	st, err := d.state(ctx)
+	if err != nil {
+		return storage.Volume{}, fmt.Errorf("stat volume %s: %w", name, err)
+	}
+	r := st.find(name)
+	if r == nil {
+		return storage.Volume{}, fmt.Errorf("stat volume %s/%s: %w", vg, name, storage.ErrNotFound)
+	}
+	return d.volumeOf(kind, id, *r), nil
 }
 
 // Usage reports the thin pool's fill and the number of Atelier volumes.

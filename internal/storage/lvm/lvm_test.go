@@ -466,9 +466,22 @@ func TestListAndUsage(t *testing.T) {
 		}
 		want := storage.Volume{Name: "sandbox-h4j6l8n0q2sd", Kind: storage.KindSandbox, ID: "h4j6l8n0q2sd",
 			Path: "/dev/sandbox-vg/sandbox-h4j6l8n0q2sd", SizeBytes: 10 * gi, UsedBytes: 2372969431,
-			Origin: "prebuild-w5e8r1t4y7ua"}
+			Origin: "prebuild-w5e8r1t4y7ua", Driver: storage.DriverLVM}
 		if i := slices.IndexFunc(vols, func(v storage.Volume) bool { return v.Name == want.Name }); i < 0 || vols[i] != want {
 			t.Errorf("volumes = %+v\n want one = %+v", vols, want)
+		}
+	})
+
+	t.Run("stat", func(t *testing.T) {
+		pool := sample(t, "lvs-pool.json")
+		s := script.New(t, lvs(pool), lvs(pool))
+		d := New(s, Config{Log: quiet})
+		v, err := d.Stat(context.Background(), storage.KindImage, "dev-base")
+		if err != nil || v.SizeBytes != 10*gi || v.Driver != storage.DriverLVM || v.Path != "/dev/sandbox-vg/image-dev-base" {
+			t.Errorf("stat image-dev-base = %+v, %v", v, err)
+		}
+		if _, err := d.Stat(context.Background(), storage.KindSandbox, newID); !errors.Is(err, storage.ErrNotFound) {
+			t.Errorf("stat of a missing volume: %v, want ErrNotFound", err)
 		}
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"atelier/internal/ids"
+	"atelier/internal/storage"
 )
 
 // Operation names for FailNext.
@@ -29,10 +30,11 @@ type Volume struct {
 
 // Volumes is an in-memory sandbox.Volumes, safe for concurrent use.
 type Volumes struct {
-	dir  string
-	mu   sync.Mutex
-	vols map[string]Volume
-	fail map[string]error
+	dir    string
+	mu     sync.Mutex
+	vols   map[string]Volume
+	fail   map[string]error
+	images map[string]int64
 }
 
 // New returns a volume store whose clones would live in dir (the seed's
@@ -54,6 +56,32 @@ func (v *Volumes) takeFailure(op string) error {
 		return err
 	}
 	return nil
+}
+
+// SetImageSize declares an image and its size. Until an image is declared
+// every image exists with an unknown size (0); after, only declared ones do.
+func (v *Volumes) SetImageSize(image string, size int64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.images == nil {
+		v.images = map[string]int64{}
+	}
+	v.images[image] = size
+}
+
+// ImageSize returns the declared size of image; storage.ErrNotFound when
+// images were declared and this one was not.
+func (v *Volumes) ImageSize(_ context.Context, image string) (int64, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.images == nil {
+		return 0, nil
+	}
+	n, ok := v.images[image]
+	if !ok {
+		return 0, fmt.Errorf("image %s: %w", image, storage.ErrNotFound)
+	}
+	return n, nil
 }
 
 // Path is where the sandbox's volume lives: <dir>/<id>.ext4.

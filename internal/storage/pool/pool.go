@@ -626,6 +626,7 @@ type Volumes interface {
 	Resize(ctx context.Context, id string, sizeBytes int64) error
 	Delete(ctx context.Context, id string) error
 	List(ctx context.Context) ([]storage.Volume, error)
+	Stat(ctx context.Context, kind storage.Kind, id string) (storage.Volume, error)
 	Usage(ctx context.Context) (storage.Usage, error)
 	Path(id string) string
 }
@@ -636,8 +637,9 @@ var (
 )
 
 // Open returns the driver storage.Detect picks for cfg, asking the host now.
-// Call it again to pick up a pool set up since (with setup.storage.method
-// unset, a manager that opened before setup holds the file driver).
+// The manager calls it once, at start-up (OpenSet): that driver receives
+// every new volume until the next start, whatever appears on the host
+// meanwhile.
 func Open(ctx context.Context, cfg *config.Config, r Runner, log *slog.Logger) (Volumes, storage.Choice, error) {
 	h := newHost(cfg, r)
 	choice, err := storage.Detect(ctx, cfg.Setup.Storage.Method, storage.Probe{
