@@ -110,8 +110,11 @@ func (s *Server) registerEdge() {
 		rs, err := s.d.Edge.ExposeDev(ctx, in.ID, d)
 		var qe *edge.QuotaError
 		if errors.As(err, &qe) {
-			return nil, newProblem(http.StatusTooManyRequests, "quota_exceeded", qe.Error(),
+			p := newProblem(http.StatusTooManyRequests, "quota_exceeded", qe.Error(),
 				&huma.ErrorDetail{Location: qe.Key, Message: qe.Error(), Value: qe.Limit})
+			p.Quota = &QuotaDetail{Name: qe.Key, Limit: float64(qe.Limit), Used: float64(qe.Held),
+				Requested: float64(qe.Wanted - qe.Held), Unit: "hosts"}
+			return nil, p
 		}
 		if err != nil {
 			return nil, toProblem(ctx, s.d.Log, err)

@@ -200,10 +200,15 @@ func TestExposeQuota(t *testing.T) {
 					Location string
 					Value    int
 				}
+				Quota *struct {
+					Name string
+					Unit string
+				}
 			}
 			r.json(t, &p)
 			if r.header.Get("Content-Type") != "application/problem+json" || p.Code != "quota_exceeded" ||
-				!strings.Contains(p.Detail, tt.key) || len(p.Errors) != 1 || p.Errors[0].Location != tt.key {
+				!strings.Contains(p.Detail, tt.key) || len(p.Errors) != 1 || p.Errors[0].Location != tt.key ||
+				p.Quota == nil || p.Quota.Name != tt.key || p.Quota.Unit != "hosts" {
 				t.Fatalf("problem %s %s", r.header.Get("Content-Type"), r.body)
 			}
 		})

@@ -28,11 +28,11 @@ type Problem struct {
 
 // QuotaDetail names an exceeded per-user quota and the numbers behind it.
 type QuotaDetail struct {
-	Name      string  `json:"name" enum:"quotas.runningPerUser,quotas.sandboxesPerUser,quotas.diskGbPerUser" doc:"The quota's config key."`
+	Name      string  `json:"name" enum:"quotas.runningPerUser,quotas.sandboxesPerUser,quotas.diskGbPerUser,domain.maxDevHostsPerSandbox,domain.maxDevHostsPerUser" doc:"The quota's config key."`
 	Limit     float64 `json:"limit" doc:"The quota, in unit."`
 	Used      float64 `json:"used" doc:"What the user holds now, in unit."`
 	Requested float64 `json:"requested" doc:"What the request needed, in unit."`
-	Unit      string  `json:"unit" enum:"sandboxes,GiB"`
+	Unit      string  `json:"unit" enum:"sandboxes,GiB,hosts"`
 }
 
 func (p *Problem) Error() string  { return p.Detail }
