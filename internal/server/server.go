@@ -111,6 +111,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = bindConfig(cfg, log)
 	drv := opts.Drivers
 	var inv *sandbox.Inventory
 	if drv == nil && cfg.Server.Mode == config.ModeMock {
