@@ -400,6 +400,13 @@ func httpRequest(method, url string) (*http.Request, error) {
 // callers destroy their sandboxes before calling it.
 func startMockManager(t *testing.T, dir string, mutate func(*config.Config)) (*Server, func() error) {
 	t.Helper()
+	return startMockManagerWith(t, dir, mutate, Options{})
+}
+
+// startMockManagerWith is startMockManager with server options (Log,
+// Drivers and NoUnixSock are set here).
+func startMockManagerWith(t *testing.T, dir string, mutate func(*config.Config), opts Options) (*Server, func() error) {
+	t.Helper()
 	agentBin := buildAgent(t)
 	cfg := config.Default()
 	cfg.Server.Mode = config.ModeMock
@@ -422,7 +429,8 @@ func startMockManager(t *testing.T, dir string, mutate func(*config.Config)) (*S
 	}
 	drv := &sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays"))}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := New(ctx, cfg, Options{Log: log, Drivers: drv, NoUnixSock: true})
+	opts.Log, opts.Drivers, opts.NoUnixSock = log, drv, true
+	srv, err := New(ctx, cfg, opts)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -57,6 +57,7 @@ type Server struct {
 	cancelBG context.CancelFunc
 
 	reconcileEvery time.Duration
+	timeouts       HTTPTimeouts
 }
 
 // Options adjust a server for tests.
@@ -74,6 +75,8 @@ type Options struct {
 	Registry func(*registry.Options)
 	// ReconcileEvery is the reconciler's period (default 30 s).
 	ReconcileEvery time.Duration
+	// HTTPTimeouts of the API listeners; zero fields take DefaultHTTPTimeouts.
+	HTTPTimeouts HTTPTimeouts
 }
 
 // mockDrivers are mock mode's: the real agent as a local process, network
@@ -173,7 +176,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	if every <= 0 {
 		every = 30 * time.Second
 	}
-	return &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, API: a, Log: log, Registry: reg, SSHProxy: sp, Edge: ed, reconcileEvery: every}, nil
+	return &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, API: a, Log: log, Registry: reg, SSHProxy: sp, Edge: ed, reconcileEvery: every,
+		timeouts: opts.HTTPTimeouts.withDefaults()}, nil
 }
 
 // Listen binds the TCP address and, unless disabled, the unix socket.
@@ -241,14 +245,17 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.serveSSH(bgCtx) }()
 
-	h := s.API.Handler()
-	s.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.Log.Handler(), slog.LevelWarn)}
+	h := s.timeouts.wrap(s.API.Handler())
+	errLog := slog.NewLogLogger(s.Log.Handler(), slog.LevelWarn)
+	s.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: s.timeouts.ReadHeader, IdleTimeout: s.timeouts.Idle, ErrorLog: errLog}
 	errc := make(chan error, 2)
 	go func() { errc <- s.httpSrv.Serve(s.tcp) }()
 	if s.unix != nil {
 		s.unixSrv = &http.Server{
 			Handler:           h,
-			ReadHeaderTimeout: 10 * time.Second,
+			ReadHeaderTimeout: s.timeouts.ReadHeader,
+			IdleTimeout:       s.timeouts.Idle,
+			ErrorLog:          errLog,
 			ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 				if trustedPeer(c) {
 					return auth.ContextWithTrustedSocket(ctx)
