@@ -58,6 +58,7 @@ type Server struct {
 
 	reconcileEvery time.Duration
 	timeouts       HTTPTimeouts
+	health         health
 }
 
 // Options adjust a server for tests.
@@ -145,7 +146,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	if inv != nil {
 		sbx.SetInventory(*inv)
 	}
-	reg, err := newRegistry(ctx, cfg, opts, st, sbx, *drv, log)
+	reg, sup, err := newRegistry(ctx, cfg, opts, st, sbx, *drv, log)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -167,17 +168,22 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	}
 	sbx.AddHooks(ed.Hooks())
 	au := auth.New(cfg, st, append([]auth.Option{auth.WithLogger(log)}, opts.AuthOpts...)...)
-	a := api.New(api.Deps{
-		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
-		Version: Version, Started: time.Now(), Registry: reg,
-		Edge: ed,
-	})
 	every := opts.ReconcileEvery
 	if every <= 0 {
 		every = 30 * time.Second
 	}
-	return &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, API: a, Log: log, Registry: reg, SSHProxy: sp, Edge: ed, reconcileEvery: every,
-		timeouts: opts.HTTPTimeouts.withDefaults()}, nil
+	s := &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Log: log, Registry: reg, SSHProxy: sp, Edge: ed, reconcileEvery: every,
+		timeouts: opts.HTTPTimeouts.withDefaults()}
+	s.health.registry = sup
+	if c, ok := drv.Runtime.(interface{ Check(context.Context) error }); ok {
+		s.health.runtime = c.Check
+	}
+	s.API = api.New(api.Deps{
+		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
+		Version: Version, Started: time.Now(), Registry: reg,
+		Edge: ed, Ready: s.readiness,
+	})
+	return s, nil
 }
 
 // Listen binds the TCP address and, unless disabled, the unix socket.
@@ -222,6 +228,7 @@ func (s *Server) Addr() string { return s.tcp.Addr().String() }
 func (s *Server) Serve(ctx context.Context) error {
 	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancelBG = cancel
+	s.health.serving.Store(true)
 	// Converge before serving: a crash may have left sandboxes mid-operation
 	// or resources without an owner.
 	if _, err := s.Sandboxes.Reconcile(bgCtx, true); err != nil {
@@ -242,8 +249,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Registry.Run(bgCtx) }()
 	// The SSH proxy stops with the other background work, before the store closes.
-	s.bg.Add(1)
-	go func() { defer s.bg.Done(); s.serveSSH(bgCtx) }()
+	if ln := s.listenSSH(); ln != nil {
+		s.bg.Add(1)
+		go func() { defer s.bg.Done(); s.serveSSH(bgCtx, ln) }()
+	}
 
 	h := s.timeouts.wrap(s.API.Handler())
 	errLog := slog.NewLogLogger(s.Log.Handler(), slog.LevelWarn)
@@ -282,6 +291,7 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	s.health.serving.Store(false)
 	if s.httpSrv != nil {
 		_ = s.httpSrv.Shutdown(ctx)
 	}

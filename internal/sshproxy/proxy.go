@@ -100,6 +100,8 @@ type Proxy struct {
 	conns  map[net.Conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+	// acceptErr is the last Accept failure, nil once one succeeds again.
+	acceptErr error
 }
 
 // New builds the proxy; it binds nothing.
@@ -151,6 +153,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
+		p.setAcceptErr(err)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				p.closeAll()
@@ -196,6 +199,26 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 			p.handle(ctx, c, authed)
 		}()
 	}
+}
+
+func (p *Proxy) setAcceptErr(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.acceptErr = err
+}
+
+// Health is the proxy's part of /health/ready: it fails once the proxy has
+// stopped, and while accepting connections fails (out of file descriptors).
+func (p *Proxy) Health() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.closed:
+		return errors.New("stopped")
+	case p.acceptErr != nil:
+		return fmt.Errorf("cannot accept connections: %w", p.acceptErr)
+	}
+	return nil
 }
 
 func (p *Proxy) track(c net.Conn, on bool) bool {
