@@ -2,6 +2,7 @@ package sshproxy
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -170,4 +171,72 @@ func TestAddrKey(t *testing.T) {
 			t.Errorf("%s: %s, want %s", tc.addr, got, tc.want)
 		}
 	}
+}
+
+// failingListener fails Accept while fail is set, like a process out of
+// file descriptors.
+type failingListener struct {
+	net.Listener
+	fail chan bool
+	on   bool
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	select {
+	case l.on = <-l.fail:
+	default:
+	}
+	if l.on {
+		time.Sleep(5 * time.Millisecond)
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", errTooManyFiles)}
+	}
+	return l.Listener.Accept()
+}
+
+var errTooManyFiles = errors.New("too many open files")
+
+// TestHealth: the proxy's readiness fails while accepting fails and once it
+// has stopped.
+func TestHealth(t *testing.T) {
+	e := newEnv(t, nil)
+	if err := e.proxy.Health(); err != nil {
+		t.Fatalf("serving proxy: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Options{Config: e.cfg, Store: e.st, Sandboxes: e.sbx, HostKey: nil})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &failingListener{Listener: ln, fail: make(chan bool, 1)}
+	fl.fail <- true
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(ctx, fl) }()
+	waitHealth := func(want string) {
+		t.Helper()
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			err = p.Health()
+			if (want == "" && err == nil) || (want != "" && err != nil && strings.Contains(err.Error(), want)) {
+				return
+			}
+		}
+		t.Fatalf("health %v, want %q", err, want)
+	}
+	waitHealth("too many open files")
+	fl.fail <- false
+	c, err := net.Dial("tcp", ln.Addr().String()) // an accept that succeeds clears it
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	waitHealth("")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	waitHealth("stopped")
 }
