@@ -26,10 +26,14 @@ agent:
 test-image: agent
 	$(GO) run ./internal/testimage/cmd -o images/test.ext4 -agent bin/atelier-agent
 
-# Local development: mock mode, SQLite under ./.atelier, API and docs on :$(PORT).
+# Local development: mock mode, SQLite under ./.atelier, API and docs on
+# http://localhost:$(PORT). Mock mode has no login and runs commands as you, so
+# every listener binds 127.0.0.1; RUN_FLAGS=--insecure-mock-listen-any opens
+# them to the network.
+RUN_FLAGS ?=
 run: build
 	ATELIER_SERVER_MODE=mock ATELIER_DATA_DIR=$(DATA_DIR) ATELIER_STATE_DIR=$(DATA_DIR)/state \
-	ATELIER_LOG_DIR=$(DATA_DIR)/log ATELIER_SERVER_PORT=$(PORT) ATELIER_HTTP_PORT=$(EDGE_PORT) ./bin/atelier serve
+	ATELIER_LOG_DIR=$(DATA_DIR)/log ATELIER_SERVER_PORT=$(PORT) ATELIER_HTTP_PORT=$(EDGE_PORT) ./bin/atelier serve $(RUN_FLAGS)
 
 # Every test, including the fuzz targets' seed corpora and the root-only
 # integration tests (they skip with a message when not root).

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -9,21 +10,29 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"atelier/internal/config"
 	"atelier/internal/server"
 )
 
 func newServeCmd(g *globals) *cobra.Command {
-	var noSocket bool
+	var noSocket, listenAny bool
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Run the manager API (and, later, the edge and SSH proxies)",
+		Short: "Run the manager: API, edge and SSH proxy",
 		Long: "Run the manager. Configuration comes from defaults, then the config file, then ATELIER_* variables.\n" +
-			"For local development: ATELIER_SERVER_MODE=mock ATELIER_DATA_DIR=./.atelier atelier serve",
+			"For local development: ATELIER_SERVER_MODE=mock ATELIER_DATA_DIR=./.atelier atelier serve\n" +
+			"Mock mode listens on 127.0.0.1 only; --insecure-mock-listen-any opens it to the network.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := g.loadConfig()
 			if err != nil {
 				return err
+			}
+			if listenAny {
+				if cfg.Server.Mode != config.ModeMock {
+					return errors.New("--insecure-mock-listen-any applies to mock mode only (server.mode is " + string(cfg.Server.Mode) + "); production listens on server.host (ATELIER_SERVER_HOST)")
+				}
+				cfg.Server.AllowRemoteMock = true
 			}
 			level := new(slog.LevelVar)
 			_ = level.UnmarshalText([]byte(cfg.Server.LogLevel))
@@ -43,6 +52,9 @@ func newServeCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&noSocket, "no-socket", false, "do not open the root-only unix socket")
+	cmd.Flags().BoolVar(&listenAny, "insecure-mock-listen-any", false,
+		"mock mode: listen on server.host even beyond loopback (same as server.allowRemoteMock / ATELIER_ALLOW_REMOTE_MOCK=true). "+
+			"Mock mode has no login: anyone who reaches the ports can run commands as you")
 	cmd.SetContext(context.Background())
 	return cmd
 }

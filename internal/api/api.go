@@ -119,9 +119,10 @@ func New(d Deps) *Server {
 	return s
 }
 
-// Handler returns the root handler with request metrics and panic recovery.
+// Handler returns the root handler with request metrics and panic recovery,
+// behind the Host and cross-origin guard (guard.go).
 func (s *Server) Handler() http.Handler {
-	return s.instrument(s.mux)
+	return s.instrument(s.guard(s.mux))
 }
 
 // API exposes the huma API (its OpenAPI document in particular).

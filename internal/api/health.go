@@ -3,6 +3,8 @@ package api
 import (
 	"context"
 	"net/http"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -53,6 +55,22 @@ func (s *Server) checks(ctx context.Context) map[string]string {
 	return out
 }
 
+// failing lists the checks that did not pass, in name order.
+func failing(checks map[string]string) string {
+	var names []string
+	for name, v := range checks {
+		if v != "ok" {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = n + ": " + checks[n]
+	}
+	return strings.Join(parts, "; ")
+}
+
 func (s *Server) registerHealth() {
 	huma.Register(s.api, huma.Operation{
 		OperationID: "health", Method: http.MethodGet, Path: "/health", Tags: []string{"health"},
@@ -90,14 +108,13 @@ func (s *Server) registerHealth() {
 
 	huma.Register(s.api, huma.Operation{
 		OperationID: "health-ready", Method: http.MethodGet, Path: "/health/ready", Tags: []string{"health"},
-		Summary: "Readiness: every component check passes", Description: "503 with the failing checks otherwise.",
-		Errors: []int{http.StatusServiceUnavailable},
+		Summary:     "Readiness: every component check passes",
+		Description: "Checks the store, and in a serving manager the edge, the SSH proxy, the runtime and, when enabled, the npm cache. 503 naming every failing component otherwise.",
+		Errors:      []int{http.StatusServiceUnavailable},
 	}, func(ctx context.Context, _ *struct{}) (*healthOutput, error) {
 		checks := s.checks(ctx)
-		for name, v := range checks {
-			if v != "ok" {
-				return nil, newProblem(http.StatusServiceUnavailable, "unavailable", "not ready: "+name+": "+v)
-			}
+		if bad := failing(checks); bad != "" {
+			return nil, newProblem(http.StatusServiceUnavailable, "unavailable", "not ready: "+bad)
 		}
 		return &healthOutput{Body: healthBody{
 			Status: "ok", Mode: string(s.d.Config.Server.Mode), Version: s.d.Version,

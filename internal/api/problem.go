@@ -20,7 +20,7 @@ type Problem struct {
 	Type   string              `json:"type,omitempty" doc:"A URI reference for the problem type."`
 	Title  string              `json:"title,omitempty" doc:"Short summary of the problem type."`
 	Status int                 `json:"status,omitempty" doc:"HTTP status code."`
-	Code   string              `json:"code" doc:"Stable machine-readable error code." enum:"invalid_input,unauthenticated,forbidden,not_found,method_not_allowed,conflict,sandbox_limit,quota_exceeded,subnet_exhausted,body_too_large,not_acceptable,unavailable,internal"`
+	Code   string              `json:"code" doc:"Stable machine-readable error code." enum:"invalid_input,unauthenticated,forbidden,misdirected,not_found,method_not_allowed,conflict,sandbox_limit,quota_exceeded,subnet_exhausted,body_too_large,not_acceptable,unavailable,internal"`
 	Detail string              `json:"detail,omitempty" doc:"What went wrong in this occurrence."`
 	Errors []*huma.ErrorDetail `json:"errors,omitempty" doc:"Individual problems, each naming the field it is about."`
 	Quota  *QuotaDetail        `json:"quota,omitempty" doc:"With code quota_exceeded: the quota that refused the request."`
@@ -50,6 +50,7 @@ var codeByStatus = map[int]string{
 	http.StatusBadRequest:            "invalid_input",
 	http.StatusUnauthorized:          "unauthenticated",
 	http.StatusForbidden:             "forbidden",
+	http.StatusMisdirectedRequest:    "misdirected",
 	http.StatusNotFound:              "not_found",
 	http.StatusMethodNotAllowed:      "method_not_allowed",
 	http.StatusNotAcceptable:         "not_acceptable",

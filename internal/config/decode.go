@@ -148,6 +148,11 @@ func (w *walker) value(t reflect.Type, key string, root bool) error {
 			w.problem(key, off, "expected a string, got %s", describe(tok))
 			return w.skip(tok)
 		}
+	case reflect.Bool:
+		if _, ok := tok.(bool); !ok {
+			w.problem(key, off, "expected true or false, got %s", describe(tok))
+			return w.skip(tok)
+		}
 	case reflect.Int:
 		n, ok := tok.(json.Number)
 		if !ok {

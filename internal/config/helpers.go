@@ -28,7 +28,43 @@ func (c *Config) OAuthCallbackURL() string { return c.DashboardURL() + "/auth/ca
 
 // ManagerAddr is the manager API listen address.
 func (c *Config) ManagerAddr() string {
-	return net.JoinHostPort(c.Server.Host, strconv.Itoa(c.Server.Port))
+	return net.JoinHostPort(c.ListenHost(), strconv.Itoa(c.Server.Port))
+}
+
+// ListenHost is the address the manager API, the edge and the SSH proxy
+// bind. It is server.host, except in mock mode without
+// server.allowRemoteMock, where the wildcard (the default) means loopback:
+// mock mode has no login and its guests are the developer's own processes,
+// so it must not be a shell for the whole network. Validate refuses a
+// specific non-loopback host there.
+func (c *Config) ListenHost() string {
+	h := c.Server.Host
+	if c.Server.Mode != ModeMock || c.Server.AllowRemoteMock {
+		return h
+	}
+	if a, err := netip.ParseAddr(h); err == nil && a.IsUnspecified() {
+		if a.Is4() {
+			return "127.0.0.1"
+		}
+		return "::1"
+	}
+	return h
+}
+
+// RemoteMock reports a mock-mode manager that listens beyond loopback,
+// which the operator asked for with server.allowRemoteMock.
+func (c *Config) RemoteMock() bool {
+	return c.Server.Mode == ModeMock && !IsLoopbackHost(c.ListenHost())
+}
+
+// IsLoopbackHost reports whether a bind host reaches only this machine:
+// localhost or an address in 127.0.0.0/8 or ::1.
+func IsLoopbackHost(h string) bool {
+	if isLocalName(h) {
+		return true
+	}
+	a, err := netip.ParseAddr(h)
+	return err == nil && a.Unmap().IsLoopback()
 }
 
 // GuestRange returns the bridge (the guests' gateway) and the inclusive range

@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"maps"
+	"net"
 	"reflect"
 	"slices"
 	"strings"
@@ -217,5 +218,49 @@ func TestJSONRoundTrip(t *testing.T) {
 	}
 	if strings.Contains(string(zb), "null") {
 		t.Errorf("nil lists must render as []:\n%s", zb)
+	}
+}
+
+// TestListenHostMock: mock mode has no login, so its wildcard default means
+// loopback for every listener; the opt-in keeps what the operator wrote, and
+// production always does.
+func TestListenHostMock(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		env    []string
+		want   string
+		remote bool
+	}{
+		{name: "mock default", env: []string{"ATELIER_SERVER_MODE=mock"}, want: "127.0.0.1"},
+		{name: "mock IPv6 wildcard", env: []string{"ATELIER_SERVER_MODE=mock", "ATELIER_SERVER_HOST=::"}, want: "::1"},
+		{name: "mock loopback", env: []string{"ATELIER_SERVER_MODE=mock", "ATELIER_SERVER_HOST=127.0.0.5"}, want: "127.0.0.5"},
+		{name: "mock opted in", env: []string{"ATELIER_SERVER_MODE=mock", "ATELIER_ALLOW_REMOTE_MOCK=true"}, want: "0.0.0.0", remote: true},
+		{name: "mock opted in, LAN address", env: []string{"ATELIER_SERVER_MODE=mock", "ATELIER_ALLOW_REMOTE_MOCK=1", "ATELIER_SERVER_HOST=192.168.1.5"}, want: "192.168.1.5", remote: true},
+		{name: "mock opted out explicitly", env: []string{"ATELIER_SERVER_MODE=mock", "ATELIER_ALLOW_REMOTE_MOCK=false"}, want: "127.0.0.1"},
+		{name: "production default", env: []string{"ATELIER_SERVER_MODE=production"}, want: "0.0.0.0"},
+	}
+	for _, tt := range tests {
+		c := mustLoad(t, "", tt.env...)
+		if got := c.ListenHost(); got != tt.want {
+			t.Errorf("%s: ListenHost = %q, want %q", tt.name, got, tt.want)
+		}
+		if got := c.RemoteMock(); got != tt.remote {
+			t.Errorf("%s: RemoteMock = %v, want %v", tt.name, got, tt.remote)
+		}
+		if want := net.JoinHostPort(tt.want, "4000"); c.ManagerAddr() != want {
+			t.Errorf("%s: ManagerAddr = %q, want %q", tt.name, c.ManagerAddr(), want)
+		}
+	}
+	// The file form is a JSON boolean; anything else names the key.
+	if c := mustLoad(t, `{"server": {"mode": "mock", "allowRemoteMock": true}}`); !c.Server.AllowRemoteMock {
+		t.Error("allowRemoteMock: true in the file was not read")
+	}
+	if _, err := loadWith(t, `{"server": {"allowRemoteMock": "yes"}}`); err == nil || !strings.Contains(err.Error(), "server.allowRemoteMock: expected true or false") {
+		t.Errorf("string for a boolean key: %v", err)
+	}
+	_, err := loadWith(t, "", "ATELIER_ALLOW_REMOTE_MOCK=sure")
+	if err == nil || !strings.Contains(err.Error(), "ATELIER_ALLOW_REMOTE_MOCK") || !strings.Contains(err.Error(), "server.allowRemoteMock") {
+		t.Errorf("bad boolean in the environment: %v", err)
 	}
 }

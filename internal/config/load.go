@@ -108,6 +108,14 @@ func applyEnv(c *Config, env map[string]string) error {
 				continue
 			}
 			f.SetInt(n)
+		case reflect.Bool:
+			b, err := strconv.ParseBool(strings.TrimSpace(val))
+			if err != nil {
+				problems = append(problems, Problem{Key: ev.Key, Env: ev.Name,
+					Message: fmt.Sprintf("value %q is not a boolean (true or false)", truncate(val, 40))})
+				continue
+			}
+			f.SetBool(b)
 		case reflect.Slice:
 			f.Set(reflect.ValueOf(splitList(val)))
 		default:

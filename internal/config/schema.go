@@ -69,6 +69,8 @@ func leafSchema(key string, def *Config) (map[string]any, error) {
 		s["type"] = "string"
 	case reflect.Int:
 		s["type"] = "integer"
+	case reflect.Bool:
+		s["type"] = "boolean"
 	case reflect.Slice:
 		s["type"] = "array"
 		s["items"] = map[string]any{"type": "string"}

@@ -83,6 +83,10 @@ type Server struct {
 	// derived as {dataDir}/atelier.sock when empty.
 	SocketPath string `json:"socketPath"`
 	LogLevel   string `json:"logLevel"`
+	// AllowRemoteMock lets a mock-mode manager listen beyond loopback. Mock
+	// mode has no login and runs guests as the developer's own processes, so
+	// without it mock mode binds 127.0.0.1 and refuses other addresses.
+	AllowRemoteMock bool `json:"allowRemoteMock"`
 }
 
 // Quotas bound what one user (owner id) may hold, so that one user cannot

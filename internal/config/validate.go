@@ -149,6 +149,11 @@ func (v *checker) server() {
 	}
 	v.absPath("server.dataDir", s.DataDir)
 	v.absPath("server.socketPath", s.SocketPath)
+	if s.Mode == ModeMock && !s.AllowRemoteMock && s.Host != "" && !IsLoopbackHost(v.c.ListenHost()) && !slices.ContainsFunc(v.problems, func(p Problem) bool { return p.Key == "server.host" }) {
+		v.add("server.host", "is %q, not a loopback address, in mock mode: mock mode has no login and runs every command as your user on this machine, "+
+			"so anyone who can reach it gets a shell. Use 127.0.0.1 (mock mode's default), or set server.allowRemoteMock (ATELIER_ALLOW_REMOTE_MOCK=true, "+
+			"or atelier serve --insecure-mock-listen-any) if this network is yours alone", s.Host)
+	}
 	v.registry()
 }
 
@@ -270,7 +275,7 @@ type listener struct {
 func (v *checker) ports() {
 	c := v.c
 	host := []listener{
-		{"server.port", wildcard(c.Server.Host), c.Server.Port},
+		{"server.port", wildcard(c.ListenHost()), c.Server.Port},
 		{"domain.httpPort", "", c.Domain.HTTPPort},
 		{"domain.httpsPort", "", c.Domain.HTTPSPort},
 		{"domain.ssh.port", "", c.Domain.SSH.Port},

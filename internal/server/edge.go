@@ -43,6 +43,7 @@ func newEdge(cfg *config.Config, st *store.Store, opts Options, log *slog.Logger
 // (listeners and store closed); in mock mode it is a warning.
 func (s *Server) startEdge(ctx context.Context) error {
 	err := s.Edge.Start(ctx, s.API.Handler())
+	s.health.setEdge(err)
 	if err == nil {
 		return nil
 	}
@@ -69,6 +70,7 @@ func (s *Server) stopEdge() {
 	if s.Edge == nil {
 		return
 	}
+	s.health.setEdge(errEdgeStopped)
 	if err := s.Edge.Stop(); err != nil {
 		s.Log.Warn("stop edge", "err", err)
 	}

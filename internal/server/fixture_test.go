@@ -192,8 +192,9 @@ func newFixture(t testing.TB) *fixture {
 	cfg.Server.Mode = config.ModeProduction
 	cfg.Server.Host = "127.0.0.1"
 	cfg.Server.Port = freePort(t)
-	// The edge starts with every manager; loopback ports of its own.
+	// The edge and the SSH proxy start with every manager; loopback ports of their own.
 	cfg.Domain.HTTPPort, cfg.Domain.HTTPSPort = freePort(t), freePort(t)
+	cfg.Domain.SSH.Port = freePort(t)
 	cfg.Server.DataDir = filepath.Join(f.dir, "data")
 	cfg.Advanced.Server.Verdaccio.Dir = filepath.Join(f.dir, "registry")
 	cfg.Server.SocketPath = filepath.Join(f.dir, "atelier.sock")
@@ -404,6 +405,13 @@ func httpRequest(method, url string) (*http.Request, error) {
 // callers destroy their sandboxes before calling it.
 func startMockManager(t *testing.T, dir string, mutate func(*config.Config)) (*Server, func() error) {
 	t.Helper()
+	return startMockManagerWith(t, dir, mutate, Options{})
+}
+
+// startMockManagerWith is startMockManager with server options (Log and
+// NoUnixSock are set here; Drivers default to the agent as a process).
+func startMockManagerWith(t *testing.T, dir string, mutate func(*config.Config), opts Options) (*Server, func() error) {
+	t.Helper()
 	agentBin := buildAgent(t)
 	cfg := config.Default()
 	cfg.Server.Mode = config.ModeMock
@@ -419,14 +427,17 @@ func startMockManager(t *testing.T, dir string, mutate func(*config.Config)) (*S
 		mutate(cfg)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	rt, err := process.New(process.Options{Command: []string{agentBin}, StateDir: filepath.Join(cfg.Sandbox.StateDir, "mock"),
-		SocketDir: filepath.Join(dir, "k"), StopGrace: 2 * time.Second, Log: log})
-	if err != nil {
-		t.Fatal(err)
+	if opts.Drivers == nil {
+		rt, err := process.New(process.Options{Command: []string{agentBin}, StateDir: filepath.Join(cfg.Sandbox.StateDir, "mock"),
+			SocketDir: filepath.Join(dir, "k"), StopGrace: 2 * time.Second, Log: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Drivers = &sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays"))}
 	}
-	drv := &sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays"))}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := New(ctx, cfg, Options{Log: log, Drivers: drv, NoUnixSock: true})
+	opts.Log, opts.NoUnixSock = log, true
+	srv, err := New(ctx, cfg, opts)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

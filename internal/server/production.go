@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 
 	"atelier/internal/agent"
 	"atelier/internal/config"
@@ -15,13 +16,18 @@ import (
 	"atelier/internal/storage/pool"
 )
 
-// withAgent gives a runtime driver the sandbox.AgentRuntime method.
+// withAgent gives a runtime driver the sandbox.AgentRuntime method, and
+// the readiness check of the host it needs.
 type withAgent struct {
 	sandbox.Runtime
-	dial func(id string) agent.Dialer
+	dial  func(id string) agent.Dialer
+	check func(ctx context.Context) error
 }
 
 func (w withAgent) AgentDialer(id string) agent.Dialer { return w.dial(id) }
+
+// Check is the runtime's part of /health/ready.
+func (w withAgent) Check(ctx context.Context) error { return w.check(ctx) }
 
 // hostDrivers builds the production drivers: the configured runtime, the
 // host network (set up idempotently, re-adopting running sandboxes' links)
@@ -67,7 +73,14 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 		if err != nil {
 			return none, sandbox.Inventory{}, err
 		}
-		rt = withAgent{d, func(id string) agent.Dialer { return agent.Dialer(d.AgentDialer(id)) }}
+		rt = withAgent{d, func(id string) agent.Dialer { return agent.Dialer(d.AgentDialer(id)) },
+			// runc answers for its state dir: the binary runs and the root is readable.
+			func(ctx context.Context) error {
+				if _, err := d.List(ctx); err != nil {
+					return fmt.Errorf("runc: %w", err)
+				}
+				return nil
+			}}
 		// A bundle without a container is what an interrupted boot leaves
 		// (mount, loop device, socket dir): Destroy clears it too.
 		listRuntimes = func(ctx context.Context) ([]string, error) {
@@ -85,7 +98,17 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 		if err != nil {
 			return none, sandbox.Inventory{}, err
 		}
-		rt = withAgent{d, func(id string) agent.Dialer { return agent.VsockDialer(d.AgentSocket(id), d.AgentPort()) }}
+		rt = withAgent{d, func(id string) agent.Dialer { return agent.VsockDialer(d.AgentSocket(id), d.AgentPort()) },
+			func(ctx context.Context) error {
+				if err := executableFile(fopts.Binary); err != nil {
+					return fmt.Errorf("firecracker binary (advanced.server.firecracker.binaryPath): %w", err)
+				}
+				if _, err := os.Stat(fopts.Kernel); err != nil {
+					return fmt.Errorf("guest kernel (advanced.server.firecracker.kernelPath): %w", err)
+				}
+				_, err := d.List(ctx)
+				return err
+			}}
 		listRuntimes = d.List
 	default:
 		return none, sandbox.Inventory{}, fmt.Errorf("sandbox.runtime %q: want firecracker or container", cfg.Sandbox.Runtime)
@@ -114,4 +137,16 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 		},
 	}
 	return sandbox.Drivers{Runtime: rt, Network: net, Volumes: vols}, inv, nil
+}
+
+// executableFile fails unless path is a regular file with an execute bit.
+func executableFile(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("%s is not an executable file", path)
+	}
+	return nil
 }

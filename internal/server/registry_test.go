@@ -129,6 +129,10 @@ func TestRegistryEndToEnd(t *testing.T) {
 	if code != 200 || json.Unmarshal(b, &st) != nil || !st.Enabled || !st.Online {
 		t.Fatalf("enable: %d %s", code, b)
 	}
+	// The enabled cache is part of readiness, and it is up.
+	if code, b := f.call(t, "GET", "/health/ready", ""); code != 200 || !strings.Contains(string(b), `"registry":"ok"`) {
+		t.Fatalf("ready with the cache enabled: %d %s", code, b)
+	}
 	checkConfigs(id1) // running at enable time
 
 	// Verdaccio runs as its own user, without the manager's secrets, and

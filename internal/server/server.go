@@ -57,6 +57,8 @@ type Server struct {
 	cancelBG context.CancelFunc
 
 	reconcileEvery time.Duration
+	timeouts       HTTPTimeouts
+	health         health
 }
 
 // Options adjust a server for tests.
@@ -74,6 +76,8 @@ type Options struct {
 	Registry func(*registry.Options)
 	// ReconcileEvery is the reconciler's period (default 30 s).
 	ReconcileEvery time.Duration
+	// HTTPTimeouts of the API listeners; zero fields take DefaultHTTPTimeouts.
+	HTTPTimeouts HTTPTimeouts
 }
 
 // mockDrivers are mock mode's: the real agent as a local process, network
@@ -111,6 +115,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = bindConfig(cfg, log)
 	drv := opts.Drivers
 	var inv *sandbox.Inventory
 	if drv == nil && cfg.Server.Mode == config.ModeMock {
@@ -141,7 +146,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	if inv != nil {
 		sbx.SetInventory(*inv)
 	}
-	reg, err := newRegistry(ctx, cfg, opts, st, sbx, *drv, log)
+	reg, sup, err := newRegistry(ctx, cfg, opts, st, sbx, *drv, log)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -163,16 +168,22 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	}
 	sbx.AddHooks(ed.Hooks())
 	au := auth.New(cfg, st, append([]auth.Option{auth.WithLogger(log)}, opts.AuthOpts...)...)
-	a := api.New(api.Deps{
-		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
-		Version: Version, Started: time.Now(), Registry: reg,
-		Edge: ed,
-	})
 	every := opts.ReconcileEvery
 	if every <= 0 {
 		every = 30 * time.Second
 	}
-	return &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, API: a, Log: log, Registry: reg, SSHProxy: sp, Edge: ed, reconcileEvery: every}, nil
+	s := &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Log: log, Registry: reg, SSHProxy: sp, Edge: ed, reconcileEvery: every,
+		timeouts: opts.HTTPTimeouts.withDefaults()}
+	s.health.registry = sup
+	if c, ok := drv.Runtime.(interface{ Check(context.Context) error }); ok {
+		s.health.runtime = c.Check
+	}
+	s.API = api.New(api.Deps{
+		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
+		Version: Version, Started: time.Now(), Registry: reg,
+		Edge: ed, Ready: s.readiness,
+	})
+	return s, nil
 }
 
 // Listen binds the TCP address and, unless disabled, the unix socket.
@@ -217,6 +228,7 @@ func (s *Server) Addr() string { return s.tcp.Addr().String() }
 func (s *Server) Serve(ctx context.Context) error {
 	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancelBG = cancel
+	s.health.serving.Store(true)
 	// Converge before serving: a crash may have left sandboxes mid-operation
 	// or resources without an owner.
 	if _, err := s.Sandboxes.Reconcile(bgCtx, true); err != nil {
@@ -237,17 +249,22 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Registry.Run(bgCtx) }()
 	// The SSH proxy stops with the other background work, before the store closes.
-	s.bg.Add(1)
-	go func() { defer s.bg.Done(); s.serveSSH(bgCtx) }()
+	if ln := s.listenSSH(); ln != nil {
+		s.bg.Add(1)
+		go func() { defer s.bg.Done(); s.serveSSH(bgCtx, ln) }()
+	}
 
-	h := s.API.Handler()
-	s.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.Log.Handler(), slog.LevelWarn)}
+	h := s.timeouts.wrap(s.API.Handler())
+	errLog := slog.NewLogLogger(s.Log.Handler(), slog.LevelWarn)
+	s.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: s.timeouts.ReadHeader, IdleTimeout: s.timeouts.Idle, ErrorLog: errLog}
 	errc := make(chan error, 2)
 	go func() { errc <- s.httpSrv.Serve(s.tcp) }()
 	if s.unix != nil {
 		s.unixSrv = &http.Server{
 			Handler:           h,
-			ReadHeaderTimeout: 10 * time.Second,
+			ReadHeaderTimeout: s.timeouts.ReadHeader,
+			IdleTimeout:       s.timeouts.Idle,
+			ErrorLog:          errLog,
 			ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 				if trustedPeer(c) {
 					return auth.ContextWithTrustedSocket(ctx)
@@ -274,6 +291,7 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	s.health.serving.Store(false)
 	if s.httpSrv != nil {
 		_ = s.httpSrv.Shutdown(ctx)
 	}

@@ -36,8 +36,9 @@ func productionConfig(t *testing.T) *config.Config {
 	cfg.Server.Mode = config.ModeProduction
 	cfg.Server.Host = "127.0.0.1"
 	cfg.Server.Port = freePort(t)
-	// The edge starts with every manager; loopback ports of its own.
+	// The edge and the SSH proxy start with every manager; loopback ports of their own.
 	cfg.Domain.HTTPPort, cfg.Domain.HTTPSPort = freePort(t), freePort(t)
+	cfg.Domain.SSH.Port = freePort(t)
 	cfg.Server.DataDir = dir
 	cfg.Advanced.Server.Verdaccio.Dir = dir + "-registry"
 	cfg.Server.SocketPath = filepath.Join(dir, "run", "atelier.sock")

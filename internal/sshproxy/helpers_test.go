@@ -71,6 +71,12 @@ type env struct {
 
 func newEnv(t testing.TB, tweak func(*config.Config)) *env {
 	t.Helper()
+	return newEnvWith(t, tweak, nil)
+}
+
+// newEnvWith is newEnv with the proxy's options adjusted by popts.
+func newEnvWith(t testing.TB, tweak func(*config.Config), popts func(*Options)) *env {
+	t.Helper()
 	// Short paths: unix socket paths are limited to 107 bytes.
 	dir, err := os.MkdirTemp("", "atlssh")
 	if err != nil {
@@ -101,7 +107,11 @@ func newEnv(t testing.TB, tweak func(*config.Config)) *env {
 	sbx := sandbox.New(cfg, st, events.New(st, log), metrics.New(),
 		sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: stmock.New(filepath.Join(dir, "s", "overlays"))}, log)
 	e := &env{cfg: cfg, st: st, sbx: sbx, rt: rt, now: time.Now}
-	e.proxy, err = New(Options{Config: cfg, Store: st, Sandboxes: sbx, Log: log, Now: func() time.Time { return e.now() }})
+	po := Options{Config: cfg, Store: st, Sandboxes: sbx, Log: log, Now: func() time.Time { return e.now() }}
+	if popts != nil {
+		popts(&po)
+	}
+	e.proxy, err = New(po)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,8 +36,6 @@ import (
 
 // Tuning.
 const (
-	// handshakeTimeout bounds the client's key exchange and authentication.
-	handshakeTimeout = 30 * time.Second
 	// lookupTimeout bounds the store lookups of one authentication attempt.
 	lookupTimeout = 5 * time.Second
 	// agentTimeout bounds reaching the agent's SSH server.
@@ -81,6 +79,14 @@ type Options struct {
 	Log       *slog.Logger
 	// Now is the clock for key expiry; default time.Now.
 	Now func() time.Time
+	// MaxPreAuth and MaxPreAuthPerAddr bound the connections that have not
+	// finished authentication, in all and per client address; a connection
+	// past either is closed as soon as it is accepted. Defaults
+	// DefaultMaxPreAuth and DefaultMaxPreAuthPerAddr.
+	MaxPreAuth, MaxPreAuthPerAddr int
+	// HandshakeTimeout bounds key exchange and authentication; default
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
 }
 
 // Proxy is the SSH proxy.
@@ -88,11 +94,14 @@ type Proxy struct {
 	o    Options
 	log  *slog.Logger
 	base ssh.ServerConfig
+	pre  *preAuth
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+	// acceptErr is the last Accept failure, nil once one succeeds again.
+	acceptErr error
 }
 
 // New builds the proxy; it binds nothing.
@@ -106,6 +115,15 @@ func New(o Options) (*Proxy, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.MaxPreAuth <= 0 {
+		o.MaxPreAuth = DefaultMaxPreAuth
+	}
+	if o.MaxPreAuthPerAddr <= 0 {
+		o.MaxPreAuthPerAddr = DefaultMaxPreAuthPerAddr
+	}
+	if o.HandshakeTimeout <= 0 {
+		o.HandshakeTimeout = DefaultHandshakeTimeout
+	}
 	log := o.Log.With("component", "sshproxy")
 	if o.HostKey == nil {
 		k, err := LoadOrCreateHostKey(filepath.Join(o.Config.Server.DataDir, HostKeyFile), log)
@@ -114,7 +132,7 @@ func New(o Options) (*Proxy, error) {
 		}
 		o.HostKey = k
 	}
-	p := &Proxy{o: o, log: log, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{o: o, log: log, conns: map[net.Conn]struct{}{}, pre: newPreAuth(o.MaxPreAuth, o.MaxPreAuthPerAddr)}
 	p.base = ssh.ServerConfig{ServerVersion: "SSH-2.0-atelier"}
 	p.base.AddHostKey(o.HostKey)
 	return p, nil
@@ -135,6 +153,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
+		p.setAcceptErr(err)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				p.closeAll()
@@ -153,7 +172,19 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		backoff = 0
+		key := addrKey(c.RemoteAddr())
+		ok, warn, refused := p.pre.acquire(key)
+		if !ok {
+			// Closed before a goroutine or a byte is spent on it.
+			c.Close()
+			if warn {
+				p.log.Warn("ssh proxy refusing connections: too many have not finished authentication",
+					"remote", c.RemoteAddr().String(), "refused", refused, "max", p.o.MaxPreAuth, "max_per_address", p.o.MaxPreAuthPerAddr)
+			}
+			continue
+		}
 		if !p.track(c, true) {
+			p.pre.release(key)
 			c.Close()
 			continue
 		}
@@ -162,9 +193,32 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 			defer p.wg.Done()
 			defer p.track(c, false)
 			defer c.Close()
-			p.handle(ctx, c)
+			var once sync.Once
+			authed := func() { once.Do(func() { p.pre.release(key) }) }
+			defer authed()
+			p.handle(ctx, c, authed)
 		}()
 	}
+}
+
+func (p *Proxy) setAcceptErr(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.acceptErr = err
+}
+
+// Health is the proxy's part of /health/ready: it fails once the proxy has
+// stopped, and while accepting connections fails (out of file descriptors).
+func (p *Proxy) Health() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.closed:
+		return errors.New("stopped")
+	case p.acceptErr != nil:
+		return fmt.Errorf("cannot accept connections: %w", p.acceptErr)
+	}
+	return nil
 }
 
 func (p *Proxy) track(c net.Conn, on bool) bool {
@@ -194,10 +248,11 @@ func (p *Proxy) closeAll() {
 	}
 }
 
-// handle serves one client connection.
-func (p *Proxy) handle(ctx context.Context, c net.Conn) {
+// handle serves one client connection; authed is called once the
+// handshake is over, whatever its outcome.
+func (p *Proxy) handle(ctx context.Context, c net.Conn, authed func()) {
 	start := time.Now()
-	_ = c.SetDeadline(start.Add(handshakeTimeout))
+	_ = c.SetDeadline(start.Add(p.o.HandshakeTimeout))
 	cfg := p.base
 	var bannerOnce sync.Once
 	var asked string // the sandbox id the client asked for, for the log
@@ -206,6 +261,7 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 		return p.authenticate(ctx, meta, key, &bannerOnce)
 	}
 	down, chans, reqs, err := ssh.NewServerConn(readBuffered(c), &cfg)
+	authed()
 	if err != nil {
 		p.log.Info("ssh client not admitted", "sandbox_id", asked, "remote", c.RemoteAddr().String(), "err", err)
 		return

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -84,8 +85,8 @@ func (r *Runtime) Boot(ctx context.Context, inst sandbox.Instance) error {
 	if alive, _ := r.Alive(ctx, id); alive {
 		return fmt.Errorf("boot %s: already running", id)
 	}
-	home, logs, etc := r.Home(id), filepath.Join(r.dir(id), "log"), filepath.Join(r.dir(id), "etc")
-	for _, d := range []string{home, logs, etc, filepath.Dir(r.AgentSocket(id))} {
+	home, logs, etc, tmp := r.Home(id), filepath.Join(r.dir(id), "log"), filepath.Join(r.dir(id), "etc"), filepath.Join(r.dir(id), "tmp")
+	for _, d := range []string{home, logs, etc, tmp, filepath.Dir(r.AgentSocket(id))} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("boot %s: %w", id, err)
 		}
@@ -105,7 +106,7 @@ func (r *Runtime) Boot(ctx context.Context, inst sandbox.Instance) error {
 		"--config-path", filepath.Join(etc, "config.json"), "--etc-dir", etc)
 	cmd := exec.Command(r.o.Command[0], args...)
 	cmd.Dir = home
-	cmd.Env = append(os.Environ(), "HOME="+home, "ATELIER_SANDBOX_ID="+id)
+	cmd.Env = agentEnv(id, home, tmp)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -121,6 +122,34 @@ func (r *Runtime) Boot(ctx context.Context, inst sandbox.Instance) error {
 	}
 	r.o.Log.Debug("agent process started", "sandbox_id", id, "pid", pid)
 	return nil
+}
+
+// agentEnv is everything a mock agent, and so every command it runs,
+// inherits. Nothing comes from the manager's environment but PATH, so the
+// developer's tools are found: the manager's own variables hold its secrets
+// (ATELIER_JWT_SECRET, ATELIER_GITHUB_CLIENT_SECRET, cloud credentials of the
+// shell that started it), and a sandbox is code the developer did not
+// necessarily write.
+func agentEnv(id, home, tmp string) []string {
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	}
+	name := strconv.Itoa(os.Getuid())
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		name = u.Username
+	}
+	return []string{
+		"PATH=" + path,
+		"HOME=" + home,
+		"USER=" + name,
+		"LOGNAME=" + name,
+		"LANG=C.UTF-8",
+		// Exec output is not a terminal; the agent's PTYs set their own TERM.
+		"TERM=dumb",
+		"TMPDIR=" + tmp,
+		"ATELIER_SANDBOX_ID=" + id,
+	}
 }
 
 // pid returns the agent's pid when it is alive and really ours: the pid file
@@ -223,4 +252,28 @@ func (r *Runtime) List(context.Context) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// Check reports whether a sandbox could boot now: the agent command is an
+// executable file (an upgrade that removed the binary the manager runs
+// from leaves it unable to start any agent) and the state and socket
+// directories are writable. It is the runtime's part of /health/ready.
+func (r *Runtime) Check(context.Context) error {
+	bin := r.o.Command[0]
+	fi, err := os.Stat(bin)
+	if err != nil {
+		return fmt.Errorf("agent binary: %w", err)
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("agent binary %s is not an executable file", bin)
+	}
+	for _, d := range []string{r.o.StateDir, r.o.SocketDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("state dir: %w", err)
+		}
+		if err := syscall.Access(d, 2 /* W_OK */); err != nil {
+			return fmt.Errorf("state dir %s is not writable: %w", d, err)
+		}
+	}
+	return nil
 }
