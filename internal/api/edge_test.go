@@ -10,6 +10,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"atelier/internal/auth"
 	"atelier/internal/config"
 	"atelier/internal/edge"
 	"atelier/internal/store"
@@ -38,7 +39,7 @@ func TestEdgeLoginRoute(t *testing.T) {
 	ctx := context.Background()
 	alice, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("alice", 1))
 	mallory, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("mallory", 2))
-	secret, _, err := h.srv.Auth.CreateToken(ctx, alice.ID, "ci", 0)
+	secret, _, err := h.srv.Auth.CreateToken(ctx, auth.Principal{User: alice, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "ci"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,8 +80,8 @@ func TestExposeRoutes(t *testing.T) {
 	ctx := context.Background()
 	alice, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("alice", 1))
 	mallory, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("mallory", 2))
-	sa, _, _ := h.srv.Auth.CreateToken(ctx, alice.ID, "ci", 0)
-	sm, _, _ := h.srv.Auth.CreateToken(ctx, mallory.ID, "ci", 0)
+	sa, _, _ := h.srv.Auth.CreateToken(ctx, auth.Principal{User: alice, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "ci"})
+	sm, _, _ := h.srv.Auth.CreateToken(ctx, auth.Principal{User: mallory, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "ci"})
 	a := map[string]string{"Authorization": "Bearer " + sa}
 	m := map[string]string{"Authorization": "Bearer " + sm}
 	v := h.create2(t, a)

@@ -189,7 +189,7 @@ func TestCloneCoversEveryList(t *testing.T) {
 			lists = append(lists, l.key)
 		}
 	}
-	if want := []string{"auth.allowedUsers", "network.dnsServers"}; !slices.Equal(lists, want) {
+	if want := []string{"auth.allowedUsers", "auth.admins", "network.dnsServers"}; !slices.Equal(lists, want) {
 		t.Errorf("reference-typed keys %q, want %q: update clone()", lists, want)
 	}
 }

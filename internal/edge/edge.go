@@ -41,6 +41,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"atelier/internal/agent"
+	"atelier/internal/auth"
 	"atelier/internal/config"
 	"atelier/internal/keylock"
 	"atelier/internal/sandbox"
@@ -74,6 +75,10 @@ type Options struct {
 	GuestHost string
 	// RetryWindow overrides DefaultRetryWindow.
 	RetryWindow time.Duration
+	// Sessions decides whether a host cookie's dashboard session still
+	// admits its user; nil builds an auth.Service over Config and Store.
+	// The manager passes its own, so every credential asks one function.
+	Sessions SessionChecker
 	// Now replaces time.Now (tests).
 	Now func() time.Time
 }
@@ -105,6 +110,8 @@ type Edge struct {
 	sessions sync.Map      // session id -> sessionCheck
 	// refusedCerts counts on-demand certificates refused to unknown names.
 	refusedCerts atomic.Int64
+
+	sessionCheck SessionChecker
 
 	dashboard http.Handler
 	mu        sync.Mutex
@@ -155,6 +162,10 @@ func New(opts Options) (*Edge, error) {
 	}
 	if e.retryWindow <= 0 {
 		e.retryWindow = DefaultRetryWindow
+	}
+	e.sessionCheck = opts.Sessions
+	if e.sessionCheck == nil {
+		e.sessionCheck = auth.New(cfg, opts.Store, auth.WithLogger(log))
 	}
 	switch {
 	case cfg.IsLocal():

@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"atelier/internal/auth"
 	"atelier/internal/config"
 	"atelier/internal/store"
 )
@@ -326,7 +327,7 @@ func TestOpenSSHThroughProxy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		secret, _, err := e.srv.Auth.CreateToken(context.Background(), u.ID, "t", 0)
+		secret, _, err := e.srv.Auth.CreateToken(context.Background(), auth.Principal{User: u, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "t"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -405,7 +406,7 @@ func TestSSHIntoContainerSandbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	secret, _, err := srv.Auth.CreateToken(ctx, u.ID, "t", 0)
+	secret, _, err := srv.Auth.CreateToken(ctx, auth.Principal{User: u, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "t"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -300,6 +300,15 @@ func (s *Store) PutOAuthState(ctx context.Context, st OAuthState, now time.Time,
 	return nil
 }
 
+// CountOAuthStates counts the pending logins, expired ones included.
+func (s *Store) CountOAuthStates(ctx context.Context) (int, error) {
+	var n int
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM oauth_states`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count oauth states: %w", err)
+	}
+	return n, nil
+}
+
 // DeleteExpiredOAuthStates removes login states whose expiry is at or before
 // now and returns how many were removed.
 func (s *Store) DeleteExpiredOAuthStates(ctx context.Context, now time.Time) (int64, error) {

@@ -22,6 +22,7 @@
 //	SetOrgVerified(ctx, userID, org, at) error
 //
 //	PutOAuthState(ctx, OAuthState, now, limit) error // ErrLimit when limit unexpired states are pending
+//	CountOAuthStates(ctx) (int, error)
 //	DeleteExpiredOAuthStates(ctx, now) (int64, error)
 //	DeleteExpiredEdgeCodes(ctx, now) (int64, error)
 //	DeleteDeadAPITokens(ctx, cutoff) (int64, error)

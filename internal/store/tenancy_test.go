@@ -32,6 +32,9 @@ func TestPutOAuthStateCapAndSweep(t *testing.T) {
 	if err := s.PutOAuthState(ctx, OAuthState{State: "fits", ExpiresAt: now.Add(time.Minute)}, now, 3); err != nil {
 		t.Fatalf("insert under the cap: %v", err)
 	}
+	if n, _ := s.CountOAuthStates(ctx); n != 3 {
+		t.Fatalf("pending states %d, want 3", n)
+	}
 	if n, err := s.DeleteExpiredOAuthStates(ctx, now.Add(time.Minute)); err != nil || n != 3 {
 		t.Fatalf("DeleteExpiredOAuthStates = %d, %v; want 3", n, err)
 	}
