@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"html"
 	"io"
 	"log/slog"
 	"net"
@@ -51,7 +52,7 @@ func edgeClient(t *testing.T, httpsPort int, pool *x509.CertPool) *http.Client {
 // the state cookie's value. Her page on another host of the parent domain
 // (a public dev host would do; here a plain page the test serves at
 // evil.atelier.test) plants that state cookie on atelier.test, both with
-// the plain name and the __Host- one, and sends its visitor to her
+// the plain name and the __Host- one, and links its visitor to her
 // callback. The visitor, logged in as themselves, must stay themselves:
 // browsers refuse a __Host- cookie with a Domain, and over HTTPS the
 // manager reads only the __Host- state cookie.
@@ -137,8 +138,7 @@ for (const name of ["atelier_oauth_state", "__Host-atelier_oauth_state"]) {
   document.cookie = name + "=%s; Domain=atelier.test; Path=/; Secure; SameSite=Lax";
 }
 window.planted = document.cookie;
-setTimeout(() => { location.href = %q; }, 50);
-</script>`, stateValue, callback)
+</script><a id="go" href="%s">more cats</a>`, stateValue, html.EscapeString(callback))
 	}))
 	evil.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	evil.StartTLS()
@@ -166,8 +166,10 @@ let callbackStatus = 0;
 page.on('response', (r) => { if (new URL(r.url()).pathname === '/auth/callback') callbackStatus = r.status(); });
 await page.goto(args.evil);
 const planted = await page.evaluate(() => window.planted);
-await page.waitForURL(u => u.hostname === 'sandbox.atelier.test');
-await page.waitForLoadState('load');
+await Promise.all([
+  page.waitForURL(u => u.hostname === 'sandbox.atelier.test', {waitUntil: 'load'}),
+  page.click('#go'),
+]);
 const landed = new URL(page.url()).pathname;
 const after = await me();
 return {before, after, planted, landed, callbackStatus};

@@ -398,10 +398,11 @@ func TestSSHIntoContainerSandbox(t *testing.T) {
 	}
 	f := newFixture(t)
 	f.cfg.Domain.SSH.Port = freePort(t)
+	// A GitHub user on the allow-list owns the sandbox and the key (one
+	// added straight to the store has no org membership on record).
+	f.cfg.Auth.AllowedUsers = []string{"dev"}
 	srv := f.start(t)
 	ctx := context.Background()
-	// In production the unix socket's local user cannot log in, so a GitHub
-	// user (the fixture allows the org "acme") owns the sandbox and the key.
 	u, err := srv.Store.UpsertGitHubUser(ctx, store.User{GitHubID: 11, Login: "dev"})
 	if err != nil {
 		t.Fatal(err)
