@@ -197,13 +197,41 @@ func (s *Server) authMiddleware(ctx huma.Context, next func(huma.Context)) {
 		return
 	}
 	r, _ := humago.Unwrap(ctx)
-	p, err := s.d.Auth.Authenticate(r)
+	p, err := s.authenticate(r)
 	if err != nil {
 		perr := toProblem(r.Context(), s.d.Log, err)
 		_ = huma.WriteErr(s.api, ctx, perr.(*Problem).Status, perr.(*Problem).Detail)
 		return
 	}
 	next(huma.WithValue(ctx, principalKey{}, p))
+}
+
+// authenticate is the one check in front of every authenticated route, huma
+// and raw alike: who the caller is (auth.Authenticate, which also re-checks
+// that the user is still allowed in), then whether the credential's scope
+// allows this request (a read-scoped token: GET and HEAD only, never an
+// upgrade such as a WebSocket terminal).
+func (s *Server) authenticate(r *http.Request) (auth.Principal, error) {
+	p, err := s.d.Auth.Authenticate(r)
+	if err != nil {
+		return auth.Principal{}, err
+	}
+	if !p.Permits(r) {
+		return auth.Principal{}, newProblem(http.StatusForbidden, "forbidden",
+			"this token is read-only (scope read): it may only GET, HEAD and never open a WebSocket")
+	}
+	return p, nil
+}
+
+// requireAdmin refuses host-wide operations to anyone but an admin: the
+// unix socket, mock mode's local user, a user in auth.admins (session or
+// admin-scoped token).
+func requireAdmin(ctx context.Context, what string) error {
+	if principal(ctx).Admin {
+		return nil
+	}
+	return newProblem(http.StatusForbidden, "forbidden",
+		what+" acts on the whole host: admins only (auth.admins, or the manager's unix socket)")
 }
 
 type principalKey struct{}
@@ -219,7 +247,7 @@ func principal(ctx context.Context) auth.Principal {
 // authRaw guards a plain handler with the same authentication as huma operations.
 func (s *Server) authRaw(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := s.d.Auth.Authenticate(r)
+		p, err := s.authenticate(r)
 		if err != nil {
 			writeProblem(w, toProblem(r.Context(), s.d.Log, err).(*Problem))
 			return

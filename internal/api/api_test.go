@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"atelier/internal/api"
+	"atelier/internal/auth"
 	"atelier/internal/config"
 	"atelier/internal/server"
 )
@@ -44,7 +45,8 @@ func newHarness(t testing.TB, mode config.Mode, mutate func(*config.Config)) *ha
 		cfg.Auth.JWTSecret = strings.Repeat("s", 40)
 		cfg.Auth.GitHub.ClientID = "client"
 		cfg.Auth.GitHub.ClientSecret = "secret"
-		cfg.Auth.AllowedUsers = []string{"octocat"}
+		cfg.Auth.AllowedUsers = []string{"octocat", "alice", "mallory", "bob", "root"}
+		cfg.Auth.Admins = []string{"root"}
 	}
 	if mutate != nil {
 		mutate(cfg)
@@ -506,7 +508,7 @@ func TestAPITokensInProduction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	secret, _, err := h.srv.Auth.CreateToken(ctx, u.ID, "ci", 0)
+	secret, _, err := h.srv.Auth.CreateToken(ctx, auth.Principal{User: u, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "ci"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -544,7 +546,7 @@ func TestAPITokensInProduction(t *testing.T) {
 	// Sandboxes are private to their owner.
 	v := h.create2(t, bearer)
 	other, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("mallory", 2))
-	s2, _, _ := h.srv.Auth.CreateToken(ctx, other.ID, "x", 0)
+	s2, _, _ := h.srv.Auth.CreateToken(ctx, auth.Principal{User: other, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "x"})
 	if r := h.do(t, "GET", "/api/sandboxes/"+v.ID, nil, map[string]string{"Authorization": "Bearer " + s2}); r.status != 404 {
 		t.Fatalf("other user's sandbox: %d", r.status)
 	}

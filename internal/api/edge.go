@@ -75,7 +75,7 @@ var errNoEdge = newProblem(http.StatusServiceUnavailable, "unavailable", "the HT
 func (s *Server) registerEdge() {
 	s.registerRaw("GET", "/auth/edge", true,
 		"Sign in to a sandbox host: for the sandbox's owner, redirects to the host with a one-time code (the host then sets its own cookie).",
-		http.HandlerFunc(s.edgeLogin))
+		s.d.Auth.LimitLogin(http.HandlerFunc(s.edgeLogin)))
 
 	tags := []string{"edge"}
 	errs := []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusNotFound, http.StatusConflict}
@@ -146,7 +146,7 @@ func (s *Server) registerEdge() {
 		if s.d.Edge == nil {
 			return nil, errNoEdge
 		}
-		if _, err := s.owned(ctx, in.ID); err != nil {
+		if _, err := s.managed(ctx, in.ID); err != nil {
 			return nil, err
 		}
 		rs, err := s.d.Edge.Routes(ctx, in.ID)
@@ -197,9 +197,19 @@ func (s *Server) edgeLogin(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, unknown)
 		return
 	}
+	next := q.Get("next")
+	if len(next) > auth.MaxNextLen {
+		next = "/" // a page with a huge URL still gets its login, at the host's root
+	}
 	p, err := s.d.Auth.Authenticate(r)
 	if errors.Is(err, auth.ErrUnauthenticated) {
-		http.Redirect(w, r, "/auth/github?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusFound)
+		// Come back here after the GitHub login, through a dashboard path
+		// that fits the login's next.
+		back := r.URL.RequestURI()
+		if len(back) > auth.MaxNextLen {
+			back = "/auth/edge?" + url.Values{"host": {host}, "next": {"/"}}.Encode()
+		}
+		http.Redirect(w, r, "/auth/github?next="+url.QueryEscape(back), http.StatusFound)
 		return
 	}
 	if err != nil {
@@ -211,11 +221,13 @@ func (s *Server) edgeLogin(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, toProblem(ctx, s.d.Log, err).(*Problem))
 		return
 	}
-	if err != nil || (!p.Admin && sb.OwnerID != p.User.ID) {
+	// The owner only: a host cookie opens the sandbox's own code and data,
+	// which an admin role does not (see managed and owned).
+	if err != nil || sb.OwnerID != p.User.ID {
 		writeProblem(w, unknown)
 		return
 	}
-	u, err := s.d.Edge.Grant(ctx, host, q.Get("next"), p)
+	u, err := s.d.Edge.Grant(ctx, host, next, p)
 	switch {
 	case errors.Is(err, edge.ErrNotBrowser):
 		writeProblem(w, newProblem(http.StatusForbidden, "forbidden", err.Error()))

@@ -11,6 +11,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"atelier/internal/auth"
 	"atelier/internal/config"
 	"atelier/internal/edge"
 	"atelier/internal/store"
@@ -39,7 +40,7 @@ func TestEdgeLoginRoute(t *testing.T) {
 	ctx := context.Background()
 	alice, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("alice", 1))
 	mallory, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("mallory", 2))
-	secret, _, err := h.srv.Auth.CreateToken(ctx, alice.ID, "ci", 0)
+	secret, _, err := h.srv.Auth.CreateToken(ctx, auth.Principal{User: alice, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "ci"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,8 +81,8 @@ func TestExposeRoutes(t *testing.T) {
 	ctx := context.Background()
 	alice, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("alice", 1))
 	mallory, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("mallory", 2))
-	sa, _, _ := h.srv.Auth.CreateToken(ctx, alice.ID, "ci", 0)
-	sm, _, _ := h.srv.Auth.CreateToken(ctx, mallory.ID, "ci", 0)
+	sa, _, _ := h.srv.Auth.CreateToken(ctx, auth.Principal{User: alice, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "ci"})
+	sm, _, _ := h.srv.Auth.CreateToken(ctx, auth.Principal{User: mallory, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "ci"})
 	a := map[string]string{"Authorization": "Bearer " + sa}
 	m := map[string]string{"Authorization": "Bearer " + sm}
 	v := h.create2(t, a)
@@ -156,8 +157,8 @@ func TestExposeQuota(t *testing.T) {
 	ctx := context.Background()
 	alice, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("alice", 1))
 	bob, _ := h.srv.Store.UpsertGitHubUser(ctx, storeUser("bob", 2))
-	sa, _, _ := h.srv.Auth.CreateToken(ctx, alice.ID, "ci", 0)
-	sb, _, _ := h.srv.Auth.CreateToken(ctx, bob.ID, "ci", 0)
+	sa, _, _ := h.srv.Auth.CreateToken(ctx, auth.Principal{User: alice, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "ci"})
+	sb, _, _ := h.srv.Auth.CreateToken(ctx, auth.Principal{User: bob, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "ci"})
 	a := map[string]string{"Authorization": "Bearer " + sa}
 	b := map[string]string{"Authorization": "Bearer " + sb}
 	a1, a2, b1 := h.create2(t, a), h.create2(t, a), h.create2(t, b)

@@ -20,7 +20,7 @@ type Problem struct {
 	Type   string              `json:"type,omitempty" doc:"A URI reference for the problem type."`
 	Title  string              `json:"title,omitempty" doc:"Short summary of the problem type."`
 	Status int                 `json:"status,omitempty" doc:"HTTP status code."`
-	Code   string              `json:"code" doc:"Stable machine-readable error code." enum:"invalid_input,unauthenticated,forbidden,misdirected,not_found,method_not_allowed,conflict,sandbox_limit,quota_exceeded,subnet_exhausted,body_too_large,not_acceptable,unavailable,internal"`
+	Code   string              `json:"code" doc:"Stable machine-readable error code." enum:"invalid_input,unauthenticated,forbidden,misdirected,not_found,method_not_allowed,conflict,sandbox_limit,quota_exceeded,rate_limited,subnet_exhausted,body_too_large,not_acceptable,unavailable,internal"`
 	Detail string              `json:"detail,omitempty" doc:"What went wrong in this occurrence."`
 	Errors []*huma.ErrorDetail `json:"errors,omitempty" doc:"Individual problems, each naming the field it is about."`
 	Quota  *QuotaDetail        `json:"quota,omitempty" doc:"With code quota_exceeded: the quota that refused the request."`
@@ -153,6 +153,9 @@ func toProblem(ctx context.Context, log *slog.Logger, err error) error {
 		return newProblem(http.StatusUnauthorized, "unauthenticated", "authentication required")
 	case errors.Is(err, auth.ErrForbidden):
 		return newProblem(http.StatusForbidden, "forbidden", err.Error())
+	case errors.Is(err, auth.ErrUnavailable):
+		log.WarnContext(ctx, "access not verifiable", "err", err)
+		return newProblem(http.StatusServiceUnavailable, "unavailable", "cannot verify your access with GitHub right now; try again shortly")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return newProblem(http.StatusServiceUnavailable, "unavailable", "request cancelled or timed out")
 	default:

@@ -51,13 +51,16 @@ func (s *Server) registerRegistry() {
 
 	huma.Register(s.api, huma.Operation{
 		OperationID: "registry-enable", Method: http.MethodPost, Path: "/api/registry/enable", Tags: tags,
-		Summary: "Enable the shared npm cache", Security: securityAuthed,
+		Summary: "Enable the shared npm cache (admin)", Security: securityAuthed,
 		Description: "Starts Verdaccio, records the cache as enabled (it starts with the manager from now on) and writes " +
 			"/etc/npmrc, ~/.npmrc, ~/.bunfig.toml and ~/.yarnrc.yml pointing at it into every running sandbox; " +
 			"sandboxes started later get them too. Files a sandbox already had that Atelier did not write are left alone. " +
 			"503 when Verdaccio cannot run (the detail says why); the cache then stays disabled.",
-		Errors: []int{http.StatusUnauthorized, http.StatusServiceUnavailable},
+		Errors: []int{http.StatusUnauthorized, http.StatusForbidden, http.StatusServiceUnavailable},
 	}, func(ctx context.Context, _ *struct{}) (*registryStatusOutput, error) {
+		if err := requireAdmin(ctx, "the npm cache"); err != nil {
+			return nil, err
+		}
 		if s.d.Registry == nil {
 			return nil, unavailable()
 		}
@@ -70,11 +73,14 @@ func (s *Server) registerRegistry() {
 
 	huma.Register(s.api, huma.Operation{
 		OperationID: "registry-disable", Method: http.MethodPost, Path: "/api/registry/disable", Tags: tags,
-		Summary: "Disable the shared npm cache", Security: securityAuthed,
+		Summary: "Disable the shared npm cache (admin)", Security: securityAuthed,
 		Description: "Removes the configs Atelier wrote from every running sandbox (stopped ones lose them when they " +
 			"next start), then stops Verdaccio. Cached packages stay on disk.",
-		Errors: []int{http.StatusUnauthorized, http.StatusServiceUnavailable},
+		Errors: []int{http.StatusUnauthorized, http.StatusForbidden, http.StatusServiceUnavailable},
 	}, func(ctx context.Context, _ *struct{}) (*registryStatusOutput, error) {
+		if err := requireAdmin(ctx, "the npm cache"); err != nil {
+			return nil, err
+		}
 		if s.d.Registry == nil {
 			return nil, unavailable()
 		}
@@ -87,10 +93,13 @@ func (s *Server) registerRegistry() {
 
 	huma.Register(s.api, huma.Operation{
 		OperationID: "registry-purge", Method: http.MethodPost, Path: "/api/registry/purge", Tags: tags,
-		Summary: "Delete every cached package", Security: securityAuthed,
+		Summary: "Delete every cached package (admin)", Security: securityAuthed,
 		Description: "Deletes all cached tarballs and package metadata; the next install fetches them from the uplink again.",
-		Errors:      []int{http.StatusUnauthorized, http.StatusServiceUnavailable},
+		Errors:      []int{http.StatusUnauthorized, http.StatusForbidden, http.StatusServiceUnavailable},
 	}, func(ctx context.Context, _ *struct{}) (*struct{ Body registry.Removed }, error) {
+		if err := requireAdmin(ctx, "the npm cache"); err != nil {
+			return nil, err
+		}
 		if s.d.Registry == nil {
 			return nil, unavailable()
 		}
@@ -103,10 +112,13 @@ func (s *Server) registerRegistry() {
 
 	huma.Register(s.api, huma.Operation{
 		OperationID: "registry-settings", Method: http.MethodPut, Path: "/api/registry/settings", Tags: tags,
-		Summary: "Change the cache's eviction period", Security: securityAuthed,
+		Summary: "Change the cache's eviction period (admin)", Security: securityAuthed,
 		Description: "Tarballs not downloaded for evictionDays days (1 to 365) are deleted by the hourly eviction job.",
-		Errors:      []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusServiceUnavailable},
+		Errors:      []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusServiceUnavailable},
 	}, func(ctx context.Context, in *registrySettingsInput) (*registryStatusOutput, error) {
+		if err := requireAdmin(ctx, "the npm cache"); err != nil {
+			return nil, err
+		}
 		if s.d.Registry == nil {
 			return nil, unavailable()
 		}

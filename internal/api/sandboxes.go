@@ -8,6 +8,7 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 
 	"atelier/internal/config"
+	"atelier/internal/auth"
 	"atelier/internal/sandbox"
 	"atelier/internal/store"
 )
@@ -72,14 +73,36 @@ type listSandboxesOutput struct {
 	}
 }
 
-// owned loads a sandbox the caller may act on; another user's sandbox is
-// reported as not found so ids cannot be probed.
-func (s *Server) owned(ctx context.Context, id string) (store.Sandbox, error) {
+// Who may do what with a sandbox:
+//   - its owner: everything;
+//   - an admin (auth.admins, mock mode's local user): see it (get, list,
+//     events, routes) and manage its lifecycle (stop, start, restart,
+//     destroy), as host-wide operations;
+//   - inside it (exec, files, git, terminals, services, dev commands, the
+//     dev hosts it exposes, its login-protected hosts): its owner only, or
+//     root on the host through the unix socket. An admin role on the
+//     dashboard is not a key to other users' code and data.
+// Anyone else is told the sandbox does not exist, so ids cannot be probed.
+
+// managed loads a sandbox the caller may see and manage: its owner or an admin.
+func (s *Server) managed(ctx context.Context, id string) (store.Sandbox, error) {
 	sb, err := s.d.Sandboxes.Get(ctx, id)
 	if err != nil {
 		return sb, toProblem(ctx, s.d.Log, err)
 	}
 	if p := principal(ctx); !p.Admin && sb.OwnerID != p.User.ID {
+		return sb, toProblem(ctx, s.d.Log, store.ErrNotFound)
+	}
+	return sb, nil
+}
+
+// owned loads a sandbox the caller may act inside: its owner, or the unix socket.
+func (s *Server) owned(ctx context.Context, id string) (store.Sandbox, error) {
+	sb, err := s.d.Sandboxes.Get(ctx, id)
+	if err != nil {
+		return sb, toProblem(ctx, s.d.Log, err)
+	}
+	if p := principal(ctx); sb.OwnerID != p.User.ID && p.Method != auth.MethodSocket {
 		return sb, toProblem(ctx, s.d.Log, store.ErrNotFound)
 	}
 	return sb, nil
@@ -92,7 +115,7 @@ func (s *Server) registerSandboxes() {
 	huma.Register(s.api, huma.Operation{
 		OperationID: "list-sandboxes", Method: http.MethodGet, Path: "/api/sandboxes", Tags: tags,
 		Summary: "List sandboxes", Security: securityAuthed, Errors: errs,
-		Description: "Phase timings are left out of the list; get one sandbox for them.",
+		Description: "Your sandboxes; an admin sees every user's. Phase timings are left out of the list; get one sandbox for them.",
 	}, func(ctx context.Context, in *listSandboxesInput) (*listSandboxesOutput, error) {
 		f := store.SandboxFilter{Status: store.Status(in.Status), NoTimings: true}
 		if p := principal(ctx); !p.Admin {
@@ -142,7 +165,7 @@ func (s *Server) registerSandboxes() {
 		OperationID: "get-sandbox", Method: http.MethodGet, Path: "/api/sandboxes/{id}", Tags: tags,
 		Summary: "Get a sandbox", Security: securityAuthed, Errors: errs,
 	}, func(ctx context.Context, in *sandboxIDInput) (*sandboxOutput, error) {
-		sb, err := s.owned(ctx, in.ID)
+		sb, err := s.managed(ctx, in.ID)
 		if err != nil {
 			return nil, err
 		}
@@ -155,7 +178,7 @@ func (s *Server) registerSandboxes() {
 		Description: "Releases every resource in the seed's cleanup order; each step is journaled and idempotent.",
 		Errors:      append(errs, http.StatusConflict),
 	}, func(ctx context.Context, in *sandboxIDInput) (*struct{}, error) {
-		if _, err := s.owned(ctx, in.ID); err != nil {
+		if _, err := s.managed(ctx, in.ID); err != nil {
 			return nil, err
 		}
 		if err := s.d.Sandboxes.Destroy(ctx, in.ID); err != nil {
@@ -179,7 +202,7 @@ func (s *Server) registerSandboxes() {
 			Description: "409 when the sandbox's status does not allow it; 429 when starting would exceed server.maxSandboxes or the owner's running quota.",
 			Errors:      append(errs, http.StatusConflict, http.StatusTooManyRequests),
 		}, func(ctx context.Context, in *sandboxIDInput) (*sandboxOutput, error) {
-			if _, err := s.owned(ctx, in.ID); err != nil {
+			if _, err := s.managed(ctx, in.ID); err != nil {
 				return nil, err
 			}
 			sb, err := a.fn(ctx, in.ID)

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"atelier/internal/auth"
 	"atelier/internal/config"
 )
 
@@ -41,7 +42,7 @@ func TestSSHKeysAPI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		secret, _, err := h.srv.Auth.CreateToken(ctx, u.ID, "t", 0)
+		secret, _, err := h.srv.Auth.CreateToken(ctx, auth.Principal{User: u, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "t"})
 		if err != nil {
 			t.Fatal(err)
 		}

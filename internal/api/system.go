@@ -7,6 +7,7 @@ import (
 
 	"github.com/danielgtaylor/huma/v2"
 
+	"atelier/internal/auth"
 	"atelier/internal/hoststats"
 	"atelier/internal/sandbox"
 	"atelier/internal/store"
@@ -28,7 +29,9 @@ type createTokenInput struct {
 	Body struct {
 		_        struct{} `json:"-" additionalProperties:"false"`
 		Name     string   `json:"name" minLength:"1" maxLength:"100" doc:"What the token is for."`
-		TTLHours int      `json:"ttlHours,omitempty" minimum:"0" maximum:"87600" doc:"Lifetime in hours; 0 or absent: no expiry."`
+		TTLHours int      `json:"ttlHours,omitempty" minimum:"0" maximum:"87600" doc:"Lifetime in hours; 0 or absent: auth.tokenTtlDays (90 days by default), which is also the longest allowed."`
+		NoExpiry bool     `json:"noExpiry,omitempty" doc:"A token that never expires: only when auth.tokenNoExpiry is allow, and never from a token."`
+		Scope    string   `json:"scope,omitempty" enum:"read,full,admin" doc:"read: GET and HEAD only, no WebSocket; full (default): everything you may do; admin: also host-wide operations, for admins only."`
 	}
 }
 
@@ -69,13 +72,13 @@ func (s *Server) registerSystem() {
 func (s *Server) registerCleanup() {
 	huma.Register(s.api, huma.Operation{
 		OperationID: "system-cleanup", Method: http.MethodPost, Path: "/api/system/cleanup", Tags: []string{"system"},
-		Summary: "Run the reconciler now", Security: securityAuthed,
+		Summary: "Run the reconciler now (admin)", Security: securityAuthed,
 		Description: "Settles sandboxes left mid-operation, marks sandboxes whose runtime died, and removes " +
 			"runtimes, links, volumes and leases that belong to no sandbox. Returns what it fixed. Admin only.",
 		Errors: []int{http.StatusUnauthorized, http.StatusForbidden},
 	}, func(ctx context.Context, _ *struct{}) (*struct{ Body sandbox.Report }, error) {
-		if p := principal(ctx); !p.Admin && s.d.Config.Server.Mode != "mock" {
-			return nil, newProblem(http.StatusForbidden, "forbidden", "cleanup acts on every sandbox on the host: use the manager's unix socket")
+		if err := requireAdmin(ctx, "cleanup"); err != nil {
+			return nil, err
 		}
 		rep, err := s.d.Sandboxes.Reconcile(ctx, false)
 		if err != nil {
@@ -115,10 +118,15 @@ func (s *Server) registerTokens() {
 	huma.Register(s.api, huma.Operation{
 		OperationID: "create-token", Method: http.MethodPost, Path: "/api/tokens", Tags: tags,
 		Summary: "Create an API token", Security: securityAuthed, DefaultStatus: http.StatusCreated,
-		Description: "The secret is returned once; only its SHA-256 is stored. Use it as `Authorization: Bearer <token>`.",
-		Errors:      []int{http.StatusBadRequest, http.StatusUnauthorized},
+		Description: "The secret is returned once; only its SHA-256 is stored. Use it as `Authorization: Bearer <token>`. " +
+			"A token never grants more than the credential that creates it: its scope is at most the caller's, and a " +
+			"token-made token expires no later than its maker (403 otherwise).",
+		Errors: []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden},
 	}, func(ctx context.Context, in *createTokenInput) (*createTokenOutput, error) {
-		secret, tok, err := s.d.Auth.CreateToken(ctx, principal(ctx).User.ID, in.Body.Name, time.Duration(in.Body.TTLHours)*time.Hour)
+		secret, tok, err := s.d.Auth.CreateToken(ctx, principal(ctx), auth.TokenRequest{
+			Name: in.Body.Name, TTL: time.Duration(in.Body.TTLHours) * time.Hour,
+			NoExpiry: in.Body.NoExpiry, Scope: auth.Scope(in.Body.Scope),
+		})
 		if err != nil {
 			return nil, toProblem(ctx, s.d.Log, err)
 		}

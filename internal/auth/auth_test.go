@@ -14,15 +14,18 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
 	"atelier/internal/config"
+	"atelier/internal/secretbox"
 	"atelier/internal/store"
 )
 
@@ -67,20 +70,25 @@ type envOpts struct {
 	mode         config.Mode
 	allowedUsers []string
 	allowedOrg   string
+	admins       []string
+	opts         []Option // extra service options
 }
 
 // env is one Atelier dashboard (the four auth handlers plus a protected
 // endpoint) backed by a real store, talking to a GitHub stand-in.
 type env struct {
-	t     *testing.T
-	cfg   *config.Config
-	st    *store.Store
-	svc   *Service
-	gh    *githubStub
-	app   *httptest.Server
-	dash  *url.URL // the configured dashboard URL; requests to it reach app
-	clock *testClock
-	logs  *syncBuffer
+	t       *testing.T
+	cfg     *config.Config
+	st      *store.Store
+	svc     *Service
+	gh      *githubStub
+	app     *httptest.Server
+	handler atomic.Pointer[http.Handler] // what app serves; restart swaps it
+	dash    *url.URL                     // the configured dashboard URL; requests to it reach app
+	clock   *testClock
+	logs    *syncBuffer
+	box     *secretbox.Box
+	opts    []Option
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -99,26 +107,52 @@ func newEnv(t *testing.T, o envOpts) *env {
 	cfg.Auth.JWTSecret = testJWTSecret
 	cfg.Auth.AllowedOrg = o.allowedOrg
 	cfg.Auth.AllowedUsers = o.allowedUsers
+	cfg.Auth.Admins = o.admins
 	cfg.Auth.SessionTTLHours = 24
 	cfg.Server.Mode = o.mode
+	dir := t.TempDir()
+	cfg.Server.DataDir = dir
 	ctx := context.Background()
-	st, err := store.Open(ctx, t.TempDir())
+	st, err := store.Open(ctx, dir)
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	clock := &testClock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
-	logs := &syncBuffer{}
-	svc := New(cfg, st,
-		WithHTTPClient(gh.srv.Client()),
-		WithClock(clock.Now),
-		WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))),
-	)
-	dash, err := url.Parse(cfg.DashboardURL())
-	if err != nil || dash.Host == "" {
+	box, err := secretbox.LoadOrCreate(filepath.Join(dir, secretbox.KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, st: st, gh: gh, box: box, opts: o.opts,
+		clock: &testClock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}, logs: &syncBuffer{}}
+	e.app = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		(*e.handler.Load()).ServeHTTP(w, r)
+	}))
+	t.Cleanup(e.app.Close)
+	e.serve(cfg)
+	e.dash, err = url.Parse(cfg.DashboardURL())
+	if err != nil || e.dash.Host == "" {
 		t.Fatalf("dashboard url %q: %v", cfg.DashboardURL(), err)
 	}
+	return e
+}
 
+// restart is a manager restart with a changed configuration: a new Service
+// over the same store, secrets key, GitHub and clock.
+func (e *env) restart(mutate func(*config.Config)) {
+	cfg := *e.cfg
+	cfg.Auth.AllowedUsers = slices.Clone(e.cfg.Auth.AllowedUsers)
+	cfg.Auth.Admins = slices.Clone(e.cfg.Auth.Admins)
+	mutate(&cfg)
+	e.serve(&cfg)
+}
+
+func (e *env) serve(cfg *config.Config) {
+	svc := New(cfg, e.st, append([]Option{
+		WithHTTPClient(e.gh.Client()),
+		WithClock(e.clock.Now),
+		WithLogger(slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))),
+		WithSecrets(e.box),
+	}, e.opts...)...)
 	mux := http.NewServeMux()
 	mux.Handle("/auth/github", svc.LoginHandler())
 	mux.Handle("/auth/callback", svc.CallbackHandler())
@@ -133,8 +167,15 @@ func newEnv(t *testing.T, o envOpts) *env {
 		case errors.Is(err, ErrForbidden):
 			http.Error(w, "forbidden", http.StatusForbidden)
 			return
+		case errors.Is(err, ErrUnavailable):
+			http.Error(w, "unavailable", http.StatusServiceUnavailable)
+			return
 		case err != nil:
 			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if !p.Permits(r) {
+			http.Error(w, "scope", http.StatusForbidden)
 			return
 		}
 		// Round-trip through the context the way the API middleware will.
@@ -144,9 +185,9 @@ func newEnv(t *testing.T, o envOpts) *env {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "dashboard "+r.URL.RequestURI())
 	})
-	app := httptest.NewServer(mux)
-	t.Cleanup(app.Close)
-	return &env{t: t, cfg: cfg, st: st, svc: svc, gh: gh, app: app, dash: dash, clock: clock, logs: logs}
+	var h http.Handler = mux
+	e.handler.Store(&h)
+	e.cfg, e.svc = cfg, svc
 }
 
 // dashTransport sends requests for the configured dashboard host to the test
@@ -366,7 +407,7 @@ func TestLoginAllowedUser(t *testing.T) {
 	if status != http.StatusOK {
 		t.Fatalf("protected: status %d", status)
 	}
-	if p.Method != MethodCookie || p.User.Login != "alice" || p.User.GitHubID != 1001 || p.SessionID == "" || p.Admin {
+	if p.Method != MethodCookie || p.User.Login != "alice" || p.User.GitHubID != 1001 || p.SessionID == "" || p.Admin || p.Scope != ScopeFull {
 		t.Fatalf("principal = %+v", p)
 	}
 	u, err := e.st.GetUser(context.Background(), p.User.ID)
@@ -384,7 +425,8 @@ func TestLoginAllowedUser(t *testing.T) {
 	if err := json.NewDecoder(mresp.Body).Decode(&me); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]any{"id": p.User.ID, "login": "alice", "name": "Name of alice", "avatarUrl": "https://avatars.example/alice", "method": "cookie"}
+	want := map[string]any{"id": p.User.ID, "login": "alice", "name": "Name of alice", "avatarUrl": "https://avatars.example/alice", "method": "cookie",
+		"scope": "full", "admin": false}
 	if mresp.StatusCode != http.StatusOK || len(me) != len(want) {
 		t.Fatalf("me = %d %v", mresp.StatusCode, me)
 	}
@@ -822,7 +864,7 @@ func TestSessionExpiry(t *testing.T) {
 		t.Fatalf("long-lived jwt for an expired row: %d", status)
 	}
 
-	if err := e.svc.SweepExpired(context.Background()); err != nil {
+	if err := e.svc.Sweep(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.st.GetSession(context.Background(), p.SessionID); !errors.Is(err, store.ErrNotFound) {
@@ -889,22 +931,25 @@ func TestAPITokens(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	asAlice := Principal{User: alice, Method: MethodCookie, Scope: ScopeFull}
 	for _, name := range []string{"", "   ", strings.Repeat("x", 101)} {
-		_, _, err := e.svc.CreateToken(ctx, alice.ID, name, 0)
+		_, _, err := e.svc.CreateToken(ctx, asAlice, TokenRequest{Name: name})
 		var fe *FieldError
 		if !errors.As(err, &fe) || fe.Field != "name" || !errors.Is(err, ErrInvalid) {
 			t.Fatalf("CreateToken(name %q) err = %v", name, err)
 		}
 	}
-	if _, _, err := e.svc.CreateToken(ctx, alice.ID, "x", -time.Hour); !errors.Is(err, ErrInvalid) {
+	if _, _, err := e.svc.CreateToken(ctx, asAlice, TokenRequest{Name: "x", TTL: -time.Hour}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("negative ttl err = %v", err)
 	}
 
-	secret, tok, err := e.svc.CreateToken(ctx, alice.ID, strings.Repeat("é", 100), 0)
+	secret, tok, err := e.svc.CreateToken(ctx, asAlice, TokenRequest{Name: strings.Repeat("é", 100)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !tokenSecretRe.MatchString(secret) || len(secret) != 56 || tok.Prefix != secret[:8] || tok.ExpiresAt != nil || tok.UserID != alice.ID {
+	// No lifetime asked: auth.tokenTtlDays (90 days), full scope.
+	if !tokenSecretRe.MatchString(secret) || len(secret) != 56 || tok.Prefix != secret[:8] || tok.UserID != alice.ID ||
+		tok.ExpiresAt == nil || !tok.ExpiresAt.Equal(e.clock.Now().Add(90*24*time.Hour)) || tok.Scope != "full" {
 		t.Fatalf("secret %q token %+v", secret, tok)
 	}
 	if js, _ := json.Marshal(tok); strings.Contains(string(js), secret[8:]) || strings.Contains(string(js), "hash") {
@@ -920,7 +965,7 @@ func TestAPITokens(t *testing.T) {
 
 	bearer := map[string]string{"Authorization": "Bearer " + secret}
 	status, p := e.raw(http.MethodGet, "/protected", bearer)
-	if status != http.StatusOK || p.Method != MethodToken || p.TokenID != tok.ID || p.User.ID != alice.ID || p.Admin {
+	if status != http.StatusOK || p.Method != MethodToken || p.TokenID != tok.ID || p.User.ID != alice.ID || p.Admin || p.Scope != ScopeFull {
 		t.Fatalf("bearer = %d %+v", status, p)
 	}
 	// Tokens are not cookies: no Origin needed for writes.
@@ -959,7 +1004,7 @@ func TestAPITokens(t *testing.T) {
 		t.Fatalf("revoked token = %d", status)
 	}
 
-	short, stok, err := e.svc.CreateToken(ctx, alice.ID, "ci", time.Hour)
+	short, stok, err := e.svc.CreateToken(ctx, asAlice, TokenRequest{Name: "ci", TTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1003,7 +1048,7 @@ func TestAnonymousAccess(t *testing.T) {
 			if tc.mode != config.ModeMock {
 				return
 			}
-			if p.Method != MethodMock || p.User.ID != LocalUserID || p.User.Login != "local" || p.Admin {
+			if p.Method != MethodMock || p.User.ID != LocalUserID || p.User.Login != "local" || !p.Admin || p.Scope != ScopeAdmin {
 				t.Fatalf("principal = %+v", p)
 			}
 			var me meResponse
@@ -1065,8 +1110,13 @@ func TestCookieAttributes(t *testing.T) {
 			b := e.browser()
 
 			resp, _ := b.get(b.noFollow, e.url("/auth/github"))
-			state := findSetCookie(t, resp.Header.Values("Set-Cookie"), stateCookieName)
-			checkAttrs(t, state, tc.wantSecure, "/auth/callback", int(oauthStateTTL.Seconds()))
+			// Over HTTPS the state cookie is __Host- prefixed too: a sandbox
+			// page cannot plant one from the parent domain (login CSRF).
+			if want := map[bool]string{false: stateCookieName, true: "__Host-" + stateCookieName}[tc.wantSecure]; e.svc.stateCookieName() != want {
+				t.Fatalf("state cookie name %q, want %q", e.svc.stateCookieName(), want)
+			}
+			state := findSetCookie(t, resp.Header.Values("Set-Cookie"), e.svc.stateCookieName())
+			checkAttrs(t, state, tc.wantSecure, "/", int(oauthStateTTL.Seconds()))
 
 			resp, _ = b.get(b.client, resp.Header.Get("Location"))
 			if resp.StatusCode != http.StatusOK || b.sessionCookie() == nil {

@@ -43,6 +43,8 @@ type meResponse struct {
 	Name      string `json:"name"`
 	AvatarURL string `json:"avatarUrl"`
 	Method    Method `json:"method"`
+	Scope     Scope  `json:"scope"`
+	Admin     bool   `json:"admin"`
 }
 
 // MeHandler reports the caller: GET /auth/me.
@@ -61,6 +63,9 @@ func (s *Service) MeHandler() http.Handler {
 		case errors.Is(err, ErrForbidden):
 			writeProblem(w, http.StatusForbidden, "forbidden", "request origin is not the dashboard")
 			return
+		case errors.Is(err, ErrUnavailable):
+			writeProblem(w, http.StatusServiceUnavailable, "unavailable", "cannot verify your access with GitHub right now")
+			return
 		case err != nil:
 			s.log.Error("me: authenticate", "err", err)
 			writeProblem(w, http.StatusInternalServerError, "internal", "could not check the session")
@@ -70,6 +75,7 @@ func (s *Service) MeHandler() http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		_ = json.NewEncoder(w).Encode(meResponse{
 			ID: p.User.ID, Login: p.User.Login, Name: p.User.Name, AvatarURL: p.User.AvatarURL, Method: p.Method,
+			Scope: p.Scope, Admin: p.Admin,
 		})
 	})
 }

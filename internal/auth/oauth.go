@@ -20,9 +20,12 @@ import (
 
 const maxGitHubBody = 1 << 20
 
-// LoginHandler starts the GitHub login: GET /auth/github[?next=/path].
+// LoginHandler starts the GitHub login: GET /auth/github[?next=/path]. It is
+// reachable without credentials, so what it stores is bounded: next is at
+// most MaxNextLen bytes, a state lives oauthStateTTL and at most
+// maxPendingLogins are pending, and each address is rate-limited.
 func (s *Service) LoginHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return s.LimitLogin(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -32,6 +35,12 @@ func (s *Service) LoginHandler() http.Handler {
 			http.Error(w, "GitHub login is not configured", http.StatusServiceUnavailable)
 			return
 		}
+		next := r.URL.Query().Get("next")
+		if len(next) > MaxNextLen {
+			writeProblem(w, http.StatusBadRequest, "invalid_input",
+				fmt.Sprintf("validation failed: query.next: at most %d bytes (got %d)", MaxNextLen, len(next)))
+			return
+		}
 		state, err := randomToken()
 		if err != nil {
 			s.log.Error("login: generate state", "err", err)
@@ -39,26 +48,42 @@ func (s *Service) LoginHandler() http.Handler {
 			return
 		}
 		verifier := oauth2.GenerateVerifier()
+		now := s.now()
 		err = s.st.PutOAuthState(r.Context(), store.OAuthState{
 			State:     state,
 			Verifier:  verifier,
-			ReturnTo:  safeReturnPath(r.URL.Query().Get("next")),
-			ExpiresAt: s.now().Add(oauthStateTTL),
-		})
+			ReturnTo:  safeReturnPath(next),
+			ExpiresAt: now.Add(oauthStateTTL),
+		}, now, maxPendingLogins)
+		if errors.Is(err, store.ErrLimit) {
+			s.log.Warn("login: too many logins pending", "err", err)
+			w.Header().Set("Retry-After", "60")
+			writeProblem(w, http.StatusServiceUnavailable, "unavailable", "too many logins in progress; try again in a minute")
+			return
+		}
 		if err != nil {
 			s.log.Error("login: save oauth state", "err", err)
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}
-		http.SetCookie(w, s.cookie(stateCookieName, stateHash(state), "/auth/callback", int(oauthStateTTL.Seconds())))
+		http.SetCookie(w, s.cookie(s.stateCookieName(), stateHash(state), "/", int(oauthStateTTL.Seconds())))
 		w.Header().Set("Cache-Control", "no-store")
 		http.Redirect(w, r, s.oauth.AuthCodeURL(state, oauth2.S256ChallengeOption(verifier)), http.StatusFound)
-	})
+	}))
+}
+
+// stateCookieName is the OAuth state cookie's name: __Host- prefixed over
+// HTTPS, so only the dashboard itself can set it, and the only one read.
+func (s *Service) stateCookieName() string {
+	if s.secure {
+		return secureStateCookieName
+	}
+	return stateCookieName
 }
 
 // CallbackHandler completes the GitHub login: GET /auth/callback.
 func (s *Service) CallbackHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return s.LimitLogin(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			w.Header().Set("Allow", "GET")
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -68,11 +93,11 @@ func (s *Service) CallbackHandler() http.Handler {
 		q := r.URL.Query()
 		state := q.Get("state")
 		// The state is single-use and browser-bound whatever the outcome.
-		http.SetCookie(w, s.cookie(stateCookieName, "", "/auth/callback", -1))
+		http.SetCookie(w, s.cookie(s.stateCookieName(), "", "/", -1))
 
 		// Check the browser binding before touching the store, so a callback
 		// replayed in another browser cannot burn the legitimate user's state.
-		c, err := r.Cookie(stateCookieName)
+		c, err := r.Cookie(s.stateCookieName())
 		if state == "" || err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(stateHash(state))) != 1 {
 			s.log.Warn("login: state missing or not bound to this browser")
 			invalidState(w)
@@ -119,7 +144,7 @@ func (s *Service) CallbackHandler() http.Handler {
 		http.SetCookie(w, s.sessionCookie(value))
 		s.log.Info("login: session started", "user_id", u.ID, "login", u.Login)
 		http.Redirect(w, r, safeReturnPath(saved.ReturnTo), http.StatusFound)
-	})
+	}))
 }
 
 func invalidState(w http.ResponseWriter) {
@@ -152,7 +177,7 @@ func (s *Service) completeLogin(ctx context.Context, code, verifier string) (sto
 	if status != http.StatusOK || gu.ID == 0 || gu.Login == "" {
 		return store.User{}, fmt.Errorf("fetch github user: status %d", status)
 	}
-	ok, err := s.allowed(ctx, tok.AccessToken, gu.Login)
+	ok, viaOrg, err := s.allowed(ctx, tok.AccessToken, gu.Login)
 	if err != nil {
 		return store.User{}, err
 	}
@@ -164,60 +189,97 @@ func (s *Service) completeLogin(ctx context.Context, code, verifier string) (sto
 	if err != nil {
 		return store.User{}, fmt.Errorf("record github user: %w", err)
 	}
+	if err := s.recordGrant(ctx, u, tok.AccessToken, viaOrg); err != nil {
+		return store.User{}, err
+	}
 	return u, nil
 }
 
-// allowed applies auth.allowedUsers then auth.allowedOrg. Neither set means
-// nobody: an empty allow-list must never mean "every GitHub account".
-func (s *Service) allowed(ctx context.Context, accessToken, login string) (bool, error) {
-	for _, a := range s.cfg.Auth.AllowedUsers {
-		if strings.EqualFold(strings.TrimSpace(a), login) {
-			return true, nil
+// recordGrant keeps what re-verifying org membership needs: with
+// auth.allowedOrg, the user's OAuth token (sealed, bound to the user's id)
+// and, when the org admitted them, the time it did. Without an org nothing
+// is kept and an older token is forgotten.
+func (s *Service) recordGrant(ctx context.Context, u store.User, accessToken string, viaOrg bool) error {
+	org := strings.TrimSpace(s.cfg.Auth.AllowedOrg)
+	g := store.GitHubGrant{}
+	if org != "" {
+		box, err := s.secrets()
+		if err != nil {
+			return fmt.Errorf("keep github token: %w", err)
 		}
+		if g.SealedToken, err = box.Seal([]byte(accessToken), []byte(u.ID)); err != nil {
+			return fmt.Errorf("keep github token: %w", err)
+		}
+		if viaOrg {
+			now := s.now()
+			g.Org, g.OrgVerifiedAt = org, &now
+		}
+	}
+	if err := s.st.PutGitHubGrant(ctx, u.ID, g); err != nil {
+		return fmt.Errorf("keep github token: %w", err)
+	}
+	return nil
+}
+
+// allowed applies auth.allowedUsers then auth.allowedOrg at login (the same
+// rules as Eligible, with the fresh token). Neither set means nobody: an
+// empty allow-list must never mean "every GitHub account". viaOrg says the
+// org admitted the user.
+func (s *Service) allowed(ctx context.Context, accessToken, login string) (ok, viaOrg bool, err error) {
+	if s.inAllowList(login) {
+		return true, false, nil
 	}
 	org := strings.TrimSpace(s.cfg.Auth.AllowedOrg)
 	if org == "" {
-		return false, nil
-	}
-	var m struct {
-		State string `json:"state"`
-	}
-	status, err := s.githubGet(ctx, accessToken, "/user/memberships/orgs/"+url.PathEscape(org), &m)
-	if err != nil {
-		return false, fmt.Errorf("check org membership: %w", err)
+		return false, false, nil
 	}
 	// 404/403 mean not a member (or the org restricts this app); a pending
 	// invitation is not membership either.
-	return status == http.StatusOK && m.State == "active", nil
+	active, err := s.membership(ctx, accessToken, org)
+	if errors.Is(err, errTokenRevoked) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, err
+	}
+	return active, active, nil
 }
 
 // githubGet calls the GitHub API; dst is decoded only on 200.
 func (s *Service) githubGet(ctx context.Context, accessToken, path string, dst any) (int, error) {
+	status, _, err := s.githubGetHeader(ctx, accessToken, path, dst)
+	return status, err
+}
+
+// githubGetHeader is githubGet that also returns the response headers.
+func (s *Service) githubGetHeader(ctx context.Context, accessToken, path string, dst any) (int, http.Header, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.apiURL+path, nil)
 	if err != nil {
-		return 0, fmt.Errorf("build request: %w", err)
+		return 0, nil, fmt.Errorf("build request: %w", err)
 	}
 	req.Header.Set("Authorization", "Bearer "+accessToken)
 	req.Header.Set("Accept", "application/vnd.github+json")
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("get %s: %w", path, err)
+		return 0, nil, fmt.Errorf("get %s: %w", path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxGitHubBody))
-		return resp.StatusCode, nil
+		return resp.StatusCode, resp.Header, nil
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxGitHubBody)).Decode(dst); err != nil {
-		return resp.StatusCode, fmt.Errorf("decode %s: %w", path, err)
+		return resp.StatusCode, resp.Header, fmt.Errorf("decode %s: %w", path, err)
 	}
-	return resp.StatusCode, nil
+	return resp.StatusCode, resp.Header, nil
 }
 
 // safeReturnPath keeps post-login redirects on the dashboard: a local absolute
-// path only, never "//host" or "/\host" (browsers read both as another host).
+// path of at most MaxNextLen bytes only, never "//host" or "/\host"
+// (browsers read both as another host). A sandbox host is reached through a
+// dashboard path too (/auth/edge?host=...), which checks the host itself.
 func safeReturnPath(p string) string {
-	if p == "" || p[0] != '/' || strings.HasPrefix(p, "//") || strings.ContainsAny(p, "\\\r\n\t") {
+	if p == "" || len(p) > MaxNextLen || p[0] != '/' || strings.HasPrefix(p, "//") || strings.ContainsAny(p, "\\\r\n\t") {
 		return "/"
 	}
 	u, err := url.Parse(p)

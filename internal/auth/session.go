@@ -22,8 +22,11 @@ type sessionClaims struct {
 }
 
 // Authenticate identifies the caller of r. It returns ErrUnauthenticated when
-// no usable credential is present, ErrForbidden when a cookie-authenticated
-// write comes from another origin, and a wrapped store error otherwise.
+// no usable credential is present or its user is no longer eligible (whose
+// sessions are then revoked), ErrForbidden when a cookie-authenticated write
+// comes from another origin, ErrUnavailable when eligibility cannot be
+// decided now, and a wrapped store error otherwise. The caller also checks
+// Principal.Permits: a read-scoped token authenticates for every method.
 func (s *Service) Authenticate(r *http.Request) (Principal, error) {
 	ctx := r.Context()
 	if isTrustedSocket(ctx) {
@@ -31,7 +34,7 @@ func (s *Service) Authenticate(r *http.Request) (Principal, error) {
 		if err != nil {
 			return Principal{}, err
 		}
-		return Principal{User: u, Method: MethodSocket, Admin: true}, nil
+		return Principal{User: u, Method: MethodSocket, Scope: ScopeAdmin, Admin: true}, nil
 	}
 	// An Authorization header is an explicit choice of credential: a bad one
 	// must not be rescued by an ambient cookie.
@@ -58,9 +61,20 @@ func (s *Service) Authenticate(r *http.Request) (Principal, error) {
 		if err != nil {
 			return Principal{}, err
 		}
-		return Principal{User: u, Method: MethodMock}, nil
+		// Mock mode is one developer on their own machine: the host's user.
+		return Principal{User: u, Method: MethodMock, Scope: ScopeAdmin, Admin: true}, nil
 	}
 	return Principal{}, ErrUnauthenticated
+}
+
+// admit applies eligibility to an authenticated user: a refusal is
+// ErrUnauthenticated (the credential no longer works), wrapping why.
+func (s *Service) admit(ctx context.Context, u store.User) error {
+	err := s.checkUser(ctx, u)
+	if errors.Is(err, ErrIneligible) {
+		return fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	}
+	return err
 }
 
 func (s *Service) mock() bool { return s.cfg.Server.Mode == config.ModeMock }
@@ -98,7 +112,14 @@ func (s *Service) authenticateCookie(ctx context.Context, raw string) (Principal
 	if err != nil {
 		return Principal{}, fmt.Errorf("load session user: %w", err)
 	}
-	return Principal{User: u, Method: MethodCookie, SessionID: sess.ID}, nil
+	if err := s.admit(ctx, u); err != nil {
+		return Principal{}, err
+	}
+	p := Principal{User: u, Method: MethodCookie, Scope: ScopeFull, SessionID: sess.ID, Admin: s.IsAdmin(u)}
+	if p.Admin {
+		p.Scope = ScopeAdmin
+	}
+	return p, nil
 }
 
 func (s *Service) parseJWT(raw string) (*sessionClaims, error) {
@@ -202,16 +223,42 @@ func (s *Service) ensureLocalUser(ctx context.Context) (store.User, error) {
 	return u, nil
 }
 
-// SweepExpired deletes expired sessions; the server calls it periodically.
-func (s *Service) SweepExpired(ctx context.Context) error {
-	n, err := s.st.DeleteExpiredSessions(ctx, s.now())
+// Sweep is the periodic housekeeping the server runs every SweepEvery: it
+// deletes expired sessions, OAuth states and edge codes and tokens dead for
+// deadTokenRetention, and ends the sessions of users no longer eligible (so
+// a restart with a shorter allow-list ends idle sessions too, not only the
+// ones that come back).
+func (s *Service) Sweep(ctx context.Context) error {
+	now := s.now()
+	var errs []error
+	for _, step := range []struct {
+		what string
+		do   func() (int64, error)
+	}{
+		{"expired sessions", func() (int64, error) { return s.st.DeleteExpiredSessions(ctx, now) }},
+		{"expired oauth states", func() (int64, error) { return s.st.DeleteExpiredOAuthStates(ctx, now) }},
+		{"expired edge codes", func() (int64, error) { return s.st.DeleteExpiredEdgeCodes(ctx, now) }},
+		{"dead api tokens", func() (int64, error) { return s.st.DeleteDeadAPITokens(ctx, now.Add(-deadTokenRetention)) }},
+	} {
+		n, err := step.do()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("sweep %s: %w", step.what, err))
+			continue
+		}
+		if n > 0 {
+			s.log.Debug("swept", "what", step.what, "count", n)
+		}
+	}
+	users, err := s.st.UsersWithSessions(ctx, now)
 	if err != nil {
-		return fmt.Errorf("sweep expired sessions: %w", err)
+		errs = append(errs, fmt.Errorf("sweep sessions of refused users: %w", err))
 	}
-	if n > 0 {
-		s.log.Debug("swept expired sessions", "count", n)
+	for _, u := range users {
+		if err := s.checkUser(ctx, u); err != nil && !errors.Is(err, ErrIneligible) {
+			s.log.Warn("sweep: eligibility undecided", "user_id", u.ID, "err", err)
+		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // randomToken returns 32 random bytes, base64url without padding.

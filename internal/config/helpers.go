@@ -140,6 +140,7 @@ func (c *Config) Redacted() *Config {
 func (c *Config) clone() *Config {
 	cp := *c
 	cp.Auth.AllowedUsers = slices.Clone(c.Auth.AllowedUsers)
+	cp.Auth.Admins = slices.Clone(c.Auth.Admins)
 	cp.Network.DNSServers = slices.Clone(c.Network.DNSServers)
 	cp.Network.EgressAllowCIDRs = slices.Clone(c.Network.EgressAllowCIDRs)
 	return &cp
@@ -153,6 +154,9 @@ func (c *Config) JSON() ([]byte, error) {
 	// Lists always render as [] so the output is a valid config file.
 	if cp.Auth.AllowedUsers == nil {
 		cp.Auth.AllowedUsers = []string{}
+	}
+	if cp.Auth.Admins == nil {
+		cp.Auth.Admins = []string{}
 	}
 	if cp.Network.DNSServers == nil {
 		cp.Network.DNSServers = []string{}

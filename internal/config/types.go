@@ -61,7 +61,25 @@ type Auth struct {
 	AllowedUsers []string `json:"allowedUsers"`
 	// SessionTTLHours bounds the dashboard session cookie and its server-side row.
 	SessionTTLHours int `json:"sessionTtlHours"`
+	// Admins are the GitHub logins allowed host-wide operations (the npm
+	// cache, cleanup, every user's sandboxes); each must also be allowed in.
+	Admins []string `json:"admins"`
+	// TokenTTLDays is the lifetime of a new API token: the default and the
+	// longest a create may ask for.
+	TokenTTLDays int `json:"tokenTtlDays"`
+	// TokenNoExpiry is "allow" when a create may ask for a token that never
+	// expires, "refuse" otherwise.
+	TokenNoExpiry string `json:"tokenNoExpiry"`
+	// OrgRecheckMinutes is how long a confirmed allowedOrg membership is
+	// trusted before GitHub is asked again.
+	OrgRecheckMinutes int `json:"orgRecheckMinutes"`
 }
+
+// Token expiry policies of auth.tokenNoExpiry.
+const (
+	TokenNoExpiryRefuse = "refuse"
+	TokenNoExpiryAllow  = "allow"
+)
 
 type GitHub struct {
 	ClientID     string `json:"clientId"`

@@ -138,6 +138,15 @@ func (v *checker) auth() {
 			v.add("auth.allowedUsers", "entry %d %q is not a GitHub user name", i, u)
 		}
 	}
+	for i, u := range a.Admins {
+		switch {
+		case u == "" || strings.ContainsFunc(u, unicode.IsSpace) || strings.Contains(u, ","):
+			v.add("auth.admins", "entry %d %q is not a GitHub user name", i, u)
+		case a.AllowedOrg == "" && !slices.ContainsFunc(a.AllowedUsers, func(x string) bool { return strings.EqualFold(x, u) }):
+			// An admin is a user first: the role never lets anyone in.
+			v.add("auth.admins", "entry %q cannot log in: add it to auth.allowedUsers (ATELIER_AUTH_ALLOWED_USERS) or set auth.allowedOrg", u)
+		}
+	}
 }
 
 func (v *checker) server() {

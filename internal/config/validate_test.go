@@ -257,6 +257,18 @@ func TestValidate(t *testing.T) {
 		{name: "local github stand-in", mutate: func(c *Config) { c.Auth.GitHub.APIURL = "http://127.0.0.1:9000/api" }},
 		{name: "allowed user with space", mutate: func(c *Config) { c.Auth.AllowedUsers = []string{"al ice"} },
 			wantKey: "auth.allowedUsers", wantEnv: "ATELIER_AUTH_ALLOWED_USERS"},
+		{name: "admin with space", mutate: func(c *Config) { c.Auth.Admins = []string{"al ice"} },
+			wantKey: "auth.admins", wantEnv: "ATELIER_AUTH_ADMINS", wantMsg: "not a GitHub user name"},
+		{name: "admin who cannot log in", mutate: func(c *Config) { c.Auth.AllowedUsers, c.Auth.Admins = []string{"alice"}, []string{"bob"} },
+			wantKey: "auth.admins", wantEnv: "ATELIER_AUTH_ADMINS", wantMsg: "cannot log in"},
+		{name: "admin on the allow-list", mutate: func(c *Config) { c.Auth.AllowedUsers, c.Auth.Admins = []string{"Alice"}, []string{"alice"} }},
+		{name: "admin through the org", mutate: func(c *Config) { c.Auth.AllowedOrg, c.Auth.Admins = "acme", []string{"bob"} }},
+		{name: "token ttl zero", mutate: func(c *Config) { c.Auth.TokenTTLDays = 0 },
+			wantKey: "auth.tokenTtlDays", wantEnv: "ATELIER_AUTH_TOKEN_TTL_DAYS", wantMsg: "between 1 and 3650"},
+		{name: "token no-expiry policy", mutate: func(c *Config) { c.Auth.TokenNoExpiry = "yes" },
+			wantKey: "auth.tokenNoExpiry", wantEnv: "ATELIER_AUTH_TOKEN_NO_EXPIRY", wantMsg: `"refuse", "allow"`},
+		{name: "org recheck zero", mutate: func(c *Config) { c.Auth.OrgRecheckMinutes = 0 },
+			wantKey: "auth.orgRecheckMinutes", wantEnv: "ATELIER_AUTH_ORG_RECHECK_MINUTES"},
 
 		// Sandbox.
 		{name: "runtime", mutate: func(c *Config) { c.Sandbox.Runtime = "docker" },

@@ -193,8 +193,16 @@ func (e *Edge) authorized(r *http.Request, host string) bool {
 	return false
 }
 
-// sessionValid checks the dashboard session behind a cookie, so logout or
-// revocation closes the sandbox hosts too; answers are cached briefly.
+// SessionChecker answers whether a dashboard session still admits its user
+// (auth.Service.CheckSession: the session row, then the user's eligibility).
+type SessionChecker interface {
+	CheckSession(ctx context.Context, sid, userID string) error
+}
+
+// sessionValid checks the dashboard session behind a cookie and whether its
+// user may still use Atelier, so logout, revocation or removal from the
+// allow-list or the org closes the sandbox hosts too; answers are cached for
+// sessionRecheck.
 func (e *Edge) sessionValid(ctx context.Context, sid, userID string) bool {
 	now := e.now()
 	if v, ok := e.sessions.Load(sid); ok {
@@ -202,10 +210,9 @@ func (e *Edge) sessionValid(ctx context.Context, sid, userID string) bool {
 			return true
 		}
 	}
-	sess, err := e.st.GetSession(ctx, sid)
-	if err != nil || !sess.Valid(now) || sess.UserID != userID {
+	if err := e.sessionCheck.CheckSession(ctx, sid, userID); err != nil {
 		e.sessions.Delete(sid)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
+		if !errors.Is(err, auth.ErrUnauthenticated) {
 			e.log.Warn("edge: check session", "err", err)
 		}
 		return false

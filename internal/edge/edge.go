@@ -43,6 +43,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"atelier/internal/agent"
+	"atelier/internal/auth"
 	"atelier/internal/config"
 	"atelier/internal/keylock"
 	"atelier/internal/sandbox"
@@ -104,6 +105,10 @@ type Options struct {
 	RetryWindow time.Duration
 	// Timeouts override DefaultTimeouts field by field (tests).
 	Timeouts Timeouts
+	// Sessions decides whether a host cookie's dashboard session still
+	// admits its user; nil builds an auth.Service over Config and Store.
+	// The manager passes its own, so every credential asks one function.
+	Sessions SessionChecker
 	// Now replaces time.Now (tests).
 	Now func() time.Time
 }
@@ -143,6 +148,8 @@ type Edge struct {
 	// refusedCrossOrigin counts writes and upgrades refused by the origin
 	// check (crossOriginWrite).
 	refusedCrossOrigin atomic.Int64
+
+	sessionCheck SessionChecker
 
 	dashboard http.Handler
 	mu        sync.Mutex
@@ -193,6 +200,10 @@ func New(opts Options) (*Edge, error) {
 	}
 	if e.retryWindow <= 0 {
 		e.retryWindow = DefaultRetryWindow
+	}
+	e.sessionCheck = opts.Sessions
+	if e.sessionCheck == nil {
+		e.sessionCheck = auth.New(cfg, opts.Store, auth.WithLogger(log))
 	}
 	if n := cfg.Domain.TLS.MaxNewCertsPerHour; n > 0 {
 		// A full hour's worth at once, then one every hour/n.

@@ -40,6 +40,7 @@ func testConfig(t testing.TB) *config.Config {
 	cfg.Domain.HTTPPort = freePort(t)
 	cfg.Domain.HTTPSPort = freePort(t)
 	cfg.Auth.JWTSecret = strings.Repeat("k", 40)
+	cfg.Auth.AllowedUsers = []string{"octocat"} // the harness's user
 	return cfg
 }
 
@@ -87,7 +88,7 @@ func newHarness(t testing.TB, mutate func(*config.Config, *Options)) *harness {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	h.user, err = st.EnsureUser(ctx, store.User{ID: "u1", Login: "octocat"})
+	h.user, err = st.EnsureUser(ctx, store.User{ID: "u1", GitHubID: 1, Login: "octocat"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"atelier/internal/auth"
 	"atelier/internal/config"
 	"atelier/internal/edge"
 	"atelier/internal/network"
@@ -20,8 +21,8 @@ import (
 // newEdge builds the HTTP edge. Mock mode's guests are local processes, so
 // their ports are on loopback; tests that put the bridge in a namespace of
 // their own (Options.Network) get an edge that dials guests there.
-func newEdge(cfg *config.Config, st *store.Store, opts Options, log *slog.Logger) (*edge.Edge, error) {
-	eo := edge.Options{Config: cfg, Store: st, Log: log}
+func newEdge(cfg *config.Config, st *store.Store, au *auth.Service, opts Options, log *slog.Logger) (*edge.Edge, error) {
+	eo := edge.Options{Config: cfg, Store: st, Log: log, Sessions: au}
 	if cfg.Server.Mode == config.ModeMock {
 		eo.GuestHost = "127.0.0.1"
 	} else if opts.Network != nil && opts.Drivers == nil {

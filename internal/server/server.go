@@ -28,6 +28,7 @@ import (
 	"atelier/internal/runtime/container"
 	"atelier/internal/runtime/process"
 	"atelier/internal/sandbox"
+	"atelier/internal/secretbox"
 	"atelier/internal/sshproxy"
 	stmock "atelier/internal/storage/mock"
 	"atelier/internal/store"
@@ -152,22 +153,28 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		return nil, err
 	}
 	sbx.AddHooks(reg.Hooks())
+	// One auth service answers every credential: API, edge host cookies, SSH keys.
+	box, err := secretbox.LoadOrCreate(filepath.Join(cfg.Server.DataDir, secretbox.KeyFile))
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	au := auth.New(cfg, st, append([]auth.Option{auth.WithLogger(log), auth.WithSecrets(box)}, opts.AuthOpts...)...)
 	guestUser := sshproxy.ImageUser
 	if cfg.Server.Mode == config.ModeMock {
 		guestUser = "" // mock guests are the developer's own processes
 	}
-	sp, err := sshproxy.New(sshproxy.Options{Config: cfg, Store: st, Sandboxes: sbx, GuestUser: guestUser, Log: log})
+	sp, err := sshproxy.New(sshproxy.Options{Config: cfg, Store: st, Sandboxes: sbx, GuestUser: guestUser, Log: log, Access: au})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("ssh proxy: %w", err)
 	}
-	ed, err := newEdge(cfg, st, opts, log)
+	ed, err := newEdge(cfg, st, au, opts, log)
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
 	sbx.AddHooks(ed.Hooks())
-	au := auth.New(cfg, st, append([]auth.Option{auth.WithLogger(log)}, opts.AuthOpts...)...)
 	every := opts.ReconcileEvery
 	if every <= 0 {
 		every = 30 * time.Second
@@ -310,13 +317,14 @@ func (s *Server) shutdown() {
 	s.Log.Info("manager stopped")
 }
 
-// sweep runs periodic housekeeping.
+// sweep runs periodic housekeeping: expired sessions, logins, edge codes
+// and tokens, and the sessions of users no longer allowed in.
 func (s *Server) sweep(ctx context.Context) {
-	t := time.NewTicker(time.Hour)
+	t := time.NewTicker(auth.SweepEvery)
 	defer t.Stop()
 	for {
-		if err := s.Auth.SweepExpired(ctx); err != nil && ctx.Err() == nil {
-			s.Log.Warn("sweep expired sessions", "err", err)
+		if err := s.Auth.Sweep(ctx); err != nil && ctx.Err() == nil {
+			s.Log.Warn("auth sweep", "err", err)
 		}
 		select {
 		case <-ctx.Done():

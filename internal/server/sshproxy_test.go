@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"atelier/internal/auth"
 	"atelier/internal/config"
 	"atelier/internal/store"
 )
@@ -326,7 +327,7 @@ func TestOpenSSHThroughProxy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		secret, _, err := e.srv.Auth.CreateToken(context.Background(), u.ID, "t", 0)
+		secret, _, err := e.srv.Auth.CreateToken(context.Background(), auth.Principal{User: u, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "t"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -397,15 +398,16 @@ func TestSSHIntoContainerSandbox(t *testing.T) {
 	}
 	f := newFixture(t)
 	f.cfg.Domain.SSH.Port = freePort(t)
+	// A GitHub user on the allow-list owns the sandbox and the key (one
+	// added straight to the store has no org membership on record).
+	f.cfg.Auth.AllowedUsers = []string{"dev"}
 	srv := f.start(t)
 	ctx := context.Background()
-	// In production the unix socket's local user cannot log in, so a GitHub
-	// user (the fixture allows the org "acme") owns the sandbox and the key.
 	u, err := srv.Store.UpsertGitHubUser(ctx, store.User{GitHubID: 11, Login: "dev"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	secret, _, err := srv.Auth.CreateToken(ctx, u.ID, "t", 0)
+	secret, _, err := srv.Auth.CreateToken(ctx, auth.Principal{User: u, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "t"})
 	if err != nil {
 		t.Fatal(err)
 	}

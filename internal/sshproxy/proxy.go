@@ -21,7 +21,6 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -65,6 +64,12 @@ type Sandboxes interface {
 // own sshd.
 const ImageUser = "dev"
 
+// Eligibility decides whether a user may still use Atelier: the same
+// check every other credential gets (auth.Service.Eligible).
+type Eligibility interface {
+	Eligible(ctx context.Context, u store.User) error
+}
+
 // Options configure a Proxy.
 type Options struct {
 	Config    *config.Config
@@ -87,6 +92,10 @@ type Options struct {
 	// HandshakeTimeout bounds key exchange and authentication; default
 	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// Access is asked at every authentication whether the key's owner may
+	// still log in; nil builds an auth.Service over Config and Store. The
+	// manager passes its own.
+	Access Eligibility
 }
 
 // Proxy is the SSH proxy.
@@ -123,6 +132,9 @@ func New(o Options) (*Proxy, error) {
 	}
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if o.Access == nil {
+		o.Access = auth.New(o.Config, o.Store, auth.WithLogger(o.Log))
 	}
 	log := o.Log.With("component", "sshproxy")
 	if o.HostKey == nil {
@@ -296,7 +308,8 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn, authed func()) {
 }
 
 // authenticate admits a key that is registered, not expired, and belongs to
-// an allowed user. The decision is made per connection from the store, so
+// a user who may still use Atelier (auth.Service.Eligible, the check every
+// credential gets). The decision is made per connection from the store, so
 // revocation and expiry apply to the next connection at once. A key of an
 // allowed user that does not own the sandbox is still admitted, so that
 // after it has proven possession of the key the client is told why it
@@ -319,7 +332,13 @@ func (p *Proxy) authenticate(ctx context.Context, meta ssh.ConnMetadata, key ssh
 			continue
 		}
 		u, err := p.o.Store.GetUser(ctx, k.UserID)
-		if err != nil || !p.allowed(u) {
+		if err != nil {
+			continue
+		}
+		if err := p.o.Access.Eligible(ctx, u); err != nil {
+			if !errors.Is(err, auth.ErrIneligible) {
+				p.log.Warn("ssh: cannot decide whether a key's owner may log in", "user_id", u.ID, "err", err)
+			}
 			continue
 		}
 		cands = append(cands, cand{k.ID, k.UserID})
@@ -349,26 +368,6 @@ func (p *Proxy) authenticate(ctx context.Context, meta ssh.ConnMetadata, key ssh
 		ext[extOwner] = "1"
 	}
 	return &ssh.Permissions{Extensions: ext}, nil
-}
-
-// allowed is "could this user log in to the dashboard": mock mode's local
-// user, a GitHub user named in auth.allowedUsers, or, with auth.allowedOrg,
-// any GitHub user (org membership was checked by GitHub at their last
-// login; without their GitHub token it cannot be re-checked here).
-func (p *Proxy) allowed(u store.User) bool {
-	cfg := p.o.Config
-	if u.ID == auth.LocalUserID {
-		return cfg.Server.Mode == config.ModeMock
-	}
-	if u.GitHubID == 0 {
-		return false
-	}
-	for _, a := range cfg.Auth.AllowedUsers {
-		if strings.EqualFold(strings.TrimSpace(a), u.Login) {
-			return true
-		}
-	}
-	return strings.TrimSpace(cfg.Auth.AllowedOrg) != ""
 }
 
 // admit returns the running sandbox's agent, or the reason, worded for the

@@ -172,24 +172,125 @@ func (s *Store) RevokeSession(ctx context.Context, id string, now time.Time) err
 // DeleteExpiredSessions removes sessions whose expiry is at or before now
 // and returns how many were removed.
 func (s *Store) DeleteExpiredSessions(ctx context.Context, now time.Time) (int64, error) {
-	res, err := s.w.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at <= ?`, fmtTime(now))
-	if err != nil {
-		return 0, fmt.Errorf("delete expired sessions: %w", err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return 0, fmt.Errorf("delete expired sessions: %w", err)
-	}
-	return n, nil
+	return s.execCount(ctx, "delete expired sessions", `DELETE FROM sessions WHERE expires_at <= ?`, fmtTime(now))
 }
 
-// PutOAuthState records a pending OAuth login.
-func (s *Store) PutOAuthState(ctx context.Context, st OAuthState) error {
+// RevokeUserSessions revokes every live session of userID at now and
+// returns how many it revoked.
+func (s *Store) RevokeUserSessions(ctx context.Context, userID string, now time.Time) (int64, error) {
+	n := fmtTime(now)
+	return s.execCount(ctx, "revoke sessions of user "+userID,
+		`UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ?`, n, userID, n)
+}
+
+// UsersWithSessions lists the users holding a live (unrevoked, unexpired)
+// session at now, so a periodic pass can end those no longer allowed in.
+func (s *Store) UsersWithSessions(ctx context.Context, now time.Time) ([]User, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+userCols+` FROM users WHERE id IN (
+		SELECT user_id FROM sessions WHERE revoked_at IS NULL AND expires_at > ?) ORDER BY id`, fmtTime(now))
+	if err != nil {
+		return nil, fmt.Errorf("users with sessions: %w", err)
+	}
+	defer rows.Close()
+	var out []User
+	for rows.Next() {
+		u, err := scanUser(rows)
+		if err != nil {
+			return nil, fmt.Errorf("users with sessions: %w", err)
+		}
+		out = append(out, u)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("users with sessions: %w", err)
+	}
+	return out, nil
+}
+
+// GitHubGrant is what Atelier keeps to re-verify a user's org membership:
+// their OAuth token, sealed by the caller (the store never sees it in the
+// clear), and the last confirmed membership.
+type GitHubGrant struct {
+	SealedToken   []byte
+	Org           string     // "" when no membership is on record
+	OrgVerifiedAt *time.Time // when Org's membership was last confirmed active
+}
+
+// GetGitHubGrant returns userID's grant; ErrNotFound for an unknown user.
+func (s *Store) GetGitHubGrant(ctx context.Context, userID string) (GitHubGrant, error) {
+	var (
+		g   GitHubGrant
+		vAt sql.NullString
+	)
+	err := s.r.QueryRowContext(ctx, `SELECT github_token, org_verified, org_verified_at FROM users WHERE id = ?`, userID).
+		Scan(&g.SealedToken, &g.Org, &vAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return GitHubGrant{}, fmt.Errorf("get github grant of %s: %w", userID, ErrNotFound)
+	}
+	if err != nil {
+		return GitHubGrant{}, fmt.Errorf("get github grant of %s: %w", userID, err)
+	}
+	if g.OrgVerifiedAt, err = parseTimePtr(vAt); err != nil {
+		return GitHubGrant{}, fmt.Errorf("get github grant of %s: %w", userID, err)
+	}
+	return g, nil
+}
+
+// PutGitHubGrant replaces userID's grant (a nil token forgets it).
+func (s *Store) PutGitHubGrant(ctx context.Context, userID string, g GitHubGrant) error {
+	var tok any
+	if len(g.SealedToken) > 0 {
+		tok = g.SealedToken
+	}
+	res, err := s.w.ExecContext(ctx, `UPDATE users SET github_token = ?, org_verified = ?, org_verified_at = ? WHERE id = ?`,
+		tok, g.Org, fmtTimePtr(g.OrgVerifiedAt), userID)
+	if err != nil {
+		return fmt.Errorf("put github grant of %s: %w", userID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("put github grant of %s: %w", userID, ErrNotFound)
+	}
+	return nil
+}
+
+// SetOrgVerified records the outcome of a membership check: org confirmed
+// active at at, or (org "", at nil) no membership on record.
+func (s *Store) SetOrgVerified(ctx context.Context, userID, org string, at *time.Time) error {
+	res, err := s.w.ExecContext(ctx, `UPDATE users SET org_verified = ?, org_verified_at = ? WHERE id = ?`,
+		org, fmtTimePtr(at), userID)
+	if err != nil {
+		return fmt.Errorf("set org verified of %s: %w", userID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("set org verified of %s: %w", userID, ErrNotFound)
+	}
+	return nil
+}
+
+// PutOAuthState records a pending OAuth login. Expired states are deleted
+// in the same transaction; when limit > 0 and that many unexpired states are
+// pending already, nothing is stored and the error is ErrLimit, so logins
+// nobody completes cannot grow the database without bound.
+func (s *Store) PutOAuthState(ctx context.Context, st OAuthState, now time.Time, limit int) error {
 	if st.State == "" {
 		return errors.New("put oauth state: empty state")
 	}
-	_, err := s.w.ExecContext(ctx, `INSERT INTO oauth_states (state, verifier, return_to, expires_at)
-		VALUES (?, ?, ?, ?)`, st.State, st.Verifier, st.ReturnTo, fmtTime(st.ExpiresAt))
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM oauth_states WHERE expires_at <= ?`, fmtTime(now)); err != nil {
+			return err
+		}
+		if limit > 0 {
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM oauth_states`).Scan(&n); err != nil {
+				return err
+			}
+			if n >= limit {
+				return fmt.Errorf("%d logins pending: %w", n, ErrLimit)
+			}
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO oauth_states (state, verifier, return_to, expires_at)
+			VALUES (?, ?, ?, ?)`, st.State, st.Verifier, st.ReturnTo, fmtTime(st.ExpiresAt))
+		return err
+	})
 	switch {
 	case isUnique(err):
 		return fmt.Errorf("put oauth state: %w", ErrDuplicate)
@@ -197,6 +298,47 @@ func (s *Store) PutOAuthState(ctx context.Context, st OAuthState) error {
 		return fmt.Errorf("put oauth state: %w", err)
 	}
 	return nil
+}
+
+// CountOAuthStates counts the pending logins, expired ones included.
+func (s *Store) CountOAuthStates(ctx context.Context) (int, error) {
+	var n int
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM oauth_states`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count oauth states: %w", err)
+	}
+	return n, nil
+}
+
+// DeleteExpiredOAuthStates removes login states whose expiry is at or before
+// now and returns how many were removed.
+func (s *Store) DeleteExpiredOAuthStates(ctx context.Context, now time.Time) (int64, error) {
+	return s.execCount(ctx, "delete expired oauth states", `DELETE FROM oauth_states WHERE expires_at <= ?`, fmtTime(now))
+}
+
+// DeleteExpiredEdgeCodes removes edge login codes whose expiry is at or
+// before now and returns how many were removed.
+func (s *Store) DeleteExpiredEdgeCodes(ctx context.Context, now time.Time) (int64, error) {
+	return s.execCount(ctx, "delete expired edge codes", `DELETE FROM edge_codes WHERE expires_at <= ?`, fmtTime(now))
+}
+
+// DeleteDeadAPITokens removes tokens that expired or were revoked at or
+// before cutoff; listings keep showing recently dead ones until then.
+func (s *Store) DeleteDeadAPITokens(ctx context.Context, cutoff time.Time) (int64, error) {
+	c := fmtTime(cutoff)
+	return s.execCount(ctx, "delete dead api tokens",
+		`DELETE FROM api_tokens WHERE expires_at <= ? OR revoked_at <= ?`, c, c)
+}
+
+func (s *Store) execCount(ctx context.Context, what, query string, args ...any) (int64, error) {
+	res, err := s.w.ExecContext(ctx, query, args...)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
+	}
+	return n, nil
 }
 
 // TakeOAuthState consumes a state: it is deleted whatever the outcome, so a
@@ -236,7 +378,7 @@ func (s *Store) TakeOAuthState(ctx context.Context, state string, now time.Time)
 	return out, nil
 }
 
-const tokenCols = `id, user_id, name, prefix, hash, created_at, last_used_at, expires_at, revoked_at`
+const tokenCols = `id, user_id, name, prefix, hash, created_at, last_used_at, expires_at, revoked_at, scope`
 
 func scanToken(r rowScanner) (APIToken, error) {
 	var (
@@ -244,7 +386,7 @@ func scanToken(r rowScanner) (APIToken, error) {
 		cAt           string
 		lAt, eAt, rAt sql.NullString
 	)
-	if err := r.Scan(&t.ID, &t.UserID, &t.Name, &t.Prefix, &t.Hash, &cAt, &lAt, &eAt, &rAt); err != nil {
+	if err := r.Scan(&t.ID, &t.UserID, &t.Name, &t.Prefix, &t.Hash, &cAt, &lAt, &eAt, &rAt, &t.Scope); err != nil {
 		return APIToken{}, err
 	}
 	var err error
@@ -269,9 +411,12 @@ func (s *Store) CreateAPIToken(ctx context.Context, t APIToken) error {
 	if t.ID == "" || t.UserID == "" || len(t.Hash) == 0 {
 		return errors.New("create api token: missing id, user id or hash")
 	}
-	_, err := s.w.ExecContext(ctx, `INSERT INTO api_tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	if t.Scope == "" {
+		t.Scope = "full"
+	}
+	_, err := s.w.ExecContext(ctx, `INSERT INTO api_tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		t.ID, t.UserID, t.Name, t.Prefix, t.Hash, fmtTime(s.orNow(t.CreatedAt)),
-		fmtTimePtr(t.LastUsedAt), fmtTimePtr(t.ExpiresAt), fmtTimePtr(t.RevokedAt))
+		fmtTimePtr(t.LastUsedAt), fmtTimePtr(t.ExpiresAt), fmtTimePtr(t.RevokedAt), t.Scope)
 	switch {
 	case isUnique(err):
 		return fmt.Errorf("create api token: %w", ErrDuplicate)

@@ -190,7 +190,7 @@ func TestTakeOAuthState(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := openTest(t)
 			if tt.put != nil {
-				if err := s.PutOAuthState(ctx, *tt.put); err != nil {
+				if err := s.PutOAuthState(ctx, *tt.put, time.Time{}, 0); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -221,11 +221,11 @@ func TestTakeOAuthStateSweepsExpired(t *testing.T) {
 		{State: "live", ExpiresAt: odd.Add(time.Minute)},
 		{State: "take", ExpiresAt: odd.Add(time.Minute)},
 	} {
-		if err := s.PutOAuthState(ctx, st); err != nil {
+		if err := s.PutOAuthState(ctx, st, time.Time{}, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.PutOAuthState(ctx, OAuthState{State: "live"}); !errors.Is(err, ErrDuplicate) {
+	if err := s.PutOAuthState(ctx, OAuthState{State: "live"}, time.Time{}, 0); !errors.Is(err, ErrDuplicate) {
 		t.Errorf("duplicate state: err = %v, want ErrDuplicate", err)
 	}
 	if _, err := s.TakeOAuthState(ctx, "take", odd); err != nil {

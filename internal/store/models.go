@@ -15,8 +15,17 @@
 //	GetSession(ctx, id) (Session, error)        // returns revoked/expired rows too; caller checks Valid(now)
 //	RevokeSession(ctx, id, now) error
 //	DeleteExpiredSessions(ctx, now) (int64, error)
+//	RevokeUserSessions(ctx, userID, now) (int64, error)
+//	UsersWithSessions(ctx, now) ([]User, error)
+//	GetGitHubGrant(ctx, userID) (GitHubGrant, error) // sealed OAuth token + last org verification
+//	PutGitHubGrant(ctx, userID, GitHubGrant) error
+//	SetOrgVerified(ctx, userID, org, at) error
 //
-//	PutOAuthState(ctx, OAuthState) error
+//	PutOAuthState(ctx, OAuthState, now, limit) error // ErrLimit when limit unexpired states are pending
+//	CountOAuthStates(ctx) (int, error)
+//	DeleteExpiredOAuthStates(ctx, now) (int64, error)
+//	DeleteExpiredEdgeCodes(ctx, now) (int64, error)
+//	DeleteDeadAPITokens(ctx, cutoff) (int64, error)
 //	TakeOAuthState(ctx, state, now) (OAuthState, error) // one-time: deletes; ErrNotFound when missing or expired
 //
 //	CreateAPIToken(ctx, APIToken) error         // Hash is the SHA-256 of the secret; never the secret
@@ -220,6 +229,8 @@ type APIToken struct {
 	LastUsedAt *time.Time `json:"lastUsedAt,omitempty"`
 	ExpiresAt  *time.Time `json:"expiresAt,omitempty"`
 	RevokedAt  *time.Time `json:"revokedAt,omitempty"`
+	// Scope is read, full or admin (see auth.Scope); "" is stored as full.
+	Scope string `json:"scope"`
 }
 
 type Sandbox struct {
