@@ -142,7 +142,8 @@ type Driver struct {
 	cgroups cgroupSupport
 	noFile  uint64
 	// userNS: guests run in a user namespace (Options.UserNS and the host).
-	userNS bool
+	userNS      bool
+	usernsTools usernsTools
 	// seccomp is the filter every guest gets; nil with NoSeccomp.
 	seccomp *specs.LinuxSeccomp
 	locks   keylock.Mutex
@@ -207,7 +208,7 @@ func New(opts Options) (*Driver, error) {
 	d.noFile = noFileLimit()
 	switch opts.UserNS {
 	case "", UserNSAuto, UserNSOn:
-		err := probeUserNS()
+		tools, err := probeUserNS()
 		if err == nil {
 			err = searchableByOthers(filepath.Dir(opts.BundleDir))
 		}
@@ -218,7 +219,7 @@ func New(opts Options) (*Driver, error) {
 			d.log.Warn("USER NAMESPACES UNAVAILABLE: sandbox root will be the host's root, and a container escape is root on the host; "+
 				"set sandbox.container.userNamespace (ATELIER_CONTAINER_USERNS) to off to silence this or on to refuse to start", "err", err)
 		} else {
-			d.userNS = true
+			d.userNS, d.usernsTools = true, tools
 		}
 	case UserNSOff:
 	default:
@@ -558,7 +559,7 @@ func (d *Driver) mountRootfs(dev, rootfs string, idmap *idRange) error {
 		// nodev: device nodes on a volume the guest controls mean nothing.
 		return unix.Mount(dev, rootfs, "ext4", unix.MS_NODEV, "")
 	}
-	ns, err := newUserNS(*idmap)
+	ns, err := newUserNS(d.usernsTools, *idmap)
 	if err != nil {
 		return err
 	}

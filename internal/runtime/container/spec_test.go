@@ -2,6 +2,7 @@ package container
 
 import (
 	"encoding/json"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -184,6 +185,9 @@ func TestBuildSpecUserNamespace(t *testing.T) {
 	}
 	if got.Linux.Seccomp == nil || got.Linux.Seccomp.DefaultAction != specs.ActErrno || len(got.Linux.Seccomp.Syscalls) == 0 {
 		t.Fatalf("seccomp %+v, want the default profile", got.Linux.Seccomp)
+	}
+	if runtime.GOARCH == "amd64" && !slices.Equal(got.Linux.Seccomp.Architectures, []specs.Arch{specs.ArchX86_64}) {
+		t.Errorf("seccomp architectures %v, want the native one only", got.Linux.Seccomp.Architectures)
 	}
 	// The capability-gated rules of the profile follow our capability
 	// set: none of CAP_SYS_ADMIN's syscalls is open.

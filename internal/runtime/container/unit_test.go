@@ -509,7 +509,7 @@ func TestNewUserNSModes(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			probed := false
-			probeUserNS = func() error { probed = true; return tc.probe }
+			probeUserNS = func() (usernsTools, error) { probed = true; return usernsTools{}, tc.probe }
 			dir := t.TempDir()
 			mode := os.FileMode(0o700)
 			if tc.searchable {
