@@ -105,8 +105,10 @@ func escapeArgv(t *testing.T, pid int) []string {
 
 // A guest's root that escapes its container holds nothing on the host:
 // the host sees it as an unprivileged uid of the sandbox's own range, so
-// it can neither read root's files nor write where root may. Fails where
-// guest root is host root (userNamespace off).
+// it can neither read root's files nor write where root may, nor touch
+// another sandbox's files or processes. Fails where guest root is host
+// root (userNamespace off), and the neighbour part where sandboxes share
+// one range.
 func TestEscapedGuestRootOwnsNothingOnHost(t *testing.T) {
 	for _, tool := range []string{"nsenter", "setpriv"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -118,6 +120,11 @@ func TestEscapedGuestRootOwnsNothingOnHost(t *testing.T) {
 	s := e.newSandbox()
 	e.boot(s)
 	pid := initPid(t, e, s.id)
+	// A neighbour: another user's sandbox on the same host.
+	other := e.newSandbox()
+	oc := e.boot(other)
+	execOK(t, oc, "sh", "-c", "echo neighbour secret > /root/secret")
+	otherPid := initPid(t, e, other.id)
 
 	// What the operator keeps from root only: a secret and a directory.
 	secret := filepath.Join(e.dir, "host-secret")
@@ -137,6 +144,10 @@ func TestEscapedGuestRootOwnsNothingOnHost(t *testing.T) {
 		{"write into root's directory", []string{"touch", filepath.Join(rootDir, "pwned")}},
 		{"chown root's file", []string{"chown", "0:0", secret, "--no-dereference"}},
 		{"kill a host process", []string{"kill", "-0", "1"}},
+		// Per-sandbox ranges: the neighbour's files and processes belong
+		// to other host uids.
+		{"read the neighbour's files", []string{"cat", filepath.Join(e.d.rootfs(other.id), "root", "secret")}},
+		{"signal the neighbour's processes", []string{"kill", "-0", strconv.Itoa(otherPid)}},
 	} {
 		out, err := exec.Command(escape[0], append(escape[1:], attack.argv...)...).CombinedOutput()
 		if err == nil {
