@@ -210,7 +210,11 @@ func New(opts Options) (*Driver, error) {
 	case "", UserNSAuto, UserNSOn:
 		tools, err := probeUserNS()
 		if err == nil {
+			// Boot makes the bundle dir itself searchable.
 			err = searchableByOthers(filepath.Dir(opts.BundleDir))
+		}
+		if err == nil {
+			err = searchableByOthers(opts.SocketDir)
 		}
 		if err != nil {
 			if opts.UserNS == UserNSOn {

@@ -31,12 +31,12 @@ const (
 // The host ids of a sandbox: container ids 0..idRangeSize-1 map to
 // idRangeBase + (slot-1)*idRangeSize onwards, where the slot is the offset
 // of the sandbox's leased address in the bridge subnet (1 for the first
-// host address). A lease is unique
-// among existing sandboxes (the store allocates it in one transaction and
-// a stopped sandbox keeps it), so no two sandboxes ever share a host id,
-// and the range is derived again from the lease after a manager restart:
-// nothing to persist. Ownership on the volume is not affected: the root
-// filesystem is an idmapped mount, so the files keep the ids the guest sees.
+// host address). A lease belongs to one sandbox at a time (the store
+// allocates it in one transaction), so no two running sandboxes share a
+// host id, and the range is derived again from the lease after a manager
+// restart: nothing to persist. Nor does a range need to outlive a boot:
+// the root filesystem is an idmapped mount, so the volume stores the ids
+// the guest sees, whatever range the sandbox runs with next.
 //
 // 0x70000000 starts the block systemd leaves unused (its container range
 // ends below it, and uids from 0x80000000 trip software that treats uid_t
