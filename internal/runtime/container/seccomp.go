@@ -25,7 +25,8 @@ func seccompProfile() (*specs.LinuxSeccomp, error) {
 	}
 	// The native ABI only. Docker's profile also admits the 32-bit ones
 	// (x86 and x32 on amd64), which triples the filter runc compiles with
-	// libseccomp at every start: 110 ms more per boot here. Sandboxes
+	// libseccomp at every start: 20 ms more per boot on an idle build
+	// machine, 110 ms on a loaded one (BenchmarkBootIsolation). Sandboxes
 	// therefore cannot run 32-bit programs, and the compat syscall layer,
 	// a steady source of kernel bugs, is out of a hostile guest's reach.
 	if len(p.Architectures) == 0 {
