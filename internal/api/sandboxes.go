@@ -7,8 +7,8 @@ import (
 
 	"github.com/danielgtaylor/huma/v2"
 
-	"atelier/internal/config"
 	"atelier/internal/auth"
+	"atelier/internal/config"
 	"atelier/internal/sandbox"
 	"atelier/internal/store"
 )

@@ -82,6 +82,7 @@ func defaults() *Config {
 			DefaultVcpus:    2,
 			DefaultMemoryMB: 2048,
 			Git:             Git{Email: "sandbox@atelier.dev", Name: "Sandbox User"},
+			Container:       SandboxContainer{UserNamespace: "auto"},
 		},
 		Advanced: Advanced{
 			VM: AdvancedVM{

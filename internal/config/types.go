@@ -146,6 +146,14 @@ type Sandbox struct {
 	DefaultVcpus    int    `json:"defaultVcpus"`
 	DefaultMemoryMB int    `json:"defaultMemoryMb"`
 	Git             Git    `json:"git"`
+	// Container configures the container runtime (sandbox.runtime container).
+	Container SandboxContainer `json:"container"`
+}
+
+type SandboxContainer struct {
+	// UserNamespace is auto (where the host supports it), on (required) or
+	// off (guest root is host root).
+	UserNamespace string `json:"userNamespace"`
 }
 
 type Git struct {

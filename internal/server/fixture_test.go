@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -24,9 +25,11 @@ import (
 	"atelier/internal/network"
 	netmock "atelier/internal/network/mock"
 	"atelier/internal/runtime/container"
+	"atelier/internal/runtime/container/containertest"
 	"atelier/internal/runtime/process"
 	"atelier/internal/sandbox"
 	stmock "atelier/internal/storage/mock"
+	"atelier/internal/testenv"
 	"atelier/internal/testimage"
 )
 
@@ -212,10 +215,23 @@ func newFixture(t testing.TB) *fixture {
 	// One owner (the unix socket's) fills the host here; the quotas are
 	// tested in the sandbox and api packages.
 	cfg.Quotas = config.Quotas{}
+	// Sandboxes run in user namespaces: required where CI says every
+	// prerequisite is installed, else wherever the host allows.
+	cfg.Sandbox.Container.UserNamespace = "auto"
+	if testenv.Strict() {
+		cfg.Sandbox.Container.UserNamespace = "on"
+	}
 	f.cfg = cfg
 	f.uc = unixClient(cfg.Server.SocketPath)
 	if err := os.MkdirAll(filepath.Join(cfg.Sandbox.StateDir, "images"), 0o700); err != nil {
 		t.Fatal(err)
+	}
+	// The guest's root, an unprivileged host uid, must reach its bundle
+	// (as under /var/lib/sandbox, 0755): search only.
+	for _, d := range []string{f.dir, cfg.Sandbox.StateDir} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := testimage.Build(context.Background(), filepath.Join(cfg.Sandbox.StateDir, "images", "dev-base.ext4"), buildAgent(t), 64); err != nil {
 		t.Fatal(err)
@@ -265,6 +281,43 @@ func (f *fixture) startWith(t testing.TB, tune func(*Options)) (*Server, func())
 		t.Fatalf("manager not serving: %d %s", code, body)
 	}
 	return srv, stop
+}
+
+var (
+	probeOnce sync.Once
+	probeBin  []byte
+	probeErr  error
+)
+
+// installProbe uploads containertest's probe to /usr/bin/probe in sandbox id.
+func (f *fixture) installProbe(t testing.TB, id string) {
+	t.Helper()
+	probeOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "atlprobe")
+		if err != nil {
+			probeErr = err
+			return
+		}
+		defer os.RemoveAll(dir)
+		path, err := containertest.BuildProbe(dir)
+		if err != nil {
+			probeErr = err
+			return
+		}
+		probeBin, probeErr = os.ReadFile(path)
+	})
+	if probeErr != nil {
+		t.Fatal(probeErr)
+	}
+	req, _ := http.NewRequest("PUT", "http://atelier/api/sandboxes/"+id+"/files?path=/usr/bin/probe&mode=0755", bytes.NewReader(probeBin))
+	res, err := f.client().Do(req)
+	if err != nil {
+		t.Fatalf("upload probe: %v", err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("upload probe: %s", res.Status)
+	}
 }
 
 // call talks to the manager over its root-only socket (admin, no token).

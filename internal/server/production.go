@@ -66,6 +66,7 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 	case "container":
 		copts := container.DefaultOptions(cfg.Sandbox.StateDir, cfg.Sandbox.LogDir)
 		copts.NetnsPath, copts.Log = net.NetnsPath, log
+		copts.UserNS = container.UserNSMode(cfg.Sandbox.Container.UserNamespace)
 		if opts.Container != nil {
 			opts.Container(&copts)
 		}

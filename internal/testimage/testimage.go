@@ -33,6 +33,10 @@ const AgentPath = "/sbin/atelier-agent"
 // DevUID is the uid and gid of the image's unprivileged user "dev".
 const DevUID = 1000
 
+// SuPath is busybox's su, setuid root: `su -c CMD` runs CMD as root for
+// any user, without a password.
+const SuPath = "/bin/su"
+
 // Applets are the busybox commands the image links into /bin. Tests and the
 // agent's own checks use only these.
 var Applets = []string{
@@ -159,6 +163,14 @@ func stageTree(dir, busybox, agent string) (map[string]owner, error) {
 	if err := copyFile(agent, filepath.Join(dir, strings.TrimPrefix(AgentPath, "/")), 0o755); err != nil {
 		return nil, err
 	}
+	// su, setuid root, and root without a password stand in for the
+	// dev-base image's passwordless sudo: the image's user can become
+	// root, which tests need to show that sandbox root is not host root.
+	// A copy, not a link: only this file carries the setuid bit, and
+	// busybox drops it for every applet but su.
+	if err := copyFile(busybox, filepath.Join(dir, strings.TrimPrefix(SuPath, "/")), os.ModeSetuid|0o755); err != nil {
+		return nil, err
+	}
 	for _, a := range Applets {
 		if err := os.Symlink("busybox", filepath.Join(dir, "bin", a)); err != nil {
 			return nil, err
@@ -170,7 +182,7 @@ func stageTree(dir, busybox, agent string) (map[string]owner, error) {
 	}{
 		{"etc/passwd", "root:x:0:0:root:/root:/bin/sh\ndev:x:1000:1000:dev:/home/dev:/bin/sh\n", 0o644},
 		{"etc/group", "root:x:0:\ndev:x:1000:\n", 0o644},
-		{"etc/shadow", "root:*:19000:0:99999:7:::\ndev:*:19000:0:99999:7:::\n", 0o600},
+		{"etc/shadow", "root::19000:0:99999:7:::\ndev:*:19000:0:99999:7:::\n", 0o600},
 		{"etc/hostname", "sandbox\n", 0o644},
 		{"etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n", 0o644},
 		// The runtime replaces this with the sandbox's DNS servers.

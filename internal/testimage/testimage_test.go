@@ -89,6 +89,7 @@ func TestBuild(t *testing.T) {
 		{"/", "0755", 0, 0},
 		{AgentPath, "0755", 0, 0},
 		{"/bin/busybox", "0755", 0, 0},
+		{SuPath, "04755", 0, 0},
 		{"/home/dev", "0755", DevUID, DevUID},
 		{"/root", "0700", 0, 0},
 		{"/tmp", "01777", 0, 0},

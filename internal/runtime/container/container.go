@@ -5,12 +5,13 @@
 // at /run/atelier.
 //
 // Isolation is container-grade, not VM-grade: the guest shares the host
-// kernel, runs as root in the container (no user namespace), and has no
-// seccomp filter. It is confined by namespaces, a trimmed capability set
-// (Docker's default), masked /proc paths, a device allow-list and, where the
-// host's cgroups allow, CPU, memory and pids limits. It suits development
-// hosts without KVM and CI; production sandboxes for untrusted code belong on
-// the Firecracker runtime.
+// kernel. It is confined by namespaces, including, where the host supports
+// it, a user namespace that makes the guest's root an unprivileged host uid
+// of the sandbox's own range (userns.go), by Docker's default seccomp
+// profile, by Docker's default capability set, masked /proc paths, a device
+// allow-list and, where the host's cgroups allow, CPU, memory and pids
+// limits. It suits development hosts without KVM and CI; production
+// sandboxes for untrusted code belong on the Firecracker runtime.
 //
 // Containers are detached from the manager: a manager restart or crash
 // leaves them running, and every call here works from runc's state and the
@@ -37,7 +38,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"atelier/internal/ids"
+	"atelier/internal/network"
 	"atelier/internal/sandbox"
 )
 
@@ -55,6 +59,7 @@ const (
 
 	// Files in a sandbox's bundle directory besides config.json and rootfs.
 	diskRecord   = "disk" // the volume's path, written before the loop attach
+	sysfsDir     = "sys"  // the sandbox's sysfs mount
 	pidFile      = "pid"
 	resolvFile   = "resolv.conf"
 	hostsName    = "hosts"
@@ -105,6 +110,12 @@ type Options struct {
 	// NetnsPath is the sandbox's network namespace, made by the network
 	// driver (default /var/run/netns/atelier-<id>, network.NetnsPath).
 	NetnsPath func(id string) string
+	// UserNS says whether guests run in a user namespace (default
+	// UserNSAuto: where the host supports it).
+	UserNS UserNSMode
+	// NoSeccomp leaves the seccomp filter out. Only for the benchmark that
+	// measures what the filter costs, and for diagnosis; never a default.
+	NoSeccomp bool
 	Log       *slog.Logger
 }
 
@@ -130,6 +141,11 @@ type Driver struct {
 	log     *slog.Logger
 	cgroups cgroupSupport
 	noFile  uint64
+	// userNS: guests run in a user namespace (Options.UserNS and the host).
+	userNS      bool
+	usernsTools usernsTools
+	// seccomp is the filter every guest gets; nil with NoSeccomp.
+	seccomp *specs.LinuxSeccomp
 	locks   keylock.Mutex
 }
 
@@ -190,10 +206,55 @@ func New(opts Options) (*Driver, error) {
 	d := &Driver{opts: opts, runc: runc, log: opts.Log.With("component", "runtime", "runtime", "container")}
 	d.cgroups = detectCgroups(cgroupRoot)
 	d.noFile = noFileLimit()
+	switch opts.UserNS {
+	case "", UserNSAuto, UserNSOn:
+		tools, err := probeUserNS()
+		if err == nil {
+			// Boot makes the bundle dir itself searchable.
+			err = searchableByOthers(filepath.Dir(opts.BundleDir))
+		}
+		if err == nil {
+			err = searchableByOthers(opts.SocketDir)
+		}
+		if err != nil {
+			if opts.UserNS == UserNSOn {
+				return nil, fmt.Errorf("container runtime: user namespaces required (userNamespace: on) but unsupported here: %w", err)
+			}
+			d.log.Warn("USER NAMESPACES UNAVAILABLE: sandbox root will be the host's root, and a container escape is root on the host; "+
+				"set sandbox.container.userNamespace (ATELIER_CONTAINER_USERNS) to off to silence this or on to refuse to start", "err", err)
+		} else {
+			d.userNS, d.usernsTools = true, tools
+		}
+	case UserNSOff:
+	default:
+		return nil, fmt.Errorf("container runtime: UserNS %q: want auto, on or off", opts.UserNS)
+	}
+	if !opts.NoSeccomp {
+		sc, err := seccompProfile()
+		if err != nil {
+			return nil, fmt.Errorf("container runtime: %w", err)
+		}
+		d.seccomp = sc
+	}
 	d.log.Info("container runtime ready", "runc", runc, "cgroup_cpu", d.cgroups.CPU,
-		"cgroup_memory", d.cgroups.Memory, "cgroup_pids", d.cgroups.Pids)
+		"cgroup_memory", d.cgroups.Memory, "cgroup_pids", d.cgroups.Pids,
+		"user_namespace", d.userNS, "seccomp", d.seccomp != nil)
 	return d, nil
 }
+
+// bundleMode is the mode of the bundle directories: see boot.
+func (d *Driver) bundleMode() os.FileMode {
+	if d.userNS {
+		return 0o711
+	}
+	return 0o700
+}
+
+// UserNS reports whether guests run in a user namespace.
+func (d *Driver) UserNS() bool { return d.userNS }
+
+// Seccomp reports whether guests get the seccomp filter.
+func (d *Driver) Seccomp() bool { return d.seccomp != nil }
 
 // wantNoFile is the guest's open-file limit where the host allows it
 // (Docker's default): editors, bundlers and browsers open many files.
@@ -366,10 +427,27 @@ func checkNetns(path string) error {
 func (d *Driver) boot(ctx context.Context, inst sandbox.Instance, disk, nsPath string, files guestFiles) (int, error) {
 	id := inst.ID
 	bundle := d.bundleDir(id)
-	if err := os.MkdirAll(d.opts.BundleDir, 0o700); err != nil {
+	var idmap *idRange
+	if d.userNS {
+		r, err := hostIDRange(inst.IP, inst.PrefixLen)
+		if err != nil {
+			return 0, err
+		}
+		idmap = &r
+	}
+	if err := os.MkdirAll(d.opts.BundleDir, d.bundleMode()); err != nil {
 		return 0, fmt.Errorf("create bundle dir: %w", err)
 	}
-	if err := os.Mkdir(bundle, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.Chmod(d.opts.BundleDir, d.bundleMode()); err != nil {
+		return 0, fmt.Errorf("create bundle dir: %w", err)
+	}
+	// In a user namespace runc mounts the rootfs and the bundle's /etc
+	// files from inside it, where host root's directories are "others":
+	// they must be searchable (0711; their listing stays private).
+	if err := os.Mkdir(bundle, d.bundleMode()); err != nil && !errors.Is(err, os.ErrExist) {
+		return 0, fmt.Errorf("create bundle: %w", err)
+	}
+	if err := os.Chmod(bundle, d.bundleMode()); err != nil {
 		return 0, fmt.Errorf("create bundle: %w", err)
 	}
 	// Recorded before the attach, so that teardown finds the loop device
@@ -390,8 +468,14 @@ func (d *Driver) boot(ctx context.Context, inst sandbox.Instance, disk, nsPath s
 	// The guest's root can write into its socket dir, which would otherwise
 	// be the host's disk: a small tmpfs bounds what it can put there. It
 	// also starts each run without a stale socket.
+	// In a user namespace it belongs to the guest's root, who makes the
+	// socket there; the manager, root on the host, still reaches it.
+	sockOpts := socketFSOptions
+	if idmap != nil {
+		sockOpts += fmt.Sprintf(",uid=%d,gid=%d", idmap.HostID, idmap.HostID)
+	}
 	if err := unix.Mount("tmpfs", d.socketDir(id), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC,
-		socketFSOptions); err != nil {
+		sockOpts); err != nil {
 		return 0, fmt.Errorf("mount socket dir: %w", err)
 	}
 	if err := os.MkdirAll(d.opts.LogDir, 0o755); err != nil {
@@ -401,8 +485,7 @@ func (d *Driver) boot(ctx context.Context, inst sandbox.Instance, disk, nsPath s
 	if err != nil {
 		return 0, err
 	}
-	// nodev: device nodes on a volume the guest controls mean nothing.
-	err = unix.Mount(dev, rootfs, "ext4", unix.MS_NODEV, "")
+	err = d.mountRootfs(dev, rootfs, idmap)
 	// Closing the handle leaves the mount as the device's only user; with
 	// autoclear, the unmount then frees the device.
 	loop.Close()
@@ -410,9 +493,27 @@ func (d *Driver) boot(ctx context.Context, inst sandbox.Instance, disk, nsPath s
 		return 0, fmt.Errorf("mount volume %s (%s) on %s: %w", disk, dev, rootfs, err)
 	}
 	for name, body := range map[string]string{resolvFile: files.resolv, hostsName: files.hosts, hostnameFile: files.hostname} {
-		if err := writeFile(filepath.Join(bundle, name), body, 0o644); err != nil {
+		path := filepath.Join(bundle, name)
+		if err := writeFile(path, body, 0o644); err != nil {
 			return 0, err
 		}
+		// The guest's root may edit its /etc/hosts, as without a user
+		// namespace; these copies are the sandbox's own.
+		if idmap != nil {
+			if err := os.Chown(path, int(idmap.HostID), int(idmap.HostID)); err != nil {
+				return 0, fmt.Errorf("chown %s: %w", name, err)
+			}
+		}
+	}
+	if err := setNetSysctls(nsPath); err != nil {
+		return 0, err
+	}
+	sysfs := filepath.Join(bundle, sysfsDir)
+	if err := os.Mkdir(sysfs, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return 0, fmt.Errorf("create sysfs dir: %w", err)
+	}
+	if err := mountSysfs(nsPath, sysfs); err != nil {
+		return 0, err
 	}
 	spec := buildSpec(id, inst, specParams{
 		AgentPath:   d.opts.AgentPath,
@@ -424,6 +525,9 @@ func (d *Driver) boot(ctx context.Context, inst sandbox.Instance, disk, nsPath s
 		Hosts:       filepath.Join(bundle, hostsName),
 		Hostname:    filepath.Join(bundle, hostnameFile),
 		SocketDir:   d.socketDir(id),
+		Sysfs:       sysfs,
+		IDMap:       idmap,
+		Seccomp:     d.seccomp,
 	})
 	spec.Annotations[annotationDisk] = disk
 	cfg, err := json.MarshalIndent(spec, "", "  ")
@@ -450,6 +554,74 @@ func (d *Driver) boot(ctx context.Context, inst sandbox.Instance, disk, nsPath s
 		return 0, fmt.Errorf("container exited right after start (see %s)", d.LogPath(id))
 	}
 	return pid, nil
+}
+
+// mountRootfs mounts the volume's filesystem on dev at rootfs: idmapped
+// through the sandbox's range when idmap is set, plainly otherwise.
+func (d *Driver) mountRootfs(dev, rootfs string, idmap *idRange) error {
+	if idmap == nil {
+		// nodev: device nodes on a volume the guest controls mean nothing.
+		return unix.Mount(dev, rootfs, "ext4", unix.MS_NODEV, "")
+	}
+	ns, err := newUserNS(d.usernsTools, *idmap)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	return mountIDMapped(dev, rootfs, ns)
+}
+
+// mountSysfs mounts, read-only at target, a sysfs made from inside the
+// sandbox's network namespace: its /sys/class/net lists the sandbox's
+// interfaces, not the host's. The mount is made detached and then moved,
+// so target never holds a half-set-up filesystem.
+func mountSysfs(nsPath, target string) error {
+	return network.DoAt(nsPath, func() error {
+		fsfd, err := unix.Fsopen("sysfs", unix.FSOPEN_CLOEXEC)
+		if err != nil {
+			return fmt.Errorf("fsopen sysfs: %w", err)
+		}
+		defer unix.Close(fsfd)
+		if err := unix.FsconfigSetString(fsfd, "source", "sysfs"); err != nil {
+			return fmt.Errorf("fsconfig sysfs: %w", err)
+		}
+		if err := unix.FsconfigCreate(fsfd); err != nil {
+			return fmt.Errorf("create sysfs: %w", err)
+		}
+		mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC,
+			unix.MOUNT_ATTR_RDONLY|unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
+		if err != nil {
+			return fmt.Errorf("fsmount sysfs: %w", err)
+		}
+		defer unix.Close(mfd)
+		if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("mount sysfs at %s: %w", target, err)
+		}
+		return nil
+	})
+}
+
+// guestSysctls are per network namespace: ping without NET_RAW for every
+// user, and dev servers on ports below 1024 without root (in a user
+// namespace the guest's root has no CAP_NET_BIND_SERVICE over a network
+// namespace the host made, and no raw sockets there either).
+var guestSysctls = [][2]string{
+	{"net/ipv4/ping_group_range", "0 2147483647"},
+	{"net/ipv4/ip_unprivileged_port_start", "0"},
+}
+
+// setNetSysctls writes guestSysctls into the sandbox's namespace from the
+// host: a guest in a user namespace cannot write sysctls of a network
+// namespace it does not own, so runc could not set them from inside.
+func setNetSysctls(nsPath string) error {
+	return network.DoAt(nsPath, func() error {
+		for _, kv := range guestSysctls {
+			if err := os.WriteFile(filepath.Join("/proc/sys", kv[0]), []byte(kv[1]), 0o644); err != nil {
+				return fmt.Errorf("set sysctl %s in the sandbox's network namespace: %w", kv[0], err)
+			}
+		}
+		return nil
+	})
 }
 
 // runcRun starts the container detached. Its stdio is the sandbox's log
@@ -589,6 +761,9 @@ func (d *Driver) teardown(ctx context.Context, id string, grace time.Duration, p
 	if _, _, err := unmountAll(ctx, d.socketDir(id)); err != nil {
 		return err
 	}
+	if _, _, err := unmountAll(ctx, filepath.Join(bundle, sysfsDir)); err != nil {
+		return err
+	}
 	for _, name := range []string{"config.json", pidFile, resolvFile, hostsName, hostnameFile} {
 		if err := removeIfExists(filepath.Join(bundle, name)); err != nil {
 			return err
@@ -596,7 +771,7 @@ func (d *Driver) teardown(ctx context.Context, id string, grace time.Duration, p
 	}
 	// rmdir, never RemoveAll: should a mount survive, its files (the
 	// user's volume) must not be deleted through it.
-	for _, p := range []string{d.rootfs(id), filepath.Join(bundle, diskRecord), bundle} {
+	for _, p := range []string{d.rootfs(id), filepath.Join(bundle, sysfsDir), filepath.Join(bundle, diskRecord), bundle} {
 		if err := removeIfExists(p); err != nil {
 			return err
 		}

@@ -30,8 +30,8 @@ func TestLifecycle(t *testing.T) {
 	if ids, err := e.d.List(ctx); err != nil || !slices.Equal(ids, []string{s.id}) {
 		t.Errorf("List = %v, %v; want [%s]", ids, err, s.id)
 	}
-	if ms, _ := e.d.Mounts(); !slices.Equal(ms, []string{e.d.rootfs(s.id), e.d.socketDir(s.id)}) {
-		t.Errorf("Mounts = %v, want the rootfs and the socket dir", ms)
+	if ms, _ := e.d.Mounts(); !slices.Equal(ms, []string{e.d.rootfs(s.id), filepath.Join(e.d.bundleDir(s.id), sysfsDir), e.d.socketDir(s.id)}) {
+		t.Errorf("Mounts = %v, want the rootfs, the sysfs and the socket dir", ms)
 	}
 	if devs, _ := e.d.LoopDevices(); len(devs) != 1 {
 		t.Errorf("LoopDevices = %v, want one", devs)
@@ -57,7 +57,17 @@ func TestLifecycle(t *testing.T) {
 	if addr := execOK(t, c, "ip", "-4", "addr", "show", "eth0"); !strings.Contains(addr, s.inst.IP+"/24") {
 		t.Errorf("eth0 lacks %s:\n%s", s.inst.IP, addr)
 	}
-	execOK(t, c, "ping", "-c", "1", "-W", "3", s.inst.Gateway)
+	// Every user pings over ICMP datagram sockets (ping_group_range): the
+	// guest's root has no raw sockets in a namespace the host owns.
+	installProbe(t, c)
+	execOK(t, c, "probe", "ping", s.inst.Gateway)
+	if r, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"probe", "ping", s.inst.Gateway}, User: "dev"}); err != nil || r.ExitCode != 0 {
+		t.Errorf("ping as dev: %+v, %v", r, err)
+	}
+	// The guest's sysfs is its own network namespace's.
+	if ls := execOK(t, c, "ls", "/sys/class/net"); ls != "eth0\nlo" {
+		t.Errorf("/sys/class/net holds %q, want eth0 and lo", ls)
+	}
 	// The socket dir is the only host directory the guest sees.
 	if ls := execOK(t, c, "ls", "/run/atelier"); ls != "agent.sock" {
 		t.Errorf("/run/atelier holds %q, want only agent.sock", ls)
@@ -331,8 +341,8 @@ func TestRestartAndCrashedGuest(t *testing.T) {
 	if alive, _ := d2.Alive(ctx, s.id); alive {
 		t.Error("a stopped container is reported alive")
 	}
-	if ms, _ := d2.Mounts(); len(ms) != 2 {
-		t.Errorf("expected the dead guest's rootfs and socket dir still mounted, got %v", ms)
+	if ms, _ := d2.Mounts(); len(ms) != 3 {
+		t.Errorf("expected the dead guest's rootfs, sysfs and socket dir still mounted, got %v", ms)
 	}
 	// Boot clears the remains and starts afresh.
 	if err := d2.Boot(ctx, s.inst); err != nil {

@@ -20,6 +20,7 @@ import (
 	"atelier/internal/agent"
 	"atelier/internal/ids"
 	"atelier/internal/network"
+	"atelier/internal/runtime/container/containertest"
 	"atelier/internal/sandbox"
 	"atelier/internal/store"
 	"atelier/internal/testimage"
@@ -35,6 +36,7 @@ var fixture struct {
 	once  sync.Once
 	dir   string
 	image string
+	probe string // containertest/probe, built static
 	skip  string
 	err   error
 }
@@ -91,6 +93,10 @@ func testImage(t testing.TB) string {
 			fixture.err = fmt.Errorf("build agent: %w\n%s", err, out)
 			return
 		}
+		if fixture.probe, err = containertest.BuildProbe(dir); err != nil {
+			fixture.err = err
+			return
+		}
 		image := filepath.Join(dir, "test.ext4")
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -144,7 +150,7 @@ func newEnv(t testing.TB, withNetwork bool, opts ...envOpt) *env {
 	t.Helper()
 	image := testImage(t)
 	tag := ids.New(6)
-	e := &env{t: t, dir: t.TempDir(), image: image, prefix: "atlt-" + tag + "-", cgroup: "/atelier-test-" + tag, next: 10}
+	e := &env{t: t, dir: searchableTempDir(t), image: image, prefix: "atlt-" + tag + "-", cgroup: "/atelier-test-" + tag, next: 10}
 	// Registered first, so it runs after every other cleanup.
 	t.Cleanup(e.checkNoLeaks)
 	o := Options{
@@ -168,6 +174,18 @@ func newEnv(t testing.TB, withNetwork bool, opts ...envOpt) *env {
 		e.setupNetwork()
 	}
 	return e
+}
+
+// searchableTempDir is t.TempDir opened for search by others (0711), as a
+// state dir must be for guests in a user namespace (see searchableByOthers).
+func searchableTempDir(t testing.TB) string {
+	dir := t.TempDir()
+	for _, p := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(p, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }
 
 type testWriter struct{ t testing.TB }
@@ -255,8 +273,11 @@ func (e *env) newSandbox() *sbx {
 		DNS: testDNS, Disk: disk,
 	}}
 	ctx := context.Background()
+	// The address also picks the sandbox's user-namespace id range, so a
+	// sandbox without a network still gets one.
+	ip := netip.AddrFrom4([4]byte{172, 16, 0, last})
+	s.inst.IP = ip.String()
 	if e.net != nil {
-		ip := netip.AddrFrom4([4]byte{172, 16, 0, last})
 		lease := store.Lease{IP: ip.String(), SandboxID: id, MAC: fmt.Sprintf("06:00:ac:10:00:%02x", last)}
 		link, err := e.net.Attach(ctx, id, lease)
 		if err != nil {
@@ -349,13 +370,28 @@ func execOK(t testing.TB, c *agent.Client, argv ...string) string {
 	return strings.TrimSpace(r.Stdout)
 }
 
+// installProbe copies containertest/probe into the guest as /usr/bin/probe.
+func installProbe(t testing.TB, c *agent.Client) {
+	t.Helper()
+	f, err := os.Open(fixture.probe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.WriteFile(ctx, "/usr/bin/probe", f, agent.WriteFileOptions{Mode: 0o755}); err != nil {
+		t.Fatalf("install probe: %v", err)
+	}
+}
+
 // leftovers lists what the sandbox still holds on the host.
 func (e *env) leftovers(id, disk string) []string {
 	var out []string
 	if _, err := os.Stat(filepath.Join(e.d.opts.StateDir, containerName(id))); err == nil {
 		out = append(out, "runc state dir")
 	}
-	for _, p := range []string{e.d.rootfs(id), e.d.socketDir(id)} {
+	for _, p := range []string{e.d.rootfs(id), filepath.Join(e.d.bundleDir(id), sysfsDir), e.d.socketDir(id)} {
 		if ms, _ := mountsAt(p); len(ms) > 0 {
 			out = append(out, fmt.Sprintf("mount %v", ms))
 		}

@@ -27,10 +27,13 @@ const (
 )
 
 // capabilities are Docker's default set: root in the sandbox may own and
-// chmod its files, bind low ports, ping and switch users (sudo, su), but
-// may not administer the host (SYS_ADMIN, SYS_MODULE, SYS_TIME, NET_ADMIN,
-// SYS_PTRACE of foreign processes ...). Without a seccomp filter this is
-// container-grade isolation, not VM-grade: the guest shares the host kernel.
+// chmod its files, bind low ports and switch users (sudo, su), but may not
+// administer the host (SYS_ADMIN, SYS_MODULE, SYS_TIME, NET_ADMIN,
+// SYS_PTRACE of foreign processes ...). In a user namespace they hold only
+// over the sandbox's own namespaces and files: NET_RAW, for one, gives no
+// raw sockets in the network namespace the host made. The agent needs no
+// more: it runs commands as other users (SETUID, SETGID), owns files for
+// them (CHOWN, FOWNER) and signals their processes (KILL).
 var capabilities = []string{
 	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
 	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
@@ -65,6 +68,12 @@ type specParams struct {
 	NoFile uint64
 	// Host files bind-mounted over the guest's /etc files and the socket dir.
 	ResolvConf, Hosts, Hostname, SocketDir string
+	// Sysfs is the host's mount of the sandbox's sysfs, bound at /sys.
+	Sysfs string
+	// IDMap, when set, puts the guest in a user namespace with that range.
+	IDMap *idRange
+	// Seccomp is the guest's syscall filter (nil: none).
+	Seccomp *specs.LinuxSeccomp
 }
 
 // buildSpec is the OCI config of a sandbox: the agent's init as PID 1 on the
@@ -75,7 +84,7 @@ func buildSpec(id string, inst sandbox.Instance, p specParams) *specs.Spec {
 	if inst.MemoryMB > 0 && inst.MemoryMB/2 < shm {
 		shm = inst.MemoryMB / 2
 	}
-	return &specs.Spec{
+	spec := &specs.Spec{
 		Version:  specs.Version,
 		Hostname: Hostname(id),
 		Root:     &specs.Root{Path: "rootfs"},
@@ -103,8 +112,14 @@ func buildSpec(id string, inst sandbox.Instance, p specParams) *specs.Spec {
 				Permitted: capabilities,
 			},
 			Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: p.NoFile, Soft: p.NoFile}},
-			// sudo and su must keep working for the dev user.
-			NoNewPrivileges: false,
+			// sudo and su for the image's user need setuid binaries, which
+			// no_new_privs disables. In a user namespace the root they lead
+			// to is an unprivileged host uid holding capabilities only over
+			// the sandbox's own namespaces, so they stay allowed there.
+			// Without one, that root is the host's root: no process of the
+			// guest may gain privileges by exec (a process the dev user
+			// runs cannot become root), and sudo does not work.
+			NoNewPrivileges: p.IDMap == nil,
 		},
 		Mounts: []specs.Mount{
 			{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
@@ -112,7 +127,10 @@ func buildSpec(id string, inst sandbox.Instance, p specParams) *specs.Spec {
 			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
 			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", fmt.Sprintf("size=%dm", shm)}},
 			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
-			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+			// The sandbox's own sysfs, mounted by the host in the sandbox's
+			// network namespace (mountSysfs): in a user namespace the guest
+			// may not mount sysfs for a network namespace it does not own.
+			{Destination: "/sys", Type: "bind", Source: p.Sysfs, Options: []string{"bind", "ro", "nosuid", "noexec", "nodev"}},
 			{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
 			// /run is scratch space, as on a booted system; the agent's
 			// socket dir is mounted over part of it.
@@ -140,16 +158,18 @@ func buildSpec(id string, inst sandbox.Instance, p specParams) *specs.Spec {
 			},
 			CgroupsPath: p.CgroupsPath,
 			Resources:   resources(inst, p.Cgroups),
-			// Both are per network namespace: ping without NET_RAW for the dev
-			// user, and dev servers on ports below 1024 without root.
-			Sysctl: map[string]string{
-				"net.ipv4.ping_group_range":           "0 2147483647",
-				"net.ipv4.ip_unprivileged_port_start": "0",
-			},
+			// The network sysctls (guestSysctls) are written from the host.
 			MaskedPaths:   maskedPaths,
 			ReadonlyPaths: readonlyPaths,
+			Seccomp:       p.Seccomp,
 		},
 	}
+	if r := p.IDMap; r != nil {
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+		m := []specs.LinuxIDMapping{{ContainerID: 0, HostID: r.HostID, Size: r.Size}}
+		spec.Linux.UIDMappings, spec.Linux.GIDMappings = m, m
+	}
+	return spec
 }
 
 // resources limits CPU time to Vcpus cores and memory to MemoryMB, each

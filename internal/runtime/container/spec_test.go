@@ -2,6 +2,7 @@ package container
 
 import (
 	"encoding/json"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -22,6 +23,7 @@ func testParams() specParams {
 		Hosts:       "/b/hosts",
 		Hostname:    "/b/hostname",
 		SocketDir:   "/s/abcdefghijkl",
+		Sysfs:       "/b/sys",
 	}
 }
 
@@ -96,8 +98,14 @@ func TestBuildSpec(t *testing.T) {
 			t.Errorf("namespace %s missing: %v", want, nsTypes)
 		}
 	}
-	if slices.Contains(nsTypes, specs.UserNamespace) {
-		t.Error("user namespace set; the runtime documents root as host root")
+	if slices.Contains(nsTypes, specs.UserNamespace) || len(got.Linux.UIDMappings) > 0 {
+		t.Error("user namespace set without an id range")
+	}
+	if !got.Process.NoNewPrivileges {
+		t.Error("no_new_privs off where guest root is host root")
+	}
+	if got.Linux.Seccomp != nil || len(got.Linux.Sysctl) > 0 {
+		t.Errorf("seccomp %v / sysctls %v, want none (the runtime passes the filter; the host writes the sysctls)", got.Linux.Seccomp, got.Linux.Sysctl)
 	}
 	if got.Linux.CgroupsPath != "/atelier/atelier-abcdefghijkl" {
 		t.Errorf("cgroups path %q", got.Linux.CgroupsPath)
@@ -114,7 +122,7 @@ func TestBuildSpec(t *testing.T) {
 		opts              []string
 	}{
 		{"/proc", "proc", "proc", nil},
-		{"/sys", "sysfs", "sysfs", []string{"ro"}},
+		{"/sys", "bind", "/b/sys", []string{"ro", "nosuid", "nodev", "noexec"}},
 		{"/dev", "tmpfs", "tmpfs", nil},
 		{"/dev/pts", "devpts", "devpts", []string{"newinstance"}},
 		{"/dev/shm", "tmpfs", "shm", []string{"size=256m"}},
@@ -144,6 +152,95 @@ func TestBuildSpec(t *testing.T) {
 	if i, j := slices.IndexFunc(got.Mounts, func(m specs.Mount) bool { return m.Destination == "/run" }),
 		slices.IndexFunc(got.Mounts, func(m specs.Mount) bool { return m.Destination == "/run/atelier" }); i > j {
 		t.Errorf("/run (#%d) is mounted after /run/atelier (#%d) and would hide it", i, j)
+	}
+}
+
+func TestBuildSpecUserNamespace(t *testing.T) {
+	p := testParams()
+	p.IDMap = &idRange{HostID: 0x70010000, Size: 65536}
+	sc, err := seccompProfile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Seccomp = sc
+	s := buildSpec("abcdefghijkl", sandbox.Instance{ID: "abcdefghijkl"}, p)
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got specs.Spec
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(got.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.UserNamespace })
+	if i < 0 || got.Linux.Namespaces[i].Path != "" {
+		t.Fatalf("namespaces %+v, want a new user namespace", got.Linux.Namespaces)
+	}
+	want := []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0x70010000, Size: 65536}}
+	if !slices.Equal(got.Linux.UIDMappings, want) || !slices.Equal(got.Linux.GIDMappings, want) {
+		t.Errorf("mappings uid %+v gid %+v, want %+v", got.Linux.UIDMappings, got.Linux.GIDMappings, want)
+	}
+	if got.Process.NoNewPrivileges {
+		t.Error("no_new_privs on in a user namespace: sudo would not work")
+	}
+	if got.Linux.Seccomp == nil || got.Linux.Seccomp.DefaultAction != specs.ActErrno || len(got.Linux.Seccomp.Syscalls) == 0 {
+		t.Fatalf("seccomp %+v, want the default profile", got.Linux.Seccomp)
+	}
+	if runtime.GOARCH == "amd64" && !slices.Equal(got.Linux.Seccomp.Architectures, []specs.Arch{specs.ArchX86_64}) {
+		t.Errorf("seccomp architectures %v, want the native one only", got.Linux.Seccomp.Architectures)
+	}
+	// The capability-gated rules of the profile follow our capability
+	// set: none of CAP_SYS_ADMIN's syscalls is open.
+	for _, rule := range got.Linux.Seccomp.Syscalls {
+		if rule.Action != specs.ActAllow {
+			continue
+		}
+		for _, name := range []string{"mount", "unshare", "setns", "keyctl", "add_key", "bpf", "perf_event_open", "kexec_load", "open_by_handle_at"} {
+			if slices.Contains(rule.Names, name) {
+				t.Errorf("seccomp profile allows %s: %+v", name, rule)
+			}
+		}
+	}
+}
+
+func TestHostIDRange(t *testing.T) {
+	tests := []struct {
+		ip     string
+		prefix int
+		want   uint32 // 0: an error
+	}{
+		{"172.16.0.1", 24, idRangeBase},
+		{"172.16.0.2", 24, idRangeBase + idRangeSize},
+		{"172.16.0.254", 24, idRangeBase + 253*idRangeSize},
+		{"10.0.15.254", 20, idRangeBase + 4093*idRangeSize}, // the last host of a /20
+		{"10.1.0.1", 16, idRangeBase},
+		{"10.1.15.254", 16, idRangeBase + 4093*idRangeSize},
+		{"10.1.15.255", 16, 0}, // host 4095 of a /16: no range left
+		{"172.16.0.0", 24, 0},
+		{"", 24, 0},
+		{"fd00::2", 64, 0},
+		{"172.16.0.2", 0, 0},
+		{"172.16.0.2", 31, 0},
+	}
+	for _, tc := range tests {
+		r, err := hostIDRange(tc.ip, tc.prefix)
+		if tc.want == 0 {
+			if err == nil {
+				t.Errorf("hostIDRange(%q, %d) = %+v, want an error", tc.ip, tc.prefix, r)
+			}
+			continue
+		}
+		if err != nil || r.HostID != tc.want || r.Size != idRangeSize {
+			t.Errorf("hostIDRange(%q, %d) = %+v, %v; want host id %d", tc.ip, tc.prefix, r, err, tc.want)
+		}
+	}
+	// Ranges stay inside the block systemd leaves unused, below its
+	// foreign range, and clear of 32-bit signed trouble.
+	if end := uint64(idRangeBase) + uint64(maxSlot)*idRangeSize; end > 0x7FFE0000 {
+		t.Errorf("last range ends at %#x, inside systemd's foreign range", end)
+	}
+	if maxSlot < 4094 {
+		t.Errorf("maxSlot %d: a /20 bridge does not fit", maxSlot)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -475,5 +476,75 @@ func TestDetachLoopOfLeavesReusedDevice(t *testing.T) {
 	}
 	if devs, _ := LoopsBacking(img); len(devs) != 0 {
 		t.Fatalf("our device is still bound: %v", devs)
+	}
+}
+
+// New picks the user namespace by mode and host: auto falls back with a
+// loud warning, on refuses to start, off never probes.
+func TestNewUserNSModes(t *testing.T) {
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("runc not installed")
+	}
+	orig := probeUserNS
+	t.Cleanup(func() { probeUserNS = orig })
+	unsupported := errors.New("no idmapped mounts here")
+	tests := []struct {
+		name       string
+		mode       UserNSMode
+		probe      error
+		searchable bool
+		want       bool
+		wantErr    string
+		wantWarn   bool
+	}{
+		{"default on a capable host", "", nil, true, true, "", false},
+		{"auto on a capable host", UserNSAuto, nil, true, true, "", false},
+		{"auto without support", UserNSAuto, unsupported, true, false, "", true},
+		{"on without support", UserNSOn, unsupported, true, false, "userNamespace: on", false},
+		{"auto with a private state dir", UserNSAuto, nil, false, false, "", true},
+		{"on with a private state dir", UserNSOn, nil, false, false, "chmod o+x", false},
+		{"off", UserNSOff, unsupported, true, false, "", false},
+		{"bad mode", "sometimes", nil, true, false, "want auto, on or off", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			probed := false
+			probeUserNS = func() (usernsTools, error) { probed = true; return usernsTools{}, tc.probe }
+			dir := t.TempDir()
+			mode := os.FileMode(0o700)
+			if tc.searchable {
+				mode = 0o711
+			}
+			if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(dir, mode); err != nil {
+				t.Fatal(err)
+			}
+			var logs strings.Builder
+			d, err := New(Options{StateDir: dir + "/runc", BundleDir: dir + "/bundles", SocketDir: dir + "/sockets",
+				LogDir: dir + "/log", UserNS: tc.mode, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("New: %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.UserNS() != tc.want {
+				t.Errorf("UserNS() = %v, want %v", d.UserNS(), tc.want)
+			}
+			if warned := strings.Contains(logs.String(), "USER NAMESPACES UNAVAILABLE"); warned != tc.wantWarn {
+				t.Errorf("warning logged = %v, want %v:\n%s", warned, tc.wantWarn, logs.String())
+			}
+			if tc.mode == UserNSOff && probed {
+				t.Error("userNamespace off still probed the host")
+			}
+			if !d.Seccomp() {
+				t.Error("seccomp off by default")
+			}
+		})
 	}
 }

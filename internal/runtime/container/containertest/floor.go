@@ -102,3 +102,19 @@ func copyFile(src, dst string) error {
 	}
 	return out.Close()
 }
+
+// ProbePackage is the command a test copies into a guest to see what the
+// kernel lets it do (see probe/main.go).
+const ProbePackage = "atelier/internal/runtime/container/containertest/probe"
+
+// BuildProbe builds the probe, static, as dir/probe and returns its path.
+// It runs the go command, so it works from inside the module only.
+func BuildProbe(dir string) (string, error) {
+	out := filepath.Join(dir, "probe")
+	cmd := exec.Command("go", "build", "-ldflags", "-s -w", "-o", out, ProbePackage)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build probe: %w\n%s", err, b)
+	}
+	return out, nil
+}
