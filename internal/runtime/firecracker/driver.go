@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"atelier/internal/bootcontract"
 	"atelier/internal/config"
 	"atelier/internal/ids"
 	"atelier/internal/revert"
@@ -26,16 +27,8 @@ import (
 	"atelier/internal/sandbox"
 )
 
-// DefaultBootArgs is the kernel command line before the per-sandbox
-// network and DNS arguments.
-const DefaultBootArgs = "console=ttyS0 reboot=k panic=1 pci=off quiet loglevel=1 8250.nr_uarts=0 init=/sbin/atelier-init"
-
 // DefaultAgentPort is the guest vsock port of atelier-agent.
-const DefaultAgentPort = 9998
-
-// GuestCID is every guest's vsock context id; each VM has its own UDS, so
-// they need not differ.
-const GuestCID = 3
+const DefaultAgentPort = bootcontract.DefaultAgentPort
 
 // Device ids inside the guest.
 const (
@@ -67,7 +60,6 @@ const (
 	apiTimeout    = 10 * time.Second
 	callTimeout   = 10 * time.Second
 	runTimeout    = 10 * time.Second
-	stopGrace     = 5 * time.Second
 	killWait      = 5 * time.Second
 	logTailBytes  = 2048
 	snapshotPerms = 0o700
@@ -85,12 +77,10 @@ type Options struct {
 	LogDir string
 	// SnapshotDir holds <name>.snap and <name>.mem.
 	SnapshotDir string
-	// AgentPort is the guest vsock port of the agent (default 9998).
+	// AgentPort is the guest vsock port of the agent (default 9998); the
+	// guest learns it from the kernel command line.
 	AgentPort uint32
-	// BootArgs is the kernel command line before the network and DNS
-	// arguments (default DefaultBootArgs).
-	BootArgs string
-	Log      *slog.Logger
+	Log       *slog.Logger
 }
 
 // OptionsFromConfig derives the production options.
@@ -107,7 +97,6 @@ func OptionsFromConfig(cfg *config.Config) Options {
 		LogDir:      cfg.Sandbox.LogDir,
 		SnapshotDir: filepath.Join(cfg.Sandbox.StateDir, "snapshots"),
 		AgentPort:   port,
-		BootArgs:    DefaultBootArgs,
 	}
 }
 
@@ -144,9 +133,6 @@ func New(opts Options) (*Driver, error) {
 	if len(opts.SocketDir)+restorePathExtra > maxSunPath {
 		return nil, fmt.Errorf("firecracker options: socket dir %q is too long for unix socket paths", opts.SocketDir)
 	}
-	if opts.BootArgs == "" {
-		opts.BootArgs = DefaultBootArgs
-	}
 	if opts.AgentPort == 0 {
 		opts.AgentPort = DefaultAgentPort
 	}
@@ -157,7 +143,7 @@ func New(opts Options) (*Driver, error) {
 		opts:      opts,
 		log:       opts.Log,
 		children:  map[int]chan struct{}{},
-		stopGrace: stopGrace,
+		stopGrace: bootcontract.ShutdownGrace,
 	}, nil
 }
 
