@@ -77,8 +77,9 @@ func defaults() *Config {
 				Firecracker: Firecracker{
 					Version:    "1.14.1",
 					BinaryPath: "/usr/local/bin/firecracker",
-					JailerPath: "/usr/local/bin/jailer",
-					KernelPath: "/var/lib/sandbox/kernel/vmlinux",
+					JailerPath:    "/usr/local/bin/jailer",
+					KernelPath:    "/var/lib/sandbox/kernel/vmlinux",
+					JailerUIDBase: 900000,
 				},
 			},
 		},
@@ -106,6 +107,9 @@ func (c *Config) derive() {
 	}
 	if c.Server.SocketPath == "" {
 		c.Server.SocketPath = filepath.Join(c.Server.DataDir, "atelier.sock")
+	}
+	if c.Advanced.Server.Firecracker.ChrootBaseDir == "" {
+		c.Advanced.Server.Firecracker.ChrootBaseDir = filepath.Join(c.Sandbox.StateDir, "jailer")
 	}
 	d, err := deriveNetwork(c.Network.BridgeIP, c.Network.BridgePrefix)
 	if err != nil {

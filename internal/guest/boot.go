@@ -167,6 +167,10 @@ func setupNetwork(ctx context.Context, log *slog.Logger, b bootcontract.Boot, ho
 	}
 	if d, err := applyNetwork(ctx, cfg, dev, "/etc", execRun); err != nil {
 		log.Error("configure network", "device", d, "err", err)
+		// The files do not depend on the link.
+		if err := writeNetworkFiles(cfg, "/etc"); err != nil {
+			log.Error("write network files", "err", err)
+		}
 	} else {
 		log.Info("network configured", "device", d, "ip", cfg.IP)
 	}

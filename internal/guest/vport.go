@@ -131,8 +131,31 @@ type portConn struct {
 func (c *portConn) Read(p []byte) (int, error) {
 	n, err := c.File.Read(p)
 	c.read.Add(int64(n))
-	return n, err
+	return n, netError(err)
 }
+
+func (c *portConn) Write(p []byte) (int, error) {
+	n, err := c.File.Write(p)
+	return n, netError(err)
+}
+
+// netError makes a deadline error look like a network connection's: the
+// HTTP server tells its own wake-up of a pending read (a deadline in the
+// past) from a broken connection by net.Error's Timeout, which os.File's
+// *PathError does not provide.
+func netError(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return portTimeout{err}
+	}
+	return err
+}
+
+type portTimeout struct{ error }
+
+func (portTimeout) Timeout() bool   { return true }
+func (portTimeout) Temporary() bool { return true }
+
+var _ net.Error = portTimeout{}
 
 func (c *portConn) Close() error {
 	err := c.File.Close()

@@ -625,6 +625,9 @@ func TestOptions(t *testing.T) {
 		LogDir:      "/var/log/sandbox",
 		SnapshotDir: "/var/lib/sandbox/snapshots",
 		AgentPort:   9998,
+		Jailer:      "/usr/local/bin/jailer",
+		ChrootBase:  "/var/lib/sandbox/jailer",
+		UIDBase:     900000,
 	}
 	if o != want {
 		t.Fatalf("OptionsFromConfig =\n%+v\nwant\n%+v", o, want)
@@ -637,6 +640,10 @@ func TestOptions(t *testing.T) {
 		func(o *Options) { o.Kernel = "vmlinux" },
 		func(o *Options) { o.SocketDir = "/" + strings.Repeat("x", 80) },
 		func(o *Options) { o.SnapshotDir = "" },
+		func(o *Options) { o.ChrootBase = "" },
+		func(o *Options) { o.Jailer = "jailer" },
+		func(o *Options) { o.UIDBase = 0 },
+		func(o *Options) { o.UIDBase = 1<<32 - 1 },
 	}
 	for i, mod := range bad {
 		o := want

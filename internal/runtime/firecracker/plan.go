@@ -84,18 +84,27 @@ func (d *Driver) plan(inst sandbox.Instance) (bootPlan, error) {
 	if err != nil {
 		return bootPlan{}, err
 	}
+	kernel, disk := d.opts.Kernel, inst.Disk
+	if d.jailed() {
+		// The jailed Firecracker sees its jail as /.
+		kernel, disk = jailKernel, jailDisk
+		if _, err := d.jailID(inst); err != nil {
+			return bootPlan{}, err
+		}
+	}
 	return bootPlan{
 		machine: fcapi.MachineConfiguration{VcpuCount: inst.Vcpus, MemSizeMib: inst.MemoryMB},
-		boot:    fcapi.BootSource{KernelImagePath: d.opts.Kernel, BootArgs: args},
+		boot:    fcapi.BootSource{KernelImagePath: kernel, BootArgs: args},
 		rootfs: fcapi.Drive{
 			DriveID:      rootDriveID,
-			PathOnHost:   inst.Disk,
+			PathOnHost:   disk,
 			IsRootDevice: true,
 			IsReadOnly:   new(false),
 		},
 		eth0: fcapi.NetworkInterface{IfaceID: ifaceID, HostDevName: inst.Link, GuestMAC: mac.String()},
-		// Relative to the process's working directory (SocketDir), so the
-		// path a snapshot records can be bound elsewhere by a restore.
+		// Relative to the process's working directory (SocketDir, or the
+		// jail's root), so the path a snapshot records can be bound
+		// elsewhere by a restore.
 		vsock: fcapi.Vsock{GuestCID: bootcontract.GuestCID, UDSPath: inst.ID + ".vsock"},
 	}, nil
 }
