@@ -61,7 +61,11 @@ func TestRoundTrip(t *testing.T) {
 		func(*Guest) {},
 		func(g *Guest) { g.DNS = g.DNS[:1] },
 		func(g *Guest) { g.PrefixLen = 16; g.AgentPort = 1024 },
-		func(g *Guest) { g.PrefixLen = 30; g.IP = netip.MustParseAddr("10.1.2.3"); g.Gateway = netip.MustParseAddr("10.1.2.1") },
+		func(g *Guest) {
+			g.PrefixLen = 30
+			g.IP = netip.MustParseAddr("10.1.2.3")
+			g.Gateway = netip.MustParseAddr("10.1.2.1")
+		},
 		func(g *Guest) { g.AgentPort = 0 }, // the default
 	} {
 		g := guest()

@@ -75,8 +75,8 @@ func defaults() *Config {
 				Verdaccio: VersionedPort{Port: 4873, Version: "6.8.0"},
 				SSHProxy:  Version{Version: "1.5.2"},
 				Firecracker: Firecracker{
-					Version:    "1.14.1",
-					BinaryPath: "/usr/local/bin/firecracker",
+					Version:       "1.14.1",
+					BinaryPath:    "/usr/local/bin/firecracker",
 					JailerPath:    "/usr/local/bin/jailer",
 					KernelPath:    "/var/lib/sandbox/kernel/vmlinux",
 					JailerUIDBase: 900000,
