@@ -37,6 +37,9 @@ const sysVirtioPorts = "/sys/class/virtio-ports"
 
 // findVirtioPort returns the device of the virtio-serial port named name.
 func findVirtioPort(sysDir, name string) (string, bool) {
+	if name == "" {
+		return "", false
+	}
 	ents, err := os.ReadDir(sysDir)
 	if err != nil {
 		return "", false
