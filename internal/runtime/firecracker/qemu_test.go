@@ -75,25 +75,42 @@ func qemuConfig(t testing.TB, p bootPlan, netns, dir string) vmtest.Config {
 	}
 }
 
+// qemuHost is a test host: Atelier's network in a test namespace and a
+// store whose lease allocator gives the guests their addresses.
+type qemuHost struct {
+	net *vmtest.Net
+	st  *store.Store
+}
+
+func newQEMUHost(t testing.TB) *qemuHost {
+	t.Helper()
+	vmtest.Require(t)
+	h := &qemuHost{net: vmtest.NewNet(t, qemuBridge, qemuDNS)}
+	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	h.st = st
+	return h
+}
+
 // bootQEMU leases an address as the service does, attaches a TAP, makes a
 // disk from the test image and boots it with the driver's plan.
-func bootQEMU(t testing.TB, n *vmtest.Net, swap bool) *qemuGuest {
+func bootQEMU(t testing.TB, h *qemuHost, swap bool) *qemuGuest {
 	t.Helper()
 	kernel := vmtest.Kernel(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	g := &qemuGuest{id: ids.NewSandboxID(), disk: filepath.Join(dir, "disk.ext4")}
+	n := h.net
 
-	st, err := store.Open(ctx, filepath.Join(dir, "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	first := qemuBridge.Addr().Next()
-	for range 9 {
+	// The service's range starts at the bridge address + guestIpStart (10).
+	first := qemuBridge.Addr()
+	for range 10 {
 		first = first.Next()
 	}
-	lease, err := st.AllocateLease(ctx, g.id, first, netip.MustParseAddr("172.16.0.250"), sandbox.MACFor)
+	lease, err := h.st.AllocateLease(ctx, g.id, first, netip.MustParseAddr("172.16.0.250"), sandbox.MACFor)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,9 +222,7 @@ func imageFile(t testing.TB, disk, path string) string {
 }
 
 func TestGuestBootsUnderQEMU(t *testing.T) {
-	vmtest.Require(t)
-	n := vmtest.NewNet(t, qemuBridge, qemuDNS)
-	g := bootQEMU(t, n, true)
+	g := bootQEMU(t, newQEMUHost(t), true)
 	t.Logf("kernel boot to agent ready under QEMU TCG: %v", g.ready.Round(time.Millisecond))
 	ctx := context.Background()
 
