@@ -70,6 +70,7 @@ func TestMissingRequired(t *testing.T) {
 	cfg["CONFIG_VIRTIO_BLK"] = "m"
 	delete(cfg, "CONFIG_VIRTIO_VSOCKETS")
 	cfg["CONFIG_ACPI"] = "n"
+	cfg["CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES"] = "n"
 	got := MissingRequired(cfg)
 	want := []string{"CONFIG_VIRTIO_BLK=y", "CONFIG_VIRTIO_VSOCKETS=y", "CONFIG_ACPI=y and CONFIG_PCI=y (or CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y)"}
 	if !slices.Equal(got, want) {
