@@ -8,10 +8,16 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"atelier/internal/runtime/firecracker/fctest"
 )
+
+// The jailer moves itself into cgroup v1 "tasks", which takes one thread,
+// then execs: both must happen on the main thread, or the exec'd process
+// is not in the cgroup.
+func init() { runtime.LockOSThread() }
 
 func main() {
 	if strings.HasPrefix(filepath.Base(os.Args[0]), "jailer") {
