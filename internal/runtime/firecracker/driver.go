@@ -166,6 +166,12 @@ func New(opts Options) (*Driver, error) {
 	if opts.CgroupParent == "" {
 		opts.CgroupParent = DefaultCgroupParent
 	}
+	// The jailer refuses anything but a relative path without "." or "..".
+	for _, c := range strings.Split(opts.CgroupParent, "/") {
+		if c == "" || c == "." || c == ".." {
+			return nil, fmt.Errorf("firecracker options: cgroup parent %q is not a relative path of plain names", opts.CgroupParent)
+		}
+	}
 	if opts.AgentPort == 0 {
 		opts.AgentPort = DefaultAgentPort
 	}

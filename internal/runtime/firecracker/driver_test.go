@@ -644,6 +644,8 @@ func TestOptions(t *testing.T) {
 		func(o *Options) { o.Jailer = "jailer" },
 		func(o *Options) { o.UIDBase = 0 },
 		func(o *Options) { o.UIDBase = 1<<32 - 1 },
+		func(o *Options) { o.CgroupParent = "../escape" },
+		func(o *Options) { o.CgroupParent = "/abs" },
 	}
 	for i, mod := range bad {
 		o := want
