@@ -207,6 +207,13 @@ func sameFilesystem(a, b string) error {
 // exposeInJail puts f.src at f.dst inside root.
 func exposeInJail(root string, f jailFile, uid int) error {
 	dst := filepath.Join(root, f.dst)
+	// A symlink (a kernel path pointing at a versioned file, say) would be
+	// linked as itself and lead outside the jail: use what it points at.
+	src, err := filepath.EvalSymlinks(f.src)
+	if err != nil {
+		return err
+	}
+	f.src = src
 	var st unix.Stat_t
 	if err := unix.Stat(f.src, &st); err != nil {
 		return err
@@ -230,7 +237,7 @@ func exposeInJail(root string, f jailFile, uid int) error {
 		// Not readable by the jailed user: a private copy it owns.
 		return copyInto(f.src, dst, uid)
 	}
-	err := os.Link(f.src, dst)
+	err = os.Link(f.src, dst)
 	if err == nil || !errors.Is(err, unix.EXDEV) {
 		return err
 	}

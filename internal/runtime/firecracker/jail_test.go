@@ -402,6 +402,14 @@ func TestJailRefusesAPlantedSymlink(t *testing.T) {
 func TestJailLeftoversAreListedAndDestroyed(t *testing.T) {
 	e := newJailEnv(t)
 	ctx := context.Background()
+	// The kernel path may be a symlink to a versioned file.
+	versioned := e.opts.Kernel + "-6.1.192"
+	if err := os.Rename(e.opts.Kernel, versioned); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Base(versioned), e.opts.Kernel); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.d.Boot(ctx, e.inst(idA)); err != nil {
 		t.Fatal(err)
 	}
