@@ -110,8 +110,9 @@ func (e *jailEnv) checkNoJailLeft() {
 		if err != nil {
 			continue
 		}
-		if r, err := os.Readlink("/proc/" + en.Name() + "/root"); err == nil && strings.HasPrefix(r, e.root+"/") && processAlive(pid) {
-			t.Errorf("jailed process %d left (root %s)", pid, r)
+		cmd, _ := os.ReadFile("/proc/" + en.Name() + "/environ")
+		if strings.Contains(string(cmd), fctest.EnvRecordFD+"=") && jailedBy(pid, e.recDir) && processAlive(pid) {
+			t.Errorf("jailed process %d left", pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
@@ -135,6 +136,13 @@ func (e *jailEnv) checkNoJailLeft() {
 	}
 }
 
+// jailedBy reports whether pid's request record (fd 4, from the fake
+// jailer) is in recDir: how a jailed fake is traced back to its test.
+func jailedBy(pid int, recDir string) bool {
+	l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/4", pid))
+	return err == nil && strings.HasPrefix(l, recDir+"/")
+}
+
 func (e *jailEnv) jailerRecord(id string) fctest.JailerRecord {
 	e.t.Helper()
 	b, err := os.ReadFile(fctest.JailerRecordPath(e.recDir, id))
@@ -155,6 +163,24 @@ func statT(t *testing.T, path string) unix.Stat_t {
 		t.Fatalf("stat %s: %v", path, err)
 	}
 	return st
+}
+
+func statFollow(t *testing.T, path string) unix.Stat_t {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatalf("stat %s: %v", path, err)
+	}
+	return st
+}
+
+func mustReadlink(t *testing.T, path string) string {
+	t.Helper()
+	s, err := os.Readlink(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // procStatus returns the fields of /proc/<pid>/status.
@@ -216,8 +242,13 @@ func TestJailedBoot(t *testing.T) {
 	if st["Groups"] != "" {
 		t.Errorf("supplementary groups %q", st["Groups"])
 	}
-	if r, _ := os.Readlink(fmt.Sprintf("/proc/%d/root", pid)); r != root {
-		t.Errorf("process root %q, want %q", r, root)
+	// Its root is the jail (compared as a file: in its own mount
+	// namespace the path reads "/").
+	if pr, jr := statFollow(t, fmt.Sprintf("/proc/%d/root", pid)), statFollow(t, root); pr.Dev != jr.Dev || pr.Ino != jr.Ino {
+		t.Errorf("process root is not the jail %s", root)
+	}
+	if ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); ns == mustReadlink(t, "/proc/self/ns/mnt") {
+		t.Error("the jailed firecracker shares the manager's mount namespace")
 	}
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // errExited is a firecracker process that ended while we waited on it.
@@ -146,12 +148,16 @@ func (d *Driver) owns(pid int, id string) bool {
 		// Not chrooted yet: its chroot base says whose it is.
 		return d.opts.ChrootBase != "" && argValue(b, "--chroot-base-dir") == d.opts.ChrootBase
 	case runJailed:
-		// Every jailed firecracker has the same API socket path; its
-		// root is the proof that it runs in this driver's jail for id.
-		// A jail removed under a live process reads "(deleted)": still ours.
-		root, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/root")
-		root = strings.TrimSuffix(root, " (deleted)")
-		return err == nil && d.opts.ChrootBase != "" && root == d.chrootDir(id)
+		// Every jailed firecracker has the same API socket path; its root
+		// being this driver's jail for id is the proof. The root is
+		// compared as a file, not a path: the real jailer pivots into the
+		// jail in a mount namespace of its own, where the path reads "/".
+		var proot, jail unix.Stat_t
+		if d.opts.ChrootBase == "" || unix.Stat("/proc/"+strconv.Itoa(pid)+"/root", &proot) != nil ||
+			unix.Stat(d.chrootDir(id), &jail) != nil {
+			return false
+		}
+		return proot.Dev == jail.Dev && proot.Ino == jail.Ino
 	}
 	return false
 }

@@ -22,9 +22,10 @@ import (
 // same checks, the chroot at <chroot-base>/<exec-file name>/<id>/root with
 // the exec file copied in, the cgroups written (for real) under
 // <cgroup mount>/<parent-cgroup>/<id>, /dev/net/tun, /dev/kvm and
-// /dev/urandom made and chowned, a real chroot, the uid and gid dropped,
+// /dev/urandom made and chowned, a real pivot_root, the uid and gid dropped,
 // and an exec of the copy with --id and the timing arguments before the
-// ones after "--". It differs in two places, both for the test's sake: it
+// ones after "--". The chroot is the jailer's: a mount namespace of its
+// own and pivot_root. It differs in two places, both for the test's sake: it
 // records its own invocation (<record dir>/jailer-<id>.json), and it hands
 // the fake firecracker its spec and request log as open files, since the
 // paths are outside the chroot.
@@ -275,11 +276,8 @@ func RunFakeJailer(args []string) int {
 		}
 	}
 
-	if err := unix.Chroot(chroot); err != nil {
-		return fail("Failed to chroot into %s: %v", chroot, err)
-	}
-	if err := unix.Chdir("/"); err != nil {
-		return fail("Failed to chdir into chroot directory: %v", err)
+	if err := enterJail(chroot); err != nil {
+		return fail("%v", err)
 	}
 	for _, dir := range []string{"/", "/dev", "/dev/net", "/run"} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -330,6 +328,42 @@ func RunFakeJailer(args []string) int {
 	}
 	err = syscall.Exec(argv[0], argv, env)
 	return fail("Failed to exec into %s: %v", argv[0], err)
+}
+
+// enterJail does what the jailer's chroot step does: a mount namespace of
+// its own, the jail bind-mounted on itself (with what is mounted below it),
+// pivot_root into it, the old root detached and removed, and a chroot for
+// good measure. It runs on the main thread (see fcfake), which keeps the
+// namespace and root until the exec.
+func enterJail(dir string) error {
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("Failed to unshare into new mount namespace: %v", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("Failed to change the propagation type to slave: %v", err)
+	}
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("Failed to bind mount the jail root directory: %v", err)
+	}
+	if err := unix.Chdir(dir); err != nil {
+		return fmt.Errorf("Failed to change current directory: %v", err)
+	}
+	if err := unix.Mkdir("old_root", 0o600); err != nil {
+		return fmt.Errorf("Failed to create old_root dir: %v", err)
+	}
+	if err := unix.PivotRoot(".", "old_root"); err != nil {
+		return fmt.Errorf("Failed to pivot_root: %v", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("Failed to chdir into the new root: %v", err)
+	}
+	if err := unix.Unmount("old_root", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("Failed to unmount the old jail root: %v", err)
+	}
+	if err := unix.Rmdir("old_root"); err != nil {
+		return fmt.Errorf("Failed to remove old jail root directory: %v", err)
+	}
+	return unix.Chroot(".")
 }
 
 // copyExec copies the exec file into the jail as the jailer does: the
