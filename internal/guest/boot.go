@@ -43,10 +43,11 @@ type InitOptions struct {
 	// ServeArgv is the agent command init supervises; in a VM guest the
 	// contract's arguments (vsock port, sandbox id, ...) are appended.
 	ServeArgv []string
-	// KernelCmdline means a VM guest: read the boot contract from
-	// /proc/cmdline, set up host name and network files, grow the root
+	// KernelCmdline means a VM guest: as PID 1, read the boot contract
+	// from /proc/cmdline, set up host name and network files, grow the root
 	// filesystem, enable swap, and at the end shut the machine down. Off in
-	// containers, where the command line is the host's.
+	// containers, where the command line is the host's; ignored by a
+	// process that is not PID 1.
 	KernelCmdline bool
 	Logger        *slog.Logger
 	// LogFile is closed before the root filesystem is remounted read-only.
@@ -74,11 +75,14 @@ func RunInit(ctx context.Context, o InitOptions) error {
 	// PID 1 of the whole machine, not of a pid namespace: only that one may
 	// take Ctrl-Alt-Del, remount the root read-only and reboot.
 	realInit := false
-	if o.KernelCmdline {
-		if pid1 {
-			realInit = takeCtrlAltDel()
-			recordBootTime(log, bootcontract.InitStartFile, processStart)
-		}
+	if o.KernelCmdline && !pid1 {
+		// Anywhere but PID 1 the command line is the host's, and acting on
+		// it would rename the host and rewrite its /etc.
+		log.Warn("not PID 1: ignoring the kernel command line")
+	}
+	if o.KernelCmdline && pid1 {
+		realInit = takeCtrlAltDel()
+		recordBootTime(log, bootcontract.InitStartFile, processStart)
 		raw, err := os.ReadFile("/proc/cmdline")
 		if err != nil {
 			log.Error("read kernel command line", "err", err)
@@ -101,12 +105,10 @@ func RunInit(ctx context.Context, o InitOptions) error {
 			setupNetwork(ctx, log, b, host)
 		}
 		grace = vmServeStopGrace
-		if pid1 {
-			go func() {
-				growRootFS(log)
-				enableSwap(log, bootcontract.SwapFile)
-			}()
-		}
+		go func() {
+			growRootFS(log)
+			enableSwap(log, bootcontract.SwapFile)
+		}()
 	}
 
 	sctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
