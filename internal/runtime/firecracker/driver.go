@@ -5,6 +5,9 @@
 // (hybrid vsock, guest CID 3), <id>.pid, <LogDir>/<id>.log and snapshots in
 // <SnapshotDir>. Each process runs in its own session and outlives the
 // manager; its pid file and command line let a restarted manager find it.
+// With a jailer configured each runs chrooted as a uid of its own (see
+// jail.go); the guest's command line is the boot contract's
+// (internal/bootcontract).
 package firecracker
 
 import (
