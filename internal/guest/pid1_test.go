@@ -125,8 +125,8 @@ func nsGuest(t testing.TB) (string, netns.NsHandle) {
 	if os.Geteuid() != 0 {
 		t.Skip("requires root: namespaces, loop mounts, chroot")
 	}
-	image := vmtest.Image(t)
 	dir := t.TempDir()
+	image := vmtest.BuildImage(t, dir)
 	disk := filepath.Join(dir, "disk.ext4")
 	root := filepath.Join(dir, "root")
 	if out, err := exec.Command("cp", "--sparse=always", image, disk).CombinedOutput(); err != nil {

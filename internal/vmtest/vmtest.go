@@ -331,49 +331,61 @@ var fixture struct {
 
 // Image builds the static agent and the test image (internal/testimage,
 // the agent at bootcontract.InitPath) once per test binary; each guest
-// boots a copy. Cleanup removes it (call Cleanup from TestMain).
+// boots a copy. Call Cleanup from TestMain to remove it; a test binary
+// without that TestMain uses BuildImage with a directory of its test.
 func Image(t testing.TB) string {
 	t.Helper()
 	fixture.once.Do(func() {
-		for _, tool := range []string{"mkfs.ext4", "debugfs"} {
-			if _, err := exec.LookPath(tool); err != nil {
-				fixture.err = fmt.Errorf("requires %s (e2fsprogs): %w", tool, err)
-				return
-			}
-		}
-		out, err := exec.Command("go", "env", "GOMOD").Output()
-		if err != nil {
-			fixture.err = fmt.Errorf("go env GOMOD: %w", err)
-			return
-		}
-		root := filepath.Dir(strings.TrimSpace(string(out)))
 		dir, err := os.MkdirTemp("", "atelier-vmtest-")
 		if err != nil {
 			fixture.err = err
 			return
 		}
 		fixture.dir = dir
-		bin := filepath.Join(dir, "atelier-agent")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/atelier-agent")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fixture.err = fmt.Errorf("build agent: %w\n%s", err, out)
-			return
-		}
-		image := filepath.Join(dir, "test.ext4")
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if err := testimage.Build(ctx, image, bin, 0); err != nil {
-			fixture.err = err
-			return
-		}
-		fixture.image = image
+		fixture.image, fixture.err = buildImage(dir)
 	})
 	if fixture.err != nil {
 		skipOrFail(t, "test image: %v", fixture.err)
 	}
 	return fixture.image
+}
+
+// BuildImage builds the agent and the test image into dir (a directory
+// the test removes) and returns the image's path.
+func BuildImage(t testing.TB, dir string) string {
+	t.Helper()
+	image, err := buildImage(dir)
+	if err != nil {
+		skipOrFail(t, "test image: %v", err)
+	}
+	return image
+}
+
+func buildImage(dir string) (string, error) {
+	for _, tool := range []string{"mkfs.ext4", "debugfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return "", fmt.Errorf("requires %s (e2fsprogs): %w", tool, err)
+		}
+	}
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(out)))
+	bin := filepath.Join(dir, "atelier-agent")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/atelier-agent")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build agent: %w\n%s", err, out)
+	}
+	image := filepath.Join(dir, "test.ext4")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := testimage.Build(ctx, image, bin, 0); err != nil {
+		return "", err
+	}
+	return image, nil
 }
 
 // Cleanup removes the shared image; call it from TestMain after m.Run.
