@@ -9,8 +9,10 @@ PORT      ?= 4000
 EDGE_PORT ?= 4080
 # Verdaccio for the npm cache's tests and benchmark (.ci/run installs it there).
 export ATELIER_TEST_VERDACCIO_DIR ?= /var/cache/atelier-test/verdaccio
+# The guest kernel of the QEMU boot test and benchmarks (.ci/run and `make kernel` build it).
+export ATELIER_TEST_KERNEL ?= /var/cache/atelier-test/kernel/vmlinux
 
-.PHONY: all build agent test-image run test test-short bench lint fmt fuzz clean
+.PHONY: all build agent test-image kernel run test test-short bench lint fmt fuzz clean
 
 all: build
 
@@ -25,6 +27,10 @@ agent:
 # built without mounting anything.
 test-image: agent
 	$(GO) run ./internal/testimage/cmd -o images/test.ext4 -agent bin/atelier-agent
+
+# The guest kernel for the QEMU boot test (cached: a no-op when up to date).
+kernel:
+	$(GO) run ./cmd/atelier images kernel --output $(ATELIER_TEST_KERNEL)
 
 # Local development: mock mode, SQLite under ./.atelier, API and docs on
 # http://localhost:$(PORT). Mock mode has no login and runs commands as you, so

@@ -47,7 +47,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.url, "url", os.Getenv("ATELIER_URL"), "manager URL: http(s)://host:port or unix:///path (env ATELIER_URL; default: the local socket, else http://127.0.0.1:<server.port>)")
 	pf.StringVar(&g.token, "token", os.Getenv("ATELIER_TOKEN"), "API token (env ATELIER_TOKEN)")
 	pf.BoolVar(&g.json, "json", false, "print JSON instead of a table")
-	root.AddCommand(newServeCmd(g), newConfigCmd(g), newSandboxCmd(g), newManagerCmd(g), newStorageCmd(g), newNetworkCmd(g), newDebugVMCmd(g), newAgentCmd(), newRegistryCmd(g))
+	root.AddCommand(newServeCmd(g), newConfigCmd(g), newSandboxCmd(g), newManagerCmd(g), newStorageCmd(g), newNetworkCmd(g), newDebugVMCmd(g), newAgentCmd(), newRegistryCmd(g), newImagesCmd(g))
 	return root
 }
 

@@ -96,10 +96,11 @@ func defaults() *Config {
 				Verdaccio: Verdaccio{Port: 4873, Version: "6.8.0", User: "atelier-registry"},
 				SSHProxy:  Version{Version: "1.5.2"},
 				Firecracker: Firecracker{
-					Version:    "1.14.1",
-					BinaryPath: "/usr/local/bin/firecracker",
-					JailerPath: "/usr/local/bin/jailer",
-					KernelPath: "/var/lib/sandbox/kernel/vmlinux",
+					Version:       "1.14.1",
+					BinaryPath:    "/usr/local/bin/firecracker",
+					JailerPath:    "/usr/local/bin/jailer",
+					KernelPath:    "/var/lib/sandbox/kernel/vmlinux",
+					JailerUIDBase: 900000,
 				},
 			},
 		},
@@ -130,6 +131,9 @@ func (c *Config) derive() {
 	}
 	if c.Advanced.Server.Verdaccio.Dir == "" && c.Server.DataDir != "" {
 		c.Advanced.Server.Verdaccio.Dir = filepath.Clean(c.Server.DataDir) + "-registry"
+	}
+	if c.Advanced.Server.Firecracker.ChrootBaseDir == "" {
+		c.Advanced.Server.Firecracker.ChrootBaseDir = filepath.Join(c.Sandbox.StateDir, "jailer")
 	}
 	d, err := deriveNetwork(c.Network.BridgeIP, c.Network.BridgePrefix)
 	if err != nil {

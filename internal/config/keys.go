@@ -91,6 +91,8 @@ var envTable = []EnvVar{
 	{Name: "ATELIER_FIRECRACKER_BIN", Key: "advanced.server.firecracker.binaryPath", Description: "Firecracker binary path."},
 	{Name: "ATELIER_JAILER_BIN", Key: "advanced.server.firecracker.jailerPath", Description: "Firecracker jailer binary path."},
 	{Name: "ATELIER_KERNEL_PATH", Key: "advanced.server.firecracker.kernelPath", Description: "Guest kernel image path."},
+	{Name: "ATELIER_JAILER_CHROOT_DIR", Key: "advanced.server.firecracker.chrootBaseDir", Description: "The jailer's chroot base directory, on the filesystem of {stateDir}/sockets; empty means {stateDir}/jailer."},
+	{Name: "ATELIER_JAILER_UID_BASE", Key: "advanced.server.firecracker.jailerUidBase", Description: "First uid/gid of jailed Firecrackers: each runs as this plus the host part of its sandbox's IP; the 65536 ids from here must belong to no other user."},
 }
 
 // EnvVars returns every environment variable Load reads besides
@@ -173,6 +175,7 @@ var rules = []rule{
 	{key: "sandbox.defaultVcpus", min: new(MinVcpus), max: new(MaxVcpus), desc: "vCPUs of a sandbox that asks for none; the bounds are those of a create request."},
 	{key: "sandbox.defaultMemoryMb", min: new(MinMemoryMB), max: new(MaxMemoryMB), desc: "Memory in MiB of a sandbox that asks for none; the bounds are those of a create request."},
 	{key: "sandbox.container.userNamespace", enum: []string{"auto", "on", "off"}},
+	{key: "advanced.server.firecracker.jailerUidBase", min: new(1000), max: new(4294901759)},
 	{key: "setup.storage.method", enum: []string{"", "loop", "device", "lvm", "file"},
 		desc: "Storage backend the CLI sets up; empty means ask interactively."},
 	{key: "setup.storage.loopSizeGb", min: new(0),

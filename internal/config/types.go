@@ -219,6 +219,15 @@ type Version struct {
 type Firecracker struct {
 	Version    string `json:"version"`
 	BinaryPath string `json:"binaryPath"`
+	// JailerPath starts every Firecracker through the jailer (chroot, own
+	// uid/gid, cgroup limits); empty runs Firecracker directly as root.
 	JailerPath string `json:"jailerPath"`
 	KernelPath string `json:"kernelPath"`
+	// ChrootBaseDir is the jailer's --chroot-base-dir; derived as
+	// {stateDir}/jailer when empty. It must be on the filesystem of
+	// {stateDir}/sockets.
+	ChrootBaseDir string `json:"chrootBaseDir"`
+	// JailerUIDBase: each sandbox's Firecracker runs as uid and gid
+	// JailerUIDBase + the host part of the sandbox's IP address.
+	JailerUIDBase int `json:"jailerUidBase"`
 }

@@ -258,6 +258,22 @@ func (v *checker) sandbox() {
 	if s.DefaultImage == "" || strings.ContainsAny(s.DefaultImage, "/ \t\n") {
 		v.add("sandbox.defaultImage", "must be an image name like dev-base (got %q)", s.DefaultImage)
 	}
+	fc := v.c.Advanced.Server.Firecracker
+	v.absPathIfSet("advanced.server.firecracker.jailerPath", fc.JailerPath)
+	v.absPath("advanced.server.firecracker.chrootBaseDir", fc.ChrootBaseDir)
+	if s.Runtime == "firecracker" {
+		// A VM guest learns its DNS servers from the kernel's ip= argument,
+		// which carries two IPv4 addresses (see internal/bootcontract).
+		n := v.c.Network.DNSServers
+		if len(n) > 2 {
+			v.add("network.dnsServers", "the firecracker runtime passes at most 2 DNS servers to a guest (the kernel's ip= argument); got %d", len(n))
+		}
+		for i, d := range n {
+			if a, err := netip.ParseAddr(d); err == nil && !a.Is4() {
+				v.add("network.dnsServers", "entry %d %q is IPv6: the firecracker runtime passes IPv4 DNS servers only (the kernel's ip= argument)", i, d)
+			}
+		}
+	}
 }
 
 func (v *checker) setup() {

@@ -182,7 +182,6 @@ func TestValidate(t *testing.T) {
 			wantKey: "network.dnsServers", wantEnv: "ATELIER_DNS_SERVERS", wantMsg: "at least one"},
 		{name: "dns server not an IP", mutate: func(c *Config) { c.Network.DNSServers = []string{"1.1.1.1", "dns.google"} },
 			wantKey: "network.dnsServers", wantEnv: "ATELIER_DNS_SERVERS", wantMsg: `entry 1 "dns.google"`},
-		{name: "IPv6 dns server", mutate: func(c *Config) { c.Network.DNSServers = []string{"2001:4860:4860::8888"} }},
 		{name: "egress allow-list", mutate: func(c *Config) {
 			c.Network.EgressAllowCIDRs = []string{"10.20.0.0/16", "192.168.5.7/32", "169.254.169.254/32"}
 		}},
@@ -194,6 +193,21 @@ func TestValidate(t *testing.T) {
 			wantKey: "network.egressAllowCidrs", wantEnv: "ATELIER_EGRESS_ALLOW_CIDRS", wantMsg: "did you mean 10.1.0.0/16"},
 		{name: "egress allow IPv6", mutate: func(c *Config) { c.Network.EgressAllowCIDRs = []string{"fd00::/8"} },
 			wantKey: "network.egressAllowCidrs", wantEnv: "ATELIER_EGRESS_ALLOW_CIDRS", wantMsg: "IPv4 only"},
+		{name: "IPv6 dns server for containers", mutate: func(c *Config) {
+			c.Sandbox.Runtime = "container"
+			c.Network.DNSServers = []string{"2001:4860:4860::8888", "1.1.1.1", "8.8.8.8"}
+		}},
+		{name: "IPv6 dns server for VMs", mutate: func(c *Config) { c.Network.DNSServers = []string{"1.1.1.1", "2001:4860:4860::8888"} },
+			wantKey: "network.dnsServers", wantEnv: "ATELIER_DNS_SERVERS", wantMsg: `entry 1 "2001:4860:4860::8888" is IPv6`},
+		{name: "three dns servers for VMs", mutate: func(c *Config) { c.Network.DNSServers = []string{"1.1.1.1", "8.8.8.8", "9.9.9.9"} },
+			wantKey: "network.dnsServers", wantEnv: "ATELIER_DNS_SERVERS", wantMsg: "at most 2"},
+		{name: "jailer uid base root", mutate: func(c *Config) { c.Advanced.Server.Firecracker.JailerUIDBase = 0 },
+			wantKey: "advanced.server.firecracker.jailerUidBase", wantEnv: "ATELIER_JAILER_UID_BASE", wantMsg: "between 1000 and"},
+		{name: "jailer relative", mutate: func(c *Config) { c.Advanced.Server.Firecracker.JailerPath = "jailer" },
+			wantKey: "advanced.server.firecracker.jailerPath", wantEnv: "ATELIER_JAILER_BIN", wantMsg: "absolute"},
+		{name: "no jailer", mutate: func(c *Config) { c.Advanced.Server.Firecracker.JailerPath = "" }},
+		{name: "chroot base relative", mutate: func(c *Config) { c.Advanced.Server.Firecracker.ChrootBaseDir = "jail" },
+			wantKey: "advanced.server.firecracker.chrootBaseDir", wantEnv: "ATELIER_JAILER_CHROOT_DIR", wantMsg: "absolute"},
 		{name: "bridge name empty", mutate: func(c *Config) { c.Network.BridgeName = "" },
 			wantKey: "network.bridgeName", wantEnv: "ATELIER_BRIDGE_NAME"},
 		{name: "bridge name 16 chars", mutate: func(c *Config) { c.Network.BridgeName = "abcdefghijklmnop" },

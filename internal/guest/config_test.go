@@ -161,46 +161,6 @@ func TestNetworkFilesAndCommands(t *testing.T) {
 	}
 }
 
-func TestParseKernelIP(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    agent.NetworkConfig
-		dev     string
-		wantErr bool
-	}{
-		{"172.16.0.10::172.16.0.1:255.255.255.0::eth0:off", agent.NetworkConfig{IP: "172.16.0.10", PrefixLen: 24, Gateway: "172.16.0.1"}, "eth0", false},
-		{"10.0.0.5::10.0.0.1:255.255.0.0:box:eth1:off:1.1.1.1:9.9.9.9", agent.NetworkConfig{IP: "10.0.0.5", PrefixLen: 16, Gateway: "10.0.0.1", Hostname: "box", DNS: []string{"1.1.1.1", "9.9.9.9"}}, "eth1", false},
-		{"10.0.0.5", agent.NetworkConfig{IP: "10.0.0.5", PrefixLen: 32}, "", false},
-		{"10.0.0.5::10.0.0.1:255.0.255.0::eth0:off", agent.NetworkConfig{}, "", true},
-		{"nope::10.0.0.1:255.255.255.0::eth0:off", agent.NetworkConfig{}, "", true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got, dev, err := parseKernelIP(tt.in)
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("err %v, want error %v", err, tt.wantErr)
-			}
-			if tt.wantErr {
-				return
-			}
-			if !reflect.DeepEqual(got, tt.want) || dev != tt.dev {
-				t.Fatalf("got %+v dev %q", got, dev)
-			}
-		})
-	}
-}
-
-func TestParseCmdline(t *testing.T) {
-	bp := parseCmdline(`console=ttyS0 reboot=k ip=172.16.0.10::172.16.0.1:255.255.255.0::eth0:off atelier.sandbox_id=abc123 atelier.vsock_port=9998 atelier.resize_dev=none atelier.flavor="big" init=/sbin/atelier-agent`)
-	if bp.ip != "172.16.0.10::172.16.0.1:255.255.255.0::eth0:off" || bp.sandboxID != "abc123" || bp.vsockPort != "9998" ||
-		bp.resizeDev != "none" || bp.extra["flavor"] != "big" || len(bp.extra) != 1 {
-		t.Fatalf("parsed %+v", bp)
-	}
-	if def := parseCmdline("console=ttyS0"); def.resizeDev != "/dev/vda" || def.ip != "" {
-		t.Fatalf("defaults %+v", def)
-	}
-}
-
 func TestEmptyDirGuardsScratchMounts(t *testing.T) {
 	dir := t.TempDir()
 	full := filepath.Join(dir, "full")

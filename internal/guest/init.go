@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"atelier/internal/agent"
 )
 
 // The init (atelier-agent init) is PID 1 of a VM guest. It must reap
@@ -37,7 +35,6 @@ const (
 	serveBackoffMax = 5 * time.Second
 	serveStableRun  = 30 * time.Second
 	serveStopGrace  = 10 * time.Second
-	resizeTimeout   = 5 * time.Minute
 )
 
 // reaper is init's single waiting mechanism: one wait4(-1) loop that
@@ -157,6 +154,9 @@ type initConfig struct {
 	// started, when set, receives the reaper once it runs (tests, and the
 	// boot steps that run commands through it).
 	started func(*reaper)
+	// stopGrace is how long serve may take to exit after SIGTERM before
+	// SIGKILL; default serveStopGrace.
+	stopGrace time.Duration
 }
 
 // supervise runs serve as init's child with restart and backoff, reaping
@@ -177,6 +177,10 @@ func supervise(ctx context.Context, cfg initConfig) (int64, error) {
 	if cfg.started != nil {
 		cfg.started(r)
 	}
+	grace := cfg.stopGrace
+	if grace <= 0 {
+		grace = serveStopGrace
+	}
 	backoff := serveBackoffMin
 	for {
 		began := time.Now()
@@ -192,7 +196,7 @@ func supervise(ctx context.Context, cfg initConfig) (int64, error) {
 			_ = unix.Kill(pid, unix.SIGTERM)
 			select {
 			case <-ch:
-			case <-time.After(serveStopGrace):
+			case <-time.After(grace):
 				_ = unix.Kill(pid, unix.SIGKILL)
 				<-ch
 			}
@@ -216,44 +220,6 @@ func supervise(ctx context.Context, cfg initConfig) (int64, error) {
 		}
 		backoff = min(backoff*2, serveBackoffMax)
 	}
-}
-
-// bootParams are the kernel command line settings init understands.
-type bootParams struct {
-	ip        string // the kernel's ip= value
-	sandboxID string // atelier.sandbox_id
-	hostname  string // atelier.hostname
-	vsockPort string // atelier.vsock_port
-	resizeDev string // atelier.resize_dev; "none" disables
-	extra     map[string]string
-}
-
-func parseCmdline(s string) bootParams {
-	bp := bootParams{resizeDev: "/dev/vda", extra: map[string]string{}}
-	for _, f := range strings.Fields(s) {
-		k, v, ok := strings.Cut(f, "=")
-		if !ok {
-			continue
-		}
-		v = strings.Trim(v, `"`)
-		switch k {
-		case "ip":
-			bp.ip = v
-		case "atelier.sandbox_id":
-			bp.sandboxID = v
-		case "atelier.hostname":
-			bp.hostname = v
-		case "atelier.vsock_port":
-			bp.vsockPort = v
-		case "atelier.resize_dev":
-			bp.resizeDev = v
-		default:
-			if strings.HasPrefix(k, "atelier.") {
-				bp.extra[strings.TrimPrefix(k, "atelier.")] = v
-			}
-		}
-	}
-	return bp
 }
 
 type mountSpec struct {
@@ -311,119 +277,4 @@ func mountMissing(log *slog.Logger) {
 	if _, err := os.Lstat("/dev/ptmx"); err != nil {
 		_ = os.Symlink("pts/ptmx", "/dev/ptmx")
 	}
-}
-
-// InitOptions configures RunInit.
-type InitOptions struct {
-	// ServeArgv is the agent command init supervises (args appended from
-	// the kernel command line).
-	ServeArgv []string
-	// KernelCmdline means a VM guest: read /proc/cmdline for ip=, host
-	// name and atelier.* settings, and power off by reboot at the end. Off
-	// in containers, where the command line is the host's.
-	KernelCmdline bool
-	Logger        *slog.Logger
-}
-
-// RunInit is the PID 1 path: mounts, host name, agent start (first, so
-// the host can talk to the guest as early as possible), then network and
-// root filesystem growth, then supervision until SIGTERM.
-func RunInit(ctx context.Context, o InitOptions) error {
-	log := o.Logger
-	if os.Getenv("PATH") == "" {
-		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-	}
-	// Mounting is PID 1's job; anywhere else it would shadow the host's
-	// directories.
-	if os.Getpid() == 1 {
-		mountMissing(log)
-	}
-	var bp bootParams
-	if o.KernelCmdline {
-		b, err := os.ReadFile("/proc/cmdline")
-		if err != nil {
-			log.Warn("read kernel command line", "err", err)
-		}
-		bp = parseCmdline(string(b))
-	} else {
-		bp = parseCmdline("")
-		bp.resizeDev = "none"
-	}
-	argv := append([]string(nil), o.ServeArgv...)
-	if bp.vsockPort != "" {
-		argv = append(argv, "--vsock-port", bp.vsockPort)
-	}
-	if bp.sandboxID != "" {
-		argv = append(argv, "--sandbox-id", bp.sandboxID)
-	}
-	hostname := bp.hostname
-	netc, dev, netErr := parseKernelIPIfAny(bp.ip)
-	if netErr != nil {
-		log.Warn("ignore kernel ip= setting", "err", netErr)
-	}
-	if hostname == "" && netc != nil {
-		hostname = netc.Hostname
-	}
-	if hostname == "" && bp.sandboxID != "" {
-		hostname = "sandbox-" + bp.sandboxID
-	}
-	if hostname != "" {
-		if err := unix.Sethostname([]byte(hostname)); err != nil {
-			log.Warn("set hostname", "hostname", hostname, "err", err)
-		}
-	}
-	if netc != nil {
-		argv = append(argv, "--manage-network")
-	}
-
-	sctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	boot := func(r *reaper) {
-		go func() {
-			if netc != nil {
-				if hasAddress(dev, netc.IP) {
-					log.Info("network already configured by the kernel", "device", dev, "ip", netc.IP)
-				} else {
-					nc := *netc
-					nc.Hostname = hostname
-					if d, err := applyNetwork(sctx, nc, dev, "/etc", r.run); err != nil {
-						log.Error("configure network", "device", d, "err", err)
-					} else {
-						log.Info("network configured", "device", d, "ip", nc.IP)
-					}
-				}
-			}
-			if bp.resizeDev != "" && bp.resizeDev != "none" {
-				if _, err := os.Stat(bp.resizeDev); err == nil {
-					rctx, cancel := context.WithTimeout(sctx, resizeTimeout)
-					err := r.run(rctx, []string{"resize2fs", bp.resizeDev})
-					cancel()
-					if err != nil {
-						log.Warn("grow root filesystem", "device", bp.resizeDev, "err", err)
-					} else {
-						log.Info("root filesystem grown", "device", bp.resizeDev)
-					}
-				}
-			}
-		}()
-	}
-	_, err := supervise(sctx, initConfig{serveArgv: argv, serveEnv: os.Environ(), log: log, started: boot})
-	unix.Sync()
-	if os.Getpid() == 1 && o.KernelCmdline {
-		// In a VM guest a reboot makes Firecracker exit: the cleanest
-		// power-off. A container's init just returns.
-		_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
-	}
-	return err
-}
-
-func parseKernelIPIfAny(v string) (*agent.NetworkConfig, string, error) {
-	if v == "" || v == "off" || v == "none" || v == "dhcp" {
-		return nil, "", nil
-	}
-	cfg, dev, err := parseKernelIP(v)
-	if err != nil {
-		return nil, "", err
-	}
-	return &cfg, dev, nil
 }

@@ -9,26 +9,46 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/mdlayher/vsock"
+
 	"atelier/internal/agent"
+	"atelier/internal/bootcontract"
 )
 
 const usage = `usage:
   atelier-agent serve [--vsock-port 9998] [--unix PATH] [--file-root DIR ...] [--log-dir DIR]
                       [--config-path PATH] [--sandbox-id ID] [--workdir DIR] [--manage-network]
                       [--terminal-idle 30m] [--etc-dir /etc] [--log-level info]
+                      [--virtio-serial-port NAME]
   atelier-agent init [--kernel-cmdline=true] [-- serve flags...]
   atelier-agent sftp-server   (SFTP on stdin/stdout; the SSH server runs it as the session's user)
   atelier-agent version
+Run as PID 1 without one of these commands (a VM guest's kernel starts it
+with none), it is the guest's init under the boot contract.
 `
+
+// commands are the agent's subcommands.
+var commands = map[string]bool{
+	"serve": true, "init": true, "sftp-server": true, "version": true, "--version": true,
+	"help": true, "-h": true, "--help": true,
+}
 
 // Main is the agent's command line; it returns the exit code. The atelier
 // binary embeds it as a hidden "atelier agent ..." subcommand for mock
 // mode, so args are whatever follows the subcommand.
+//
+// A VM guest's kernel starts the agent as PID 1 with no arguments (it
+// cannot pass a subcommand), under whatever name the image gave it: being
+// PID 1 is what makes it the guest's init.
 func Main(args []string) int {
+	if os.Getpid() == 1 && (len(args) == 0 || !commands[args[0]]) {
+		return vmInitMain(args)
+	}
 	if len(args) == 0 {
 		fmt.Fprint(os.Stderr, usage)
 		return 2
@@ -78,6 +98,7 @@ func serveMain(args []string) int {
 	termIdle := fs.Duration("terminal-idle", 30*time.Minute, "close terminals idle this long without viewers")
 	etcDir := fs.String("etc-dir", "/etc", "directory receiving resolv.conf, hostname and hosts")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	vport := fs.String("virtio-serial-port", "", "also serve on the virtio-serial port of this name, if the VMM provides one")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -128,12 +149,24 @@ func serveMain(args []string) int {
 	errc := make(chan error, 2)
 	n := 0
 	if useVsock {
+		ln, err := vsock.Listen(uint32(*vsockPort), nil)
+		if err != nil {
+			log.Error("listen on vsock", "vsock_port", *vsockPort, "err", err)
+			return 1
+		}
+		log.Info("agent listening", "vsock_port", *vsockPort)
+		markListening(log)
 		n++
-		go func() { errc <- srv.ServeVsock(ctx, uint32(*vsockPort)) }()
+		go func() { errc <- srv.Serve(ctx, ln) }()
 	}
 	if *unixPath != "" {
 		n++
 		go func() { errc <- srv.ServeUnix(ctx, *unixPath) }()
+	}
+	if *vport != "" {
+		// Optional and possibly never there: it does not count as a
+		// listener, and its absence is the normal case (Firecracker).
+		go serveVirtioPort(ctx, srv, *vport, log)
 	}
 	// The SSH server has no listener of its own: the manager's SSH proxy
 	// reaches it through GET /ssh on the listeners above (see ssh.go).
@@ -151,6 +184,50 @@ func serveMain(args []string) int {
 		log.Warn("agent shutdown", "err", err)
 	}
 	return code
+}
+
+// markListening records, in a VM guest booted under the contract, when
+// the agent's listener was bound (see bootcontract.AgentListeningFile).
+func markListening(log *slog.Logger) {
+	if st, err := os.Stat(bootcontract.RunDir); err == nil && st.IsDir() {
+		recordBootTime(log, bootcontract.AgentListeningFile, boottime())
+	}
+}
+
+// vmInitMain is PID 1 of a VM guest: no flags (the kernel passes none), the
+// boot contract read from /proc/cmdline, the log also written to
+// bootcontract.InitLog.
+func vmInitMain(args []string) int {
+	mountMissing(slog.New(slog.NewJSONHandler(os.Stderr, nil)))
+	var w io.Writer = os.Stderr
+	logFile, err := openInitLog()
+	if err == nil {
+		w = io.MultiWriter(os.Stderr, logFile)
+	}
+	log := slog.New(slog.NewJSONHandler(w, nil)).With("component", "init")
+	if err != nil {
+		log.Warn("open init log", "path", bootcontract.InitLog, "err", err)
+	}
+	if len(args) > 0 {
+		log.Warn("ignoring init arguments", "args", args)
+	}
+	// The kernel passes the init= path as argv[0].
+	exe := os.Args[0]
+	if !filepath.IsAbs(exe) {
+		if exe, err = os.Executable(); err != nil {
+			log.Error("find own executable", "err", err)
+			return 1
+		}
+	}
+	o := InitOptions{ServeArgv: []string{exe, "serve"}, KernelCmdline: true, Logger: log}
+	if logFile != nil {
+		o.LogFile = logFile
+	}
+	if err := RunInit(context.Background(), o); err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("init failed", "err", err)
+		return 1
+	}
+	return 0
 }
 
 func initMain(args []string) int {

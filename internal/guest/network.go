@@ -150,21 +150,24 @@ func applyNetwork(ctx context.Context, cfg agent.NetworkConfig, dev, etcDir stri
 	return dev, nil
 }
 
-// writeNetworkFiles writes resolv.conf, hostname and a hosts entry.
+// writeNetworkFiles writes resolv.conf, hostname and a hosts entry. Each
+// is replaced by a rename, never written in place, and not fsynced: every
+// boot writes them again from the kernel command line, and a fsync each
+// would sit on the boot's path to a ready agent.
 func writeNetworkFiles(cfg agent.NetworkConfig, etcDir string) error {
 	if len(cfg.DNS) > 0 {
 		var b strings.Builder
 		for _, d := range cfg.DNS {
 			fmt.Fprintf(&b, "nameserver %s\n", d)
 		}
-		if err := atomicWrite(filepath.Join(etcDir, "resolv.conf"), strings.NewReader(b.String()), 0o644, nil, true); err != nil {
+		if err := replaceFile(filepath.Join(etcDir, "resolv.conf"), b.String()); err != nil {
 			return fmt.Errorf("write resolv.conf: %w", err)
 		}
 	}
 	if cfg.Hostname == "" {
 		return nil
 	}
-	if err := atomicWrite(filepath.Join(etcDir, "hostname"), strings.NewReader(cfg.Hostname+"\n"), 0o644, nil, true); err != nil {
+	if err := replaceFile(filepath.Join(etcDir, "hostname"), cfg.Hostname+"\n"); err != nil {
 		return fmt.Errorf("write hostname: %w", err)
 	}
 	hosts := filepath.Join(etcDir, "hosts")
@@ -181,8 +184,29 @@ func writeNetworkFiles(cfg agent.NetworkConfig, etcDir string) error {
 		}
 	}
 	content := strings.TrimRight(string(old), "\n") + "\n127.0.1.1\t" + cfg.Hostname + "\n"
-	if err := atomicWrite(hosts, strings.NewReader(content), 0o644, nil, true); err != nil {
+	if err := replaceFile(hosts, content); err != nil {
 		return fmt.Errorf("write hosts: %w", err)
+	}
+	return nil
+}
+
+// replaceFile puts content at path (mode 0644) through a temporary file
+// and a rename, so a reader never sees half of it; a symlink at path (an
+// image's resolv.conf pointing at a resolver daemon's) is replaced too.
+func replaceFile(path, content string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, werr := tmp.WriteString(content)
+	cerr := tmp.Chmod(0o644)
+	if err := errors.Join(werr, cerr, tmp.Close()); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		os.Remove(tmp.Name())
+		return err
 	}
 	return nil
 }
@@ -220,43 +244,4 @@ func (s *Server) getNetwork(w http.ResponseWriter, r *http.Request) error {
 		return errNotFound("no network config recorded")
 	}
 	return writeJSON(w, http.StatusOK, cfg)
-}
-
-// parseKernelIP parses the kernel's ip= argument,
-// <client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>:<dns0>:<dns1>:<ntp0>,
-// into a config and the device name (possibly empty).
-func parseKernelIP(v string) (agent.NetworkConfig, string, error) {
-	f := strings.Split(v, ":")
-	get := func(i int) string {
-		if i < len(f) {
-			return f[i]
-		}
-		return ""
-	}
-	cfg := agent.NetworkConfig{IP: get(0), Gateway: get(2), Hostname: get(4)}
-	if _, err := netip.ParseAddr(cfg.IP); err != nil {
-		return cfg, "", fmt.Errorf("ip=: client address %q: %w", cfg.IP, err)
-	}
-	cfg.PrefixLen = 32
-	if m := get(3); m != "" {
-		mask, err := netip.ParseAddr(m)
-		if err != nil || !mask.Is4() {
-			return cfg, "", fmt.Errorf("ip=: netmask %q is not an IPv4 mask", m)
-		}
-		b := mask.As4()
-		ones, bits := net.IPv4Mask(b[0], b[1], b[2], b[3]).Size()
-		if bits == 0 {
-			return cfg, "", fmt.Errorf("ip=: netmask %q is not contiguous", m)
-		}
-		cfg.PrefixLen = ones
-	}
-	for _, d := range []string{get(7), get(8)} {
-		if d != "" {
-			cfg.DNS = append(cfg.DNS, d)
-		}
-	}
-	if err := validateNetwork(&cfg); err != nil {
-		return cfg, "", fmt.Errorf("ip=: %w", err)
-	}
-	return cfg, get(5), nil
 }

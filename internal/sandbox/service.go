@@ -579,7 +579,7 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 	}
 
 	err = p.step(StepLease, "", func(ctx context.Context) (string, error) {
-		l, err := s.st.AllocateLease(ctx, id, first, last, macFor)
+		l, err := s.st.AllocateLease(ctx, id, first, last, MACFor)
 		up.lease = l
 		return l.IP + " " + l.MAC, err
 	}, func(ctx context.Context) error {
@@ -771,9 +771,9 @@ func (s *Service) publish(ctx context.Context, typ string, sb store.Sandbox) {
 	}
 }
 
-// macFor derives a locally administered MAC from an IPv4 address, so each
+// MACFor derives a locally administered MAC from an IPv4 address, so each
 // leased address has its own MAC and the two never disagree.
-func macFor(ip netip.Addr) string {
+func MACFor(ip netip.Addr) string {
 	ip = ip.Unmap()
 	if !ip.Is4() {
 		return ""

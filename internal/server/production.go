@@ -95,6 +95,9 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 	case "firecracker":
 		fopts := firecracker.OptionsFromConfig(cfg)
 		fopts.Log = log
+		if err := firecracker.CheckKernel(fopts.Kernel, log); err != nil {
+			return none, sandbox.Inventory{}, err
+		}
 		d, err := firecracker.New(fopts)
 		if err != nil {
 			return none, sandbox.Inventory{}, err

@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"atelier/internal/bootcontract"
 )
 
 // Label is the ext4 volume label of the test image.
@@ -27,8 +29,9 @@ const Label = "atelier-test"
 // busybox, the agent and the files tests write.
 const DefaultSizeMB = 64
 
-// AgentPath is where the guest agent lives inside the image.
-const AgentPath = "/sbin/atelier-agent"
+// AgentPath is where the guest agent lives inside the image: the boot
+// contract's init path, so a VM guest's kernel starts it as PID 1.
+const AgentPath = bootcontract.InitPath
 
 // DevUID is the uid and gid of the image's unprivileged user "dev".
 const DevUID = 1000
@@ -42,6 +45,7 @@ const SuPath = "/bin/su"
 var Applets = []string{
 	"sh", "ls", "cat", "echo", "sleep", "ip", "ping", "wget", "mkdir", "rm", "env", "id",
 	"hostname", "kill", "ps", "true", "false", "touch", "httpd", "nc",
+	"df", "readlink", "uname", "date", "sync",
 }
 
 // busyboxPaths are where Debian's busybox-static puts the binary.

@@ -5,6 +5,9 @@
 // (hybrid vsock, guest CID 3), <id>.pid, <LogDir>/<id>.log and snapshots in
 // <SnapshotDir>. Each process runs in its own session and outlives the
 // manager; its pid file and command line let a restarted manager find it.
+// With a jailer configured each runs chrooted as a uid of its own (see
+// jail.go); the guest's command line is the boot contract's
+// (internal/bootcontract).
 package firecracker
 
 import (
@@ -19,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"atelier/internal/bootcontract"
 	"atelier/internal/config"
 	"atelier/internal/ids"
 	"atelier/internal/revert"
@@ -26,16 +30,8 @@ import (
 	"atelier/internal/sandbox"
 )
 
-// DefaultBootArgs is the kernel command line before the per-sandbox
-// network and DNS arguments.
-const DefaultBootArgs = "console=ttyS0 reboot=k panic=1 pci=off quiet loglevel=1 8250.nr_uarts=0 init=/sbin/atelier-init"
-
 // DefaultAgentPort is the guest vsock port of atelier-agent.
-const DefaultAgentPort = 9998
-
-// GuestCID is every guest's vsock context id; each VM has its own UDS, so
-// they need not differ.
-const GuestCID = 3
+const DefaultAgentPort = bootcontract.DefaultAgentPort
 
 // Device ids inside the guest.
 const (
@@ -67,7 +63,6 @@ const (
 	apiTimeout    = 10 * time.Second
 	callTimeout   = 10 * time.Second
 	runTimeout    = 10 * time.Second
-	stopGrace     = 5 * time.Second
 	killWait      = 5 * time.Second
 	logTailBytes  = 2048
 	snapshotPerms = 0o700
@@ -85,12 +80,23 @@ type Options struct {
 	LogDir string
 	// SnapshotDir holds <name>.snap and <name>.mem.
 	SnapshotDir string
-	// AgentPort is the guest vsock port of the agent (default 9998).
+	// AgentPort is the guest vsock port of the agent (default 9998); the
+	// guest learns it from the kernel command line.
 	AgentPort uint32
-	// BootArgs is the kernel command line before the network and DNS
-	// arguments (default DefaultBootArgs).
-	BootArgs string
-	Log      *slog.Logger
+	// Jailer, when set, starts every Firecracker through Firecracker's
+	// jailer (see jail.go); ChrootBase is its --chroot-base-dir, on the
+	// filesystem of SocketDir.
+	Jailer     string
+	ChrootBase string
+	// UIDBase: a jailed Firecracker runs as uid and gid UIDBase + the host
+	// part of its sandbox's address.
+	UIDBase uint32
+	// CgroupParent is the jailer's --parent-cgroup (default
+	// DefaultCgroupParent); CgroupVersion its --cgroup-version (0: the
+	// host's, see cgroupVersion).
+	CgroupParent  string
+	CgroupVersion int
+	Log           *slog.Logger
 }
 
 // OptionsFromConfig derives the production options.
@@ -107,7 +113,9 @@ func OptionsFromConfig(cfg *config.Config) Options {
 		LogDir:      cfg.Sandbox.LogDir,
 		SnapshotDir: filepath.Join(cfg.Sandbox.StateDir, "snapshots"),
 		AgentPort:   port,
-		BootArgs:    DefaultBootArgs,
+		Jailer:      fc.JailerPath,
+		ChrootBase:  fc.ChrootBaseDir,
+		UIDBase:     uint32(max(fc.JailerUIDBase, 0)),
 	}
 }
 
@@ -144,8 +152,28 @@ func New(opts Options) (*Driver, error) {
 	if len(opts.SocketDir)+restorePathExtra > maxSunPath {
 		return nil, fmt.Errorf("firecracker options: socket dir %q is too long for unix socket paths", opts.SocketDir)
 	}
-	if opts.BootArgs == "" {
-		opts.BootArgs = DefaultBootArgs
+	if opts.Jailer != "" {
+		if !filepath.IsAbs(opts.Jailer) || opts.ChrootBase == "" || !filepath.IsAbs(opts.ChrootBase) {
+			return nil, fmt.Errorf("firecracker options: jailer %q needs absolute paths for itself and its chroot base (%q)", opts.Jailer, opts.ChrootBase)
+		}
+		if opts.UIDBase == 0 || opts.UIDBase > 1<<32-1<<16 {
+			return nil, fmt.Errorf("firecracker options: jailer uid base %d leaves no room for 65536 unprivileged ids", opts.UIDBase)
+		}
+		if opts.CgroupVersion != 0 && opts.CgroupVersion != 1 && opts.CgroupVersion != 2 {
+			return nil, fmt.Errorf("firecracker options: cgroup version %d", opts.CgroupVersion)
+		}
+	}
+	if opts.ChrootBase != "" {
+		opts.ChrootBase = filepath.Clean(opts.ChrootBase)
+	}
+	if opts.CgroupParent == "" {
+		opts.CgroupParent = DefaultCgroupParent
+	}
+	// The jailer refuses anything but a relative path without "." or "..".
+	for _, c := range strings.Split(opts.CgroupParent, "/") {
+		if c == "" || c == "." || c == ".." {
+			return nil, fmt.Errorf("firecracker options: cgroup parent %q is not a relative path of plain names", opts.CgroupParent)
+		}
 	}
 	if opts.AgentPort == 0 {
 		opts.AgentPort = DefaultAgentPort
@@ -157,7 +185,7 @@ func New(opts Options) (*Driver, error) {
 		opts:      opts,
 		log:       opts.Log,
 		children:  map[int]chan struct{}{},
-		stopGrace: stopGrace,
+		stopGrace: bootcontract.ShutdownGrace,
 	}, nil
 }
 
@@ -206,7 +234,16 @@ func (d *Driver) Boot(ctx context.Context, inst sandbox.Instance) error {
 			log.Error("undo failed boot", "err", err)
 		}
 	}()
-	pid, err := d.launch(id, d.opts.SocketDir)
+	var js *jailSetup
+	if d.jailed() {
+		uid, err := d.jailID(inst)
+		if err != nil {
+			return fmt.Errorf("boot sandbox %s: %w", id, err)
+		}
+		js = &jailSetup{uid: uid, vcpus: inst.Vcpus, memMiB: inst.MemoryMB,
+			files: []jailFile{{src: inst.Disk, dst: jailDisk, writable: true}}}
+	}
+	pid, err := d.launch(id, d.opts.SocketDir, js)
 	if err != nil {
 		_ = d.removeFiles(id, true)
 		return fmt.Errorf("boot sandbox %s: %w", id, err)
@@ -218,16 +255,24 @@ func (d *Driver) Boot(ctx context.Context, inst sandbox.Instance) error {
 		what string
 		call func(context.Context) error
 	}{
-		{"wait for API", func(ctx context.Context) error { return d.waitAPI(ctx, c, pid) }},
+		{"wait for API", func(ctx context.Context) error { return d.waitAPI(ctx, c, pid, id, js) }},
 		{"machine config", func(ctx context.Context) error { return c.PutMachineConfiguration(ctx, plan.machine) }},
 		{"boot source", func(ctx context.Context) error { return c.PutGuestBootSource(ctx, plan.boot) }},
 		{"root drive", func(ctx context.Context) error { return c.PutGuestDriveByID(ctx, plan.rootfs) }},
 		{"network interface", func(ctx context.Context) error { return c.PutGuestNetworkInterfaceByID(ctx, plan.eth0) }},
-		{"vsock", func(ctx context.Context) error { return c.PutGuestVsock(ctx, plan.vsock) }},
+		{"vsock", func(ctx context.Context) error {
+			if err := c.PutGuestVsock(ctx, plan.vsock); err != nil {
+				return err
+			}
+			if js == nil {
+				return nil
+			}
+			return d.adoptSocket(id, plan.vsock.UDSPath, js.uid, d.vsockPath(id))
+		}},
 		{"start instance", func(ctx context.Context) error {
 			return c.CreateSyncAction(ctx, fcapi.InstanceActionInfo{ActionType: fcapi.ActionInstanceStart})
 		}},
-		{"wait until running", func(ctx context.Context) error { return d.waitState(ctx, c, pid, fcapi.StateRunning) }},
+		{"wait until running", func(ctx context.Context) error { return d.waitState(ctx, c, pid, id, fcapi.StateRunning) }},
 	}
 	for _, s := range steps {
 		if err := d.call(ctx, s.call); err != nil {
@@ -249,7 +294,7 @@ func (d *Driver) call(ctx context.Context, f func(context.Context) error) error 
 // withLogTail adds the end of Firecracker's log to err when the process
 // died: the log is removed by the revert, and it holds the reason.
 func (d *Driver) withLogTail(id string, pid int, err error) error {
-	if !d.exited(pid, d.apiSock(id)) {
+	if !d.exited(pid, id) {
 		return err
 	}
 	if tail := logTail(d.logPath(id), logTailBytes); tail != "" {
@@ -258,14 +303,20 @@ func (d *Driver) withLogTail(id string, pid int, err error) error {
 	return err
 }
 
-// waitAPI waits for the API socket to answer.
-func (d *Driver) waitAPI(ctx context.Context, c *fcapi.Client, pid int) error {
+// waitAPI waits for the API socket to answer. A jailed Firecracker makes
+// it in its jail; it is linked to the seed's path first.
+func (d *Driver) waitAPI(ctx context.Context, c *fcapi.Client, pid int, id string, js *jailSetup) error {
 	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
 	var last error
 	for {
-		if d.exited(pid, c.Socket()) {
+		if d.exited(pid, id) {
 			return errExited
+		}
+		if _, err := os.Stat(c.Socket()); err != nil && js != nil {
+			if err := d.adoptSocket(id, jailAPISock, js.uid, c.Socket()); err != nil && !errors.Is(err, errNotYet) {
+				return err
+			}
 		}
 		if _, err := os.Stat(c.Socket()); err == nil {
 			_, last = c.DescribeInstance(ctx)
@@ -285,7 +336,7 @@ func (d *Driver) waitAPI(ctx context.Context, c *fcapi.Client, pid int) error {
 }
 
 // waitState polls GET / until Firecracker reports want.
-func (d *Driver) waitState(ctx context.Context, c *fcapi.Client, pid int, want string) error {
+func (d *Driver) waitState(ctx context.Context, c *fcapi.Client, pid int, id, want string) error {
 	ctx, cancel := context.WithTimeout(ctx, runTimeout)
 	defer cancel()
 	for {
@@ -293,7 +344,7 @@ func (d *Driver) waitState(ctx context.Context, c *fcapi.Client, pid int, want s
 		if err == nil && info.State == want {
 			return nil
 		}
-		if d.exited(pid, c.Socket()) {
+		if d.exited(pid, id) {
 			return errExited
 		}
 		select {
@@ -348,7 +399,7 @@ func (d *Driver) shutdown(ctx context.Context, log *slog.Logger, id string, pid 
 		}
 		return c.CreateSyncAction(ctx, fcapi.InstanceActionInfo{ActionType: fcapi.ActionSendCtrlAltDel})
 	})
-	if err == nil && d.waitGone(pid, sock, d.stopGrace) {
+	if err == nil && d.waitGone(pid, id, d.stopGrace) {
 		return nil
 	}
 	if err != nil {
@@ -361,11 +412,10 @@ func (d *Driver) shutdown(ctx context.Context, log *slog.Logger, id string, pid 
 
 // terminate kills pid if it is still our firecracker and waits for it.
 func (d *Driver) terminate(id string, pid int) error {
-	sock := d.apiSock(id)
-	if err := d.kill(pid, sock); err != nil {
+	if err := d.kill(pid, id); err != nil {
 		return err
 	}
-	if !d.waitGone(pid, sock, killWait) {
+	if !d.waitGone(pid, id, killWait) {
 		return fmt.Errorf("firecracker %d still running after SIGKILL", pid)
 	}
 	return nil
@@ -377,8 +427,8 @@ func (d *Driver) teardown(id string, pid int) error {
 }
 
 // removeFiles removes the sandbox's runtime files in the seed's order
-// (socket, vsock, pid, log), then a leftover restore directory. Absent
-// files are success.
+// (socket, vsock, pid, log), then a leftover restore directory and the
+// jail. Absent files are success.
 func (d *Driver) removeFiles(id string, withLog bool) error {
 	paths := []string{d.apiSock(id), d.vsockPath(id), d.pidPath(id)}
 	if withLog {
@@ -392,6 +442,9 @@ func (d *Driver) removeFiles(id string, withLog bool) error {
 	}
 	if err := os.RemoveAll(d.restoreDir(id)); err != nil {
 		errs = append(errs, fmt.Errorf("remove restore dir: %w", err))
+	}
+	if err := d.removeJail(id); err != nil {
+		errs = append(errs, fmt.Errorf("remove jail: %w", err))
 	}
 	return errors.Join(errs...)
 }
@@ -426,25 +479,30 @@ func (d *Driver) Alive(ctx context.Context, id string) (bool, error) {
 	if !ok {
 		return false, nil
 	}
-	return d.owns(pid, d.apiSock(id)), nil
+	return d.owns(pid, id), nil
 }
 
-// List returns the ids that have a pid file, for reconciliation: each is
-// either running (Alive) or left over from a crash (Destroy or Stop it).
+// List returns the ids that have a pid file or a jail, for
+// reconciliation: each is either running (Alive) or left over from a
+// crash (Destroy or Stop it).
 func (d *Driver) List(ctx context.Context) ([]string, error) {
 	entries, err := os.ReadDir(d.opts.SocketDir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("list sandboxes: %w", err)
 	}
-	var out []string
+	seen := map[string]bool{}
 	for _, e := range entries {
 		id, found := strings.CutSuffix(e.Name(), ".pid")
 		if found && ids.ValidSandboxID(id) {
-			out = append(out, id)
+			seen[id] = true
 		}
+	}
+	for _, id := range d.jails() {
+		seen[id] = true
+	}
+	out := make([]string, 0, len(seen))
+	for id := range seen {
+		out = append(out, id)
 	}
 	sort.Strings(out)
 	return out, nil

@@ -3,6 +3,8 @@ package firecracker
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"atelier/internal/bootcontract"
 	"atelier/internal/config"
 	"atelier/internal/runtime/firecracker/fcapi"
 	"atelier/internal/runtime/firecracker/fctest"
@@ -57,7 +60,13 @@ func TestBootSendsTheSpecSequence(t *testing.T) {
 	}
 	bs := body(t, recs, "PUT", "/boot-source")
 	args, _ := bs["boot_args"].(string)
-	wantArgs := DefaultBootArgs + " ip=172.16.0.10::172.16.0.1:255.255.255.0::eth0:off atelier.dns=8.8.8.8,8.8.4.4"
+	wantArgs, err := bootcontract.Cmdline(bootcontract.Guest{
+		ID: idA, IP: netip.MustParseAddr("172.16.0.10"), Gateway: netip.MustParseAddr("172.16.0.1"), PrefixLen: 24,
+		DNS: []netip.Addr{netip.MustParseAddr("8.8.8.8"), netip.MustParseAddr("8.8.4.4")}, AgentPort: 9998,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if bs["kernel_image_path"] != e.opts.Kernel || args != wantArgs {
 		t.Errorf("boot-source = %v\nwant boot_args %q", bs, wantArgs)
 	}
@@ -338,6 +347,9 @@ func TestBootRejectsBadInput(t *testing.T) {
 		{"prefix", func(i *sandbox.Instance) { i.PrefixLen = 33 }, "prefix"},
 		{"mac", func(i *sandbox.Instance) { i.MAC = "06:00:ac:10:00" }, "mac"},
 		{"dns injection", func(i *sandbox.Instance) { i.DNS = []string{"8.8.8.8 init=/bin/sh"} }, "dns server"},
+		{"ipv6 dns", func(i *sandbox.Instance) { i.DNS = []string{"2606:4700:4700::1111"} }, "IPv4"},
+		{"three dns", func(i *sandbox.Instance) { i.DNS = []string{"1.1.1.1", "8.8.8.8", "9.9.9.9"} }, "dns servers"},
+		{"no dns", func(i *sandbox.Instance) { i.DNS = nil }, "dns servers"},
 		{"relative disk", func(i *sandbox.Instance) { i.Disk = "disk.ext4" }, "disk"},
 		{"link", func(i *sandbox.Instance) { i.Link = "tap a" }, "link"},
 	}
@@ -356,26 +368,47 @@ func TestBootRejectsBadInput(t *testing.T) {
 	}
 }
 
+// The command line is the boot contract's for the instance's lease, with
+// the configured agent port: the guest parses back what the driver meant.
 func TestBootArgs(t *testing.T) {
 	e := newEnv(t)
 	tests := []struct {
 		prefix int
 		dns    []string
-		want   string
+		port   uint32
 	}{
-		{24, []string{"8.8.8.8"}, " ip=172.16.0.10::172.16.0.1:255.255.255.0::eth0:off atelier.dns=8.8.8.8"},
-		{16, []string{"1.1.1.1", "2606:4700:4700::1111"}, " ip=172.16.0.10::172.16.0.1:255.255.0.0::eth0:off atelier.dns=1.1.1.1,2606:4700:4700::1111"},
-		{30, nil, " ip=172.16.0.10::172.16.0.1:255.255.255.252::eth0:off"},
+		{24, []string{"8.8.8.8"}, 0},
+		{16, []string{"1.1.1.1", "9.9.9.9"}, 10000},
+		{30, []string{"172.16.0.1"}, 0},
 	}
 	for _, tt := range tests {
 		inst := e.inst(idA)
 		inst.PrefixLen, inst.DNS = tt.prefix, tt.dns
-		p, err := e.d.plan(inst)
+		d := e.d
+		if tt.port != 0 {
+			o := e.opts
+			o.AgentPort = tt.port
+			var err error
+			if d, err = New(o); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p, err := d.plan(inst)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.boot.BootArgs != DefaultBootArgs+tt.want {
-			t.Errorf("/%d: boot args %q, want suffix %q", tt.prefix, p.boot.BootArgs, tt.want)
+		b, err := bootcontract.Parse(p.boot.BootArgs)
+		if err != nil {
+			t.Fatalf("guest cannot parse %q: %v", p.boot.BootArgs, err)
+		}
+		want := uint32(DefaultAgentPort)
+		if tt.port != 0 {
+			want = tt.port
+		}
+		if b.ID != idA || b.IP.String() != inst.IP || b.Gateway.String() != inst.Gateway || b.PrefixLen != tt.prefix ||
+			fmt.Sprint(b.DNS) != fmt.Sprint(tt.dns) || b.AgentPort != want || b.Init != bootcontract.InitPath ||
+			b.Hostname != bootcontract.Hostname(idA) {
+			t.Errorf("/%d %v: guest reads %+v from %q", tt.prefix, tt.dns, b, p.boot.BootArgs)
 		}
 	}
 }
@@ -592,7 +625,9 @@ func TestOptions(t *testing.T) {
 		LogDir:      "/var/log/sandbox",
 		SnapshotDir: "/var/lib/sandbox/snapshots",
 		AgentPort:   9998,
-		BootArgs:    DefaultBootArgs,
+		Jailer:      "/usr/local/bin/jailer",
+		ChrootBase:  "/var/lib/sandbox/jailer",
+		UIDBase:     900000,
 	}
 	if o != want {
 		t.Fatalf("OptionsFromConfig =\n%+v\nwant\n%+v", o, want)
@@ -605,6 +640,12 @@ func TestOptions(t *testing.T) {
 		func(o *Options) { o.Kernel = "vmlinux" },
 		func(o *Options) { o.SocketDir = "/" + strings.Repeat("x", 80) },
 		func(o *Options) { o.SnapshotDir = "" },
+		func(o *Options) { o.ChrootBase = "" },
+		func(o *Options) { o.Jailer = "jailer" },
+		func(o *Options) { o.UIDBase = 0 },
+		func(o *Options) { o.UIDBase = 1<<32 - 1 },
+		func(o *Options) { o.CgroupParent = "../escape" },
+		func(o *Options) { o.CgroupParent = "/abs" },
 	}
 	for i, mod := range bad {
 		o := want

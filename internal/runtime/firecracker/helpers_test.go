@@ -16,13 +16,19 @@ import (
 
 	"atelier/internal/runtime/firecracker/fctest"
 	"atelier/internal/sandbox"
+	"atelier/internal/vmtest"
 )
 
 // TestMain doubles as the fake firecracker: the driver under test starts
 // this test binary with fctest.EnvFake set.
 func TestMain(m *testing.M) {
 	fctest.MainIfFake()
-	os.Exit(m.Run())
+	code := m.Run()
+	vmtest.Cleanup()
+	if fcfake.dir != "" {
+		os.RemoveAll(fcfake.dir)
+	}
+	os.Exit(code)
 }
 
 const specPath = "testdata/firecracker-api-v1.14.1.yaml"

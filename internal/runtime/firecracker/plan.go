@@ -7,8 +7,8 @@ import (
 	"net/netip"
 	"path/filepath"
 	"regexp"
-	"strings"
 
+	"atelier/internal/bootcontract"
 	"atelier/internal/runtime/firecracker/fcapi"
 	"atelier/internal/sandbox"
 )
@@ -30,7 +30,8 @@ type bootPlan struct {
 
 // plan checks inst and builds its configuration. Everything that reaches
 // the kernel command line is parsed first, so no field can smuggle in
-// another boot argument (an init=, say).
+// another boot argument (an init=, say); the command line itself is
+// bootcontract.Cmdline's.
 func (d *Driver) plan(inst sandbox.Instance) (bootPlan, error) {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
@@ -58,14 +59,14 @@ func (d *Driver) plan(inst sandbox.Instance) (bootPlan, error) {
 	if err != nil || len(mac) != 6 {
 		bad("mac %q is not a 48-bit MAC address", inst.MAC)
 	}
-	dns := make([]string, 0, len(inst.DNS))
+	dns := make([]netip.Addr, 0, len(inst.DNS))
 	for _, s := range inst.DNS {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
 			bad("dns server %q is not an IP address", s)
 			continue
 		}
-		dns = append(dns, a.String())
+		dns = append(dns, a)
 	}
 	if err := checkDisk(inst.Disk); err != nil {
 		errs = append(errs, err)
@@ -76,25 +77,35 @@ func (d *Driver) plan(inst sandbox.Instance) (bootPlan, error) {
 	if len(errs) > 0 {
 		return bootPlan{}, errors.Join(errs...)
 	}
-
-	mask := net.IP(net.CIDRMask(inst.PrefixLen, 32)).String()
-	args := []string{d.opts.BootArgs, fmt.Sprintf("ip=%s::%s:%s::%s:off", ip, gw, mask, ifaceID)}
-	if len(dns) > 0 {
-		args = append(args, "atelier.dns="+strings.Join(dns, ","))
+	// The command line is the boot contract's, nobody else's.
+	args, err := bootcontract.Cmdline(bootcontract.Guest{
+		ID: inst.ID, IP: ip, Gateway: gw, PrefixLen: inst.PrefixLen, DNS: dns, AgentPort: d.opts.AgentPort,
+	})
+	if err != nil {
+		return bootPlan{}, err
+	}
+	kernel, disk := d.opts.Kernel, inst.Disk
+	if d.jailed() {
+		// The jailed Firecracker sees its jail as /.
+		kernel, disk = jailKernel, jailDisk
+		if _, err := d.jailID(inst); err != nil {
+			return bootPlan{}, err
+		}
 	}
 	return bootPlan{
 		machine: fcapi.MachineConfiguration{VcpuCount: inst.Vcpus, MemSizeMib: inst.MemoryMB},
-		boot:    fcapi.BootSource{KernelImagePath: d.opts.Kernel, BootArgs: strings.Join(args, " ")},
+		boot:    fcapi.BootSource{KernelImagePath: kernel, BootArgs: args},
 		rootfs: fcapi.Drive{
 			DriveID:      rootDriveID,
-			PathOnHost:   inst.Disk,
+			PathOnHost:   disk,
 			IsRootDevice: true,
 			IsReadOnly:   new(false),
 		},
 		eth0: fcapi.NetworkInterface{IfaceID: ifaceID, HostDevName: inst.Link, GuestMAC: mac.String()},
-		// Relative to the process's working directory (SocketDir), so the
-		// path a snapshot records can be bound elsewhere by a restore.
-		vsock: fcapi.Vsock{GuestCID: GuestCID, UDSPath: inst.ID + ".vsock"},
+		// Relative to the process's working directory (SocketDir, or the
+		// jail's root), so the path a snapshot records can be bound
+		// elsewhere by a restore.
+		vsock: fcapi.Vsock{GuestCID: bootcontract.GuestCID, UDSPath: inst.ID + ".vsock"},
 	}, nil
 }
 

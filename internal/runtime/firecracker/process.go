@@ -12,17 +12,29 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // errExited is a firecracker process that ended while we waited on it.
 var errExited = errors.New("firecracker process exited")
 
+// jailSetup is a jailed launch: the jailed uid/gid, the limits and what
+// goes into the jail besides the kernel and the log.
+type jailSetup struct {
+	uid           int
+	vcpus, memMiB int
+	files         []jailFile
+}
+
 // launch starts firecracker for id in dir (its working directory, against
-// which the relative vsock path resolves) and writes its pid file. The
-// process gets its own session, so neither a signal to the manager's
-// process group nor the manager's exit reaches it: the manager can be
-// restarted without stopping sandboxes. It is not tied to any context.
-func (d *Driver) launch(id, dir string) (int, error) {
+// which the relative vsock path resolves), through the jailer when js is
+// set (then the jail's root is the working directory), and writes its pid
+// file. The process gets its own session, so neither a signal to the
+// manager's process group nor the manager's exit reaches it: the manager
+// can be restarted without stopping sandboxes. It is not tied to any
+// context.
+func (d *Driver) launch(id, dir string, js *jailSetup) (int, error) {
 	sock, logPath := d.apiSock(id), d.logPath(id)
 	if err := os.MkdirAll(d.opts.SocketDir, 0o700); err != nil {
 		return 0, fmt.Errorf("create socket dir: %w", err)
@@ -51,11 +63,18 @@ func (d *Driver) launch(id, dir string) (int, error) {
 	}
 	defer devnull.Close()
 
-	cmd := exec.Command(d.opts.Binary,
+	argv := []string{d.opts.Binary,
 		"--api-sock", sock,
 		"--log-path", logPath,
 		"--level", "Warning",
-		"--id", id)
+		"--id", id}
+	if js != nil {
+		if err := d.prepareJail(id, js.uid, js.files); err != nil {
+			return 0, err
+		}
+		argv, dir = d.jailerArgs(id, js.uid, js.vcpus, js.memMiB), "/"
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	// Firecracker needs no environment; the manager's holds secrets.
 	cmd.Env = append([]string{}, d.env...)
@@ -112,41 +131,91 @@ func (d *Driver) readPIDFile(id string) (pid int, ok bool) {
 	return pid, true
 }
 
-// owns reports whether pid is a live firecracker serving this API socket.
-// A pid file can outlive its process and the pid can be reused by anything
-// (weak point 28), so the command line is the proof: a zombie or another
-// program, even another firecracker, does not match.
-func (d *Driver) owns(pid int, sock string) bool {
+// owns reports whether pid is a live firecracker (or the jailer about to
+// become one) of sandbox id. A pid file can outlive its process and the pid
+// can be reused by anything (weak point 28), so the command line is the
+// proof: a zombie or another program, even another firecracker, does not
+// match.
+func (d *Driver) owns(pid int, id string) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	if err != nil {
 		return false
 	}
-	return d.isOurCmdline(b, sock)
-}
-
-func (d *Driver) isOurCmdline(raw []byte, sock string) bool {
-	args := strings.Split(string(bytes.TrimRight(raw, "\x00")), "\x00")
-	if len(args) < 3 {
-		return false
-	}
-	base := filepath.Base(args[0])
-	if base != filepath.Base(d.opts.Binary) && !strings.HasPrefix(base, "firecracker") {
-		return false
-	}
-	for i := 1; i+1 < len(args); i++ {
-		if args[i] == "--api-sock" && args[i+1] == sock {
-			return true
+	switch d.cmdlineKind(b, id) {
+	case runDirect:
+		return true
+	case runJailer:
+		// Not chrooted yet: its chroot base says whose it is.
+		return d.opts.ChrootBase != "" && argValue(b, "--chroot-base-dir") == d.opts.ChrootBase
+	case runJailed:
+		// Every jailed firecracker has the same API socket path; its root
+		// being this driver's jail for id is the proof. The root is
+		// compared as a file, not a path: the real jailer pivots into the
+		// jail in a mount namespace of its own, where the path reads "/".
+		var proot, jail unix.Stat_t
+		if d.opts.ChrootBase == "" || unix.Stat("/proc/"+strconv.Itoa(pid)+"/root", &proot) != nil ||
+			unix.Stat(d.chrootDir(id), &jail) != nil {
+			return false
 		}
+		return proot.Dev == jail.Dev && proot.Ino == jail.Ino
 	}
 	return false
+}
+
+// How a process runs a sandbox's firecracker.
+type runKind int
+
+const (
+	runNone   runKind = iota
+	runDirect         // firecracker --api-sock <SocketDir>/<id>.sock
+	runJailer         // the jailer, before it becomes firecracker
+	runJailed         // firecracker in its jail
+)
+
+// cmdlineKind recognises both ways a sandbox's firecracker runs, whatever
+// the current configuration (a manager restarted with the jailer turned
+// on must still find the firecrackers it started without): directly, with
+// --api-sock <SocketDir>/<id>.sock, or jailed, with --id <id> and the
+// jail's API socket path.
+func (d *Driver) cmdlineKind(raw []byte, id string) runKind {
+	args := strings.Split(string(bytes.TrimRight(raw, "\x00")), "\x00")
+	if len(args) < 3 {
+		return runNone
+	}
+	base := filepath.Base(args[0])
+	jailer := d.opts.Jailer != "" && base == filepath.Base(d.opts.Jailer) || strings.HasPrefix(base, "jailer")
+	if !jailer && base != filepath.Base(d.opts.Binary) && base != d.execName() && !strings.HasPrefix(base, "firecracker") {
+		return runNone
+	}
+	sock, fid := argValue(raw, "--api-sock"), argValue(raw, "--id")
+	switch {
+	case sock == d.apiSock(id) && !jailer:
+		return runDirect
+	case fid == id && sock == jailAPISock && jailer:
+		return runJailer
+	case fid == id && sock == jailAPISock:
+		return runJailed
+	}
+	return runNone
+}
+
+// argValue is the value after the first occurrence of flag in a NUL-
+// separated command line.
+func argValue(raw []byte, flag string) string {
+	args := strings.Split(string(bytes.TrimRight(raw, "\x00")), "\x00")
+	for i := 1; i+1 < len(args); i++ {
+		if args[i] == flag {
+			return args[i+1]
+		}
+	}
+	return ""
 }
 
 // find returns the live firecracker of id: the one its pid file names or,
 // when that is gone or stale, one found by its command line, so a process
 // whose pid file was lost is still stopped rather than leaked.
 func (d *Driver) find(id string) (int, bool) {
-	sock := d.apiSock(id)
-	if pid, ok := d.readPIDFile(id); ok && d.owns(pid, sock) {
+	if pid, ok := d.readPIDFile(id); ok && d.owns(pid, id) {
 		return pid, true
 	}
 	entries, err := os.ReadDir("/proc")
@@ -159,7 +228,7 @@ func (d *Driver) find(id string) (int, bool) {
 		if err != nil || pid == self {
 			continue
 		}
-		if d.owns(pid, sock) {
+		if d.owns(pid, id) {
 			return pid, true
 		}
 	}
@@ -170,13 +239,13 @@ func (d *Driver) find(id string) (int, bool) {
 // pid still is our firecracker. The check is made while holding a pidfd
 // (os.FindProcess opens one on Linux), so the signal cannot reach a process
 // that took the pid over after the check.
-func (d *Driver) kill(pid int, sock string) error {
+func (d *Driver) kill(pid int, id string) error {
 	p, err := os.FindProcess(pid)
 	if err != nil {
 		return nil
 	}
 	defer p.Release()
-	if !d.owns(pid, sock) {
+	if !d.owns(pid, id) {
 		return nil
 	}
 	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -189,7 +258,7 @@ func (d *Driver) kill(pid int, sock string) error {
 }
 
 // exited reports, without waiting, whether pid is no longer our firecracker.
-func (d *Driver) exited(pid int, sock string) bool {
+func (d *Driver) exited(pid int, id string) bool {
 	d.mu.Lock()
 	ch, child := d.children[pid]
 	d.mu.Unlock()
@@ -201,13 +270,13 @@ func (d *Driver) exited(pid int, sock string) bool {
 			return false
 		}
 	}
-	return !d.owns(pid, sock)
+	return !d.owns(pid, id)
 }
 
 // waitGone waits up to timeout for pid to stop being our firecracker. Our
 // own children are waited on until reaped; others (started before a
 // manager restart) are polled.
-func (d *Driver) waitGone(pid int, sock string, timeout time.Duration) bool {
+func (d *Driver) waitGone(pid int, id string, timeout time.Duration) bool {
 	d.mu.Lock()
 	ch, child := d.children[pid]
 	d.mu.Unlock()
@@ -224,12 +293,12 @@ func (d *Driver) waitGone(pid int, sock string, timeout time.Duration) bool {
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	for {
-		if !d.owns(pid, sock) {
+		if !d.owns(pid, id) {
 			return true
 		}
 		select {
 		case <-t.C:
-			return !d.owns(pid, sock)
+			return !d.owns(pid, id)
 		case <-tick.C:
 		}
 	}

@@ -62,7 +62,7 @@ func (d *Driver) setVMState(ctx context.Context, id, state string) error {
 // running returns a client for the sandbox's live firecracker.
 func (d *Driver) running(id string) (*fcapi.Client, error) {
 	pid, ok := d.readPIDFile(id)
-	if !ok || !d.owns(pid, d.apiSock(id)) {
+	if !ok || !d.owns(pid, id) {
 		return nil, ErrNotRunning
 	}
 	return fcapi.New(d.apiSock(id)), nil
@@ -104,12 +104,20 @@ func (d *Driver) Snapshot(ctx context.Context, id, name string) (err error) {
 		}
 	}()
 	// Writing guest memory takes time proportional to its size: no fixed
-	// bound here, the caller's context decides.
-	err = c.CreateSnapshot(ctx, fcapi.SnapshotCreateParams{
-		SnapshotPath: partState,
-		MemFilePath:  partMem,
-		SnapshotType: fcapi.SnapshotFull,
-	})
+	// bound here, the caller's context decides. A jailed Firecracker
+	// writes in its jail; the files are copied out, so that the jailed user
+	// cannot change them afterwards.
+	target := fcapi.SnapshotCreateParams{SnapshotPath: partState, MemFilePath: partMem, SnapshotType: fcapi.SnapshotFull}
+	if d.jailed() {
+		target.SnapshotPath, target.MemFilePath = jailState, jailMem
+	}
+	err = c.CreateSnapshot(ctx, target)
+	if err == nil && d.jailed() {
+		err = errors.Join(d.takeFromJail(id, jailMem, partMem), d.takeFromJail(id, jailState, partState))
+		for _, p := range []string{jailMem, jailState} {
+			_ = removeFile(filepath.Join(d.chrootDir(id), p))
+		}
+	}
 	if err == nil {
 		err = os.Rename(partMem, mem)
 	}
@@ -166,16 +174,34 @@ func (d *Driver) Restore(ctx context.Context, inst sandbox.Instance, name string
 			log.Error("undo failed restore", "err", err)
 		}
 	}()
+	// A jailed restore runs in a fresh jail, which is its own empty
+	// working directory; the snapshot and the disk are put into it.
+	var js *jailSetup
 	dir := d.restoreDir(id)
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("restore sandbox %s: clear restore dir: %w", id, err)
+	loadState, loadMem := state, mem
+	if d.jailed() {
+		uid, err := d.jailID(inst)
+		if err != nil {
+			return fmt.Errorf("restore sandbox %s: %w", id, err)
+		}
+		unlockSnap := d.locks.lock(snapshotLock(name))
+		js = &jailSetup{uid: uid, vcpus: inst.Vcpus, memMiB: inst.MemoryMB, files: []jailFile{
+			{src: inst.Disk, dst: jailDisk, writable: true}, {src: state, dst: jailState}, {src: mem, dst: jailMem},
+		}}
+		dir, loadState, loadMem = "", jailState, jailMem
+		defer unlockSnap()
+	} else {
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("restore sandbox %s: clear restore dir: %w", id, err)
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("restore sandbox %s: create restore dir: %w", id, err)
+		}
+		r.Add(func() error { return os.RemoveAll(dir) })
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("restore sandbox %s: create restore dir: %w", id, err)
-	}
-	r.Add(func() error { return os.RemoveAll(dir) })
-	pid, err := d.launch(id, dir)
+	pid, err := d.launch(id, dir, js)
 	if err != nil {
+		_ = d.removeFiles(id, true)
 		return fmt.Errorf("restore sandbox %s: %w", id, err)
 	}
 	r.Add(func() error { return d.teardown(id, pid) })
@@ -185,21 +211,23 @@ func (d *Driver) Restore(ctx context.Context, inst sandbox.Instance, name string
 		what string
 		call func(context.Context) error
 	}{
-		{"wait for API", func(ctx context.Context) error { return d.waitAPI(ctx, c, pid) }},
+		{"wait for API", func(ctx context.Context) error { return d.waitAPI(ctx, c, pid, id, js) }},
 		{"load snapshot", func(ctx context.Context) error {
-			unlock := d.locks.lock(snapshotLock(name))
-			defer unlock()
+			if js == nil {
+				unlock := d.locks.lock(snapshotLock(name))
+				defer unlock()
+			}
 			return c.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{
-				SnapshotPath: state,
-				MemBackend:   &fcapi.MemoryBackend{BackendType: fcapi.BackendFile, BackendPath: mem},
+				SnapshotPath: loadState,
+				MemBackend:   &fcapi.MemoryBackend{BackendType: fcapi.BackendFile, BackendPath: loadMem},
 				// Paused until the disk is this sandbox's.
 				ResumeVM:         false,
 				NetworkOverrides: []fcapi.NetworkOverride{{IfaceID: ifaceID, HostDevName: inst.Link}},
 			})
 		}},
-		{"adopt devices", func(ctx context.Context) error { return d.adoptDevices(ctx, c, inst, dir) }},
+		{"adopt devices", func(ctx context.Context) error { return d.adoptDevices(ctx, c, inst, dir, js) }},
 		{"resume", func(ctx context.Context) error { return c.PatchVM(ctx, fcapi.Vm{State: fcapi.VMResumed}) }},
-		{"wait until running", func(ctx context.Context) error { return d.waitState(ctx, c, pid, fcapi.StateRunning) }},
+		{"wait until running", func(ctx context.Context) error { return d.waitState(ctx, c, pid, id, fcapi.StateRunning) }},
 	}
 	for _, s := range steps {
 		if err := d.call(ctx, s.call); err != nil {
@@ -208,17 +236,19 @@ func (d *Driver) Restore(ctx context.Context, inst sandbox.Instance, name string
 	}
 	// The directory is empty once the vsock moved out; it only served as
 	// the working directory for the load.
-	if err := os.Remove(dir); err != nil {
-		log.Warn("remove restore dir", "err", err)
+	if js == nil {
+		if err := os.Remove(dir); err != nil {
+			log.Warn("remove restore dir", "err", err)
+		}
 	}
 	r.Success()
 	log.Info("firecracker restored", "pid", pid, "snapshot", name, "duration", time.Since(start))
 	return nil
 }
 
-// adoptDevices moves the restored vsock socket to the sandbox's path and
-// points the root drive at the sandbox's disk.
-func (d *Driver) adoptDevices(ctx context.Context, c *fcapi.Client, inst sandbox.Instance, dir string) error {
+// adoptDevices moves (jailed: links) the restored vsock socket to the
+// sandbox's path and points the root drive at the sandbox's disk.
+func (d *Driver) adoptDevices(ctx context.Context, c *fcapi.Client, inst sandbox.Instance, dir string, js *jailSetup) error {
 	cfg, err := c.GetExportVMConfig(ctx)
 	if err != nil {
 		return err
@@ -229,17 +259,23 @@ func (d *Driver) adoptDevices(ctx context.Context, c *fcapi.Client, inst sandbox
 	if filepath.IsAbs(cfg.Vsock.UDSPath) {
 		return fmt.Errorf("snapshot binds its vsock at the absolute path %s, which every restore would share", cfg.Vsock.UDSPath)
 	}
-	if err := os.Rename(filepath.Join(dir, cfg.Vsock.UDSPath), d.vsockPath(inst.ID)); err != nil {
+	disk := inst.Disk
+	if js != nil {
+		disk = jailDisk
+		if err := d.adoptSocket(inst.ID, cfg.Vsock.UDSPath, js.uid, d.vsockPath(inst.ID)); err != nil {
+			return fmt.Errorf("adopt vsock socket: %w", err)
+		}
+	} else if err := os.Rename(filepath.Join(dir, cfg.Vsock.UDSPath), d.vsockPath(inst.ID)); err != nil {
 		return fmt.Errorf("move vsock socket: %w", err)
 	}
 	for _, drv := range cfg.Drives {
 		if drv.DriveID != rootDriveID {
 			continue
 		}
-		if drv.PathOnHost == inst.Disk {
+		if drv.PathOnHost == disk {
 			return nil
 		}
-		return c.PatchGuestDriveByID(ctx, fcapi.PartialDrive{DriveID: rootDriveID, PathOnHost: inst.Disk})
+		return c.PatchGuestDriveByID(ctx, fcapi.PartialDrive{DriveID: rootDriveID, PathOnHost: disk})
 	}
 	return fmt.Errorf("snapshot has no %s drive", rootDriveID)
 }

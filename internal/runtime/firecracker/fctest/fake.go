@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,6 +33,16 @@ const (
 	EnvFail = "FCTEST_FAIL"
 	// EnvIgnoreCtrlAltDel set to "1" models a guest that ignores SendCtrlAltDel.
 	EnvIgnoreCtrlAltDel = "FCTEST_IGNORE_CTRLALTDEL"
+	// EnvSpecFD and EnvRecordFD replace EnvSpec and EnvRecordDir for a fake
+	// started by the fake jailer: inside its chroot those paths do not
+	// exist, so the jailer hands it open files instead.
+	EnvSpecFD   = "FCTEST_SPEC_FD"
+	EnvRecordFD = "FCTEST_RECORD_FD"
+	// EnvHostileVsock set to "1" models a Firecracker taken over by its
+	// guest: instead of binding the vsock socket it plants a symlink there
+	// pointing at the path in the variable's place (EnvHostileTarget).
+	EnvHostileVsock  = "FCTEST_HOSTILE_VSOCK"
+	EnvHostileTarget = "FCTEST_HOSTILE_TARGET"
 )
 
 // maxLifetime bounds a fake that nobody stops: it runs in its own session,
@@ -68,6 +79,10 @@ func RunFake(args []string) int {
 	id := fs.String("id", "anonymous-instance", "microVM id")
 	logPath := fs.String("log-path", "", "log file")
 	level := fs.String("level", "Info", "log level")
+	// What the jailer passes along.
+	fs.Uint64("start-time-us", 0, "jailer start time")
+	fs.Uint64("start-time-cpu-us", 0, "jailer start CPU time")
+	fs.Uint64("parent-cpu-time-us", 0, "jailer CPU time")
 	if err := fs.Parse(args); err != nil {
 		return 1
 	}
@@ -93,7 +108,13 @@ func RunFake(args []string) int {
 		logf("Invalid value for level: %q", *level)
 		return 1
 	}
-	spec, err := LoadSpec(os.Getenv(EnvSpec))
+	var spec *Spec
+	var err error
+	if fd := os.Getenv(EnvSpecFD); fd != "" {
+		spec, err = specFromFD(fd)
+	} else {
+		spec, err = LoadSpec(os.Getenv(EnvSpec))
+	}
 	if err != nil {
 		logf("fctest: %v", err)
 		return 1
@@ -103,12 +124,19 @@ func RunFake(args []string) int {
 	srv := NewServer(spec, *apiSock)
 	srv.ID = *id
 	srv.IgnoreCtrlAltDel = os.Getenv(EnvIgnoreCtrlAltDel) == "1"
-	if dir := os.Getenv(EnvRecordDir); dir != "" {
-		rec, err := os.OpenFile(filepath.Join(dir, *id+".jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
+	if os.Getenv(EnvHostileVsock) == "1" {
+		srv.HostileVsockTarget = os.Getenv(EnvHostileTarget)
+	}
+	var rec *os.File
+	if fd := os.Getenv(EnvRecordFD); fd != "" {
+		rec = fileFromFD(fd, "record")
+	} else if dir := os.Getenv(EnvRecordDir); dir != "" {
+		if rec, err = os.OpenFile(filepath.Join(dir, *id+".jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err != nil {
 			logf("fctest: open request record: %v", err)
 			return 1
 		}
+	}
+	if rec != nil {
 		defer rec.Close()
 		var mu sync.Mutex
 		pid := os.Getpid()
@@ -144,6 +172,27 @@ func RunFake(args []string) int {
 	defer cancel()
 	_ = srv.Shutdown(ctx)
 	return code
+}
+
+func fileFromFD(fd, name string) *os.File {
+	n, err := strconv.Atoi(fd)
+	if err != nil || n < 3 {
+		return nil
+	}
+	return os.NewFile(uintptr(n), name)
+}
+
+func specFromFD(fd string) (*Spec, error) {
+	f := fileFromFD(fd, "spec")
+	if f == nil {
+		return nil, fmt.Errorf("bad %s %q", EnvSpecFD, fd)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("read spec: %w", err)
+	}
+	return ParseSpec(b)
 }
 
 func containsFold(list []string, s string) bool {

@@ -103,6 +103,11 @@ type Server struct {
 	// IgnoreCtrlAltDel models a guest that does not shut down on
 	// SendCtrlAltDel.
 	IgnoreCtrlAltDel bool
+	// HostileVsockTarget, when set, models a Firecracker its guest has
+	// taken over: PUT /vsock plants a symlink to this path where the
+	// socket belongs (and binds its real socket beside it, so the request
+	// succeeds).
+	HostileVsockTarget string
 	// OnRequest, when set, sees every logged request, in order.
 	OnRequest func(Request)
 
@@ -385,7 +390,7 @@ func (s *Server) apply(op *Operation, params map[string]string, doc map[string]a
 	case "putGuestBootSource":
 		for _, f := range []struct{ key, what string }{{"kernel_image_path", "kernel"}, {"initrd_path", "initrd"}} {
 			if p, set := doc[f.key].(string); set {
-				if _, err := os.Stat(s.abs(p)); err != nil {
+				if err := canOpen(s.abs(p), os.O_RDONLY); err != nil {
 					return fail(http.StatusBadRequest, "The %s file cannot be opened: %v", f.what, err)
 				}
 			}
@@ -510,7 +515,11 @@ func (s *Server) putDrive(id string, doc map[string]any) result {
 		return fail(http.StatusBadRequest, msgIDMismatch)
 	}
 	if p, set := doc["path_on_host"].(string); set {
-		if _, err := os.Stat(s.abs(p)); err != nil {
+		flag := os.O_RDWR
+		if ro, _ := doc["is_read_only"].(bool); ro {
+			flag = os.O_RDONLY
+		}
+		if err := canOpen(s.abs(p), flag); err != nil {
 			return fail(http.StatusBadRequest, "Unable to open the block device backing file: %v", err)
 		}
 	}
@@ -596,6 +605,12 @@ func (s *Server) putVsock(doc map[string]any) result {
 // then the stand-in writes its instance id and a newline and hangs up, so a
 // test can tell which process answered.
 func (s *Server) bindVsock(path string) (net.Listener, error) {
+	if s.HostileVsockTarget != "" {
+		if err := os.Symlink(s.HostileVsockTarget, s.abs(path)); err != nil {
+			return nil, err
+		}
+		path += ".hidden"
+	}
 	ln, err := listenUnix(s.abs(path))
 	if err != nil {
 		return nil, err
@@ -768,6 +783,16 @@ func orEmpty(l []map[string]any) []map[string]any {
 		return []map[string]any{}
 	}
 	return l
+}
+
+// canOpen opens path as Firecracker would, so that permissions count:
+// a jailed Firecracker runs as its own uid.
+func canOpen(path string, flag int) error {
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 func (s *Server) abs(p string) string {
