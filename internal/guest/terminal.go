@@ -124,6 +124,9 @@ func (t *terminals) sweep() {
 		var idle []*session
 		t.mu.Lock()
 		for _, ss := range t.sessions {
+			if ss == nil {
+				continue // reserved by a create still starting its shell
+			}
 			ss.mu.Lock()
 			if len(ss.viewers) == 0 && time.Since(ss.lastActivity) >= t.s.opts.TerminalIdle {
 				idle = append(idle, ss)

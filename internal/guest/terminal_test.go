@@ -230,3 +230,21 @@ func TestByteRing(t *testing.T) {
 		})
 	}
 }
+
+// TestTerminalIdleSweepSkipsReservations: a create reserves its id with a nil
+// session while its shell starts; a sweep in that window must skip it, not
+// dereference it (it panicked the agent under load).
+func TestTerminalIdleSweepSkipsReservations(t *testing.T) {
+	s := NewServer(Options{SandboxID: "sbx123", TerminalIdle: 10 * time.Millisecond, LogDir: t.TempDir()})
+	defer s.terms.closeAll()
+	s.terms.mu.Lock()
+	s.terms.sessions["reserved"] = nil
+	s.terms.mu.Unlock()
+	time.Sleep(3 * minSweepEvery)
+	s.terms.mu.Lock()
+	_, ok := s.terms.sessions["reserved"]
+	s.terms.mu.Unlock()
+	if !ok {
+		t.Fatal("the sweep dropped a reservation")
+	}
+}
