@@ -286,3 +286,20 @@ func joinKey(prefix, name string) string {
 	}
 	return prefix + "." + name
 }
+
+// KeyKind returns the kind of a settable key's value (reflect.String, Int,
+// Bool or Slice of strings) and whether the key exists; `atelier config
+// set` parses a value by it.
+func KeyKind(key string) (reflect.Kind, bool) {
+	l, ok := leafByKey(key)
+	if !ok {
+		return reflect.Invalid, false
+	}
+	return l.typ.Kind(), true
+}
+
+// KeyEnv returns the environment variable of a key, "" when it has none.
+func KeyEnv(key string) string { return envFor(key) }
+
+// KeyDerived reports whether a key is always derived from others.
+func KeyDerived(key string) bool { return ruleFor(key).derived }
