@@ -138,14 +138,7 @@ func Run(ctx context.Context, cfg *config.Config, h Host) Report {
 
 	release, kerr := h.KernelRelease()
 	kvmOK, kvmDetail := KVMWorks(h.KVM)
-	switch {
-	case h.Runtime != "":
-		rep.Runtime, rep.RuntimeReason = h.Runtime, "chosen by the operator"
-	case kvmOK:
-		rep.Runtime, rep.RuntimeReason = "firecracker", "KVM works: "+kvmDetail
-	default:
-		rep.Runtime, rep.RuntimeReason = "container", "no usable KVM ("+kvmDetail+"): sandboxes are runc containers, container-grade isolation rather than VM-grade"
-	}
+	rep.Runtime, rep.RuntimeReason = PickRuntime(h)
 
 	add(kernelCheck(release, kerr, rep.Runtime))
 	kvm := Result{Name: "kvm", Status: OK, Detail: kvmDetail}
@@ -174,6 +167,20 @@ func Run(ctx context.Context, cfg *config.Config, h Host) Report {
 	}
 	rep.Results = append(rep.Results, dnsChecks(ctx, cfg, h)...)
 	return rep
+}
+
+// PickRuntime is firecracker when KVM works, else container, and why;
+// h.Runtime, when set, wins.
+func PickRuntime(h Host) (runtime, reason string) {
+	h.defaults()
+	if h.Runtime != "" {
+		return h.Runtime, "chosen by the operator"
+	}
+	if ok, detail := KVMWorks(h.KVM); ok {
+		return "firecracker", "KVM works: " + detail
+	} else {
+		return "container", "no usable KVM (" + detail + "): sandboxes are runc containers, container-grade isolation rather than VM-grade"
+	}
 }
 
 // KVMWorks opens path and asks for KVM's API version, which must be 12 (the
