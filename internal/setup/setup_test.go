@@ -155,7 +155,9 @@ func TestInitTwice(t *testing.T) {
 	useradd := func(name, comment string) hostcmdtest.Step {
 		return hostcmdtest.Cmd("/usr/sbin/useradd", "--prefix", root, "--system", "--user-group", "--no-create-home",
 			"--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "--comment", comment, "--", name).
-			Then(func() { appendFile(t, filepath.Join(root, "etc/passwd"), name+":x:999:999::/nonexistent:/usr/sbin/nologin\n") })
+			Then(func() {
+				appendFile(t, filepath.Join(root, "etc/passwd"), name+":x:999:999::/nonexistent:/usr/sbin/nologin\n")
+			})
 	}
 	units := systemd.AllUnits
 	r1 := hostcmdtest.New(t,
