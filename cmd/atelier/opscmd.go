@@ -7,7 +7,7 @@ import "github.com/spf13/cobra"
 // start|stop|restart|logs, config set) on the root, beside the existing
 // manager and config commands.
 func addOpsCommands(g *globals, root *cobra.Command) {
-	root.AddCommand(newVersionCmd(g), newMigrateCmd(g), newBackupCmd(g), newRestoreCmd(g), newUpdateCmd(g))
+	root.AddCommand(newInitCmd(g), newDoctorCmd(g), newUninstallCmd(g), newVersionCmd(g), newMigrateCmd(g), newBackupCmd(g), newRestoreCmd(g), newUpdateCmd(g), newDeployCmd(g))
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "manager":
