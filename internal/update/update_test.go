@@ -180,6 +180,14 @@ func TestUpdateEndToEnd(t *testing.T) {
 	if err != nil || sb.Status != "running" {
 		t.Fatalf("create: %+v %v", sb, err)
 	}
+	var pid int
+	// Last resort when the manager cannot destroy it: the agent is this
+	// test's process and must not outlive it.
+	t.Cleanup(func() {
+		if pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
 	t.Cleanup(func() { _ = c.DeleteSandbox(context.Background(), sb.ID) })
 	agentPID := func() int {
 		t.Helper()
@@ -193,7 +201,7 @@ func TestUpdateEndToEnd(t *testing.T) {
 		}
 		return pid
 	}
-	pid := agentPID()
+	pid = agentPID()
 	// The agent must be alive at every moment of both updates.
 	stop := make(chan struct{})
 	var gaps []string
