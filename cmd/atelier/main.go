@@ -48,6 +48,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.token, "token", os.Getenv("ATELIER_TOKEN"), "API token (env ATELIER_TOKEN)")
 	pf.BoolVar(&g.json, "json", false, "print JSON instead of a table")
 	root.AddCommand(newServeCmd(g), newConfigCmd(g), newSandboxCmd(g), newManagerCmd(g), newStorageCmd(g), newNetworkCmd(g), newDebugVMCmd(g), newAgentCmd(), newRegistryCmd(g), newImagesCmd(g))
+	addOpsCommands(g, root)
 	return root
 }
 

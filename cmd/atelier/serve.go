@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -16,6 +18,7 @@ import (
 
 func newServeCmd(g *globals) *cobra.Command {
 	var noSocket, listenAny bool
+	var logFormat string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the manager: API, edge and SSH proxy",
@@ -34,9 +37,13 @@ func newServeCmd(g *globals) *cobra.Command {
 				}
 				cfg.Server.AllowRemoteMock = true
 			}
-			level := new(slog.LevelVar)
-			_ = level.UnmarshalText([]byte(cfg.Server.LogLevel))
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			if logFormat != "" {
+				cfg.Server.LogFormat = logFormat
+			}
+			log, err := newLogger(os.Stderr, cfg.Server.LogLevel, cfg.Server.LogFormat)
+			if err != nil {
+				return err
+			}
 			slog.SetDefault(log)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -51,10 +58,26 @@ func newServeCmd(g *globals) *cobra.Command {
 			return srv.Serve(ctx)
 		},
 	}
+	cmd.Flags().StringVar(&logFormat, "log-format", "", "text or json (default server.logFormat); the systemd unit uses json for the journal")
 	cmd.Flags().BoolVar(&noSocket, "no-socket", false, "do not open the root-only unix socket")
 	cmd.Flags().BoolVar(&listenAny, "insecure-mock-listen-any", false,
 		"mock mode: listen on server.host even beyond loopback (same as server.allowRemoteMock / ATELIER_ALLOW_REMOTE_MOCK=true). "+
 			"Mock mode has no login: anyone who reaches the ports can run commands as you")
 	cmd.SetContext(context.Background())
 	return cmd
+}
+
+// newLogger is the manager's slog: text for a terminal, or one JSON object
+// per line for the journal.
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	lv := new(slog.LevelVar)
+	_ = lv.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: must be text or json", format)
 }

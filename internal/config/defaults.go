@@ -55,6 +55,7 @@ func defaults() *Config {
 			SpawnConcurrency: 8,
 			DataDir:          "/var/lib/atelier",
 			LogLevel:         "info",
+			LogFormat:        "text",
 		},
 		// With server.maxSandboxes at 20, four users can run at once
 		// before one can be refused; ten sandboxes of the 5 GiB dev-base

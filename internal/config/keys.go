@@ -58,6 +58,7 @@ var envTable = []EnvVar{
 	{Name: "ATELIER_SOCKET_PATH", Key: "server.socketPath", Description: "Root-only unix socket for the server CLI; empty means {dataDir}/atelier.sock."},
 	{Name: "ATELIER_ALLOW_REMOTE_MOCK", Key: "server.allowRemoteMock", Description: "Mock mode only: let the manager, edge and SSH proxy listen on server.host even when it is not loopback. Mock mode has no login and runs every command as your user on this machine, so anyone who reaches these ports gets a shell; leave false unless the network is yours alone."},
 	{Name: "ATELIER_LOG_LEVEL", Key: "server.logLevel", Description: "Log level: debug, info, warn or error."},
+	{Name: "ATELIER_LOG_FORMAT", Key: "server.logFormat", Description: "Log format of the manager: text, or json (one object per line; the systemd unit passes serve --log-format json for the journal)."},
 	{Name: "ATELIER_QUOTA_RUNNING_PER_USER", Key: "quotas.runningPerUser", Description: "Most sandboxes one user may have creating, starting, running or stopping; 0 means unlimited."},
 	{Name: "ATELIER_QUOTA_SANDBOXES_PER_USER", Key: "quotas.sandboxesPerUser", Description: "Most sandboxes one user may have in any state (a stopped one keeps its disk and IP address); 0 means unlimited."},
 	{Name: "ATELIER_QUOTA_DISK_GB_PER_USER", Key: "quotas.diskGbPerUser", Description: "Most GiB of sandbox disk one user may hold, summing each disk's virtual size (its image's size); 0 means unlimited."},
@@ -81,6 +82,7 @@ var envTable = []EnvVar{
 	{Name: "ATELIER_BROWSER_PORT", Key: "advanced.vm.browser.port", Description: "Browser (KasmVNC websocket) port inside the guest."},
 	{Name: "ATELIER_TERMINAL_PORT", Key: "advanced.vm.terminal.port", Description: "Terminal websocket port inside the guest."},
 	{Name: "ATELIER_AGENT_PORT", Key: "advanced.vm.agent.port", Description: "Guest agent vsock port."},
+	{Name: "ATELIER_RELEASE_URL", Key: "advanced.server.releaseUrl", Description: "Base URL of Atelier releases for atelier update --version V: {releaseUrl}/v{V}/atelier-linux-{amd64|arm64} and its .sha256 beside it. Empty: updates only from --binary."},
 	{Name: "ATELIER_REGISTRY_PORT", Key: "advanced.server.verdaccio.port", Description: "npm registry cache (Verdaccio) port on the host."},
 	{Name: "ATELIER_VERDACCIO_PORT", Key: "advanced.server.verdaccio.port", Description: "Older alias of ATELIER_REGISTRY_PORT, which wins when both are set."},
 	{Name: "ATELIER_VERSION_VERDACCIO", Key: "advanced.server.verdaccio.version", Description: "Verdaccio version the manager runs."},
@@ -158,6 +160,8 @@ var rules = []rule{
 	{key: "server.maxSandboxes", min: new(1), max: new(1000)},
 	{key: "server.spawnConcurrency", min: new(1), max: new(64)},
 	{key: "server.logLevel", enum: []string{"debug", "info", "warn", "error"}},
+	{key: "server.logFormat", enum: []string{"text", "json"}},
+	{key: "advanced.server.releaseUrl", format: "uri"},
 	{key: "quotas.runningPerUser", min: new(0), max: new(1000)},
 	{key: "quotas.sandboxesPerUser", min: new(0), max: new(100000)},
 	{key: "quotas.diskGbPerUser", min: new(0), max: new(1 << 20)},
@@ -285,3 +289,20 @@ func joinKey(prefix, name string) string {
 	}
 	return prefix + "." + name
 }
+
+// KeyKind returns the kind of a settable key's value (reflect.String, Int,
+// Bool or Slice of strings) and whether the key exists; `atelier config
+// set` parses a value by it.
+func KeyKind(key string) (reflect.Kind, bool) {
+	l, ok := leafByKey(key)
+	if !ok {
+		return reflect.Invalid, false
+	}
+	return l.typ.Kind(), true
+}
+
+// KeyEnv returns the environment variable of a key, "" when it has none.
+func KeyEnv(key string) string { return envFor(key) }
+
+// KeyDerived reports whether a key is always derived from others.
+func KeyDerived(key string) bool { return ruleFor(key).derived }

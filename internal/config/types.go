@@ -101,6 +101,9 @@ type Server struct {
 	// derived as {dataDir}/atelier.sock when empty.
 	SocketPath string `json:"socketPath"`
 	LogLevel   string `json:"logLevel"`
+	// LogFormat is text (for a terminal) or json (one object per line, for
+	// the journal and log shippers); `serve --log-format` overrides it.
+	LogFormat string `json:"logFormat"`
 	// AllowRemoteMock lets a mock-mode manager listen beyond loopback. Mock
 	// mode has no login and runs guests as the developer's own processes, so
 	// without it mock mode binds 127.0.0.1 and refuses other addresses.
@@ -194,6 +197,10 @@ type VersionedPort struct {
 }
 
 type AdvancedServer struct {
+	// ReleaseURL is where `atelier update --version V` downloads
+	// {ReleaseURL}/v{V}/atelier-linux-{arch} and its .sha256; empty: only
+	// --binary updates.
+	ReleaseURL  string      `json:"releaseUrl"`
 	Verdaccio   Verdaccio   `json:"verdaccio"`
 	SSHProxy    Version     `json:"sshProxy"`
 	Firecracker Firecracker `json:"firecracker"`

@@ -164,6 +164,9 @@ func (v *checker) server() {
 			"or atelier serve --insecure-mock-listen-any) if this network is yours alone", s.Host)
 	}
 	v.registry()
+	if u := v.c.Advanced.Server.ReleaseURL; u != "" {
+		v.httpURL("advanced.server.releaseUrl", u)
+	}
 }
 
 // userNameRE is what useradd accepts by default (Debian's NAME_REGEX).
