@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"atelier/internal/config"
@@ -40,9 +41,10 @@ const (
 	DefaultBinary = "/usr/local/bin/atelier"
 	AptGet        = "/usr/bin/apt-get"
 	UserAdd       = "/usr/sbin/useradd"
-	// JailerUser is the system account for jailed Firecrackers. No config
-	// key names it yet; the jailer's own uid range is the boot work's.
-	JailerUser = "atelier-jailer"
+	// JailerUIDSpan is how many uids from advanced.server.firecracker.jailerUidBase
+	// jailed Firecrackers use (one per host number of a guest address); they
+	// need no passwd entries, only that no account already owns them.
+	JailerUIDSpan = 65536
 )
 
 // Answers are the operator's choices; empty fields keep what the config
@@ -402,7 +404,16 @@ func dpkgInstalled(path string) (map[string]bool, error) {
 func (r *run) users() (string, error) {
 	want := []struct{ name, comment string }{
 		{r.cfg.Advanced.Server.Verdaccio.User, "Atelier npm cache (Verdaccio)"},
-		{JailerUser, "Atelier jailed Firecracker"},
+	}
+	// Jailed Firecrackers run as bare uids from jailerUidBase, one per
+	// sandbox: an account already holding one of them would share its files
+	// with a guest that escapes its VMM.
+	base := r.cfg.Advanced.Server.Firecracker.JailerUIDBase
+	if name, uid, ok, err := userInRange(r.p("/etc/passwd"), base, base+JailerUIDSpan); err != nil {
+		return "", err
+	} else if ok {
+		return "", fmt.Errorf("user %s has uid %d, inside the uids jailed Firecrackers use (%d to %d): set advanced.server.firecracker.jailerUidBase (ATELIER_JAILER_UID_BASE) to a free range",
+			name, uid, base, base+JailerUIDSpan-1)
 	}
 	var made []string
 	for _, u := range want {
@@ -425,9 +436,30 @@ func (r *run) users() (string, error) {
 		made = append(made, u.name)
 	}
 	if len(made) == 0 {
-		return done("%s and %s exist", want[0].name, want[1].name)
+		return done("%s exists; jailer uids %d+ are free", want[0].name, base)
 	}
 	return r.did("created system users %s", strings.Join(made, ", "))
+}
+
+// userInRange finds an account whose uid lies in [lo, hi).
+func userInRange(passwd string, lo, hi int) (string, int, bool, error) {
+	b, err := os.ReadFile(passwd)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", 0, false, nil
+	}
+	if err != nil {
+		return "", 0, false, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) < 3 {
+			continue
+		}
+		if uid, err := strconv.Atoi(f[2]); err == nil && uid >= lo && uid < hi {
+			return f[0], uid, true, nil
+		}
+	}
+	return "", 0, false, nil
 }
 
 func userExists(passwd, name string) (bool, error) {

@@ -168,7 +168,6 @@ func TestInitTwice(t *testing.T) {
 			}
 		}),
 		useradd("atelier-registry", "Atelier npm cache (Verdaccio)"),
-		useradd("atelier-jailer", "Atelier jailed Firecracker"),
 		hostcmdtest.Cmd(append([]string{self, "registry", "install"}, cfgArg...)...).Then(func() {
 			p := filepath.Join(root, "var/lib/atelier-registry/app/node_modules/verdaccio/package.json")
 			mkfile(t, p, `{"version": "6.8.0"}`)
@@ -318,4 +317,29 @@ func snapshot(t *testing.T, root string) string {
 		t.Fatal(err)
 	}
 	return b.String()
+}
+
+// TestJailerRangeMustBeFree: jailed Firecrackers run as bare uids from
+// jailerUidBase; an account inside that range would own an escapee's files.
+func TestJailerRangeMustBeFree(t *testing.T) {
+	passwd := filepath.Join(t.TempDir(), "passwd")
+	mkfile(t, passwd, "root:x:0:0::/root:/bin/sh\ndev:x:1000:1000::/home/dev:/bin/sh\nsvc:x:900007:900007::/:/usr/sbin/nologin\n")
+	tests := []struct {
+		lo, hi int
+		want   string
+	}{
+		{900000, 965536, "svc"},
+		{900008, 965536, ""},
+		{1000, 1001, "dev"},
+		{2000, 3000, ""},
+	}
+	for _, tt := range tests {
+		name, _, ok, err := userInRange(passwd, tt.lo, tt.hi)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok != (tt.want != "") || name != tt.want {
+			t.Fatalf("[%d,%d): %q %v, want %q", tt.lo, tt.hi, name, ok, tt.want)
+		}
+	}
 }
