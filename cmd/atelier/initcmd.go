@@ -31,9 +31,9 @@ func newInitCmd(g *globals) *cobra.Command {
 that is already done says so. In order: the config file (/etc/atelier/sandbox.config.json, or
 --config; a new one gets mode production, a random auth.jwtSecret and the answers given),
 host checks (kernel, KVM, device-mapper, cgroups, disk, ports, DNS; the runtime is firecracker
-when /dev/kvm answers, else container), Debian packages, the system users atelier-registry and
-data/state/log directories (and a check that no account owns the jailer uids), this binary at /usr/local/bin/atelier, network and
-storage setup, Verdaccio, the guest kernel (firecracker) and the default image, the systemd
+when /dev/kvm answers, else container), Debian packages, the system user atelier-registry (and a check
+that no account owns the jailer's uids), data/state/log directories, this binary at
+/usr/local/bin/atelier, network and storage setup, Verdaccio, the guest kernel (firecracker) and the default image, the systemd
 units (atelier-manager, atelier-network, atelier-storage) enabled and the manager started,
 then atelier debug-vm start, and the URLs to open.
 
