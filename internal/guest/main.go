@@ -14,12 +14,14 @@ import (
 	"time"
 
 	"atelier/internal/agent"
+	"atelier/internal/image/manifest"
 )
 
 const usage = `usage:
   atelier-agent serve [--vsock-port 9998] [--unix PATH] [--file-root DIR ...] [--log-dir DIR]
                       [--config-path PATH] [--sandbox-id ID] [--workdir DIR] [--manage-network]
                       [--terminal-idle 30m] [--etc-dir /etc] [--log-level info]
+                      [--image-manifest /etc/atelier/image.json] [--state-dir /var/lib/atelier]
   atelier-agent init [--kernel-cmdline=true] [-- serve flags...]
   atelier-agent sftp-server   (SFTP on stdin/stdout; the SSH server runs it as the session's user)
   atelier-agent version
@@ -78,6 +80,8 @@ func serveMain(args []string) int {
 	termIdle := fs.Duration("terminal-idle", 30*time.Minute, "close terminals idle this long without viewers")
 	etcDir := fs.String("etc-dir", "/etc", "directory receiving resolv.conf, hostname and hosts")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	manifestPath := fs.String("image-manifest", manifest.Path, "image manifest whose services to run (\"\" for none)")
+	stateDir := fs.String("state-dir", "/var/lib/atelier", "where the desired state of services is kept (\"\" for memory only)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -119,6 +123,8 @@ func serveMain(args []string) int {
 		EtcDir:        *etcDir,
 		ManageNetwork: *manageNet,
 		TerminalIdle:  *termIdle,
+		ManifestPath:  *manifestPath,
+		StateDir:      *stateDir,
 		Logger:        base,
 	})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
