@@ -228,8 +228,17 @@ func TestImageServicesEndToEnd(t *testing.T) {
 		res, page := b.get(b.url(browser, "/"), cookies[browser])
 		return res.StatusCode == 503 && strings.Contains(page, "The browser is off")
 	})
-	// ...and stays off across a stop and start.
-	stopStart(t, f, id)
+	// ...and stays off across a stop and start. A stopped sandbox has no
+	// browser to look at: 409.
+	if code, b := f.call(t, "POST", "/api/sandboxes/"+id+"/stop", ""); code != 200 {
+		t.Fatalf("stop: %d %s", code, b)
+	}
+	if code, b := f.call(t, "GET", "/api/sandboxes/"+id+"/browser", ""); code != 409 || !strings.Contains(string(b), "stopped") {
+		t.Fatalf("browser of a stopped sandbox: %d %s", code, b)
+	}
+	if code, b := f.call(t, "POST", "/api/sandboxes/"+id+"/start", ""); code != 200 {
+		t.Fatalf("start: %d %s", code, b)
+	}
 	until(t, 20*time.Second, "vscode back", func() bool { return serviceNamed(f.sandboxView(t, id), "vscode").Ready })
 	if s := serviceNamed(f.sandboxView(t, id), "browser"); s.State != "stopped" || s.Wanted {
 		t.Fatalf("browser after stop/start: %+v", s)
