@@ -110,7 +110,7 @@ func TestImageServicesEndToEnd(t *testing.T) {
 	certPath, keyPath, pool := edgetest.WildcardCert(t, "atelier.test")
 	f.cfg.Domain.TLS.CertPath, f.cfg.Domain.TLS.KeyPath = certPath, keyPath
 	f.buildServicesImage(t)
-	srv, _ := f.startWith(t, nil)
+	srv, stopManager := f.startWith(t, nil)
 	b := newBrowser(t, f.cfg.Domain.HTTPSPort, pool)
 
 	id, code, body := f.createFrom(t, servicesImage)
@@ -211,6 +211,18 @@ func TestImageServicesEndToEnd(t *testing.T) {
 	if !answers(browser, "browser") || !answers(vscode, "vscode") {
 		t.Fatal("services do not answer after the agent's restart")
 	}
+	// What the dead agent left running was ended, not left holding the
+	// port while the new browser fails to bind it.
+	time.Sleep(time.Second)
+	code, b3 := f.call(t, "GET", "/api/sandboxes/"+id+"/services/browser", "")
+	var bs struct{ Restarts int }
+	if json.Unmarshal(b3, &bs); code != 200 || bs.Restarts != 0 {
+		t.Fatalf("browser after the agent's restart: %d %s", code, b3)
+	}
+	if _, out := f.exec(t, id, "ps | grep -c 'dev  *sleep 86400'"); strings.TrimSpace(out) != "1" {
+		_, ps := f.exec(t, id, "ps")
+		t.Fatalf("browser stacks after the agent's restart: %q, want 1\n%s", out, ps)
+	}
 
 	// A stop and start of the sandbox restores them too.
 	stopStart(t, f, id)
@@ -257,6 +269,17 @@ func TestImageServicesEndToEnd(t *testing.T) {
 	}
 	until(t, 10*time.Second, "vscode answering again", func() bool { return answers(vscode, "vscode") })
 
+	// A changed advanced.vm.vscode.port takes effect at the manager's
+	// restart: the edge routes the host to the new port and the running
+	// guest's service moves there.
+	stopManager()
+	f.cfg.Advanced.VM.VSCode.Port = 8081
+	srv, _ = f.startWith(t, nil)
+	until(t, 15*time.Second, "vscode on the new port", func() bool {
+		s := serviceNamed(f.sandboxView(t, id), "vscode")
+		return s.Port == 8081 && s.Ready && answers(vscode, "vscode")
+	})
+
 	// The tools' own auth is off because the edge authenticates; a
 	// co-tenant's guest cannot go around the edge to the port.
 	other, code, body := f.create(t)
@@ -264,7 +287,7 @@ func TestImageServicesEndToEnd(t *testing.T) {
 		t.Fatalf("create a second sandbox: %d %s", code, body)
 	}
 	ip := f.sandboxView(t, id).IPAddress
-	get := func(ip string) string { return `printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 ` + ip + ` 8080` }
+	get := func(ip string) string { return `printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 ` + ip + ` 8081` }
 	if rc, out := f.exec(t, id, get("127.0.0.1")+"; "+get(ip)); strings.Count(out, "vscode") != 2 {
 		t.Fatalf("vscode inside its own sandbox: %d %q", rc, out)
 	}
