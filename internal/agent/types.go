@@ -445,6 +445,9 @@ type ProcessStatus struct {
 	// the manifest's path, else a TCP connect to its port; a service with
 	// neither is ready while it runs).
 	Ready bool `json:"ready"`
+	// RSSBytes is the resident memory of the service's whole process
+	// group while it runs (services only).
+	RSSBytes int64 `json:"rssBytes,omitempty"`
 }
 
 // ProcessList is GET /services and GET /dev.

@@ -555,3 +555,40 @@ func newProbeClient() *http.Client {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 }
+
+// groupRSS sums the resident memory of the processes of each group in
+// pgids (the browser stack is several programs), from one pass over /proc.
+func groupRSS(pgids map[int]bool) map[int]int64 {
+	out := map[int]int64{}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return out
+	}
+	page := int64(os.Getpagesize())
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		// After the command: state, ppid, pgrp, ... rss is the 24th field.
+		f := strings.Fields(s[i+1:])
+		if len(f) < 22 {
+			continue
+		}
+		pgrp, _ := strconv.Atoi(f[2])
+		if !pgids[pgrp] {
+			continue
+		}
+		rss, _ := strconv.ParseInt(f[21], 10, 64)
+		out[pgrp] += rss * page
+	}
+	return out
+}

@@ -154,6 +154,10 @@ func TestImageServicesAutostartAndDesiredState(t *testing.T) {
 	if _, body := get(t, code, "/"); body != "code" {
 		t.Fatalf("code answers %q", body)
 	}
+	// A Go HTTP server holds a few MiB resident.
+	if st.RSSBytes < 1<<20 || st.RSSBytes > 1<<30 {
+		t.Fatalf("code's resident memory: %d bytes", st.RSSBytes)
+	}
 	readyUntil(t, a, "extra")
 	if b := services(t, a)["browser"]; b.State != agent.StateStopped || b.Wanted || b.Ready || b.Role != manifest.RoleBrowser {
 		t.Fatalf("on-demand browser at boot: %+v", b)

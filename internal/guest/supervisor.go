@@ -531,11 +531,23 @@ func (sv *supervisor) restart(ctx context.Context, kind, name string, spec *agen
 
 func (sv *supervisor) list(kind string) []agent.ProcessStatus {
 	sv.mu.Lock()
-	defer sv.mu.Unlock()
 	out := []agent.ProcessStatus{}
+	groups := map[int]bool{}
 	for _, p := range sv.procs {
 		if p.kind == kind {
-			out = append(out, p.status())
+			st := p.status()
+			out = append(out, st)
+			if kind == agent.KindService && st.PID > 0 {
+				groups[st.PID] = true
+			}
+		}
+	}
+	sv.mu.Unlock()
+	if len(groups) > 0 {
+		// Outside the lock: one pass over /proc.
+		rss := groupRSS(groups)
+		for i := range out {
+			out[i].RSSBytes = rss[out[i].PID]
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
