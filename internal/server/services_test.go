@@ -23,8 +23,10 @@ const servicesImage = "svc"
 func (f *fixture) buildServicesImage(t testing.TB) {
 	t.Helper()
 	out := filepath.Join(f.cfg.Sandbox.StateDir, "images", servicesImage+".ext4")
-	err := testimage.BuildWith(context.Background(), out, buildAgent(t), testimage.Options{Manifest: testimage.ServicesManifest()})
-	if err != nil {
+	if err := testimage.Build(context.Background(), out, buildAgent(t), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := testimage.InstallManifest(context.Background(), out, testimage.ServicesManifest()); err != nil {
 		t.Fatal(err)
 	}
 }

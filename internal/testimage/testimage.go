@@ -18,9 +18,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-
-	"atelier/internal/agent"
-	"atelier/internal/image/manifest"
 )
 
 // Label is the ext4 volume label of the test image.
@@ -54,20 +51,6 @@ var busyboxPaths = []string{"/usr/bin/busybox", "/bin/busybox"}
 // agentBinary installed as AgentPath. Both binaries must be statically
 // linked: the image has no libc. out is replaced atomically.
 func Build(ctx context.Context, out, agentBinary string, sizeMB int) error {
-	return BuildWith(ctx, out, agentBinary, Options{SizeMB: sizeMB})
-}
-
-// Options are BuildWith's.
-type Options struct {
-	SizeMB int
-	// Manifest, when set, is installed as the image manifest
-	// (manifest.Path), whose services the agent runs at boot.
-	Manifest *manifest.Manifest
-}
-
-// BuildWith is Build with options.
-func BuildWith(ctx context.Context, out, agentBinary string, o Options) error {
-	sizeMB := o.SizeMB
 	if sizeMB == 0 {
 		sizeMB = DefaultSizeMB
 	}
@@ -97,9 +80,6 @@ func BuildWith(ctx context.Context, out, agentBinary string, o Options) error {
 	owners, err := stageTree(stage, busybox, agentBinary)
 	if err != nil {
 		return fmt.Errorf("build test image: stage: %w", err)
-	}
-	if err := stageManifest(stage, o.Manifest); err != nil {
-		return fmt.Errorf("build test image: %w", err)
 	}
 	tmp := out + ".tmp"
 	os.Remove(tmp)
@@ -296,43 +276,4 @@ func run(ctx context.Context, name string, args ...string) error {
 		return fmt.Errorf("%s: %w: %s", name, err, strings.TrimSpace(out.String()))
 	}
 	return nil
-}
-
-// stageManifest writes m as the image's manifest (nothing when nil).
-func stageManifest(dir string, m *manifest.Manifest) error {
-	if m == nil {
-		return nil
-	}
-	b, err := m.Marshal()
-	if err != nil {
-		return fmt.Errorf("image manifest: %w", err)
-	}
-	p := filepath.Join(dir, strings.TrimPrefix(manifest.Path, "/"))
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(p, b, 0o644)
-}
-
-// ServicesManifest declares busybox stand-ins for the dev-base image's
-// services, run as dev in /home/dev: "vscode" and "opencode" start at boot
-// (an httpd each, answering its name at /), "browser" on demand, as the
-// real one is several programs in one group (an httpd and a sleep) that
-// exits when either does. Each serves on the port the host gives its role.
-func ServicesManifest() *manifest.Manifest {
-	httpd := func(name string) string {
-		www := "/tmp/www/" + name
-		return "mkdir -p " + www + " && echo " + name + " > " + www + "/index.html && "
-	}
-	return &manifest.Manifest{
-		Schema: manifest.Schema, ID: "atelier-test", User: "dev", Workdir: "/home/dev",
-		Services: []manifest.Service{
-			{Name: "vscode", Role: manifest.RoleVSCode, Autostart: true, Health: &manifest.Health{Path: "/"},
-				Process: agent.ProcessSpec{Shell: httpd("vscode") + "exec httpd -f -p ${PORT} -h /tmp/www/vscode", Port: 8080, Restart: agent.RestartAlways}},
-			{Name: "opencode", Role: manifest.RoleOpenCode, Autostart: true, Health: &manifest.Health{},
-				Process: agent.ProcessSpec{Shell: httpd("opencode") + "exec httpd -f -p ${PORT} -h /tmp/www/opencode", Port: 3000, Restart: agent.RestartOnFailure}},
-			{Name: "browser", Role: manifest.RoleBrowser, Health: &manifest.Health{Path: "/"},
-				Process: agent.ProcessSpec{Shell: httpd("browser") + "httpd -f -p ${PORT} -h /tmp/www/browser & sleep 86400 & wait -n; exit 1", Port: 6080, Restart: agent.RestartOnFailure}},
-		},
-	}
 }
