@@ -39,7 +39,8 @@ func (e *Edge) page(w http.ResponseWriter, status int, p pageKind, host string) 
 // render writes one of the edge's pages; msgHTML is already escaped. The
 // page has no script and no form: its one action is a link to the
 // dashboard, whose own page makes any change (a form here would be a
-// cross-origin write the dashboard refuses).
+// cross-origin write the dashboard refuses). The link leaves a frame: the
+// dashboard shows the tool hosts in frames.
 func (e *Edge) render(w http.ResponseWriter, status int, title, msgHTML string, refresh int, link, linkText string) {
 	h := w.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")
@@ -53,7 +54,7 @@ func (e *Edge) render(w http.ResponseWriter, status int, title, msgHTML string, 
 	w.WriteHeader(status)
 	fmt.Fprintf(w, `<!doctype html><html><head><meta charset="utf-8"><title>%s</title>%s
 <style>body{font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em;color:#222}h1{font-size:1.4em}</style>
-</head><body><h1>%s</h1><p>%s</p><p><a href="%s">%s</a></p></body></html>
+</head><body><h1>%s</h1><p>%s</p><p><a href="%s" target="_top">%s</a></p></body></html>
 `, html.EscapeString(title), meta, html.EscapeString(title), msgHTML, html.EscapeString(link), html.EscapeString(linkText))
 }
 
