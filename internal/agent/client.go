@@ -420,6 +420,26 @@ func (c *Client) ServiceLogs(ctx context.Context, name string, offset, limit int
 	return c.procLogs(ctx, KindService, name, offset, limit)
 }
 
+// ApplyServices sends the host's settings for the image's services and
+// answers the service list (POST /services/apply).
+func (c *Client) ApplyServices(ctx context.Context, req ServicesApply) ([]ProcessStatus, error) {
+	var l ProcessList
+	if err := c.do(ctx, http.MethodPost, "/services/apply", nil, req, &l); err != nil {
+		return nil, err
+	}
+	return l.Processes, nil
+}
+
+// StartImageService starts a service the image manifest declares, with
+// the manifest's spec (no body), and marks it wanted.
+func (c *Client) StartImageService(ctx context.Context, name string) (*ProcessStatus, error) {
+	var st ProcessStatus
+	if err := c.do(ctx, http.MethodPost, procPath(KindService, name, "start"), nil, nil, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
 // StartDev starts a dev command.
 func (c *Client) StartDev(ctx context.Context, name string, spec ProcessSpec) (*ProcessStatus, error) {
 	return c.startProc(ctx, KindDev, name, spec)

@@ -432,11 +432,38 @@ type ProcessStatus struct {
 	Signal      string     `json:"signal,omitempty"`
 	LastError   string     `json:"lastError,omitempty"`
 	LogFile     string     `json:"logFile"`
+	// Role is the tool host the service backs (vscode, opencode, browser);
+	// only services the image manifest declares have one.
+	Role string `json:"role,omitempty"`
+	// Image: the image manifest declares the service; it cannot be given
+	// another spec, only started and stopped.
+	Image bool `json:"image,omitempty"`
+	// Wanted is the desired state, kept on disk in the guest: the agent
+	// starts wanted services at every start (agent restart, sandbox start).
+	Wanted bool `json:"wanted"`
+	// Ready: the service's health check passes (an HTTP GET below 500 on
+	// the manifest's path, else a TCP connect to its port; a service with
+	// neither is ready while it runs).
+	Ready bool `json:"ready"`
+	// RSSBytes is the resident memory of the service's whole process
+	// group while it runs (services only).
+	RSSBytes int64 `json:"rssBytes,omitempty"`
 }
 
 // ProcessList is GET /services and GET /dev.
 type ProcessList struct {
 	Processes []ProcessStatus `json:"processes"`
+}
+
+// ServicesApply is POST /services/apply: the host's settings for the
+// image's services. The agent keeps them on disk, restarts the services
+// whose effective spec changed, starts the wanted ones that are not
+// running, and answers the service list.
+type ServicesApply struct {
+	// Ports by role (vscode, opencode, browser): the host's advanced.vm.*
+	// ports, which override the manifest's defaults. 0 or absent keeps the
+	// port known so far.
+	Ports map[string]int `json:"ports,omitempty"`
 }
 
 // StopRequest is the optional body of .../stop.

@@ -111,6 +111,7 @@ func New(d Deps) *Server {
 	s.registerCleanup()
 	s.registerAgentProxy()
 	s.registerEdge()
+	s.registerBrowser()
 	s.registerRegistry()
 	s.registerSSHKeys()
 	s.registerRaw("GET", "/metrics", false, "Prometheus metrics.", s.authRaw(d.Metrics.Handler()))

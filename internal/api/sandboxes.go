@@ -169,7 +169,7 @@ func (s *Server) registerSandboxes() {
 		if err != nil {
 			return nil, err
 		}
-		return &sandboxOutput{Body: s.d.Sandboxes.View(sb)}, nil
+		return &sandboxOutput{Body: s.d.Sandboxes.ViewFresh(ctx, sb)}, nil
 	})
 
 	huma.Register(s.api, huma.Operation{

@@ -150,6 +150,8 @@ type Edge struct {
 	refusedCrossOrigin atomic.Int64
 
 	sessionCheck SessionChecker
+	// services names the service a tool host waits for (SetServices).
+	services atomic.Pointer[Services]
 
 	dashboard http.Handler
 	mu        sync.Mutex
@@ -386,9 +388,16 @@ func (e *Edge) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 		}
 	}
 	addr := dialAddr(ip, t.port)
-	if p := e.health.downProbe(addr); p != nil && !p.await(r.Context(), e.retryWindow) {
-		e.page(w, http.StatusServiceUnavailable, pageStarting, host)
-		return nil
+	if p := e.health.downProbe(addr); p != nil {
+		// A service that is off or failed will not come up by waiting.
+		if title, msg, refresh, link, text, ok := e.servicePage(r.Context(), t); ok {
+			e.render(w, http.StatusServiceUnavailable, title, msg, refresh, link, text)
+			return nil
+		}
+		if !p.await(r.Context(), e.retryWindow) {
+			e.starting(w, r, t, host)
+			return nil
+		}
 	}
 	caddyhttp.SetVar(r.Context(), dialVar, addr)
 	err := next.ServeHTTP(w, r)
@@ -397,7 +406,7 @@ func (e *Edge) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 		// window, so the browser gets a page that reloads itself, and the
 		// next requests get it at once until a probe finds the port open.
 		e.health.markDown(t.sandboxID, addr)
-		e.page(w, http.StatusServiceUnavailable, pageStarting, host)
+		e.starting(w, r, t, host)
 		return nil
 	}
 	return err

@@ -18,6 +18,7 @@ import (
 
 	"atelier/internal/agent"
 	"atelier/internal/bootcontract"
+	"atelier/internal/image/manifest"
 )
 
 const usage = `usage:
@@ -25,6 +26,7 @@ const usage = `usage:
                       [--config-path PATH] [--sandbox-id ID] [--workdir DIR] [--manage-network]
                       [--terminal-idle 30m] [--etc-dir /etc] [--log-level info]
                       [--virtio-serial-port NAME]
+                      [--image-manifest /etc/atelier/image.json] [--state-dir /var/lib/atelier]
   atelier-agent init [--kernel-cmdline=true] [-- serve flags...]
   atelier-agent sftp-server   (SFTP on stdin/stdout; the SSH server runs it as the session's user)
   atelier-agent version
@@ -99,6 +101,8 @@ func serveMain(args []string) int {
 	etcDir := fs.String("etc-dir", "/etc", "directory receiving resolv.conf, hostname and hosts")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	vport := fs.String("virtio-serial-port", "", "also serve on the virtio-serial port of this name, if the VMM provides one")
+	manifestPath := fs.String("image-manifest", manifest.Path, "image manifest whose services to run (\"\" for none)")
+	stateDir := fs.String("state-dir", "/var/lib/atelier", "where the desired state of services is kept (\"\" for memory only)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -140,6 +144,8 @@ func serveMain(args []string) int {
 		EtcDir:        *etcDir,
 		ManageNetwork: *manageNet,
 		TerminalIdle:  *termIdle,
+		ManifestPath:  *manifestPath,
+		StateDir:      *stateDir,
 		Logger:        base,
 	})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

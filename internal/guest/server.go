@@ -56,6 +56,12 @@ type Options struct {
 	TerminalIdle time.Duration
 	// StopGrace is the default SIGTERM -> SIGKILL grace; default 5 s.
 	StopGrace time.Duration
+	// ManifestPath is the image manifest whose services the agent runs
+	// (images: /etc/atelier/image.json); "" or a missing file: none.
+	ManifestPath string
+	// StateDir keeps the desired state of services across agent restarts
+	// and sandbox stops (images: /var/lib/atelier); "" keeps it in memory.
+	StateDir string
 
 	MaxConcurrentExec int   // default 64; further execs wait for a slot
 	MaxProcesses      int   // supervised services + dev commands; default 64
@@ -157,6 +163,9 @@ func NewServer(opts Options) *Server {
 	s.terms = newTerminals(s)
 	s.ssh = newSSHServer(s)
 	s.routes()
+	// Before listening: the services start as early as the agent does,
+	// and the host's first request already sees them.
+	s.sup.boot()
 	return s
 }
 
@@ -203,6 +212,8 @@ func (s *Server) routes() {
 	s.handle("POST /git/commit", s.gitCommit)
 	s.handle("POST /git/push", s.gitPush)
 
+	s.handle("POST /services/apply", s.applyServices)
+	s.handle("GET /image", s.imageInfo)
 	for _, k := range []struct{ prefix, kind string }{{"/services", agent.KindService}, {"/dev", agent.KindDev}} {
 		kind := k.kind
 		s.handle("GET "+k.prefix, func(w http.ResponseWriter, r *http.Request) error { return s.listProcs(w, r, kind) })

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"atelier/internal/agent"
+	"atelier/internal/image/manifest"
 )
 
 // Supervisor tuning.
@@ -42,6 +43,13 @@ type supervisor struct {
 	s     *Server
 	mu    sync.Mutex
 	procs map[string]*proc
+
+	// img is the image manifest (nil: none); imgErr why it is unusable.
+	img    *manifest.Manifest
+	imgErr error
+	// want is the desired state on disk (services.go).
+	want        *desired
+	probeClient *http.Client
 }
 
 // proc is one named process; fields after mu-guarded comment are guarded
@@ -65,6 +73,13 @@ type proc struct {
 	spawnErr  error // why the latest spawn failed
 	run       *run  // current run loop, nil before the first start
 	touched   time.Time
+	// image is the manifest's declaration of an image service, nil for
+	// services started through the API and for dev commands.
+	image *manifest.Service
+	// wanted: the desired state says this service runs.
+	wanted bool
+	// ready: the health check passed on the latest probe of this run.
+	ready bool
 }
 
 // run is one start request's loop. A stopper sets grace, closes stopc
@@ -78,7 +93,11 @@ type run struct {
 }
 
 func newSupervisor(s *Server) *supervisor {
-	return &supervisor{s: s, procs: map[string]*proc{}}
+	return &supervisor{
+		s: s, procs: map[string]*proc{},
+		want:        &desired{dir: s.opts.StateDir, log: s.log},
+		probeClient: newProbeClient(),
+	}
 }
 
 func procKey(kind, name string) string { return kind + "/" + name }
@@ -146,6 +165,11 @@ func (p *proc) status() agent.ProcessStatus {
 	if p.prep != nil && st.Cwd == "" {
 		st.Cwd = p.prep.dir
 	}
+	if p.image != nil {
+		st.Role, st.Image = p.image.Role, true
+	}
+	st.Wanted = p.wanted
+	st.Ready = p.ready && st.State == agent.StateRunning
 	if !p.startedAt.IsZero() {
 		t := p.startedAt.UTC()
 		st.StartedAt = &t
@@ -200,7 +224,8 @@ func (sv *supervisor) makeRoom() error {
 	}
 	var victim *proc
 	for _, p := range sv.procs {
-		if !p.active() && (victim == nil || p.touched.Before(victim.touched)) {
+		// The image's services are declared, not history: never evicted.
+		if !p.active() && p.image == nil && (victim == nil || p.touched.Before(victim.touched)) {
 			victim = p
 		}
 	}
@@ -209,6 +234,12 @@ func (sv *supervisor) makeRoom() error {
 	}
 	victim.log.close()
 	delete(sv.procs, procKey(victim.kind, victim.name))
+	if victim.kind == agent.KindService {
+		name := victim.name
+		if err := sv.want.update(func(st *savedState) { delete(st.Services, name) }); err != nil {
+			sv.s.log.Warn("forget evicted service", "name", name, "err", err)
+		}
+	}
 	return nil
 }
 
@@ -276,8 +307,16 @@ func (sv *supervisor) loop(p *proc, rn *run, started chan struct{}) {
 			return
 		}
 		pgid := cmd.Process.Pid
-		p.pid, p.startedAt, p.state = pgid, time.Now(), agent.StateRunning
+		p.pid, p.startedAt, p.state, p.ready = pgid, time.Now(), agent.StateRunning, false
+		health := (*manifest.Health)(nil)
+		if p.image != nil {
+			health = p.image.Health
+		}
 		sv.mu.Unlock()
+		key := procKey(p.kind, p.name)
+		sv.want.setGroup(key, pgid)
+		pctx, stopProbe := context.WithCancel(context.Background())
+		go sv.probe(pctx, p, spec, health)
 		signalStarted()
 
 		began := time.Now()
@@ -298,9 +337,11 @@ func (sv *supervisor) loop(p *proc, rn *run, started chan struct{}) {
 			terminate(pgid, exited, rn.grace)
 		}
 		code, sig := exitInfo(cmd.ProcessState)
+		stopProbe()
+		sv.want.setGroup(key, 0)
 
 		sv.mu.Lock()
-		p.exitCode, p.signal, p.exitedAt, p.pid = &code, sig, time.Now(), 0
+		p.exitCode, p.signal, p.exitedAt, p.pid, p.ready = &code, sig, time.Now(), 0, false
 		stopping := isClosed(rn.stopc)
 		due := !stopping && (spec.Restart == agent.RestartAlways || (spec.Restart == agent.RestartOnFailure && code != 0))
 		switch {
@@ -490,11 +531,23 @@ func (sv *supervisor) restart(ctx context.Context, kind, name string, spec *agen
 
 func (sv *supervisor) list(kind string) []agent.ProcessStatus {
 	sv.mu.Lock()
-	defer sv.mu.Unlock()
 	out := []agent.ProcessStatus{}
+	groups := map[int]bool{}
 	for _, p := range sv.procs {
 		if p.kind == kind {
-			out = append(out, p.status())
+			st := p.status()
+			out = append(out, st)
+			if kind == agent.KindService && st.PID > 0 {
+				groups[st.PID] = true
+			}
+		}
+	}
+	sv.mu.Unlock()
+	if len(groups) > 0 {
+		// Outside the lock: one pass over /proc.
+		rss := groupRSS(groups)
+		for i := range out {
+			out[i].RSSBytes = rss[out[i].PID]
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -555,15 +608,94 @@ func (s *Server) startProc(w http.ResponseWriter, r *http.Request, kind string) 
 	if err := validName(name); err != nil {
 		return err
 	}
-	var spec agent.ProcessSpec
-	if err := decode(w, r, &spec, maxJSONBody, false); err != nil {
+	var spec *agent.ProcessSpec
+	if err := decode(w, r, &spec, maxJSONBody, true); err != nil {
 		return err
 	}
-	st, err := s.sup.start(kind, name, spec)
+	if kind == agent.KindService {
+		if svc, ok := s.sup.imageService(name); ok {
+			if err := noSpecFor(name, spec); err != nil {
+				return err
+			}
+			st, err := s.sup.startImage(svc)
+			if err != nil {
+				return err
+			}
+			return writeJSON(w, http.StatusOK, st)
+		}
+	}
+	if spec == nil {
+		return errBadField("body", "a process spec is required")
+	}
+	if kind == agent.KindService {
+		// Validate before remembering: a spec that cannot start is not
+		// the desired state.
+		probe := *spec
+		if _, err := s.validateSpec(kind, &probe); err != nil {
+			return err
+		}
+		if err := s.sup.want.update(func(st *savedState) { st.Services[name] = savedService{Wanted: true, Spec: &probe} }); err != nil {
+			return err
+		}
+	}
+	st, err := s.sup.start(kind, name, *spec)
 	if err != nil {
 		return err
 	}
+	if kind == agent.KindService {
+		s.sup.setWanted(name, true)
+		st.Wanted = true
+	}
 	return writeJSON(w, http.StatusOK, st)
+}
+
+// noSpecFor refuses a spec for an image service: the manifest is its spec.
+func noSpecFor(name string, spec *agent.ProcessSpec) error {
+	if spec != nil && !specEqual(*spec, agent.ProcessSpec{}) {
+		return errBadField("body", "service %s is declared by the image; start, stop or restart it without a spec", name)
+	}
+	return nil
+}
+
+// startImage marks an image service wanted and starts it with its
+// manifest spec (an active one with that spec is left running).
+func (sv *supervisor) startImage(svc manifest.Service) (agent.ProcessStatus, error) {
+	if err := sv.want.update(func(st *savedState) { st.Services[svc.Name] = savedService{Wanted: true} }); err != nil {
+		return agent.ProcessStatus{}, err
+	}
+	spec := sv.imageSpec(svc)
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	p := sv.procs[procKey(agent.KindService, svc.Name)]
+	if p == nil {
+		return agent.ProcessStatus{}, errNotFound("service %s is not registered", svc.Name)
+	}
+	p.wanted = true
+	if p.active() {
+		if specEqual(p.spec, spec) {
+			return p.status(), nil
+		}
+		if _, err := sv.stopLocked(context.Background(), p, 0); err != nil {
+			return agent.ProcessStatus{}, err
+		}
+		if p.active() {
+			return agent.ProcessStatus{}, errConflict(agent.CodeConflict, "service %s was started concurrently", svc.Name)
+		}
+	}
+	if err := sv.launchImage(p, spec); err != nil {
+		return agent.ProcessStatus{}, err
+	}
+	return p.status(), nil
+}
+
+// setWanted records the desired state on the process entry (the file is
+// written by the caller).
+func (sv *supervisor) setWanted(name string, on bool) {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	if p := sv.procs[procKey(agent.KindService, name)]; p != nil {
+		p.wanted = on
+	}
 }
 
 func (s *Server) stopProc(w http.ResponseWriter, r *http.Request, kind string) error {
@@ -577,6 +709,22 @@ func (s *Server) stopProc(w http.ResponseWriter, r *http.Request, kind string) e
 	}
 	if req.GraceMs < 0 || req.GraceMs > maxStopGrace.Milliseconds() {
 		return errBadField("graceMs", "must be in [0, %d]", maxStopGrace.Milliseconds())
+	}
+	if kind == agent.KindService {
+		if _, _, err := s.sup.get(kind, name); err != nil {
+			return err
+		}
+		// Unwanted first: an agent that dies during the stop must not
+		// start the service again.
+		err := s.sup.want.update(func(st *savedState) {
+			sv := st.Services[name]
+			sv.Wanted = false
+			st.Services[name] = sv
+		})
+		if err != nil {
+			return err
+		}
+		s.sup.setWanted(name, false)
 	}
 	st, err := s.sup.stop(r.Context(), kind, name, time.Duration(req.GraceMs)*time.Millisecond)
 	if err != nil {
@@ -594,9 +742,42 @@ func (s *Server) restartProc(w http.ResponseWriter, r *http.Request, kind string
 	if err := decode(w, r, &spec, maxJSONBody, true); err != nil {
 		return err
 	}
+	if kind == agent.KindService {
+		if svc, ok := s.sup.imageService(name); ok {
+			if err := noSpecFor(name, spec); err != nil {
+				return err
+			}
+			if _, err := s.sup.stop(r.Context(), kind, name, 0); err != nil {
+				return err
+			}
+			st, err := s.sup.startImage(svc)
+			if err != nil {
+				return err
+			}
+			return writeJSON(w, http.StatusOK, st)
+		}
+		saved, _ := s.sup.want.service(name)
+		if spec != nil {
+			probe := *spec
+			if _, err := s.validateSpec(kind, &probe); err != nil {
+				return err
+			}
+			saved.Spec = &probe
+		}
+		if saved.Spec != nil {
+			saved.Wanted = true
+			if err := s.sup.want.update(func(st *savedState) { st.Services[name] = saved }); err != nil {
+				return err
+			}
+		}
+	}
 	st, err := s.sup.restart(r.Context(), kind, name, spec)
 	if err != nil {
 		return err
+	}
+	if kind == agent.KindService {
+		s.sup.setWanted(name, true)
+		st.Wanted = true
 	}
 	return writeJSON(w, http.StatusOK, st)
 }

@@ -207,6 +207,7 @@ func (s *Service) reconcileRow(ctx context.Context, sb store.Sandbox, rep *Repor
 		rep.Dead++
 		log.Warn("runtime exited unexpectedly")
 		s.agents.drop(id)
+		s.svc.drop(id)
 		errs := []error{s.drv.Runtime.Stop(bg, id), s.drv.Network.Detach(bg, id), optional(hooks.OnStopped)(bg, id),
 			s.st.ReleaseLease(bg, id)}
 		return s.settle(bg, sb, store.StatusError, "the sandbox's runtime exited unexpectedly; start it again", errs)

@@ -71,6 +71,11 @@ type Service struct {
 	mu       sync.Mutex
 	inflight map[string]*op
 	agents   agentPool
+	// svc caches the agents' service states (services.go); watchers
+	// follow them for a while after a change, until stopWatch closes.
+	svc       svcCache
+	watchers  sync.WaitGroup
+	stopWatch chan struct{}
 	// inventory lists host resources for the reconciler.
 	inventory atomic.Pointer[Inventory]
 
@@ -91,8 +96,9 @@ func New(cfg *config.Config, st *store.Store, bus *events.Bus, m *metrics.Metric
 	}
 	s := &Service{
 		cfg: cfg, st: st, bus: bus, m: m, drv: drv, log: log,
-		patterns: cfg.URLPatterns(),
-		inflight: map[string]*op{},
+		patterns:  cfg.URLPatterns(),
+		inflight:  map[string]*op{},
+		stopWatch: make(chan struct{}),
 	}
 	s.hooks.Store(&Hooks{})
 	s.q = newQueue(func(n int) { m.SpawnQueue.Set(float64(n)) })
@@ -180,6 +186,8 @@ func (s *Service) Run(ctx context.Context) {
 		})
 	}
 	wg.Wait()
+	close(s.stopWatch)
+	s.watchers.Wait()
 }
 
 // Get returns one sandbox; store.ErrNotFound when absent.
@@ -358,6 +366,7 @@ func (s *Service) stop(ctx context.Context, id string) (store.Sandbox, error) {
 	}
 	bg := context.WithoutCancel(ctx)
 	s.agents.drop(id)
+	s.svc.drop(id)
 	p := s.newPlan(bg, id, OpStop)
 	hooks := s.hooks.Load()
 	steps := []struct {
@@ -462,6 +471,7 @@ func (s *Service) Destroy(ctx context.Context, id string) (err error) {
 func (s *Service) finishDestroy(bg context.Context, sb store.Sandbox) error {
 	id := sb.ID
 	s.agents.drop(id)
+	s.svc.drop(id)
 	p := s.newPlan(bg, id, OpDestroy)
 	hooks := s.hooks.Load()
 	steps := []struct {
@@ -642,6 +652,15 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 	if _, ok := s.drv.Runtime.(AgentRuntime); ok {
 		if err = p.step(StepAgent, "", func(ctx context.Context) (string, error) {
 			return "", s.waitAgent(ctx, id)
+		}, nil); err != nil {
+			return up, err
+		}
+		// The agent has started the wanted services itself; this tells it
+		// the host's ports (a changed one restarts its service) and reads
+		// their states for the view. Nothing to undo: stopping the guest
+		// stops them, and what is wanted stays on the guest's disk.
+		if err = p.step(StepServices, "", func(ctx context.Context) (string, error) {
+			return s.applyServices(ctx, id)
 		}, nil); err != nil {
 			return up, err
 		}

@@ -25,6 +25,7 @@ type View struct {
 	URLs        *URLs              `json:"urls,omitempty" doc:"Present once the sandbox has been running."`
 	Error       string             `json:"error,omitempty" doc:"Why the last operation failed, when status is error."`
 	Timings     map[string]float64 `json:"timings,omitempty" doc:"Milliseconds per phase of the last create or start."`
+	Services    []ServiceState     `json:"services,omitempty" doc:"The image's services while the sandbox runs, as its agent last reported them (at most a second old in one sandbox's GET; lists and events show the last states read)."`
 	CreatedAt   time.Time          `json:"createdAt"`
 	UpdatedAt   time.Time          `json:"updatedAt"`
 }
@@ -37,9 +38,14 @@ type URLs struct {
 	SSH      string `json:"ssh" doc:"The ssh command line, e.g. ssh <id>@ssh.example.com -p 2222."`
 }
 
-// View renders a sandbox for the API and events.
+// View renders a sandbox for the API and events. Services come from the
+// cache: a view never waits on an agent (see ViewFresh).
 func (s *Service) View(sb store.Sandbox) View {
-	return newView(s.cfg, s.patterns, sb)
+	v := newView(s.cfg, s.patterns, sb)
+	if sb.Status == store.StatusRunning {
+		v.Services = s.cachedServices(sb.ID)
+	}
+	return v
 }
 
 func newView(cfg *config.Config, patterns map[string]string, sb store.Sandbox) View {

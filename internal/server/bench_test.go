@@ -93,7 +93,7 @@ func BenchmarkContainerLifecycle(b *testing.B) {
 	b.ReportMetric(float64(pct(create, 0.5))/float64(pct(floors, 0.5)), "x-floor")
 	b.ReportMetric(msOf(pct(viaAPI, 0.5)), "exec-api-p50-ms")
 	b.ReportMetric(msOf(pct(direct, 0.5)), "exec-agent-p50-ms")
-	for _, p := range []string{"queue", "lease", "volume", "link", "boot", "agent", "hooks"} {
+	for _, p := range []string{"queue", "lease", "volume", "link", "boot", "agent", "services", "hooks"} {
 		b.ReportMetric(msOf(pct(phases[p], 0.5)), p+"-p50-ms")
 	}
 	f.assertNoLeaks(b)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
@@ -258,15 +259,17 @@ func (m *manager) stop() {
 }
 
 // TestCrashAtEveryStep kills the manager with SIGKILL at every step of
-// create and of destroy, before and after the step acts, restarts it, and
-// checks that one reconciler pass leaves nothing leaked and every sandbox
-// in a truthful state.
+// create, destroy, stop, start and the browser's start and stop, before and
+// after the step acts, restarts it, and checks that one reconciler pass
+// leaves nothing leaked and every sandbox in a truthful state from which
+// the next operation works. Sandboxes run the image with services.
 func TestCrashAtEveryStep(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault injection skipped in -short mode")
 	}
 	f := newFixture(t)
-	createSteps := []string{"lease", "volume", "link", "boot", "agent"}
+	f.buildServicesImage(t)
+	createSteps := []string{"lease", "volume", "link", "boot", "agent", "services"}
 	destroySteps := []string{"runtime", "volume", "link", "lease", "row"}
 	for _, step := range createSteps {
 		for _, when := range []string{"before", "after"} {
@@ -319,13 +322,14 @@ func TestCrashAtEveryStep(t *testing.T) {
 			})
 		}
 	}
+	crashServiceSteps(t, f)
 	if l := f.leaks(t); len(l) != 0 {
 		t.Fatalf("leaked: %v", l)
 	}
 }
 
 func (f *fixture) tryCreate() {
-	req, _ := httpRequest("POST", "http://atelier/api/sandboxes")
+	req, _ := http.NewRequest("POST", "http://atelier/api/sandboxes", strings.NewReader(`{"image":"`+servicesImage+`"}`))
 	req.Header.Set("Content-Type", "application/json")
 	res, err := f.client().Do(req)
 	if err == nil {

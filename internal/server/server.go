@@ -175,6 +175,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		return nil, err
 	}
 	sbx.AddHooks(ed.Hooks())
+	// The starting page of a tool host names the service it waits for.
+	ed.SetServices(sbx)
 	every := opts.ReconcileEvery
 	if every <= 0 {
 		every = 30 * time.Second
@@ -246,6 +248,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Sandboxes.RunReconciler(bgCtx, s.reconcileEvery) }()
+	// Running guests learn the tool hosts' ports again: a changed
+	// advanced.vm.* port moves the service the edge now routes to it.
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.Sandboxes.ApplyRunning(bgCtx) }()
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Sandboxes.Run(bgCtx) }()
 	s.bg.Add(1)

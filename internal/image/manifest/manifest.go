@@ -62,7 +62,14 @@ type Service struct {
 	// (the browser stack costs memory).
 	Autostart bool `json:"autostart,omitempty"`
 	// Process is what to run; Process.Port is the default port, which the
-	// host's config overrides for services with a role.
+	// host's config overrides for services with a role. The agent replaces
+	// ${PORT} in argv, shell and env values with the port in effect (and
+	// exports PORT), runs it as User and in Workdir when the process names
+	// none, and keeps it to Process.Restart. A service that is several
+	// programs (the browser: Xvnc, a window manager, Chromium, websockify)
+	// is one supervisor script that starts them in its process group and
+	// exits when any of them does, so the restart policy restarts the
+	// whole stack and a stop ends all of it.
 	Process agent.ProcessSpec `json:"process"`
 	// Health says when the service is ready.
 	Health *Health `json:"health,omitempty"`

@@ -103,7 +103,10 @@ func (r *Runtime) Boot(ctx context.Context, inst sandbox.Instance) error {
 	args := append(append([]string{}, r.o.Command[1:]...),
 		"serve", "--vsock-port", "0", "--unix", sock, "--sandbox-id", id,
 		"--file-root", home, "--workdir", home, "--log-dir", logs,
-		"--config-path", filepath.Join(etc, "config.json"), "--etc-dir", etc)
+		"--config-path", filepath.Join(etc, "config.json"), "--etc-dir", etc,
+		// The host's own /etc/atelier is not the guest's image: mock guests
+		// have no image services, but keep the desired state of theirs.
+		"--image-manifest=", "--state-dir", filepath.Join(r.dir(id), "state"))
 	cmd := exec.Command(r.o.Command[0], args...)
 	cmd.Dir = home
 	cmd.Env = agentEnv(id, home, tmp)
