@@ -1,9 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { defineConfig, type Plugin } from 'vite';
 
 const require = createRequire(import.meta.url);
+const here = fileURLToPath(new URL('.', import.meta.url));
 
 // Swagger UI for /docs ships prebuilt: copied as is, never re-bundled, and
 // loaded only by docs.html, so the dashboard's own pages never pay for it.
@@ -28,7 +30,7 @@ export default defineConfig({
   esbuild: { jsx: 'automatic' },
   plugins: [swaggerUI()],
   build: {
-    outDir: resolve(__dirname, '../internal/dashboard/dist/app'),
+    outDir: resolve(here, '../internal/dashboard/dist/app'),
     emptyOutDir: true,
     target: 'es2020',
     sourcemap: false,
@@ -38,8 +40,8 @@ export default defineConfig({
     reportCompressedSize: true,
     rollupOptions: {
       input: {
-        index: resolve(__dirname, 'index.html'),
-        docs: resolve(__dirname, 'docs.html'),
+        index: resolve(here, 'index.html'),
+        docs: resolve(here, 'docs.html'),
       },
     },
   },

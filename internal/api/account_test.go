@@ -3,7 +3,9 @@ package api_test
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"atelier/internal/auth"
 	"atelier/internal/config"
@@ -150,4 +152,32 @@ func mergeHdr(a, b map[string]string) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// TestListThenResume: the list names the newest event, and a stream resumed
+// after it carries exactly the changes made after the list: what the
+// dashboard does on load instead of replaying the whole history.
+func TestListThenResume(t *testing.T) {
+	h := newHarness(t, config.ModeMock, nil)
+	old := h.create(t, nil)
+	r := h.do(t, "GET", "/api/sandboxes", nil, nil)
+	since := r.header.Get("Last-Event-ID")
+	if r.status != 200 || since == "" || since == "0" {
+		t.Fatalf("list: %d, Last-Event-ID %q", r.status, since)
+	}
+	v := h.create(t, nil)
+	res, err := http.Get(h.ts.URL + "/api/events?since=" + since)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	evs := readEvents(t, res.Body, 2, 10*time.Second)
+	for _, ev := range evs {
+		if strings.Contains(ev.data, old.ID) {
+			t.Fatalf("event from before the list replayed: %+v", ev)
+		}
+		if !strings.Contains(ev.data, v.ID) || ev.event == "reset" {
+			t.Fatalf("unexpected event after the list: %+v", ev)
+		}
+	}
 }
