@@ -141,8 +141,9 @@ function UserMenu() {
   const initials = (me.name || me.login).slice(0, 2).toUpperCase();
   return (
     <div className="usermenu" ref={ref}>
-      <button type="button" className="avatar" aria-haspopup="menu" aria-expanded={open} onClick={() => setOpen(!open)} aria-label={`Account: ${me.login}`}>
-        {initials}
+      <button type="button" className="avatar" aria-haspopup="menu" aria-expanded={open} onClick={() => setOpen(!open)}>
+        <span aria-hidden="true">{initials}</span>
+        <span className="sr-only">Account menu of {me.login}</span>
       </button>
       {open && (
         <div className="menu" role="menu">

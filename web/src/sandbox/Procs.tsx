@@ -143,7 +143,7 @@ export function DevCommands({ id }: { id: string }) {
                   <button type="button" className="btn btn-sm" onClick={() => void act(() => agent.procAction(id, 'dev', p.name, 'restart'), `Restarted ${p.name}`)} aria-label={`Restart ${p.name}`}>
                     Restart
                   </button>
-                  <button type="button" className="btn btn-sm" onClick={() => setExpose(p)} aria-label={`Expose ${p.name}`}>
+                  <button type="button" className="btn btn-sm" onClick={() => setExpose(p)} aria-label={urls.length ? `Change exposure of ${p.name}` : `Expose ${p.name}`}>
                     {urls.length ? 'Change exposure' : 'Expose'}
                   </button>
                   {urls.length > 0 && (
