@@ -27,7 +27,7 @@ func TestBrowserSandboxFlow(t *testing.T) {
 		MapHosts: nil,
 		Args: map[string]any{
 			"url": m.URL, "allowed": m.allowed(), "axe": axePath(t),
-			"devCmd": `node -e "require('http').createServer((q,s)=>s.end('hello from the dev server on '+process.env.PORT)).listen(+process.env.PORT)"`,
+			"devCmd":  `node -e "require('http').createServer((q,s)=>s.end('hello from the dev server on '+process.env.PORT)).listen(+process.env.PORT)"`,
 			"devPort": strconv.Itoa(devPort),
 		},
 		Script: `
