@@ -227,8 +227,9 @@ func compressible(ctype string) bool {
 }
 
 // GzipSizes reports the JS and CSS the app ships, compressed as served: the
-// entry page's own scripts and styles (first load) and everything under
-// assets/ (every page). Zero when the app is not built.
+// entry page's own scripts and styles (first load) and every page's
+// (total; /docs's Swagger UI, loaded by /docs alone, is not counted). Zero
+// when the app is not built.
 func (h *Handler) GzipSizes() (firstLoad, total int, err error) {
 	if h.files == nil {
 		return 0, 0, nil
@@ -245,7 +246,7 @@ func (h *Handler) GzipSizes() (firstLoad, total int, err error) {
 		if err != nil || d.IsDir() {
 			return err
 		}
-		if ext := path.Ext(p); ext != ".js" && ext != ".css" {
+		if ext := path.Ext(p); (ext != ".js" && ext != ".css") || strings.HasPrefix(p, "assets/docs/") {
 			return nil
 		}
 		a, err := h.load(p)

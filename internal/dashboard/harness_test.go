@@ -100,7 +100,7 @@ type mockManager struct {
 	log      *bytes.Buffer
 }
 
-func startMock(tb testing.TB) *mockManager {
+func startMock(tb testing.TB, env ...string) *mockManager {
 	tb.Helper()
 	browsertest.Require(tb)
 	requireApp(tb)
@@ -122,6 +122,7 @@ func startMock(tb testing.TB) *mockManager {
 		"ATELIER_HTTPS_PORT="+strconv.Itoa(freePort(tb)),
 		"ATELIER_SSH_PROXY_PORT="+strconv.Itoa(freePort(tb)),
 	)
+	m.cmd.Env = append(m.cmd.Env, env...)
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := m.cmd.Start(); err != nil {

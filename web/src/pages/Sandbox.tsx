@@ -127,6 +127,7 @@ export function SandboxPage({ id }: { id: string }) {
             id={`tab-${t.id}`}
             aria-selected={tab === t.id}
             aria-controls="tabpanel"
+            ref={tab === t.id ? (el) => el?.scrollIntoView({ block: 'nearest', inline: 'nearest' }) : undefined}
             className={tab === t.id ? 'tab tab-active' : 'tab'}
             onClick={() => setQuery({ tab: t.id === 'overview' ? null : t.id, split: split === t.id ? null : split ?? null })}
           >
