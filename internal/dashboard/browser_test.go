@@ -1,9 +1,12 @@
 package dashboard_test
 
 import (
+	"bytes"
 	"strconv"
 	"strings"
 	"testing"
+
+	"golang.org/x/crypto/ssh"
 
 	"atelier/internal/browsertest"
 )
@@ -18,10 +21,14 @@ func TestBrowserSandboxFlow(t *testing.T) {
 	m := startMock(t)
 	devPort := freePort(t)
 	var got struct {
-		Terminal string `json:"terminal"`
-		Dev      string `json:"dev"`
-		Reloads  int    `json:"reloads"`
-		Axe      int    `json:"axe"`
+		Terminal    string `json:"terminal"`
+		Dev         string `json:"dev"`
+		Reloads     int    `json:"reloads"`
+		Axe         int    `json:"axe"`
+		PublicKey   string `json:"publicKey"`
+		PrivateKey  string `json:"privateKey"`
+		Fingerprint string `json:"fingerprint"`
+		Token       string `json:"token"`
 	}
 	run(t, browsertest.Options{
 		MapHosts: nil,
@@ -103,6 +110,28 @@ await page.getByRole('dialog', { name: 'Delete sandbox?' }).getByRole('button', 
 await page.getByText('No sandboxes yet').waitFor();
 out.reloads = (await page.evaluate(() => window.__sameDocument === true)) ? 0 : 1;
 
+// Settings: an SSH key pair made in the browser, its private key downloaded
+// once; an API token shown once, then revoked.
+await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Settings' }).click();
+await page.getByRole('button', { name: 'Add SSH key' }).click();
+const add = page.getByRole('dialog', { name: 'Add an SSH key' });
+await add.getByLabel('Name').fill('laptop');
+await add.getByRole('button', { name: 'Generate an ed25519 key pair' }).click();
+out.publicKey = await add.getByLabel('Public key').inputValue();
+const [dl] = await Promise.all([page.waitForEvent('download'), add.getByRole('button', { name: 'Download private key' }).click()]);
+out.privateKey = fs.readFileSync(await dl.path(), 'utf8');
+await add.getByRole('button', { name: 'Add key' }).click();
+await add.getByRole('button', { name: 'Done' }).click();
+out.fingerprint = await page.getByRole('table', { name: 'SSH keys' }).getByRole('row').filter({ hasText: 'laptop' }).innerText();
+const tok = page.getByRole('form', { name: 'Create an API token' });
+await tok.getByLabel('Token name').fill('ci');
+await tok.getByLabel('Scope').selectOption('read');
+await tok.getByRole('button', { name: 'Create token' }).click();
+out.token = await page.locator('code.secret').innerText();
+await page.getByRole('button', { name: 'Revoke token ci' }).click();
+await page.getByRole('dialog', { name: 'Revoke token?' }).getByRole('button', { name: 'Revoke' }).click();
+await page.getByRole('status').getByText('Revoked ci').waitFor();
+
 // The other pages.
 for (const [nav, heading] of [['Settings', 'Settings'], ['System', 'System'], ['Images', 'Images']]) {
   await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: nav }).click();
@@ -125,6 +154,22 @@ return out;
 	}
 	if got.Reloads != 0 {
 		t.Errorf("the page reloaded during the flow")
+	}
+	// The key pair made in the browser is one OpenSSH reads: the private key
+	// parses and matches the public key the manager registered.
+	signer, err := ssh.ParsePrivateKey([]byte(got.PrivateKey))
+	if err != nil {
+		t.Fatalf("the downloaded private key does not parse: %v\n%s", err, got.PrivateKey)
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(got.PublicKey))
+	if err != nil || !bytes.Equal(pub.Marshal(), signer.PublicKey().Marshal()) {
+		t.Fatalf("public key %q does not match the private key (%v)", got.PublicKey, err)
+	}
+	if fp := ssh.FingerprintSHA256(pub); !strings.Contains(got.Fingerprint, fp) {
+		t.Errorf("the key list shows %q, want fingerprint %s", got.Fingerprint, fp)
+	}
+	if len(got.Token) < 20 {
+		t.Errorf("token shown once: %q", got.Token)
 	}
 	t.Logf("axe: %d minor or moderate violations across the pages", got.Axe)
 }

@@ -59,6 +59,9 @@ export function Terminals({ id }: { id: string }) {
         <button type="button" className="btn btn-sm" onClick={() => void create()} disabled={creating} aria-label="New terminal">
           +
         </button>
+        <a className="btn btn-sm term-window" href={`/sandboxes/${encodeURIComponent(id)}?tab=terminal`} target="_blank" rel="noopener">
+          Open in a new window
+        </a>
       </div>
       <ErrorBanner error={list.error || error} />
       {terms.map((t) => (
