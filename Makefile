@@ -12,12 +12,30 @@ export ATELIER_TEST_VERDACCIO_DIR ?= /var/cache/atelier-test/verdaccio
 # The guest kernel of the QEMU boot test and benchmarks (.ci/run and `make kernel` build it).
 export ATELIER_TEST_KERNEL ?= /var/cache/atelier-test/kernel/vmlinux
 
-.PHONY: all build agent test-image kernel run test test-short bench lint fmt fuzz clean
+.PHONY: all build web web-deps agent test-image kernel run test test-short bench lint fmt fuzz clean screenshots
 
 all: build
 
-build:
+# The dashboard (web/) is built first and embedded in the binary.
+build: web
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/atelier ./cmd/atelier
+
+# The dashboard: Node.js >= 18 and npm are its only prerequisites. The API
+# types are generated from the manager's own OpenAPI document, so a field
+# renamed in Go fails the type check here. Output: internal/dashboard/dist/app.
+NPM ?= npm
+web: web-deps
+	$(GO) run ./internal/dashboard/openapigen -o web/src/api/openapi.json
+	cd web && $(NPM) run build
+
+web-deps: web/node_modules/.installed
+web/node_modules/.installed: web/package.json web/package-lock.json
+	@command -v node >/dev/null 2>&1 && command -v $(NPM) >/dev/null 2>&1 || { \
+		echo "The dashboard needs Node.js >= 18 and npm: apt-get install nodejs npm"; exit 1; }
+	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 18 ? 0 : 1)' || { \
+		echo "Node.js $$(node --version) is too old for the dashboard: it needs 18 or later"; exit 1; }
+	cd web && $(NPM) ci --no-audit --no-fund
+	@touch $@
 
 # The static guest agent that runs inside every sandbox.
 agent:
@@ -32,8 +50,8 @@ test-image: agent
 kernel:
 	$(GO) run ./cmd/atelier images kernel --output $(ATELIER_TEST_KERNEL)
 
-# Local development: mock mode, SQLite under ./.atelier, API and docs on
-# http://localhost:$(PORT). Mock mode has no login and runs commands as you, so
+# Local development: mock mode, SQLite under ./.atelier, the dashboard, API and
+# docs on http://localhost:$(PORT). Mock mode has no login and runs commands as you, so
 # every listener binds 127.0.0.1; RUN_FLAGS=--insecure-mock-listen-any opens
 # them to the network.
 RUN_FLAGS ?=
@@ -43,14 +61,21 @@ run: build
 
 # Every test, including the fuzz targets' seed corpora and the root-only
 # integration tests (they skip with a message when not root).
-test: lint
+test: lint web
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 test-short:
 	$(GO) test -count=1 ./...
 
-bench:
+bench: web
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./...
+
+# Every dashboard page at desktop and phone sizes, from a real mock-mode
+# manager in Chromium, into ./screenshots (not committed).
+SCREENSHOTS ?= $(CURDIR)/screenshots
+screenshots: web
+	ATELIER_SCREENSHOTS=$(SCREENSHOTS) $(GO) test -count=1 -run '^TestScreenshots$$' -v ./internal/dashboard/
+	@echo "screenshots in $(SCREENSHOTS)"
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -66,4 +91,4 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzCreateSandboxBody -fuzztime 60s ./internal/api
 
 clean:
-	rm -rf bin .atelier images/test.ext4
+	rm -rf bin .atelier images/test.ext4 internal/dashboard/dist/app screenshots

@@ -17,6 +17,7 @@ import (
 
 	"atelier/internal/auth"
 	"atelier/internal/config"
+	"atelier/internal/dashboard"
 	"atelier/internal/edge"
 	"atelier/internal/events"
 	"atelier/internal/metrics"
@@ -50,6 +51,9 @@ type Server struct {
 	api huma.API
 	// raw lists the routes served outside huma, for the OpenAPI document and the route audit.
 	raw []Route
+	// pages counts the web app's routes in raw (public, not API operations).
+	pages int
+	dash  *dashboard.Handler
 }
 
 // Route is one registered method+path and whether it is reachable without credentials.
@@ -76,6 +80,7 @@ var publicRoutes = map[string]bool{
 	"GET /openapi.yaml":  true,
 	"GET /docs":          true,
 	"GET /{$}":           true,
+	// and the web app's pages and assets (dashboard.Pages, registerPage).
 }
 
 // New builds the API and registers every route.
@@ -90,8 +95,9 @@ func New(d Deps) *Server {
 
 	cfg := huma.DefaultConfig("Atelier Manager API", d.Version)
 	cfg.OpenAPIPath = "/openapi"
-	cfg.DocsPath = "/docs"
-	cfg.DocsRenderer = huma.DocsRendererScalar
+	// /docs is the dashboard's bundled Swagger UI (registerDashboard): huma's
+	// renderers load their script from a CDN.
+	cfg.DocsPath = ""
 	// No $schema links in bodies: clients get plain JSON.
 	cfg.CreateHooks = nil
 	cfg.Info.Description = "Manage sandboxes: isolated Linux environments with VS Code, OpenCode, a browser, a terminal and SSH."
@@ -114,8 +120,9 @@ func New(d Deps) *Server {
 	s.registerBrowser()
 	s.registerRegistry()
 	s.registerSSHKeys()
+	s.registerAccount()
 	s.registerRaw("GET", "/metrics", false, "Prometheus metrics.", s.authRaw(d.Metrics.Handler()))
-	s.registerRaw("GET", "/{$}", true, "Service index.", http.HandlerFunc(s.index))
+	s.registerDashboard()
 	s.mux.HandleFunc("/", s.notFound)
 	return s
 }
@@ -125,6 +132,13 @@ func New(d Deps) *Server {
 func (s *Server) Handler() http.Handler {
 	return s.instrument(s.guard(s.mux))
 }
+
+// Dashboard is the web app the manager serves.
+func (s *Server) Dashboard() *dashboard.Handler { return s.dash }
+
+// PageRoutes is how many of Routes are the web app's pages and assets,
+// which the OpenAPI document does not list.
+func (s *Server) PageRoutes() int { return s.pages }
 
 // API exposes the huma API (its OpenAPI document in particular).
 func (s *Server) API() huma.API { return s.api }
@@ -298,10 +312,11 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 	return r.ResponseWriter.Write(b)
 }
 
+// Flush reaches the connection through writers that only unwrap (Caddy's,
+// when the edge serves the dashboard host): event streams must not stall
+// behind them.
 func (r *statusRecorder) Flush() {
-	if f, ok := r.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
+	_ = http.NewResponseController(r.ResponseWriter).Flush()
 }
 
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

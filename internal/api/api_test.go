@@ -18,6 +18,7 @@ import (
 	"atelier/internal/api"
 	"atelier/internal/auth"
 	"atelier/internal/config"
+	"atelier/internal/dashboard"
 	"atelier/internal/server"
 )
 
@@ -155,14 +156,17 @@ func TestRouteAudit(t *testing.T) {
 		"GET /health": true, "GET /health/live": true, "GET /health/ready": true, "GET /config": true,
 		"GET /auth/github": true, "GET /auth/callback": true, "POST /auth/logout": true, "GET /auth/me": true,
 		"GET /openapi.json": true, "GET /openapi.yaml": true, "GET /docs": true, "GET /{$}": true,
-		"GET /auth/edge": true,
+		"GET /auth/edge": true, "GET /assets/{path...}": true,
+	}
+	for _, p := range dashboard.Pages {
+		publicWant["GET "+p] = true
 	}
 	for _, r := range routes {
 		key := r.Method + " " + r.Path
 		if r.Public != publicWant[key] {
 			t.Errorf("%s: public=%v, want %v", key, r.Public, publicWant[key])
 		}
-		path := strings.NewReplacer("{id}", "abcdefghijkl", "{name}", "web", "{tid}", "t1", "{$}", "").Replace(r.Path)
+		path := strings.NewReplacer("{id}", "abcdefghijkl", "{name}", "web", "{tid}", "t1", "{$}", "", "{path...}", "x.js").Replace(r.Path)
 		got := h.do(t, r.Method, path, nil, nil)
 		if r.Public {
 			// /auth/me is public by design and reports "not logged in" as 401.
@@ -195,7 +199,7 @@ func TestRouteAudit(t *testing.T) {
 	for _, item := range doc.Paths {
 		n += len(item)
 	}
-	if n+4 != len(routes) { // +openapi.json, openapi.yaml, docs, index
+	if n+3+h.srv.API.PageRoutes() != len(routes) { // +openapi.json, openapi.yaml, docs, and the web app's pages
 		t.Fatalf("openapi lists %d operations, audit saw %d routes", n, len(routes))
 	}
 }

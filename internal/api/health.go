@@ -29,6 +29,7 @@ type configBody struct {
 	SSHPort      int               `json:"sshPort"`
 	AuthMode     string            `json:"authMode" enum:"github,none" doc:"github: log in with GitHub; none: mock mode's single local user."`
 	LoginURL     string            `json:"loginUrl,omitempty"`
+	AllowedOrg   string            `json:"allowedOrg,omitempty" doc:"With authMode github: members of this GitHub organization may sign in (besides the accounts listed by the operator), so the login page can say who may."`
 	URLPatterns  map[string]string `json:"urlPatterns" doc:"The seed's domain table with {id}, {name} and {alias} placeholders."`
 	Ports        map[string]int    `json:"ports" doc:"In-guest service ports."`
 	MaxSandboxes int               `json:"maxSandboxes"`
@@ -130,7 +131,7 @@ func (s *Server) registerHealth() {
 		b := configBody{
 			DashboardURL: c.DashboardURL(), BaseDomain: c.Domain.BaseDomain,
 			SSHHost: c.Domain.SSH.Hostname, SSHPort: c.Domain.SSH.Port,
-			AuthMode: "github", LoginURL: "/auth/github",
+			AuthMode: "github", LoginURL: "/auth/github", AllowedOrg: c.Auth.AllowedOrg,
 			URLPatterns: c.URLPatterns(), MaxSandboxes: c.Server.MaxSandboxes,
 			Ports: map[string]int{
 				"vscode": c.Advanced.VM.VSCode.Port, "opencode": c.Advanced.VM.OpenCode.Port,
@@ -138,7 +139,7 @@ func (s *Server) registerHealth() {
 			},
 		}
 		if c.Server.Mode == "mock" {
-			b.AuthMode, b.LoginURL = "none", ""
+			b.AuthMode, b.LoginURL, b.AllowedOrg = "none", "", ""
 		}
 		return &struct{ Body configBody }{b}, nil
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 
 	"github.com/danielgtaylor/huma/v2"
 
@@ -68,7 +69,8 @@ type listSandboxesInput struct {
 }
 
 type listSandboxesOutput struct {
-	Body struct {
+	LastEventID string `header:"Last-Event-ID" doc:"The newest event at the time of this list: GET /api/events?since= it misses no later change."`
+	Body        struct {
 		Sandboxes []sandbox.View `json:"sandboxes"`
 	}
 }
@@ -121,11 +123,16 @@ func (s *Server) registerSandboxes() {
 		if p := principal(ctx); !p.Admin {
 			f.OwnerID = p.User.ID
 		}
+		// Read before the list: a change after it has a later event.
+		last, err := s.d.Store.LatestEventID(ctx)
+		if err != nil {
+			return nil, toProblem(ctx, s.d.Log, err)
+		}
 		list, err := s.d.Sandboxes.List(ctx, f)
 		if err != nil {
 			return nil, toProblem(ctx, s.d.Log, err)
 		}
-		out := &listSandboxesOutput{}
+		out := &listSandboxesOutput{LastEventID: strconv.FormatInt(last, 10)}
 		out.Body.Sandboxes = make([]sandbox.View, 0, len(list))
 		for _, sb := range list {
 			out.Body.Sandboxes = append(out.Body.Sandboxes, s.d.Sandboxes.View(sb))

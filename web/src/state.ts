@@ -1,0 +1,142 @@
+// The sandboxes the user may see, kept live from GET /api/events: the list is
+// fetched once, then every sandbox.created / updated / deleted event (which
+// carries the whole sandbox) updates it. A dropped stream resumes with
+// Last-Event-ID (the browser sends it on its own reconnects; after a failed
+// one we reopen with ?since=), and a "reset" (history too old) refetches.
+import { useSyncExternalStore } from 'react';
+import { api, ApiError, type Sandbox } from './api/client';
+
+export type StreamState = 'connecting' | 'live' | 'reconnecting';
+
+interface State {
+  sandboxes: Map<string, Sandbox>;
+  loaded: boolean;
+  loadError?: string;
+  stream: StreamState;
+  /** Bumped on every sandbox event: pages that show derived host data refresh on it. */
+  tick: number;
+}
+
+let state: State = { sandboxes: new Map(), loaded: false, stream: 'connecting', tick: 0 };
+const listeners = new Set<() => void>();
+
+function set(next: Partial<State>) {
+  state = { ...state, ...next };
+  listeners.forEach((fn) => fn());
+}
+
+function subscribe(fn: () => void) {
+  listeners.add(fn);
+  return () => listeners.delete(fn);
+}
+
+export function useStore(): State {
+  return useSyncExternalStore(subscribe, () => state);
+}
+
+export function getSandbox(id: string): Sandbox | undefined {
+  return state.sandboxes.get(id);
+}
+
+/** Applies a sandbox the API answered with (create, stop, …), unless the store holds a newer one. */
+export function putSandbox(sb: Sandbox) {
+  const cur = state.sandboxes.get(sb.id);
+  if (cur && Date.parse(cur.updatedAt) > Date.parse(sb.updatedAt)) return;
+  const m = new Map(state.sandboxes);
+  // The list omits timings; keep the ones a single get or an event brought.
+  m.set(sb.id, cur?.timings && !sb.timings ? { ...sb, timings: cur.timings } : sb);
+  set({ sandboxes: m, tick: state.tick + 1 });
+}
+
+export function dropSandbox(id: string) {
+  if (!state.sandboxes.has(id)) return;
+  const m = new Map(state.sandboxes);
+  m.delete(id);
+  set({ sandboxes: m, tick: state.tick + 1 });
+}
+
+export type ListResult = { sandboxes: Sandbox[] | null; lastEventId: string };
+
+/** GET /api/sandboxes, with the id of the newest event at the time of the list. */
+export async function fetchSandboxes(): Promise<ListResult> {
+  const { data, error, response } = await api.GET('/api/sandboxes');
+  if (!response.ok || !data) throw new ApiError(response.status, error);
+  return { sandboxes: data.sandboxes, lastEventId: response.headers.get('Last-Event-ID') ?? '' };
+}
+
+export async function loadSandboxes(prefetched?: Promise<ListResult>) {
+  try {
+    const r = await (prefetched ?? fetchSandboxes());
+    const m = new Map<string, Sandbox>();
+    for (const sb of r.sandboxes ?? []) {
+      const cur = state.sandboxes.get(sb.id);
+      // An event that arrived while the list was in flight may be newer.
+      m.set(sb.id, cur && Date.parse(cur.updatedAt) > Date.parse(sb.updatedAt) ? cur : sb);
+    }
+    set({ sandboxes: m, loaded: true, loadError: undefined, tick: state.tick + 1 });
+    // The stream resumes after the list: no history replayed, no change missed.
+    if (!lastId || Number(r.lastEventId) > Number(lastId)) lastId = r.lastEventId;
+  } catch (e) {
+    set({ loaded: true, loadError: e instanceof Error ? e.message : String(e) });
+  }
+}
+
+let source: EventSource | null = null;
+let lastId = '';
+let retry = 1000;
+let retryTimer: number | undefined;
+
+/** Opens the event stream (once). */
+export function startEvents() {
+  if (source) return;
+  const url = '/api/events' + (lastId ? `?since=${encodeURIComponent(lastId)}` : '');
+  const es = new EventSource(url, { withCredentials: true });
+  source = es;
+  const track = (e: MessageEvent) => {
+    if (e.lastEventId) lastId = e.lastEventId;
+  };
+  es.onopen = () => {
+    retry = 1000;
+    set({ stream: 'live' });
+  };
+  es.onerror = () => {
+    if (es.readyState === EventSource.CLOSED) {
+      // The browser gave up (an error status): reopen ourselves, resuming after lastId.
+      source = null;
+      set({ stream: 'reconnecting' });
+      window.clearTimeout(retryTimer);
+      retryTimer = window.setTimeout(startEvents, retry);
+      retry = Math.min(retry * 2, 30000);
+    } else {
+      set({ stream: 'reconnecting' });
+    }
+  };
+  const onSandbox = (e: MessageEvent) => {
+    track(e);
+    try {
+      putSandbox(JSON.parse(e.data) as Sandbox);
+    } catch {
+      /* malformed event: ignore */
+    }
+  };
+  es.addEventListener('sandbox.created', onSandbox);
+  es.addEventListener('sandbox.updated', onSandbox);
+  es.addEventListener('sandbox.deleted', (e) => {
+    track(e as MessageEvent);
+    try {
+      dropSandbox((JSON.parse((e as MessageEvent).data) as Sandbox).id);
+    } catch {
+      /* ignore */
+    }
+  });
+  es.addEventListener('reset', () => {
+    // The history we would resume from is gone: take the list afresh.
+    void loadSandboxes();
+  });
+}
+
+export function stopEvents() {
+  source?.close();
+  source = null;
+  window.clearTimeout(retryTimer);
+}
