@@ -8,8 +8,11 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -50,6 +53,11 @@ type Server struct {
 	api huma.API
 	// raw lists the routes served outside huma, for the OpenAPI document and the route audit.
 	raw []Route
+	// closing ends long-lived answers (event streams) at shutdown: they
+	// would otherwise hold the HTTP server's drain for its whole timeout.
+	closing   chan struct{}
+	closeOnce sync.Once
+	streams   atomic.Int64
 }
 
 // Route is one registered method+path and whether it is reachable without credentials.
@@ -86,9 +94,10 @@ func New(d Deps) *Server {
 	if d.Started.IsZero() {
 		d.Started = time.Now()
 	}
-	s := &Server{d: d, mux: http.NewServeMux()}
+	s := &Server{d: d, mux: http.NewServeMux(), closing: make(chan struct{})}
 
 	cfg := huma.DefaultConfig("Atelier Manager API", d.Version)
+	cfg.Components.Schemas = huma.NewMapRegistry("#/components/schemas/", schemaNamer)
 	cfg.OpenAPIPath = "/openapi"
 	cfg.DocsPath = "/docs"
 	cfg.DocsRenderer = huma.DocsRendererScalar
@@ -99,6 +108,20 @@ func New(d Deps) *Server {
 		"cookie": {Type: "apiKey", In: "cookie", Name: auth.CookieName, Description: "Dashboard session (GitHub login); named __Host-atelier_session over HTTPS."},
 		"bearer": {Type: "http", Scheme: "bearer", Description: "API token created at /api/tokens."},
 	}
+	// Every operation that reads a JSON body may answer 415 (see
+	// isJSONContentType); say so, as clients generated from the document
+	// branch on the listed statuses.
+	cfg.OpenAPI.OnAddOperation = append(cfg.OpenAPI.OnAddOperation, func(oapi *huma.OpenAPI, op *huma.Operation) {
+		if op.RequestBody == nil || op.Responses["415"] != nil {
+			return
+		}
+		if op.Responses == nil {
+			op.Responses = map[string]*huma.Response{}
+		}
+		op.Responses["415"] = &huma.Response{Description: http.StatusText(http.StatusUnsupportedMediaType),
+			Content: map[string]*huma.MediaType{"application/problem+json": {
+				Schema: oapi.Components.Schemas.Schema(reflect.TypeOf(&Problem{}), true, "")}}}
+	})
 	s.api = humago.New(s.mux, cfg)
 	s.api.UseMiddleware(s.authMiddleware)
 
@@ -123,6 +146,14 @@ func New(d Deps) *Server {
 // behind the Host and cross-origin guard (guard.go).
 func (s *Server) Handler() http.Handler {
 	return s.instrument(s.guard(s.mux))
+}
+
+// CloseStreams ends every open event stream (clients reconnect and resume
+// with Last-Event-ID) and returns how many there were. The manager calls it
+// before draining its HTTP servers.
+func (s *Server) CloseStreams() int {
+	s.closeOnce.Do(func() { close(s.closing) })
+	return int(s.streams.Load())
 }
 
 // API exposes the huma API (its OpenAPI document in particular).

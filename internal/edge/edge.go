@@ -285,7 +285,12 @@ func (e *Edge) Start(ctx context.Context, dashboard http.Handler) error {
 		return fmt.Errorf("start edge: %w", ErrBusy)
 	}
 	instances.Store(e.id, e)
+	// Caddy's default logger writes JSON to stderr until the config's own
+	// takes over, and announces the switch through the old one. Buffered,
+	// that line and the rest reach the manager's log in its own format.
+	_, orig, _ := caddy.BufferedLog()
 	if err := caddy.Load(cfgJSON, true); err != nil {
+		caddy.UnbufferDefaultLogger(orig)
 		instances.Delete(e.id)
 		return fmt.Errorf("start edge: load caddy config: %w", err)
 	}
