@@ -2,7 +2,7 @@
 # two commands the README promises work on a fresh machine.
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X atelier/internal/server.Version=$(VERSION)
+LDFLAGS   := -s -w -X atelier/internal/server.Version=$(VERSION) -X atelier/internal/guest.Version=$(VERSION)
 DATA_DIR  ?= $(CURDIR)/.atelier
 PORT      ?= 4000
 # The edge of `make run`: sandbox hosts at http://<host>.localhost:$(EDGE_PORT) (80 needs root).

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"reflect"
@@ -16,6 +17,7 @@ import (
 
 	"atelier/internal/agent"
 	"atelier/internal/auth"
+	"atelier/internal/config"
 	"atelier/internal/ids"
 	"atelier/internal/sandbox"
 )
@@ -299,6 +301,13 @@ func (s *Server) proxyToAgent(w http.ResponseWriter, r *http.Request, route agen
 		writeProblem(w, toProblem(ctx, s.d.Log, err).(*Problem))
 		return
 	}
+	if s.d.Config.Server.Mode == config.ModeMock && r.Method == http.MethodPost &&
+		(strings.HasSuffix(route.path, "/{name}/start") || strings.HasSuffix(route.path, "/{name}/restart")) {
+		if p := s.mockPortCheck(r, id, c, route); p != nil {
+			writeProblem(w, p)
+			return
+		}
+	}
 	target := strings.TrimPrefix(r.URL.Path, "/api/sandboxes/"+id)
 	rp := &httputil.ReverseProxy{
 		Transport: c.HTTPClient().Transport,
@@ -317,6 +326,57 @@ func (s *Server) proxyToAgent(w http.ResponseWriter, r *http.Request, route agen
 		FlushInterval: -1,
 	}
 	rp.ServeHTTP(w, r)
+}
+
+// mockPortCheck refuses, in mock mode, to start a service or dev command
+// on a port this machine cannot give it: every mock sandbox is a local
+// process, so all of them share the developer's ports. A port the manager
+// listens on, one another sandbox exposes, or one something already
+// listens on (the developer's own server, another sandbox's process) is a
+// 409 port_in_use naming the holder, instead of a process that fails to
+// bind, or a dev host that serves someone else's server. The body is read
+// here and handed on unchanged.
+func (s *Server) mockPortCheck(r *http.Request, id string, c *agent.Client, route agentRoute) *Problem {
+	b, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, 1<<20))
+	if err != nil {
+		return newProblem(http.StatusRequestEntityTooLarge, "body_too_large", "the body exceeds 1 MiB")
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	var spec struct {
+		Port int `json:"port"`
+	}
+	if json.Unmarshal(b, &spec) != nil || spec.Port <= 0 || spec.Port > 65535 {
+		return nil // the agent judges the body
+	}
+	conflict := func(msg string) *Problem {
+		return newProblem(http.StatusConflict, "port_in_use", msg,
+			&huma.ErrorDetail{Location: "body.port", Message: msg, Value: spec.Port})
+	}
+	if s.d.Edge != nil {
+		if err := s.d.Edge.MockPortHolder(id, spec.Port); err != nil {
+			return conflict(err.Error())
+		}
+	}
+	if strings.HasSuffix(route.path, "/restart") {
+		return nil // its own process may hold the port until the agent stops it
+	}
+	name := r.PathValue("name")
+	var st *agent.ProcessStatus
+	if strings.HasPrefix(route.path, "/dev/") {
+		st, err = c.DevCommand(r.Context(), name)
+	} else {
+		st, err = c.Service(r.Context(), name)
+	}
+	if err == nil && st.Running {
+		return nil // the agent answers already_running
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(spec.Port)))
+	if err != nil {
+		return conflict(fmt.Sprintf("port %d is already in use on this machine: mock sandboxes are local processes that "+
+			"share its ports, so another sandbox's process or one of your own listens there; use another port", spec.Port))
+	}
+	_ = l.Close()
+	return nil
 }
 
 // agentCodes maps the agent's error codes to the API's stable ones. The

@@ -21,7 +21,7 @@ type Problem struct {
 	Type   string              `json:"type,omitempty" doc:"A URI reference for the problem type."`
 	Title  string              `json:"title,omitempty" doc:"Short summary of the problem type."`
 	Status int                 `json:"status,omitempty" doc:"HTTP status code."`
-	Code   string              `json:"code" doc:"Stable machine-readable error code." enum:"invalid_input,unauthenticated,forbidden,misdirected,not_found,method_not_allowed,conflict,already_running,limit_reached,not_a_repository,nothing_to_commit,git_failed,start_failed,sandbox_limit,quota_exceeded,rate_limited,subnet_exhausted,body_too_large,unsupported_media_type,not_acceptable,unavailable,agent_error,internal"`
+	Code   string              `json:"code" doc:"Stable machine-readable error code." enum:"invalid_input,unauthenticated,forbidden,misdirected,not_found,method_not_allowed,conflict,port_in_use,already_running,limit_reached,not_a_repository,nothing_to_commit,git_failed,start_failed,sandbox_limit,quota_exceeded,rate_limited,subnet_exhausted,body_too_large,unsupported_media_type,not_acceptable,unavailable,agent_error,internal"`
 	Detail string              `json:"detail,omitempty" doc:"What went wrong in this occurrence."`
 	Errors []*huma.ErrorDetail `json:"errors,omitempty" doc:"Individual problems, each naming the field it is about."`
 	Quota  *QuotaDetail        `json:"quota,omitempty" doc:"With code quota_exceeded: the quota that refused the request."`

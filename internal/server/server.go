@@ -100,10 +100,15 @@ func mockDrivers(cfg *config.Config) (sandbox.Drivers, error) {
 		if err != nil {
 			return sandbox.Drivers{}, err
 		}
+		// Mock mode has one image, the default: a create naming another is
+		// refused (400 on image) as production refuses an image it lacks,
+		// instead of making a sandbox that has nothing of that image.
+		vols := stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays"))
+		vols.SetImageSize(cfg.Sandbox.DefaultImage, 0)
 		return sandbox.Drivers{
 			Runtime: rt,
 			Network: netmock.New(),
-			Volumes: stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays")),
+			Volumes: vols,
 		}, nil
 	}
 }
