@@ -132,6 +132,7 @@ func New(d Deps) *Server {
 	s.registerSystem()
 	s.registerTokens()
 	s.registerCleanup()
+	s.registerSystemConfig()
 	s.registerAgentProxy()
 	s.registerEdge()
 	s.registerRegistry()

@@ -41,6 +41,7 @@ var adminOnly = map[string]bool{
 	"POST /api/registry/purge":   true,
 	"PUT /api/registry/settings": true,
 	"POST /api/system/cleanup":   true,
+	"GET /api/system/config":     true,
 }
 
 var validBody = map[string]any{"PUT /api/registry/settings": map[string]any{"evictionDays": 7}}
