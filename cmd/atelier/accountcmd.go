@@ -358,4 +358,3 @@ func (g *globals) tokens(ctx context.Context) ([]apiToken, error) {
 	err = c.Do(ctx, "GET", "/api/tokens", nil, &out)
 	return out.Tokens, err
 }
-
