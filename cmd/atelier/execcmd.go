@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -282,7 +283,20 @@ func attachTerminal(ctx context.Context, conn *websocket.Conn, in io.Reader, out
 			}
 		}()
 	}
+	// A shell may flush its terminal's input while it sets the terminal up;
+	// typed keys come later, but piped input would be lost. So piped input
+	// waits for the first output (the prompt), or a second.
+	ready := make(chan struct{})
+	var readyOnce sync.Once
 	go func() {
+		if !tty {
+			select {
+			case <-ready:
+			case <-time.After(time.Second):
+			case <-wctx.Done():
+				return
+			}
+		}
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := in.Read(buf)
@@ -309,6 +323,7 @@ func attachTerminal(ctx context.Context, conn *websocket.Conn, in io.Reader, out
 			return 0, fmt.Errorf("the terminal's connection ended: %w", err)
 		}
 		if typ == websocket.MessageBinary {
+			readyOnce.Do(func() { close(ready) })
 			if _, err := out.Write(data); err != nil {
 				return 0, err
 			}

@@ -39,7 +39,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.token, "token", os.Getenv("ATELIER_TOKEN"), "API token (env ATELIER_TOKEN)")
 	pf.BoolVar(&g.json, "json", false, "print the API's JSON objects instead of tables and messages (lists: an array)")
 	root.AddCommand(newServeCmd(g), newConfigCmd(g), newSandboxCmd(g), newManagerCmd(g), newStorageCmd(g), newNetworkCmd(g), newDebugVMCmd(g), newAgentCmd(), newRegistryCmd(g))
-	root.AddCommand(newSSHKeyCmd(g), newTokenCmd(g))
+	root.AddCommand(newSSHKeyCmd(g), newTokenCmd(g), newMockStopCmd(g))
 	return root
 }
 

@@ -133,7 +133,7 @@ func newSandboxCmd(g *globals) *cobra.Command {
 		Long: "Create, list, control and use sandboxes. Wherever a command takes a sandbox, its id or its name will do."}
 
 	var req client.CreateRequest
-	var noWait bool
+	var noWait, quiet bool
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a sandbox and wait until it runs",
@@ -152,7 +152,11 @@ func newSandboxCmd(g *globals) *cobra.Command {
 				return flagError(err, createFlags)
 			}
 			if !noWait {
-				p := startProgress(cmd.ErrOrStderr(), "creating sandbox "+label(v))
+				progressTo := cmd.ErrOrStderr()
+				if quiet {
+					progressTo = io.Discard
+				}
+				p := startProgress(progressTo, "creating sandbox "+label(v))
 				for v.Status == "creating" {
 					select {
 					case <-ctx.Done():
@@ -167,11 +171,14 @@ func newSandboxCmd(g *globals) *cobra.Command {
 				}
 				p.end()
 			}
-			if g.json {
+			switch {
+			case quiet:
+				fmt.Fprintln(cmd.OutOrStdout(), v.ID)
+			case g.json:
 				if err := printJSON(cmd.OutOrStdout(), v); err != nil {
 					return err
 				}
-			} else {
+			default:
 				printSandbox(cmd.OutOrStdout(), v)
 			}
 			if v.Status == "error" {
@@ -187,8 +194,10 @@ func newSandboxCmd(g *globals) *cobra.Command {
 	f.StringVar(&req.Name, "name", "", "optional name, unique among your sandboxes (a DNS label); usable wherever an id is")
 	f.StringVar(&req.WorkspaceID, "workspace", "", "optional workspace id")
 	f.BoolVar(&noWait, "no-wait", false, "return as soon as the sandbox is queued")
+	f.BoolVarP(&quiet, "quiet", "q", false, "print only the id (for scripts: id=$(atelier sandbox create -q))")
 
 	var status string
+	var listQuiet bool
 	list := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
@@ -204,6 +213,12 @@ func newSandboxCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return flagError(err, map[string]string{"status": "--status"})
 			}
+			if listQuiet {
+				for _, v := range vs {
+					fmt.Fprintln(cmd.OutOrStdout(), v.ID)
+				}
+				return nil
+			}
 			if g.json {
 				return printJSON(cmd.OutOrStdout(), vs)
 			}
@@ -211,6 +226,7 @@ func newSandboxCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	list.Flags().BoolVarP(&listQuiet, "quiet", "q", false, "print only the ids")
 	list.Flags().StringVar(&status, "status", "", "only this status (creating, running, stopping, stopped, starting, error, destroying)")
 
 	get := &cobra.Command{
