@@ -179,6 +179,14 @@ func TestREADME(t *testing.T) {
 	if want := "url=http://localhost:" + strconv.Itoa(port) + "/"; !strings.Contains(log.String(), want) {
 		t.Errorf("make run's log does not say where to open it (%s):\n%s", want, log.String())
 	}
+	// One format, and no warning about choices made on purpose (Caddy's
+	// start-up lines used to arrive as JSON on stderr, with a warning that
+	// its admin API is off).
+	for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+		if !strings.HasPrefix(l, "time=") || strings.Contains(l, "admin endpoint disabled") || strings.Contains(l, "level=WARN") {
+			t.Errorf("make run logged %q", l)
+		}
+	}
 
 	// A reader's second terminal: the repository's directory, with ./bin/atelier.
 	work := filepath.Join(tmp, "work")
