@@ -111,16 +111,26 @@ func New(d Deps) *Server {
 	// Every operation that reads a JSON body may answer 415 (see
 	// isJSONContentType); say so, as clients generated from the document
 	// branch on the listed statuses.
+	// Schema violations are 400, never huma's 422 (see huma.NewError in
+	// problem.go): the document lists what is answered.
 	cfg.OpenAPI.OnAddOperation = append(cfg.OpenAPI.OnAddOperation, func(oapi *huma.OpenAPI, op *huma.Operation) {
-		if op.RequestBody == nil || op.Responses["415"] != nil {
-			return
-		}
-		if op.Responses == nil {
-			op.Responses = map[string]*huma.Response{}
-		}
-		op.Responses["415"] = &huma.Response{Description: http.StatusText(http.StatusUnsupportedMediaType),
-			Content: map[string]*huma.MediaType{"application/problem+json": {
+		problem := func(status int) *huma.Response {
+			return &huma.Response{Description: http.StatusText(status), Content: map[string]*huma.MediaType{"application/problem+json": {
 				Schema: oapi.Components.Schemas.Schema(reflect.TypeOf(&Problem{}), true, "")}}}
+		}
+		if r, ok := op.Responses["422"]; ok {
+			delete(op.Responses, "422")
+			if op.Responses["400"] == nil {
+				r.Description = http.StatusText(http.StatusBadRequest)
+				op.Responses["400"] = r
+			}
+		}
+		if op.RequestBody != nil && op.Responses["415"] == nil {
+			if op.Responses == nil {
+				op.Responses = map[string]*huma.Response{}
+			}
+			op.Responses["415"] = problem(http.StatusUnsupportedMediaType)
+		}
 	})
 	s.api = humago.New(s.mux, cfg)
 	s.api.UseMiddleware(s.authMiddleware)
