@@ -288,6 +288,17 @@ func TestCLI(t *testing.T) {
 		t.Errorf("rm --json keys %v", k)
 	}
 
+	// Local settings: serve's recipe keeps everything in ./.atelier; config
+	// show says it is this shell's view, not the running manager's.
+	r = run("", "serve", "--help").ok(t, "serve --help")
+	if !strings.Contains(r.out, "ATELIER_STATE_DIR=$PWD/.atelier/state") || !strings.Contains(r.out, "make run") {
+		t.Errorf("serve --help: %s", r.out)
+	}
+	r = run("", "config", "show").ok(t, "config show")
+	if !strings.Contains(r.err, "atelier manager config") {
+		t.Errorf("config show does not point at the running manager's configuration: %q", r.err)
+	}
+
 	// Nothing listens: say what to start.
 	cli(t, ctx, "http://127.0.0.1:1", "", "sandbox", "list").fails(t, "no manager", "is the manager running? (atelier serve")
 }
