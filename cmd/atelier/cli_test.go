@@ -137,6 +137,11 @@ func TestCLI(t *testing.T) {
 	run("", "sandbox", "create", "--name", "demo").fails(t, "duplicate name", "--name demo", "already used")
 	run("", "sandbox", "create", "--image", "nope").fails(t, "unknown image", "--image", `no image "nope"`)
 	run("", "sandbox", "stop", "nosuch").fails(t, "unknown name", `no sandbox "nosuch"`)
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(run("", "sandbox", "get", "queued").out, "running"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the queued sandbox never ran")
+		}
+	}
 	r = run("", "sandbox", "stop", "queued", "demo")
 	r.ok(t, "stop two by name")
 	if !strings.Contains(r.out, "stopped queued (") || !strings.Contains(r.out, "stopped demo ("+demo.ID+")") {
