@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -216,8 +217,9 @@ func TestCLI(t *testing.T) {
 	run("", "sandbox", "cp", src, back).fails(t, "cp local to local", "one of SRC and DEST")
 
 	// Dev commands, their logs and their hosts.
-	r = run("", "sandbox", "dev", "start", "demo", "web", "--port", "18999", "--", "sh", "-c", "echo first; sleep 0.5; echo second; exec sleep 60").ok(t, "dev start")
-	if !strings.Contains(r.out, "started web in demo") || !strings.Contains(r.out, "port 18999") {
+	devPort := strconv.Itoa(freePort(t))
+	r = run("", "sandbox", "dev", "start", "demo", "web", "--port", devPort, "--", "sh", "-c", "echo first; sleep 0.5; echo second; exec sleep 60").ok(t, "dev start")
+	if !strings.Contains(r.out, "started web in demo") || !strings.Contains(r.out, "port "+devPort) {
 		t.Errorf("dev start: %q", r.out)
 	}
 	run("", "sandbox", "dev", "start", "demo", "web", "--restart", "sometimes", "--", "true").fails(t, "dev start bad flag", "--restart")
@@ -231,7 +233,7 @@ func TestCLI(t *testing.T) {
 	if r.code != 0 || r.out != "first\nsecond\n" {
 		t.Fatalf("logs -f: %+v", r)
 	}
-	r = run("", "sandbox", "expose", "demo", "web", "--default", "--alias", "api=19000").ok(t, "expose")
+	r = run("", "sandbox", "expose", "demo", "web", "--default", "--alias", "api="+strconv.Itoa(freePort(t))).ok(t, "expose")
 	if !strings.Contains(r.out, "http://dev-web-"+demo.ID+".") || !strings.Contains(r.out, "web (alias api)") {
 		t.Errorf("expose: %q", r.out)
 	}

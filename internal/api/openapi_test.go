@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -336,7 +337,7 @@ func TestOpenAPIAgentRoutes(t *testing.T) {
 	for _, k := range []string{"services", "dev"} {
 		p := base + "/" + k
 		n := with("name", "srv")
-		want(t, s.call(h, "POST", p+"/{name}/start", n, nil, map[string]any{"shell": "echo started; exec sleep 60", "port": 8123, "restart": "on-failure"}, J), 200, k+" start")
+		want(t, s.call(h, "POST", p+"/{name}/start", n, nil, map[string]any{"shell": "echo started; exec sleep 60", "port": freeTCPPort(t), "restart": "on-failure"}, J), 200, k+" start")
 		want(t, s.call(h, "POST", p+"/{name}/start", n, nil, map[string]any{"argv": []string{"sleep", "1"}}, J), 409, k+" start again")
 		want(t, s.call(h, "POST", p+"/{name}/start", with("name", "bad"), nil, map[string]any{"restart": "sometimes", "argv": []string{"true"}}, J), 400, k+" bad restart")
 		want(t, s.call(h, "GET", p, id, nil, nil, ""), 200, k+" list")
@@ -383,8 +384,8 @@ func TestOpenAPIAgentRoutes(t *testing.T) {
 	want(t, s.call(h, "DELETE", base+"/terminals/{tid}", with("tid", term.ID), nil, nil, ""), 404, "delete terminal again")
 
 	// The edge's routes of the sandbox.
-	want(t, s.call(h, "POST", base+"/dev/{name}/start", with("name", "web"), nil, map[string]any{"argv": []string{"sleep", "60"}, "port": 18123}, J), 200, "dev start")
-	want(t, s.call(h, "POST", base+"/dev/{name}/expose", with("name", "web"), nil, map[string]any{"default": true, "aliases": []map[string]any{{"alias": "api", "port": 18124}}}, J), 200, "expose")
+	want(t, s.call(h, "POST", base+"/dev/{name}/start", with("name", "web"), nil, map[string]any{"argv": []string{"sleep", "60"}, "port": freeTCPPort(t)}, J), 200, "dev start")
+	want(t, s.call(h, "POST", base+"/dev/{name}/expose", with("name", "web"), nil, map[string]any{"default": true, "aliases": []map[string]any{{"alias": "api", "port": freeTCPPort(t)}}}, J), 200, "expose")
 	want(t, s.call(h, "POST", base+"/dev/{name}/expose", with("name", "web"), nil, []byte(`{"default":true}`), "application/x-www-form-urlencoded"), 415, "expose as a form")
 	want(t, s.call(h, "POST", base+"/dev/{name}/expose", with("name", "web"), nil, []byte(`{"default":true}`), ""), 200, "expose without a content type")
 	want(t, s.call(h, "GET", base+"/routes", id, nil, nil, ""), 200, "routes")
@@ -460,4 +461,16 @@ func TestOpenAPIForGenerators(t *testing.T) {
 	if n < 30 {
 		t.Fatalf("only %d agent operations in the document", n)
 	}
+}
+
+// freeTCPPort is a loopback port nothing listens on: mock sandboxes share
+// this machine's ports, and the manager refuses a taken one.
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
