@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -356,5 +358,45 @@ func TestCpFromHostileSandbox(t *testing.T) {
 				t.Fatalf("a file was written through the planted symlink: %v", ents)
 			}
 		})
+	}
+}
+
+// TestExecForwardsInterrupt: Ctrl-C on `sandbox exec` reaches the command
+// (its process group) instead of ending the CLI and orphaning it; the CLI
+// then exits with the command's status.
+func TestExecForwardsInterrupt(t *testing.T) {
+	url := startMock(t)
+	ctx := context.Background()
+	cli(t, ctx, url, "", "sandbox", "create", "--name", "sig").ok(t, "create")
+	pr, pw := io.Pipe()
+	root := newRoot()
+	root.SetOut(pw)
+	root.SetErr(io.Discard)
+	root.SetIn(strings.NewReader(""))
+	root.SetArgs([]string{"--url", url, "sandbox", "exec", "sig", "--", "sh", "-c", `trap 'echo got-int; exit 5' INT; echo ready; sleep 30 & wait`})
+	done := make(chan int, 1)
+	go func() {
+		code := 0
+		if err := root.ExecuteContext(ctx); err != nil {
+			code = report(io.Discard, err)
+		}
+		pw.Close()
+		done <- code
+	}()
+	br := bufio.NewReader(pr)
+	if l, err := br.ReadString('\n'); err != nil || l != "ready\n" {
+		t.Fatalf("read: %q %v", l, err)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(br)
+	select {
+	case code := <-done:
+		if code != 5 || !strings.Contains(string(rest), "got-int") {
+			t.Fatalf("exit %d, output %q: want the trap's 5 and its output", code, rest)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the command did not end on Ctrl-C")
 	}
 }

@@ -38,7 +38,8 @@ func newExecCmd(g *globals) *cobra.Command {
 		Short: "Run a command in a sandbox, streaming its output; exit with its status",
 		Long: "Run a command in a sandbox (as is, no shell: use -- sh -c '...' for one) and stream its stdout and\n" +
 			"stderr. The CLI exits with the command's status (128+n when signal n ended it). Standard input is\n" +
-			"passed when it is not a terminal (a pipe, a file) or with -i; Ctrl-C interrupts the command.\n" +
+			"passed when it is not a terminal (a pipe, a file) or with -i; Ctrl-C interrupts the command (the\n" +
+			"third kills it).\n" +
 			"For an interactive terminal use atelier sandbox shell.",
 		Example: "  atelier sandbox exec demo -- ls -la\n" +
 			"  echo hello | atelier sandbox exec demo -- cat\n" +
@@ -119,12 +120,20 @@ func streamExec(ctx context.Context, conn *websocket.Conn, req agent.ExecRequest
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
+		interrupts := 0
 		for {
 			select {
 			case <-wctx.Done():
 				return
 			case s := <-sigs:
-				m, _ := json.Marshal(agent.StreamControl{Type: agent.StreamKill, Signal: signalNames[s]})
+				name := signalNames[s]
+				if s == os.Interrupt {
+					// A command that ignores Ctrl-C still ends at the third.
+					if interrupts++; interrupts >= 3 {
+						name = "KILL"
+					}
+				}
+				m, _ := json.Marshal(agent.StreamControl{Type: agent.StreamKill, Signal: name})
 				_ = conn.Write(wctx, websocket.MessageText, m)
 			}
 		}

@@ -59,8 +59,8 @@ var (
 	qOffset = queryParam{name: "offset", typ: "integer", min: num(0), doc: "Byte offset to start from."}
 )
 
-func logsRoute(prefix, what string) agentRoute {
-	return agentRoute{method: "GET", path: prefix + "/{name}/logs", id: strings.TrimPrefix(prefix, "/") + "-logs",
+func logsRoute(prefix, what, one string) agentRoute {
+	return agentRoute{method: "GET", path: prefix + "/{name}/logs", id: one + "-logs",
 		summary: "A " + what + "'s log from a byte offset",
 		description: "Offsets are logical and only grow, across restarts and rotation: poll with offset=nextOffset to follow. " +
 			"When the answer's offset is past the one asked for, the bytes in between were rotated away.",
@@ -69,20 +69,20 @@ func logsRoute(prefix, what string) agentRoute {
 		out: agent.LogChunk{}}
 }
 
-func processRoutes(prefix, what, ids string) []agentRoute {
+func processRoutes(prefix, what, one, many string) []agentRoute {
 	return []agentRoute{
-		{method: "GET", path: prefix, id: "list-" + ids, summary: "List " + what + "s", out: agent.ProcessList{}},
-		{method: "GET", path: prefix + "/{name}", id: "get-" + ids, summary: "One " + what + "'s state, port and restarts", out: agent.ProcessStatus{}},
-		{method: "POST", path: prefix + "/{name}/start", id: "start-" + ids, summary: "Start a " + what,
+		{method: "GET", path: prefix, id: "list-" + many, summary: "List " + what + "s", out: agent.ProcessList{}},
+		{method: "GET", path: prefix + "/{name}", id: "get-" + one, summary: "One " + what + "'s state, port and restarts", out: agent.ProcessStatus{}},
+		{method: "POST", path: prefix + "/{name}/start", id: "start-" + one, summary: "Start a " + what,
 			description: "Exactly one of argv and shell. A " + what + " already running is 409 already_running.",
 			body:        agent.ProcessSpec{}, out: agent.ProcessStatus{}},
-		{method: "POST", path: prefix + "/{name}/stop", id: "stop-" + ids, summary: "Stop a " + what,
+		{method: "POST", path: prefix + "/{name}/stop", id: "stop-" + one, summary: "Stop a " + what,
 			description: "SIGTERM to its process group, SIGKILL after the grace.",
 			body:        agent.StopRequest{}, bodyOptional: true, out: agent.ProcessStatus{}},
-		{method: "POST", path: prefix + "/{name}/restart", id: "restart-" + ids, summary: "Restart a " + what,
+		{method: "POST", path: prefix + "/{name}/restart", id: "restart-" + one, summary: "Restart a " + what,
 			description: "With a body, the " + what + " restarts with that spec; without, with its last one.",
 			body:        agent.ProcessSpec{}, bodyOptional: true, out: agent.ProcessStatus{}},
-		logsRoute(prefix, what),
+		logsRoute(prefix, what, one),
 	}
 }
 
@@ -144,8 +144,8 @@ var agentRoutes = func() []agentRoute {
 			description: "env is added to git's environment for this push only (credentials: a GIT_ASKPASS helper and its token); it is never stored. A failed push is 409 git_failed with git's output.",
 			body:        agent.GitPushRequest{}, out: agent.GitPushResult{}},
 	}
-	rs = append(rs, processRoutes("/services", "service", "services")...)
-	rs = append(rs, processRoutes("/dev", "dev command", "dev-commands")...)
+	rs = append(rs, processRoutes("/services", "service", "service", "services")...)
+	rs = append(rs, processRoutes("/dev", "dev command", "dev-command", "dev-commands")...)
 	rs = append(rs,
 		agentRoute{method: "GET", path: "/terminals", id: "list-terminals", summary: "List terminal sessions", out: agent.TerminalList{}},
 		agentRoute{method: "POST", path: "/terminals", id: "create-terminal", summary: "Open a terminal session (PTY)",
