@@ -2,11 +2,14 @@
 # two commands the README promises work on a fresh machine.
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X atelier/internal/server.Version=$(VERSION)
+LDFLAGS   := -s -w -X atelier/internal/server.Version=$(VERSION) -X atelier/internal/guest.Version=$(VERSION)
 DATA_DIR  ?= $(CURDIR)/.atelier
 PORT      ?= 4000
 # The edge of `make run`: sandbox hosts at http://<host>.localhost:$(EDGE_PORT) (80 needs root).
 EDGE_PORT ?= 4080
+SSH_PORT  ?= 2222
+# The binary `make run` starts (the README's test points it at its own build).
+ATELIER_BIN ?= ./bin/atelier
 # Verdaccio for the npm cache's tests and benchmark (.ci/run installs it there).
 export ATELIER_TEST_VERDACCIO_DIR ?= /var/cache/atelier-test/verdaccio
 # The guest kernel of the QEMU boot test and benchmarks (.ci/run and `make kernel` build it).
@@ -50,19 +53,25 @@ test-image: agent
 kernel:
 	$(GO) run ./cmd/atelier images kernel --output $(ATELIER_TEST_KERNEL)
 
-# Local development: mock mode, SQLite under ./.atelier, the dashboard, API and
-# docs on http://localhost:$(PORT). Mock mode has no login and runs commands as you, so
-# every listener binds 127.0.0.1; RUN_FLAGS=--insecure-mock-listen-any opens
-# them to the network.
+# Local development: mock mode (each sandbox is a local process of yours),
+# SQLite under ./.atelier, the dashboard, API and docs on http://localhost:$(PORT).
+# Mock mode has no login and runs commands as you, so every listener binds
+# 127.0.0.1; RUN_FLAGS=--insecure-mock-listen-any opens them to the network. The
+# settings are variables of this command only: `atelier manager config` shows
+# them. Stopping it leaves the sandboxes running; `make clean` stops them.
 RUN_FLAGS ?=
 run: build
 	ATELIER_SERVER_MODE=mock ATELIER_DATA_DIR=$(DATA_DIR) ATELIER_STATE_DIR=$(DATA_DIR)/state \
-	ATELIER_LOG_DIR=$(DATA_DIR)/log ATELIER_SERVER_PORT=$(PORT) ATELIER_HTTP_PORT=$(EDGE_PORT) ./bin/atelier serve $(RUN_FLAGS)
+	ATELIER_LOG_DIR=$(DATA_DIR)/log ATELIER_SERVER_PORT=$(PORT) ATELIER_HTTP_PORT=$(EDGE_PORT) \
+	ATELIER_SSH_PROXY_PORT=$(SSH_PORT) $(ATELIER_BIN) serve $(RUN_FLAGS)
 
 # Every test, including the fuzz targets' seed corpora and the root-only
-# integration tests (they skip with a message when not root).
+# integration tests (they skip with a message when not root). The summary
+# prints one line per package, every skipped test with its reason and every
+# failure's output (go test -v would print every test). A cold build takes
+# several minutes.
 test: lint web
-	$(GO) test -race -count=1 -timeout 20m ./...
+	GO=$(GO) $(GO) run ./internal/testsummary/cmd -race -count=1 -timeout 20m ./...
 
 test-short:
 	$(GO) test -count=1 ./...
@@ -90,5 +99,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime 60s ./internal/config
 	$(GO) test -run '^$$' -fuzz FuzzCreateSandboxBody -fuzztime 60s ./internal/api
 
+# Mock sandboxes are processes that outlive `make run`: stop them first.
 clean:
+	@if [ -x bin/atelier ] && [ -d .atelier/state/mock ]; then ATELIER_STATE_DIR=$(CURDIR)/.atelier/state bin/atelier mock-stop; fi
 	rm -rf bin .atelier images/test.ext4 internal/dashboard/dist/app screenshots

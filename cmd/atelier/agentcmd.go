@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"atelier/internal/guest"
+	"atelier/internal/server"
 )
 
 // newAgentCmd embeds the guest agent, so mock mode can run the real agent
@@ -17,6 +18,11 @@ func newAgentCmd() *cobra.Command {
 		Hidden:             true,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// One build, one version: a binary linked with only the
+			// manager's version reports it for its embedded agent too.
+			if guest.Version == "dev" {
+				guest.Version = server.Version
+			}
 			os.Exit(guest.Main(args))
 			return nil
 		},

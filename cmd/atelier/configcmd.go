@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -12,13 +13,18 @@ func newConfigCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Show, validate or describe the configuration"}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "show",
-		Short: "Print the effective configuration as JSON, secrets redacted",
-		Args:  cobra.NoArgs,
+		Short: "Print the configuration this shell would load, as JSON, secrets redacted",
+		Long: "Print the effective configuration as this shell would load it: defaults, then the config file\n" +
+			"(--config, $ATELIER_CONFIG or /etc/atelier/sandbox.config.json), then ATELIER_* variables.\n" +
+			"A running manager may have been started with others (make run passes its settings as variables):\n" +
+			"atelier manager config prints what it uses.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := g.loadConfig()
 			if err != nil {
 				return err
 			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "# the configuration this shell loads (file: %s); a running manager's: atelier manager config\n", configSource(g))
 			b, err := cfg.Redacted().JSON()
 			if err != nil {
 				return err
@@ -64,4 +70,19 @@ func newConfigCmd(g *globals) *cobra.Command {
 		},
 	})
 	return cmd
+}
+
+// configSource says which config file a command reads, and whether it exists.
+func configSource(g *globals) string {
+	path := g.configFile
+	if path == "" {
+		path = os.Getenv("ATELIER_CONFIG")
+	}
+	if path == "" {
+		path = config.DefaultFile
+	}
+	if _, err := os.Stat(path); err != nil {
+		return path + ", absent: defaults and ATELIER_* variables only"
+	}
+	return path
 }

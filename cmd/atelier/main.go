@@ -3,8 +3,6 @@
 package main
 
 import (
-	"errors"
-	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -15,14 +13,7 @@ import (
 
 func main() {
 	if err := newRoot().Execute(); err != nil {
-		var ve *config.ValidationError
-		if errors.As(err, &ve) {
-			fmt.Fprintln(os.Stderr, "atelier: invalid configuration:")
-			fmt.Fprintln(os.Stderr, ve.Error())
-		} else {
-			fmt.Fprintln(os.Stderr, "atelier:", err)
-		}
-		os.Exit(1)
+		os.Exit(report(os.Stderr, err))
 	}
 }
 
@@ -46,9 +37,10 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.configFile, "config", "", "config file (default $ATELIER_CONFIG or /etc/atelier/sandbox.config.json)")
 	pf.StringVar(&g.url, "url", os.Getenv("ATELIER_URL"), "manager URL: http(s)://host:port or unix:///path (env ATELIER_URL; default: the local socket, else http://127.0.0.1:<server.port>)")
 	pf.StringVar(&g.token, "token", os.Getenv("ATELIER_TOKEN"), "API token (env ATELIER_TOKEN)")
-	pf.BoolVar(&g.json, "json", false, "print JSON instead of a table")
+	pf.BoolVar(&g.json, "json", false, "print the API's JSON objects instead of tables and messages (lists: an array)")
 	root.AddCommand(newServeCmd(g), newConfigCmd(g), newSandboxCmd(g), newManagerCmd(g), newStorageCmd(g), newNetworkCmd(g), newDebugVMCmd(g), newAgentCmd(), newRegistryCmd(g), newImagesCmd(g))
 	addOpsCommands(g, root)
+	root.AddCommand(newSSHKeyCmd(g), newTokenCmd(g), newMockStopCmd(g))
 	return root
 }
 

@@ -15,6 +15,7 @@ import (
 	"atelier/internal/config"
 	"atelier/internal/guest"
 	"atelier/internal/server"
+	"atelier/internal/store"
 )
 
 // run executes the CLI in-process and returns stdout and the error.
@@ -34,6 +35,12 @@ func run(t *testing.T, env map[string]string, args ...string) (string, error) {
 
 func startMock(t *testing.T) string {
 	t.Helper()
+	url, _ := startMockServer(t)
+	return url
+}
+
+func startMockServer(t *testing.T) (string, *server.Server) {
+	t.Helper()
 	cfg := config.Default()
 	dir := t.TempDir()
 	cfg.Server.Mode = config.ModeMock
@@ -48,8 +55,19 @@ func startMock(t *testing.T) string {
 	done := make(chan struct{})
 	go func() { defer close(done); srv.Sandboxes.Run(ctx) }()
 	ts := httptest.NewServer(srv.API.Handler())
-	t.Cleanup(func() { ts.Close(); cancel(); <-done; srv.Store.Close() })
-	return ts.URL
+	t.Cleanup(func() {
+		// No agent process outlives the test.
+		if list, err := srv.Sandboxes.List(context.Background(), store.SandboxFilter{}); err == nil {
+			for _, sb := range list {
+				_ = srv.Sandboxes.Destroy(context.Background(), sb.ID)
+			}
+		}
+		ts.Close()
+		cancel()
+		<-done
+		srv.Store.Close()
+	})
+	return ts.URL, srv
 }
 
 func TestSandboxCommands(t *testing.T) {
@@ -73,7 +91,7 @@ func TestSandboxCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, "stopped") {
 		t.Fatalf("stop: %v %s", err, out)
 	}
-	if _, err = run(t, nil, "--url", url, "sandbox", "stop", v.ID); err == nil || !strings.Contains(err.Error(), "409") {
+	if _, err = run(t, nil, "--url", url, "sandbox", "stop", v.ID); err == nil || !strings.Contains(err.Error(), "is already stopped") {
 		t.Fatalf("second stop: %v", err)
 	}
 	out, err = run(t, nil, "--url", url, "sandbox", "get", v.ID)
@@ -81,7 +99,7 @@ func TestSandboxCommands(t *testing.T) {
 		t.Fatalf("get: %v %s", err, out)
 	}
 	// Every id is checked before any is acted on: no half-done change.
-	if _, err = run(t, nil, "--url", url, "sandbox", "rm", v.ID, "../x"); err == nil || !strings.Contains(err.Error(), "invalid sandbox id") {
+	if _, err = run(t, nil, "--url", url, "sandbox", "rm", v.ID, "../x"); err == nil || !strings.Contains(err.Error(), "neither a sandbox id") {
 		t.Fatalf("rm with a bad id: %v", err)
 	}
 	if _, err = run(t, nil, "--url", url, "sandbox", "get", v.ID); err != nil {
@@ -90,13 +108,13 @@ func TestSandboxCommands(t *testing.T) {
 	if _, err = run(t, nil, "--url", url, "sandbox", "rm", v.ID); err != nil {
 		t.Fatalf("rm: %v", err)
 	}
-	if _, err = run(t, nil, "--url", url, "sandbox", "get", v.ID); err == nil || !strings.Contains(err.Error(), "not found") {
+	if _, err = run(t, nil, "--url", url, "sandbox", "get", v.ID); err == nil || !strings.Contains(err.Error(), "no sandbox") {
 		t.Fatalf("get after rm: %v", err)
 	}
-	if _, err = run(t, nil, "--url", url, "sandbox", "get", "../etc/pass"); err == nil || !strings.Contains(err.Error(), "invalid sandbox id") {
+	if _, err = run(t, nil, "--url", url, "sandbox", "get", "../etc/pass"); err == nil || !strings.Contains(err.Error(), "neither a sandbox id") {
 		t.Fatalf("bad id: %v", err)
 	}
-	if _, err = run(t, nil, "--url", url, "sandbox", "create", "--vcpus", "99"); err == nil || !strings.Contains(err.Error(), "vcpus") {
+	if _, err = run(t, nil, "--url", url, "sandbox", "create", "--vcpus", "99"); err == nil || !strings.Contains(err.Error(), "--vcpus 99") {
 		t.Fatalf("bad vcpus: %v", err)
 	}
 	out, err = run(t, nil, "--url", url, "manager", "status")

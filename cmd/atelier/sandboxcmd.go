@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,32 +15,11 @@ import (
 
 	"atelier/internal/client"
 	"atelier/internal/config"
-	"atelier/internal/ids"
 	"atelier/internal/sandbox"
 )
 
 // client picks the manager: --url/ATELIER_URL, else the local root socket when
 // this user can open it, else the TCP port from the config.
-// forEachID checks every id before acting on any, then runs fn on each in
-// turn, stopping at the first error.
-func (g *globals) forEachID(ids []string, fn func(c *client.Client, id string) error) error {
-	for _, id := range ids {
-		if err := checkID(id); err != nil {
-			return err
-		}
-	}
-	c, err := g.client()
-	if err != nil {
-		return err
-	}
-	for _, id := range ids {
-		if err := fn(c, id); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 func (g *globals) client() (*client.Client, error) {
 	if g.url != "" {
 		return client.New(g.url, g.token)
@@ -72,13 +50,6 @@ func canWrite(path string) bool {
 		return true
 	}
 	return fi.Mode().Perm()&0o002 != 0
-}
-
-func checkID(id string) error {
-	if !ids.ValidSandboxID(id) {
-		return fmt.Errorf("invalid sandbox id %q: expected 12 characters [a-z0-9]", id)
-	}
-	return nil
 }
 
 func printJSON(w io.Writer, v any) error {
@@ -118,10 +89,13 @@ func printSandbox(w io.Writer, v sandbox.View) {
 	row("vCPUs", strconv.Itoa(v.Vcpus))
 	row("Memory", strconv.Itoa(v.MemoryMB)+" MiB")
 	row("IP", v.IPAddress)
-	row("MAC", v.MACAddress)
-	row("VS Code", v.URLs.VSCode)
-	row("OpenCode", v.URLs.OpenCode)
-	row("SSH", v.URLs.SSH)
+	// URLs appear once the sandbox has run (not while it is first created).
+	if u := v.URLs; u != nil {
+		row("VS Code", u.VSCode)
+		row("OpenCode", u.OpenCode)
+		row("Browser", u.Browser)
+		row("SSH", u.SSH)
+	}
 	row("Error", v.Error)
 	if len(v.Timings) > 0 {
 		var parts []string
@@ -151,31 +125,64 @@ func age(t time.Time) string {
 	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }
 
+// createFlags name the create flags after the API's fields, for errors.
+var createFlags = map[string]string{"image": "--image", "vcpus": "--vcpus", "memoryMb": "--memory", "name": "--name", "workspaceId": "--workspace"}
+
 func newSandboxCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "sandbox", Aliases: []string{"sandboxes", "sb"}, Short: "Create, list and control sandboxes"}
-	ctx := func(c *cobra.Command) context.Context { return c.Context() }
+	cmd := &cobra.Command{Use: "sandbox", Aliases: []string{"sandboxes", "sb"}, Short: "Create, list, control and use sandboxes",
+		Long: "Create, list, control and use sandboxes. Wherever a command takes a sandbox, its id or its name will do."}
 
 	var req client.CreateRequest
-	var noWait bool
+	var noWait, quiet bool
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a sandbox and wait until it runs",
-		Args:  cobra.NoArgs,
+		Long: "Create a sandbox and wait until it runs, showing progress on stderr; print it (--json: the API's sandbox object).\n" +
+			"With --no-wait, print it as soon as it is queued.",
+		Example: "  atelier sandbox create --name demo\n  atelier sandbox create --vcpus 4 --memory 8192 --no-wait",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			v, err := c.CreateSandbox(ctx(cmd), req, !noWait)
+			ctx := cmd.Context()
+			v, err := c.CreateSandbox(ctx, req, false)
 			if err != nil {
-				return err
+				return flagError(err, createFlags)
 			}
-			if g.json {
-				return printJSON(cmd.OutOrStdout(), v)
+			if !noWait {
+				progressTo := cmd.ErrOrStderr()
+				if quiet {
+					progressTo = io.Discard
+				}
+				p := startProgress(progressTo, "creating sandbox "+label(v))
+				for v.Status == "creating" {
+					select {
+					case <-ctx.Done():
+						p.end()
+						return ctx.Err()
+					case <-time.After(150 * time.Millisecond):
+					}
+					if v, err = c.GetSandbox(ctx, v.ID); err != nil {
+						p.end()
+						return err
+					}
+				}
+				p.end()
 			}
-			printSandbox(cmd.OutOrStdout(), v)
+			switch {
+			case quiet:
+				fmt.Fprintln(cmd.OutOrStdout(), v.ID)
+			case g.json:
+				if err := printJSON(cmd.OutOrStdout(), v); err != nil {
+					return err
+				}
+			default:
+				printSandbox(cmd.OutOrStdout(), v)
+			}
 			if v.Status == "error" {
-				return fmt.Errorf("sandbox %s failed: %s", v.ID, v.Error)
+				return fmt.Errorf("sandbox %s failed: %s", label(v), v.Error)
 			}
 			return nil
 		},
@@ -184,24 +191,33 @@ func newSandboxCmd(g *globals) *cobra.Command {
 	f.StringVar(&req.Image, "image", "", "image id (default sandbox.defaultImage)")
 	f.IntVar(&req.Vcpus, "vcpus", 0, "virtual CPUs, 1-8 (default sandbox.defaultVcpus)")
 	f.IntVar(&req.MemoryMB, "memory", 0, "memory in MiB, 512-16384 (default sandbox.defaultMemoryMb)")
-	f.StringVar(&req.Name, "name", "", "optional name (a DNS label)")
+	f.StringVar(&req.Name, "name", "", "optional name, unique among your sandboxes (a DNS label); usable wherever an id is")
 	f.StringVar(&req.WorkspaceID, "workspace", "", "optional workspace id")
 	f.BoolVar(&noWait, "no-wait", false, "return as soon as the sandbox is queued")
+	f.BoolVarP(&quiet, "quiet", "q", false, "print only the id (for scripts: id=$(atelier sandbox create -q))")
 
 	var status string
+	var listQuiet bool
 	list := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List sandboxes",
+		Long:    "List your sandboxes (an admin's: everyone's). --json prints an array of the API's sandbox objects.",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			vs, err := c.ListSandboxes(ctx(cmd), status)
+			vs, err := c.ListSandboxes(cmd.Context(), status, "")
 			if err != nil {
-				return err
+				return flagError(err, map[string]string{"status": "--status"})
+			}
+			if listQuiet {
+				for _, v := range vs {
+					fmt.Fprintln(cmd.OutOrStdout(), v.ID)
+				}
+				return nil
 			}
 			if g.json {
 				return printJSON(cmd.OutOrStdout(), vs)
@@ -210,21 +226,20 @@ func newSandboxCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	list.Flags().BoolVarP(&listQuiet, "quiet", "q", false, "print only the ids")
 	list.Flags().StringVar(&status, "status", "", "only this status (creating, running, stopping, stopped, starting, error, destroying)")
 
 	get := &cobra.Command{
-		Use:   "get ID",
-		Short: "Show one sandbox",
-		Args:  cobra.ExactArgs(1),
+		Use:               "get ID|NAME",
+		Short:             "Show one sandbox",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: g.completeSandboxes(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkID(args[0]); err != nil {
-				return err
-			}
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			v, err := c.GetSandbox(ctx(cmd), args[0])
+			v, err := resolve(cmd.Context(), c, args[0])
 			if err != nil {
 				return err
 			}
@@ -236,46 +251,88 @@ func newSandboxCmd(g *globals) *cobra.Command {
 		},
 	}
 
-	action := func(name, short string) *cobra.Command {
+	action := func(name, short, doing, done string) *cobra.Command {
 		return &cobra.Command{
-			Use:   name + " ID...",
-			Short: short,
-			Args:  cobra.MinimumNArgs(1),
+			Use:               name + " ID|NAME...",
+			Short:             short,
+			Long:              short + ". Every argument is checked before any sandbox is acted on. --json prints an array of the sandboxes afterwards.",
+			Args:              cobra.MinimumNArgs(1),
+			ValidArgsFunction: g.completeSandboxes(0),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				return g.forEachID(args, func(c *client.Client, id string) error {
-					v, err := c.Action(ctx(cmd), id, name)
+				c, err := g.client()
+				if err != nil {
+					return err
+				}
+				vs, err := resolveAll(cmd.Context(), c, args)
+				if err != nil {
+					return err
+				}
+				var out []sandbox.View
+				for _, v := range vs {
+					p := startProgress(cmd.ErrOrStderr(), doing+" "+label(v))
+					nv, err := c.Action(cmd.Context(), v.ID, name)
+					d := p.end()
 					if err != nil {
-						return fmt.Errorf("%s %s: %w", name, id, err)
+						return err
 					}
-					if g.json {
-						return printJSON(cmd.OutOrStdout(), v)
+					out = append(out, nv)
+					if !g.json {
+						fmt.Fprintf(cmd.OutOrStdout(), "%s %s in %.1fs\n", done, label(nv), d.Seconds())
 					}
-					fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", v.ID, v.Status)
-					return nil
-				})
+					if nv.Status == "error" {
+						return fmt.Errorf("sandbox %s failed: %s", label(nv), nv.Error)
+					}
+				}
+				if g.json {
+					return printJSON(cmd.OutOrStdout(), out)
+				}
+				return nil
 			},
 		}
 	}
 
 	rm := &cobra.Command{
-		Use:     "rm ID...",
-		Aliases: []string{"delete", "destroy"},
-		Short:   "Destroy sandboxes",
-		Args:    cobra.MinimumNArgs(1),
+		Use:               "rm ID|NAME...",
+		Aliases:           []string{"delete", "destroy"},
+		Short:             "Destroy sandboxes",
+		Long:              "Destroy sandboxes and everything they hold. Every argument is checked before any is destroyed. --json prints an array of {id, name, destroyed}.",
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: g.completeSandboxes(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.forEachID(args, func(c *client.Client, id string) error {
-				if err := c.DeleteSandbox(ctx(cmd), id); err != nil {
-					return fmt.Errorf("rm %s: %w", id, err)
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			vs, err := resolveAll(cmd.Context(), c, args)
+			if err != nil {
+				return err
+			}
+			type removed struct {
+				ID        string `json:"id"`
+				Name      string `json:"name,omitempty"`
+				Destroyed bool   `json:"destroyed"`
+			}
+			var out []removed
+			for _, v := range vs {
+				if err := c.DeleteSandbox(cmd.Context(), v.ID); err != nil {
+					return fmt.Errorf("remove %s: %w", label(v), err)
 				}
+				out = append(out, removed{v.ID, v.Name, true})
 				if !g.json {
-					fmt.Fprintf(cmd.OutOrStdout(), "%s\tdestroyed\n", id)
+					fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", label(v))
 				}
-				return nil
-			})
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			return nil
 		},
 	}
-	cmd.AddCommand(create, list, get, action("stop", "Stop running sandboxes"), action("start", "Start stopped sandboxes"),
-		action("restart", "Restart running sandboxes"), rm)
+	cmd.AddCommand(create, list, get,
+		action("stop", "Stop running sandboxes (their disks are kept)", "stopping", "stopped"),
+		action("start", "Start stopped sandboxes", "starting", "started"),
+		action("restart", "Restart running sandboxes", "restarting", "restarted"), rm,
+		newExecCmd(g), newShellCmd(g), newCpCmd(g), newLogsCmd(g), newRoutesCmd(g), newExposeCmd(g), newUnexposeCmd(g), newDevCmd(g))
 	return cmd
 }
 
@@ -306,6 +363,25 @@ func newManagerCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("manager is %s", h.Status)
 			}
 			return nil
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "config",
+		Short: "Print the running manager's effective configuration, secrets redacted (admin)",
+		Long: "Print the configuration the running manager uses: its defaults, config file and ATELIER_* variables.\n" +
+			"atelier config show prints what this shell would load instead; they differ when the manager was started\n" +
+			"with other variables, as make run does.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out map[string]any
+			if err := c.Do(cmd.Context(), "GET", "/api/system/config", nil, &out); err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), out)
 		},
 	})
 	return cmd

@@ -23,8 +23,11 @@ func newServeCmd(g *globals) *cobra.Command {
 		Use:   "serve",
 		Short: "Run the manager: API, edge and SSH proxy",
 		Long: "Run the manager. Configuration comes from defaults, then the config file, then ATELIER_* variables.\n" +
-			"For local development: ATELIER_SERVER_MODE=mock ATELIER_DATA_DIR=./.atelier atelier serve\n" +
-			"Mock mode listens on 127.0.0.1 only; --insecure-mock-listen-any opens it to the network.",
+			"For local development, make run does this (mock mode: sandboxes are local processes; all state in ./.atelier):\n" +
+			"  ATELIER_SERVER_MODE=mock ATELIER_DATA_DIR=$PWD/.atelier ATELIER_STATE_DIR=$PWD/.atelier/state \\\n" +
+			"  ATELIER_LOG_DIR=$PWD/.atelier/log ATELIER_HTTP_PORT=4080 atelier serve\n" +
+			"Mock mode listens on 127.0.0.1 only; --insecure-mock-listen-any opens it to the network.\n" +
+			"Stopping the manager leaves sandboxes running (mock ones too: make clean stops them).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := g.loadConfig()

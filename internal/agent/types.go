@@ -37,10 +37,10 @@ const (
 
 // Problem is the JSON error body of every non-2xx answer.
 type Problem struct {
-	Code   string `json:"code"`
+	Code   string `json:"code" doc:"The agent's error code: bad_request, forbidden, not_found, conflict, already_running, limit_reached, not_a_repository, nothing_to_commit, git_failed, start_failed, too_large, internal."`
 	Detail string `json:"detail"`
 	// Field names the offending request field for 400s.
-	Field string `json:"field,omitempty"`
+	Field string `json:"field,omitempty" doc:"The request field at fault."`
 }
 
 // Error codes the agent uses; the host may branch on them.
@@ -61,9 +61,9 @@ const (
 
 // Health is GET /health.
 type Health struct {
-	Status        string  `json:"status"` // "healthy"
-	Version       string  `json:"version"`
-	Protocol      int     `json:"protocol"`
+	Status        string  `json:"status" enum:"healthy"`
+	Version       string  `json:"version" doc:"The agent's build, the same as the manager's when both come from one build."`
+	Protocol      int     `json:"protocol" doc:"Wire protocol version, bumped on incompatible changes."`
 	UptimeSeconds float64 `json:"uptimeSeconds"`
 	SandboxID     string  `json:"sandboxId"`
 }
@@ -79,10 +79,10 @@ type Usage struct {
 type Metrics struct {
 	// CPUPercent is the busy share of all CPUs since the previous /metrics
 	// call (or over a short sample window on the first call), 0..100.
-	CPUPercent float64   `json:"cpuPercent"`
-	Load1      float64   `json:"load1"`
-	Memory     Usage     `json:"memory"`
-	Disk       Usage     `json:"disk"`
+	CPUPercent float64   `json:"cpuPercent" doc:"Busy share of all CPUs since the previous call, 0 to 100."`
+	Load1      float64   `json:"load1" doc:"One-minute load average."`
+	Memory     Usage     `json:"memory" doc:"Bytes of memory."`
+	Disk       Usage     `json:"disk" doc:"Bytes of the root filesystem."`
 	Processes  int       `json:"processes"`
 	Timestamp  time.Time `json:"timestamp"`
 }
@@ -90,27 +90,27 @@ type Metrics struct {
 // ExecRequest is POST /exec and the first message of GET /exec/stream.
 // Exactly one of Argv and Shell is set.
 type ExecRequest struct {
-	Argv []string `json:"argv,omitempty"`
+	Argv []string `json:"argv,omitempty" doc:"The program and its arguments, run as is (no shell). Exactly one of argv and shell."`
 	// Shell runs through /bin/sh -c (or a login shell when Login is set,
 	// which sources /etc/profile.d like an interactive session).
-	Shell string            `json:"shell,omitempty"`
-	Login bool              `json:"login,omitempty"`
-	Env   map[string]string `json:"env,omitempty"`
-	Cwd   string            `json:"cwd,omitempty"`
+	Shell string            `json:"shell,omitempty" doc:"A shell command line, run with /bin/sh -c."`
+	Login bool              `json:"login,omitempty" doc:"Run shell as a login shell (sources the profile, as an interactive session does)."`
+	Env   map[string]string `json:"env,omitempty" doc:"Variables added to the environment."`
+	Cwd   string            `json:"cwd,omitempty" doc:"Working directory; default the user's home."`
 	// User is a name or numeric uid; "" runs as the agent's own user.
-	User      string `json:"user,omitempty"`
-	TimeoutMs int64  `json:"timeoutMs,omitempty"`
+	User      string `json:"user,omitempty" doc:"User name or uid to run as; default the agent's own user."`
+	TimeoutMs int64  `json:"timeoutMs,omitempty" minimum:"0" maximum:"3600000" doc:"Kill the command's process group after this long; default 30000 (30 s), at most one hour."`
 	// Stdin is fed to the command, then closed; empty means /dev/null.
-	Stdin string `json:"stdin,omitempty"`
+	Stdin string `json:"stdin,omitempty" doc:"Fed to the command's standard input, which is then closed; default /dev/null."`
 	// StdinStream (streaming form only) keeps stdin open for binary client
 	// frames until a {"type":"closeStdin"} message.
-	StdinStream bool `json:"stdinStream,omitempty"`
+	StdinStream bool `json:"stdinStream,omitempty" doc:"Streaming exec only: keep stdin open for the client's binary messages until {\"type\":\"closeStdin\"}."`
 	// MaxOutputBytes caps each of stdout and stderr; the rest is read and
 	// discarded so the command still finishes with its own exit code.
-	MaxOutputBytes int64 `json:"maxOutputBytes,omitempty"`
+	MaxOutputBytes int64 `json:"maxOutputBytes,omitempty" minimum:"0" maximum:"16777216" doc:"Cap on each of stdout and stderr; default 1 MiB, at most 16 MiB. The rest is discarded (truncated: true)."`
 	// Encoding of stdout/stderr in the answer: "" (UTF-8, invalid bytes
 	// replaced) or "base64".
-	Encoding string `json:"encoding,omitempty"`
+	Encoding string `json:"encoding,omitempty" enum:"utf8,base64" doc:"How stdout and stderr are returned: utf8 (invalid bytes replaced; the default) or base64."`
 }
 
 // ExecResult is the answer of POST /exec. A command that ran answers 200
@@ -118,13 +118,13 @@ type ExecRequest struct {
 type ExecResult struct {
 	// ExitCode is the command's exit status, or 128+signal when a signal
 	// ended it (shell convention).
-	ExitCode   int     `json:"exitCode"`
-	Signal     string  `json:"signal,omitempty"`
+	ExitCode   int     `json:"exitCode" doc:"The exit status; 128+n when signal n ended the command."`
+	Signal     string  `json:"signal,omitempty" doc:"The signal that ended the command, e.g. KILL."`
 	Stdout     string  `json:"stdout"`
 	Stderr     string  `json:"stderr"`
-	Encoding   string  `json:"encoding,omitempty"`
-	Truncated  bool    `json:"truncated"`
-	TimedOut   bool    `json:"timedOut"`
+	Encoding   string  `json:"encoding,omitempty" enum:"utf8,base64" doc:"base64 when stdout and stderr are base64 encoded."`
+	Truncated  bool    `json:"truncated" doc:"Output went past maxOutputBytes and was cut."`
+	TimedOut   bool    `json:"timedOut" doc:"The command was killed at its timeout."`
 	DurationMs float64 `json:"durationMs"`
 }
 
@@ -153,14 +153,14 @@ const (
 
 // StreamControl is a client -> agent text message on a streaming exec.
 type StreamControl struct {
-	Type   string `json:"type"`
-	Signal string `json:"signal,omitempty"`
+	Type   string `json:"type" enum:"closeStdin,kill"`
+	Signal string `json:"signal,omitempty" doc:"With kill: the signal sent to the command's process group (TERM, INT, HUP, KILL…); default KILL."`
 }
 
 // StreamEvent is an agent -> client text message on a streaming exec.
 type StreamEvent struct {
-	Type       string  `json:"type"`
-	ExitCode   int     `json:"exitCode"`
+	Type       string  `json:"type" enum:"exit,error" doc:"exit: the command ended; error: it could not start (code and detail say why)."`
+	ExitCode   int     `json:"exitCode" doc:"The exit status; 128+n when signal n ended the command."`
 	Signal     string  `json:"signal,omitempty"`
 	TimedOut   bool    `json:"timedOut,omitempty"`
 	DurationMs float64 `json:"durationMs,omitempty"`
@@ -178,12 +178,12 @@ const (
 
 // FileInfo describes one path (GET /files/stat, list entries, writes).
 type FileInfo struct {
-	Path       string    `json:"path"`
+	Path       string    `json:"path" doc:"The real path, symlinks of its directories resolved."`
 	Name       string    `json:"name"`
-	Type       string    `json:"type"`
+	Type       string    `json:"type" enum:"file,dir,symlink,other"`
 	Size       int64     `json:"size"`
-	Mode       string    `json:"mode"` // octal permission bits, "0644"
-	LinkTarget string    `json:"linkTarget,omitempty"`
+	Mode       string    `json:"mode" doc:"Octal permission bits with setuid, setgid and sticky, e.g. 0644."`
+	LinkTarget string    `json:"linkTarget,omitempty" doc:"A symlink's target, as stored."`
 	ModTime    time.Time `json:"modTime"`
 	UID        int       `json:"uid"`
 	GID        int       `json:"gid"`
@@ -199,11 +199,11 @@ const (
 type FileContent struct {
 	Path     string `json:"path"`
 	Content  string `json:"content"`
-	Encoding string `json:"encoding"`
+	Encoding string `json:"encoding" enum:"utf8,base64"`
 	// Size is the whole file's size; Truncated says Content stops early.
-	Size      int64 `json:"size"`
+	Size      int64 `json:"size" doc:"The whole file's size."`
 	Offset    int64 `json:"offset"`
-	Truncated bool  `json:"truncated"`
+	Truncated bool  `json:"truncated" doc:"The file goes on past this content: read on from offset + the content's length."`
 }
 
 // WriteFileOptions are the query parameters of PUT /files.
@@ -220,16 +220,16 @@ type WriteFileOptions struct {
 // ListResult is GET /files/list.
 type ListResult struct {
 	Path      string     `json:"path"`
-	Entries   []FileInfo `json:"entries"`
-	Truncated bool       `json:"truncated"`
+	Entries   []FileInfo `json:"entries" doc:"Sorted by name."`
+	Truncated bool       `json:"truncated" doc:"The directory has more than 10 000 entries; the rest are left out."`
 }
 
 // MkdirRequest is POST /files/mkdir.
 type MkdirRequest struct {
 	Path    string `json:"path"`
-	Mode    string `json:"mode,omitempty"` // octal, default "0755"
-	Owner   string `json:"owner,omitempty"`
-	Parents bool   `json:"parents,omitempty"`
+	Mode    string `json:"mode,omitempty" doc:"Octal permission bits; default 0755."`
+	Owner   string `json:"owner,omitempty" doc:"user, uid, user:group or uid:gid; default the agent's user."`
+	Parents bool   `json:"parents,omitempty" doc:"Create missing parents; an existing directory is then no error."`
 }
 
 // FileWrite is one entry of POST /files/write-batch: the config-file
@@ -237,10 +237,10 @@ type MkdirRequest struct {
 type FileWrite struct {
 	Path     string `json:"path"`
 	Content  string `json:"content"`
-	Encoding string `json:"encoding,omitempty"` // "utf8" (default) or "base64"
-	Mode     string `json:"mode,omitempty"`     // octal, like "0600"
-	Owner    string `json:"owner,omitempty"`
-	Parents  bool   `json:"parents,omitempty"`
+	Encoding string `json:"encoding,omitempty" enum:"utf8,base64" doc:"How content is encoded; default utf8."`
+	Mode     string `json:"mode,omitempty" doc:"Octal permission bits, e.g. 0600."`
+	Owner    string `json:"owner,omitempty" doc:"user, uid, user:group or uid:gid."`
+	Parents  bool   `json:"parents,omitempty" doc:"Create missing parent directories."`
 }
 
 // WriteBatchRequest is POST /files/write-batch.
@@ -259,8 +259,8 @@ type DeleteBatchRequest struct {
 type FileResult struct {
 	Path    string   `json:"path"`
 	OK      bool     `json:"ok"`
-	Existed bool     `json:"existed,omitempty"`
-	Error   *Problem `json:"error,omitempty"`
+	Existed bool     `json:"existed,omitempty" doc:"Deletes: whether the path was there."`
+	Error   *Problem `json:"error,omitempty" doc:"Why this path failed."`
 }
 
 // BatchResult answers both batch routes (always 200 when the batch itself
@@ -403,19 +403,19 @@ type ProcessSpec struct {
 	User  string            `json:"user,omitempty"`
 	// Port the process serves; reported in status (dev commands are routed
 	// as dev-{name}-{id} to it) and exported as PORT when env has none.
-	Port    int    `json:"port,omitempty"`
-	Restart string `json:"restart,omitempty"` // "no" (default), "on-failure", "always"
+	Port    int    `json:"port,omitempty" minimum:"0" maximum:"65535" doc:"The port it serves: reported in its status, exported as PORT when env has none, and the default port of its hosts when exposed."`
+	Restart string `json:"restart,omitempty" enum:"no,on-failure,always" doc:"Restart policy; default no."`
 	// MaxRestarts bounds automatic restarts since the last start request;
 	// 0 means unlimited (restarts still back off).
-	MaxRestarts int   `json:"maxRestarts,omitempty"`
-	StopGraceMs int64 `json:"stopGraceMs,omitempty"`
+	MaxRestarts int   `json:"maxRestarts,omitempty" minimum:"0" doc:"Bound on automatic restarts since the last start request; 0: unlimited (with back-off)."`
+	StopGraceMs int64 `json:"stopGraceMs,omitempty" minimum:"0" doc:"SIGTERM to SIGKILL grace when stopped; default 5000."`
 }
 
 // ProcessStatus is the state of one supervised process.
 type ProcessStatus struct {
 	Name        string     `json:"name"`
-	Kind        string     `json:"kind"`
-	State       string     `json:"state"`
+	Kind        string     `json:"kind" enum:"service,dev"`
+	State       string     `json:"state" enum:"running,backoff,stopping,stopped,exited,failed" doc:"backoff: exited, waiting to be restarted; stopped: on request; exited: ended on its own with no restart due; failed: the restart budget ran out or it could not start."`
 	Running     bool       `json:"running"`
 	PID         int        `json:"pid,omitempty"`
 	Port        int        `json:"port,omitempty"`
@@ -423,9 +423,9 @@ type ProcessStatus struct {
 	Shell       string     `json:"shell,omitempty"`
 	Cwd         string     `json:"cwd,omitempty"`
 	User        string     `json:"user,omitempty"`
-	Restart     string     `json:"restart"`
+	Restart     string     `json:"restart" enum:"no,on-failure,always"`
 	MaxRestarts int        `json:"maxRestarts"`
-	Restarts    int        `json:"restarts"`
+	Restarts    int        `json:"restarts" doc:"Automatic restarts since the last start request."`
 	StartedAt   *time.Time `json:"startedAt,omitempty"`
 	ExitedAt    *time.Time `json:"exitedAt,omitempty"`
 	ExitCode    *int       `json:"exitCode,omitempty"`
@@ -468,7 +468,7 @@ type ServicesApply struct {
 
 // StopRequest is the optional body of .../stop.
 type StopRequest struct {
-	GraceMs int64 `json:"graceMs,omitempty"`
+	GraceMs int64 `json:"graceMs,omitempty" minimum:"0" doc:"SIGTERM to SIGKILL grace; default the process's stopGraceMs."`
 }
 
 // LogChunk is GET .../logs?offset=&limit=. Offsets are logical and only
@@ -477,19 +477,19 @@ type StopRequest struct {
 type LogChunk struct {
 	Name       string `json:"name"`
 	Content    string `json:"content"`
-	Offset     int64  `json:"offset"`
-	NextOffset int64  `json:"nextOffset"`
-	Size       int64  `json:"size"` // logical end of the log
+	Offset     int64  `json:"offset" doc:"Where content starts; past the offset asked for when bytes in between were rotated away."`
+	NextOffset int64  `json:"nextOffset" doc:"The offset to ask for next."`
+	Size       int64  `json:"size" doc:"The log's logical end."`
 }
 
 // TerminalRequest is POST /terminals.
 type TerminalRequest struct {
 	// Cmd defaults to the user's login shell.
-	Cmd   []string          `json:"cmd,omitempty"`
+	Cmd   []string          `json:"cmd,omitempty" doc:"Program and arguments; default the user's login shell."`
 	Cwd   string            `json:"cwd,omitempty"`
-	Env   map[string]string `json:"env,omitempty"`
-	Cols  int               `json:"cols,omitempty"`
-	Rows  int               `json:"rows,omitempty"`
+	Env   map[string]string `json:"env,omitempty" doc:"Added to the environment (TERM is xterm-256color unless set)."`
+	Cols  int               `json:"cols,omitempty" minimum:"0" maximum:"1000" doc:"Width; default 80."`
+	Rows  int               `json:"rows,omitempty" minimum:"0" maximum:"1000" doc:"Height; default 24."`
 	User  string            `json:"user,omitempty"`
 	Title string            `json:"title,omitempty"`
 }
@@ -503,7 +503,7 @@ type TerminalInfo struct {
 	PID          int       `json:"pid"`
 	Cols         int       `json:"cols"`
 	Rows         int       `json:"rows"`
-	Viewers      int       `json:"viewers"`
+	Viewers      int       `json:"viewers" doc:"WebSockets attached now."`
 	CreatedAt    time.Time `json:"createdAt"`
 	LastActivity time.Time `json:"lastActivity"`
 }
@@ -516,8 +516,8 @@ type TerminalList struct {
 // ResizeRequest is POST /terminals/{id}/resize and the "resize" control
 // message on an attached terminal.
 type ResizeRequest struct {
-	Cols int `json:"cols"`
-	Rows int `json:"rows"`
+	Cols int `json:"cols" minimum:"1" maximum:"1000"`
+	Rows int `json:"rows" minimum:"1" maximum:"1000"`
 }
 
 // Terminal attach framing (GET /terminals/{id}/attach, WebSocket): binary
@@ -528,7 +528,7 @@ type ResizeRequest struct {
 // Keeping control out of the byte stream means no input can be mistaken
 // for a resize.
 type TerminalControl struct {
-	Type     string `json:"type"`
+	Type     string `json:"type" enum:"resize,exit" doc:"resize: from the viewer, with cols and rows; exit: from the agent, with exitCode, before it closes."`
 	Cols     int    `json:"cols,omitempty"`
 	Rows     int    `json:"rows,omitempty"`
 	ExitCode *int   `json:"exitCode,omitempty"`

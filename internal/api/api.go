@@ -8,8 +8,11 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -54,6 +57,11 @@ type Server struct {
 	// pages counts the web app's routes in raw (public, not API operations).
 	pages int
 	dash  *dashboard.Handler
+	// closing ends long-lived answers (event streams) at shutdown: they
+	// would otherwise hold the HTTP server's drain for its whole timeout.
+	closing   chan struct{}
+	closeOnce sync.Once
+	streams   atomic.Int64
 }
 
 // Route is one registered method+path and whether it is reachable without credentials.
@@ -91,9 +99,10 @@ func New(d Deps) *Server {
 	if d.Started.IsZero() {
 		d.Started = time.Now()
 	}
-	s := &Server{d: d, mux: http.NewServeMux()}
+	s := &Server{d: d, mux: http.NewServeMux(), closing: make(chan struct{})}
 
 	cfg := huma.DefaultConfig("Atelier Manager API", d.Version)
+	cfg.Components.Schemas = huma.NewMapRegistry("#/components/schemas/", schemaNamer)
 	cfg.OpenAPIPath = "/openapi"
 	// /docs is the dashboard's bundled Swagger UI (registerDashboard): huma's
 	// renderers load their script from a CDN.
@@ -105,6 +114,30 @@ func New(d Deps) *Server {
 		"cookie": {Type: "apiKey", In: "cookie", Name: auth.CookieName, Description: "Dashboard session (GitHub login); named __Host-atelier_session over HTTPS."},
 		"bearer": {Type: "http", Scheme: "bearer", Description: "API token created at /api/tokens."},
 	}
+	// Every operation that reads a JSON body may answer 415 (see
+	// isJSONContentType); say so, as clients generated from the document
+	// branch on the listed statuses.
+	// Schema violations are 400, never huma's 422 (see huma.NewError in
+	// problem.go): the document lists what is answered.
+	cfg.OpenAPI.OnAddOperation = append(cfg.OpenAPI.OnAddOperation, func(oapi *huma.OpenAPI, op *huma.Operation) {
+		problem := func(status int) *huma.Response {
+			return &huma.Response{Description: http.StatusText(status), Content: map[string]*huma.MediaType{"application/problem+json": {
+				Schema: oapi.Components.Schemas.Schema(reflect.TypeOf(&Problem{}), true, "")}}}
+		}
+		if r, ok := op.Responses["422"]; ok {
+			delete(op.Responses, "422")
+			if op.Responses["400"] == nil {
+				r.Description = http.StatusText(http.StatusBadRequest)
+				op.Responses["400"] = r
+			}
+		}
+		if op.RequestBody != nil && op.Responses["415"] == nil {
+			if op.Responses == nil {
+				op.Responses = map[string]*huma.Response{}
+			}
+			op.Responses["415"] = problem(http.StatusUnsupportedMediaType)
+		}
+	})
 	s.api = humago.New(s.mux, cfg)
 	s.api.UseMiddleware(s.authMiddleware)
 
@@ -115,6 +148,7 @@ func New(d Deps) *Server {
 	s.registerSystem()
 	s.registerTokens()
 	s.registerCleanup()
+	s.registerSystemConfig()
 	s.registerAgentProxy()
 	s.registerEdge()
 	s.registerBrowser()
@@ -139,6 +173,14 @@ func (s *Server) Dashboard() *dashboard.Handler { return s.dash }
 // PageRoutes is how many of Routes are the web app's pages and assets,
 // which the OpenAPI document does not list.
 func (s *Server) PageRoutes() int { return s.pages }
+
+// CloseStreams ends every open event stream (clients reconnect and resume
+// with Last-Event-ID) and returns how many there were. The manager calls it
+// before draining its HTTP servers.
+func (s *Server) CloseStreams() int {
+	s.closeOnce.Do(func() { close(s.closing) })
+	return int(s.streams.Load())
+}
 
 // API exposes the huma API (its OpenAPI document in particular).
 func (s *Server) API() huma.API { return s.api }

@@ -108,6 +108,10 @@ func (s *Server) registerEdge() {
 			d.Aliases = append(d.Aliases, edge.DevAlias{Alias: a.Alias, Port: a.Port})
 		}
 		rs, err := s.d.Edge.ExposeDev(ctx, in.ID, d)
+		if errors.Is(err, edge.ErrMockPort) {
+			return nil, newProblem(http.StatusConflict, "port_in_use", err.Error(),
+				&huma.ErrorDetail{Location: "body.port", Message: err.Error()})
+		}
 		var qe *edge.QuotaError
 		if errors.As(err, &qe) {
 			p := newProblem(http.StatusTooManyRequests, "quota_exceeded", qe.Error(),

@@ -61,6 +61,8 @@ func (s *Server) registerEvents() {
 		}
 		return &huma.StreamResponse{Body: func(hctx huma.Context) {
 			defer cancel()
+			s.streams.Add(1)
+			defer s.streams.Add(-1)
 			hctx.SetHeader("Content-Type", "text/event-stream")
 			hctx.SetHeader("Cache-Control", "no-cache")
 			hctx.SetHeader("X-Accel-Buffering", "no")
@@ -91,6 +93,8 @@ func (s *Server) registerEvents() {
 			for {
 				select {
 				case <-ctx.Done():
+					return
+				case <-s.closing:
 					return
 				case <-tick.C:
 					if _, err := fmt.Fprint(w, ": heartbeat\n\n"); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"mime"
 	"net/http"
 	"strings"
 
@@ -20,7 +21,7 @@ type Problem struct {
 	Type   string              `json:"type,omitempty" doc:"A URI reference for the problem type."`
 	Title  string              `json:"title,omitempty" doc:"Short summary of the problem type."`
 	Status int                 `json:"status,omitempty" doc:"HTTP status code."`
-	Code   string              `json:"code" doc:"Stable machine-readable error code." enum:"invalid_input,unauthenticated,forbidden,misdirected,not_found,method_not_allowed,conflict,sandbox_limit,quota_exceeded,rate_limited,subnet_exhausted,body_too_large,not_acceptable,unavailable,internal"`
+	Code   string              `json:"code" doc:"Stable machine-readable error code." enum:"invalid_input,unauthenticated,forbidden,misdirected,not_found,method_not_allowed,conflict,port_in_use,already_running,limit_reached,not_a_repository,nothing_to_commit,git_failed,start_failed,sandbox_limit,quota_exceeded,rate_limited,subnet_exhausted,body_too_large,unsupported_media_type,not_acceptable,unavailable,agent_error,internal"`
 	Detail string              `json:"detail,omitempty" doc:"What went wrong in this occurrence."`
 	Errors []*huma.ErrorDetail `json:"errors,omitempty" doc:"Individual problems, each naming the field it is about."`
 	Quota  *QuotaDetail        `json:"quota,omitempty" doc:"With code quota_exceeded: the quota that refused the request."`
@@ -56,6 +57,7 @@ var codeByStatus = map[int]string{
 	http.StatusNotAcceptable:         "not_acceptable",
 	http.StatusConflict:              "conflict",
 	http.StatusRequestEntityTooLarge: "body_too_large",
+	http.StatusUnsupportedMediaType:  "unsupported_media_type",
 	http.StatusTooManyRequests:       "sandbox_limit",
 	http.StatusServiceUnavailable:    "unavailable",
 }
@@ -89,6 +91,9 @@ func init() {
 		if status == http.StatusUnprocessableEntity {
 			status = http.StatusBadRequest
 		}
+		if status == http.StatusUnsupportedMediaType {
+			return unsupportedMediaType()
+		}
 		p := newProblem(status, "", msg, errs...)
 		if status == http.StatusBadRequest && len(p.Errors) > 0 {
 			parts := make([]string, 0, len(p.Errors))
@@ -107,6 +112,29 @@ func init() {
 	huma.NewErrorWithContext = func(_ huma.Context, status int, msg string, errs ...error) huma.StatusError {
 		return huma.NewError(status, msg, errs...)
 	}
+}
+
+// jsonBodyHint says how to send a JSON body, for the 415 answer.
+const jsonBodyHint = "send the body as JSON, with Content-Type: application/json or none " +
+	"(curl: --json '{...}', or -H 'Content-Type: application/json' -d '{...}'; plain -d sends a form)"
+
+func unsupportedMediaType() *Problem {
+	return newProblem(http.StatusUnsupportedMediaType, "unsupported_media_type", jsonBodyHint,
+		&huma.ErrorDetail{Location: "header.Content-Type", Message: "must be application/json"})
+}
+
+// isJSONContentType accepts what the API reads as JSON: no content type
+// (most API clients and curl without -d send none), application/json and
+// any +json type.
+func isJSONContentType(ct string) bool {
+	if ct == "" {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return false
+	}
+	return mt == "application/json" || strings.HasSuffix(mt, "+json")
 }
 
 // toProblem maps domain errors to HTTP problems. Unknown errors become a 500
@@ -131,7 +159,7 @@ func toProblem(ctx context.Context, log *slog.Logger, err error) error {
 		return newProblem(http.StatusBadRequest, "invalid_input", "validation failed: "+afe.Field+": "+afe.Message,
 			&huma.ErrorDetail{Location: "body." + afe.Field, Message: afe.Message})
 	case errors.As(err, &conflict):
-		return newProblem(http.StatusConflict, "conflict", conflict.Error())
+		return newProblem(http.StatusConflict, "conflict", conflictDetail(conflict))
 	case errors.Is(err, store.ErrNotFound):
 		return newProblem(http.StatusNotFound, "not_found", "sandbox not found")
 	case errors.As(err, &quota):
@@ -148,7 +176,9 @@ func toProblem(ctx context.Context, log *slog.Logger, err error) error {
 	case errors.Is(err, store.ErrExhausted):
 		return newProblem(http.StatusServiceUnavailable, "subnet_exhausted", err.Error())
 	case errors.Is(err, store.ErrDuplicate):
-		return newProblem(http.StatusConflict, "conflict", err.Error())
+		// The wrapped text names rows and tables; the caller needs only the fact.
+		log.InfoContext(ctx, "duplicate refused", "err", err)
+		return newProblem(http.StatusConflict, "conflict", "already exists")
 	case errors.Is(err, auth.ErrUnauthenticated):
 		return newProblem(http.StatusUnauthorized, "unauthenticated", "authentication required")
 	case errors.Is(err, auth.ErrForbidden):
@@ -162,6 +192,38 @@ func toProblem(ctx context.Context, log *slog.Logger, err error) error {
 		log.ErrorContext(ctx, "request failed", "err", err)
 		return newProblem(http.StatusInternalServerError, "internal", "internal error")
 	}
+}
+
+// conflictDetail says why a sandbox's state refused an operation, in the
+// words of the operation the caller asked for, and what to do about it.
+func conflictDetail(e *store.ConflictError) string {
+	id, cur := e.ID, string(e.Current)
+	switch e.To {
+	case store.StatusRunning:
+		hint := ""
+		switch e.Current {
+		case store.StatusStopped:
+			hint = "; start it first (atelier sandbox start " + id + ")"
+		case store.StatusCreating, store.StatusStarting:
+			hint = "; wait until it runs"
+		case store.StatusError:
+			hint = "; it failed (atelier sandbox get " + id + " says why): start it again or remove it"
+		}
+		return "sandbox " + id + " is " + cur + ", not running" + hint
+	case store.StatusStopping:
+		if e.Current == store.StatusStopped {
+			return "sandbox " + id + " is already stopped"
+		}
+		return "cannot stop sandbox " + id + ": it is " + cur + "; only a running sandbox can be stopped"
+	case store.StatusStarting:
+		if e.Current == store.StatusRunning {
+			return "sandbox " + id + " is already running"
+		}
+		return "cannot start sandbox " + id + ": it is " + cur + "; only a stopped or failed sandbox can be started"
+	case store.StatusDestroying:
+		return "cannot remove sandbox " + id + ": it is " + cur + "; wait until it settles"
+	}
+	return "sandbox " + id + " is " + cur + "; it cannot be " + string(e.To) + " now"
 }
 
 func gib(b int64) float64 { return float64(b) / (1 << 30) }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -66,6 +67,7 @@ type createSandboxOutput struct {
 
 type listSandboxesInput struct {
 	Status string `query:"status" enum:"creating,running,stopping,stopped,starting,error,destroying" doc:"Only sandboxes in this status."`
+	Name   string `query:"name" pattern:"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$" doc:"Only sandboxes with this name: at most one of your own (names are unique per owner); an admin may see one per user. Clients resolve names to ids with it."`
 }
 
 type listSandboxesOutput struct {
@@ -119,7 +121,7 @@ func (s *Server) registerSandboxes() {
 		Summary: "List sandboxes", Security: securityAuthed, Errors: errs,
 		Description: "Your sandboxes; an admin sees every user's. Phase timings are left out of the list; get one sandbox for them.",
 	}, func(ctx context.Context, in *listSandboxesInput) (*listSandboxesOutput, error) {
-		f := store.SandboxFilter{Status: store.Status(in.Status), NoTimings: true}
+		f := store.SandboxFilter{Status: store.Status(in.Status), Name: in.Name, NoTimings: true}
 		if p := principal(ctx); !p.Admin {
 			f.OwnerID = p.User.ID
 		}
@@ -155,6 +157,10 @@ func (s *Server) registerSandboxes() {
 			WorkspaceID: body.WorkspaceID, Vcpus: body.Vcpus, MemoryMB: body.MemoryMB,
 		}
 		sb, err := s.d.Sandboxes.Create(ctx, req)
+		if errors.Is(err, store.ErrDuplicate) && body.Name != "" {
+			return nil, newProblem(http.StatusConflict, "conflict", "you already have a sandbox named "+strconv.Quote(body.Name),
+				&huma.ErrorDetail{Location: "body.name", Message: "already used by another of your sandboxes", Value: body.Name})
+		}
 		if err != nil {
 			return nil, toProblem(ctx, s.d.Log, err)
 		}

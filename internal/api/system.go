@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"time"
 
@@ -66,6 +67,29 @@ func (s *Server) registerSystem() {
 			}
 		}
 		return &struct{ Body statsBody }{b}, nil
+	})
+}
+
+func (s *Server) registerSystemConfig() {
+	huma.Register(s.api, huma.Operation{
+		OperationID: "system-config", Method: http.MethodGet, Path: "/api/system/config", Tags: []string{"system"},
+		Summary: "The running manager's effective configuration, secrets redacted (admin)", Security: securityAuthed,
+		Description: "What this manager runs with: defaults, then its config file, then its ATELIER_* environment. " +
+			"`atelier config show` prints what a shell would load, which differs when the manager was started with other variables (make run). Admin only.",
+		Errors: []int{http.StatusUnauthorized, http.StatusForbidden},
+	}, func(ctx context.Context, _ *struct{}) (*struct{ Body map[string]any }, error) {
+		if err := requireAdmin(ctx, "the configuration"); err != nil {
+			return nil, err
+		}
+		b, err := s.d.Config.Redacted().JSON()
+		if err != nil {
+			return nil, toProblem(ctx, s.d.Log, err)
+		}
+		var out map[string]any
+		if err := json.Unmarshal(b, &out); err != nil {
+			return nil, toProblem(ctx, s.d.Log, err)
+		}
+		return &struct{ Body map[string]any }{out}, nil
 	})
 }
 

@@ -134,11 +134,14 @@ type Edge struct {
 	retryWindow   time.Duration
 	timeouts      Timeouts
 
-	table    *table
-	health   *health
-	drain    drain
-	locks    keylock.Mutex // one route change per sandbox at a time
-	sessions sync.Map      // session id -> sessionCheck
+	table  *table
+	health *health
+	drain  drain
+	locks  keylock.Mutex // one route change per sandbox at a time
+	// mockPorts serialises exposures in mock mode, where sandboxes share
+	// one machine's ports.
+	mockPorts sync.Mutex
+	sessions  sync.Map // session id -> sessionCheck
 	// refusedCerts counts on-demand certificates refused to unknown names.
 	refusedCerts atomic.Int64
 	// newCerts is domain.tls.maxNewCertsPerHour as a token bucket (nil: no
@@ -287,7 +290,12 @@ func (e *Edge) Start(ctx context.Context, dashboard http.Handler) error {
 		return fmt.Errorf("start edge: %w", ErrBusy)
 	}
 	instances.Store(e.id, e)
+	// Caddy's default logger writes JSON to stderr until the config's own
+	// takes over, and announces the switch through the old one. Buffered,
+	// that line and the rest reach the manager's log in its own format.
+	_, orig, _ := caddy.BufferedLog()
 	if err := caddy.Load(cfgJSON, true); err != nil {
+		caddy.UnbufferDefaultLogger(orig)
 		instances.Delete(e.id)
 		return fmt.Errorf("start edge: load caddy config: %w", err)
 	}
@@ -350,6 +358,11 @@ func (e *Edge) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 	t, ok := e.table.lookup(host)
 	if !ok {
 		e.page(w, http.StatusNotFound, pageUnknown, host)
+		return nil
+	}
+	if e.guestHost != "" && t.kind != store.RouteDev {
+		// Nothing behind it to protect: the page says why, login or not.
+		e.page(w, http.StatusNotImplemented, pageMockTool, host)
 		return nil
 	}
 	if r.URL.Path == AuthPath {
@@ -507,6 +520,15 @@ func (e *Edge) ExposeDev(ctx context.Context, sandboxID string, d DevExposure) (
 		return nil, fmt.Errorf("expose %s in %s: %w", d.Name, sandboxID, err)
 	}
 	defer unlock()
+	if e.guestHost != "" {
+		// One machine's ports for every mock sandbox: the check and the
+		// change happen under one lock, so two exposures cannot both pass.
+		e.mockPorts.Lock()
+		defer e.mockPorts.Unlock()
+		if err := e.mockPortFree(sandboxID, routes); err != nil {
+			return nil, err
+		}
+	}
 	lim := store.DevRouteLimits{PerSandbox: e.cfg.Domain.MaxDevHostsPerSandbox, PerUser: e.cfg.Domain.MaxDevHostsPerUser}
 	if err := e.st.ReplaceDevRoutes(ctx, sandboxID, d.Name, routes, lim); err != nil {
 		var qe *store.DevRouteQuotaError
@@ -521,6 +543,52 @@ func (e *Edge) ExposeDev(ctx context.Context, sandboxID string, d DevExposure) (
 	}
 	e.log.InfoContext(ctx, "dev command exposed", "sandbox_id", sandboxID, "name", d.Name, "port", d.Port, "hosts", len(routes), "public", d.Public)
 	return routes, nil
+}
+
+// ErrMockPort refuses, in mock mode, a dev port another sandbox already
+// exposes or the manager itself listens on.
+var ErrMockPort = errors.New("port not available in mock mode")
+
+// MockPortError says which port is taken and by whom.
+type MockPortError struct {
+	Port int
+	// Holder is the sandbox that exposes it; empty when it is the manager's.
+	Holder string
+}
+
+func (m *MockPortError) Error() string {
+	if m.Holder == "" {
+		return fmt.Sprintf("port %d is the manager's own: mock sandboxes are local processes that share this machine's ports; use another port", m.Port)
+	}
+	return fmt.Sprintf("port %d is already exposed by sandbox %s: mock sandboxes are local processes that share this machine's ports; use another port, or unexpose it there", m.Port, m.Holder)
+}
+
+func (m *MockPortError) Is(target error) bool { return target == ErrMockPort }
+
+// MockPortHolder reports, in mock mode, what holds port on this machine for
+// sandbox id: the manager (API, edge, SSH proxy ports) or another sandbox's
+// exposed dev host. nil when the port is free of both, or not in mock mode.
+func (e *Edge) MockPortHolder(id string, port int) error {
+	if e.guestHost == "" || port == 0 {
+		return nil
+	}
+	switch port {
+	case e.cfg.Server.Port, e.cfg.Domain.HTTPPort, e.cfg.Domain.HTTPSPort, e.cfg.Domain.SSH.Port:
+		return &MockPortError{Port: port}
+	}
+	if holder, ok := e.table.portHolder(port, id); ok {
+		return &MockPortError{Port: port, Holder: holder}
+	}
+	return nil
+}
+
+func (e *Edge) mockPortFree(id string, routes []store.Route) error {
+	for _, r := range routes {
+		if err := e.MockPortHolder(id, r.Port); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // UnexposeDev removes every host of a dev command; none is success.

@@ -618,14 +618,40 @@ func TestMockGuestsOnLoopback(t *testing.T) {
 	if _, err := h.e.ExposeDev(ctx, sbA, DevExposure{Name: "web", Port: port, Public: true}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.e.ExposeDev(ctx, sbA, DevExposure{Name: "loop", Port: h.cfg.Domain.HTTPPort, Public: true}); err != nil {
-		t.Fatal(err)
-	}
 	if res := h.do("GET", "dev-web-"+sbA+".atelier.test", "/", nil); res.StatusCode != 200 {
 		t.Fatalf("mock guest: %d", res.StatusCode)
 	}
+	// Every mock sandbox shares this machine's ports: the manager's own and
+	// another sandbox's exposed one are refused, naming the holder.
+	var mp *MockPortError
+	_, err := h.e.ExposeDev(ctx, sbA, DevExposure{Name: "loop", Port: h.cfg.Domain.HTTPPort, Public: true})
+	if !errors.As(err, &mp) || mp.Holder != "" || !strings.Contains(err.Error(), "manager's own") {
+		t.Fatalf("expose the edge's own port: %v", err)
+	}
+	h.sandbox(sbB, "172.16.0.11")
+	_, err = h.e.ExposeDev(ctx, sbB, DevExposure{Name: "web", Port: port, Public: true})
+	if !errors.Is(err, ErrMockPort) || !strings.Contains(err.Error(), "exposed by sandbox "+sbA) {
+		t.Fatalf("expose another mock sandbox's port: %v", err)
+	}
+	// The same sandbox may expose it again (and under another name).
+	if _, err := h.e.ExposeDev(ctx, sbA, DevExposure{Name: "web2", Port: port, Public: true}); err != nil {
+		t.Fatal(err)
+	}
+	// A route to the edge itself (one stored before the check) still never proxies to itself.
+	if err := h.st.ReplaceRoutes(ctx, sbA, "loop", []string{store.RouteDev}, []store.Route{{Host: "dev-loop-" + sbA + ".atelier.test",
+		SandboxID: sbA, Kind: store.RouteDev, Name: "loop", Port: h.cfg.Domain.HTTPPort, Public: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.e.Rebuild(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if res := h.do("GET", "dev-loop-"+sbA+".atelier.test", "/", nil); res.StatusCode != http.StatusLoopDetected {
 		t.Fatalf("route to the edge itself: %d", res.StatusCode)
+	}
+	// The tool hosts would be the developer's own 8080, 3000, 6080: a page says why not.
+	res := h.do("GET", "sandbox-"+sbA+".atelier.test", "/", nil)
+	if b := body(t, res); res.StatusCode != http.StatusNotImplemented || !strings.Contains(b, "mock mode") {
+		t.Fatalf("tool host in mock mode: %d %s", res.StatusCode, b)
 	}
 }
 

@@ -232,6 +232,20 @@ func (l *logWriter) OpenWriter() (io.WriteCloser, error) {
 	return slogWriter{e.log.With("component", "caddy")}, nil
 }
 
+// quietCaddy are Caddy's lines about choices Atelier made on purpose (no
+// admin API, its own log writer, plain HTTP on a localhost edge): news at
+// every start to nobody, so they are logged at debug level.
+var quietCaddy = map[string]bool{
+	"admin endpoint disabled":                           true,
+	"redirected default logger":                         true,
+	"automatic HTTPS is completely disabled for server": true,
+	"server is listening only on the HTTP port, so no automatic HTTPS will be applied to this server": true,
+	"HTTP/2 skipped because it requires TLS":                                                          true,
+	"HTTP/3 skipped because it requires TLS":                                                          true,
+	"started background certificate maintenance":                                                      true,
+	"stopped background certificate maintenance":                                                      true,
+}
+
 // slogWriter turns Caddy's JSON log lines into slog records.
 type slogWriter struct{ log *slog.Logger }
 
@@ -252,6 +266,9 @@ func (w slogWriter) Write(p []byte) (int, error) {
 			level = slog.LevelError
 		}
 		msg, _ := m["msg"].(string)
+		if quietCaddy[msg] {
+			level = slog.LevelDebug
+		}
 		attrs := make([]any, 0, 2*len(m))
 		for k, v := range m {
 			switch k {

@@ -27,6 +27,10 @@ var (
 	pageSignIn   = pageKind{"Sign in required", "%s needs a dashboard login. Open it in a browser to sign in.", 0}
 	pageBadCode  = pageKind{"Login link expired", "The login link for %s is invalid or was already used. Reload the sandbox page to sign in again.", 0}
 	pageLoop     = pageKind{"Loop", "%s points at the edge's own port.", 0}
+	// pageMockTool answers the tool hosts in mock mode, whose "guests" are
+	// processes on this machine: routing them to its 8080, 3000 and 6080
+	// would show whatever the developer runs there.
+	pageMockTool = pageKind{"Not in mock mode", "%s would be a sandbox's VS Code, OpenCode or browser. In mock mode a sandbox is a local process of yours, with none of them: use exec, the terminal and its dev commands, whose exposed hosts are served.", 0}
 	// pageCrossOrigin answers a write or WebSocket another site's page sent.
 	pageCrossOrigin = pageKind{"Cross-site request refused", "%s accepts changes and WebSockets only from its own pages; this request came from another site.", 0}
 )

@@ -170,3 +170,17 @@ func (t *table) isUp(id string) bool {
 	sb, ok := t.sandboxes[id]
 	return ok && sb.up && sb.ip != ""
 }
+
+// portHolder returns another sandbox with a dev route to port: in mock mode
+// every sandbox's guest is this machine, so two of them on one port would
+// reach the same process.
+func (t *table) portHolder(port int, except string) (string, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, r := range t.hosts {
+		if r.route.Kind == store.RouteDev && r.route.Port == port && r.route.SandboxID != except {
+			return r.route.SandboxID, true
+		}
+	}
+	return "", false
+}

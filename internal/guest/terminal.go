@@ -340,6 +340,16 @@ func (ss *session) input(p []byte) {
 	_, _ = ss.pty.Write(p)
 }
 
+// terminalControl recognises a control message: a JSON object with a
+// known type. Anything else in a text frame is what the user typed.
+func terminalControl(data []byte) (agent.TerminalControl, bool) {
+	var m agent.TerminalControl
+	if len(data) == 0 || data[0] != '{' || json.Unmarshal(data, &m) != nil {
+		return m, false
+	}
+	return m, m.Type == agent.TerminalResize
+}
+
 // HTTP handlers.
 
 func (s *Server) createTerminal(w http.ResponseWriter, r *http.Request) error {
@@ -445,14 +455,17 @@ func (s *Server) attachTerminal(w http.ResponseWriter, r *http.Request) error {
 			if err != nil {
 				return
 			}
-			if typ == websocket.MessageBinary {
-				ss.input(data)
-				continue
+			if typ == websocket.MessageText {
+				if m, ok := terminalControl(data); ok {
+					if m.Type == agent.TerminalResize {
+						_ = ss.resize(m.Cols, m.Rows)
+					}
+					continue
+				}
 			}
-			var m agent.TerminalControl
-			if json.Unmarshal(data, &m) == nil && m.Type == agent.TerminalResize {
-				_ = ss.resize(m.Cols, m.Rows)
-			}
+			// Binary messages, and text that is not a control message: a
+			// browser's or websocat's typing arrives as text frames.
+			ss.input(data)
 		}
 	}()
 

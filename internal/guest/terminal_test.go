@@ -248,3 +248,27 @@ func TestTerminalIdleSweepSkipsReservations(t *testing.T) {
 		t.Fatal("the sweep dropped a reservation")
 	}
 }
+
+// TestTerminalTextFrames: browsers and websocat send what the user types
+// as text frames; they reach the PTY. A text frame that is a control
+// message (resize) is not typed in.
+func TestTerminalTextFrames(t *testing.T) {
+	a := startAgent(t, nil)
+	ctx := ctxT(t, 30*time.Second)
+	ti, err := a.c.CreateTerminal(ctx, agent.TerminalRequest{Cmd: []string{"/bin/sh"}, Env: map[string]string{"PS1": "$ "}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := attach(t, a, ti.ID)
+	for _, text := range []string{"echo te''xt\n", `{"type":"resize","cols":70,"rows":20}`, "{not json}\n", "stty size\n"} {
+		if err := v.conn.Write(ctx, websocket.MessageText, []byte(text)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v.until(t, "text\r\n")
+	v.until(t, "{not json}")
+	v.until(t, "20 70")
+	if strings.Contains(v.buf.String(), `"type":"resize"`) {
+		t.Fatalf("a control message was typed into the terminal: %q", v.buf.String())
+	}
+}

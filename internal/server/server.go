@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -99,10 +100,15 @@ func mockDrivers(cfg *config.Config) (sandbox.Drivers, error) {
 		if err != nil {
 			return sandbox.Drivers{}, err
 		}
+		// Mock mode has one image, the default: a create naming another is
+		// refused (400 on image) as production refuses an image it lacks,
+		// instead of making a sandbox that has nothing of that image.
+		vols := stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays"))
+		vols.SetImageSize(cfg.Sandbox.DefaultImage, 0)
 		return sandbox.Drivers{
 			Runtime: rt,
 			Network: netmock.New(),
-			Volumes: stmock.New(filepath.Join(cfg.Sandbox.StateDir, "overlays")),
+			Volumes: vols,
 		}, nil
 	}
 }
@@ -230,6 +236,16 @@ func (s *Server) Listen(noUnix bool) error {
 	return nil
 }
 
+// URL is where a person opens the manager: the dashboard's URL in
+// production, the local port in mock mode (which has no public name).
+func (s *Server) URL() string {
+	if s.Config.Server.Mode == config.ModeMock {
+		_, port, _ := net.SplitHostPort(s.Addr())
+		return "http://localhost:" + port + "/"
+	}
+	return strings.TrimRight(s.Config.DashboardURL(), "/") + "/"
+}
+
 // Addr is the bound TCP address.
 func (s *Server) Addr() string { return s.tcp.Addr().String() }
 
@@ -287,7 +303,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		go func() { errc <- s.unixSrv.Serve(s.unix) }()
 	}
-	s.Log.Info("manager listening", "addr", s.Addr(), "socket", s.Config.Server.SocketPath, "mode", s.Config.Server.Mode, "version", Version)
+	s.Log.Info("manager listening", "url", s.URL(), "docs", s.URL()+"docs", "addr", s.Addr(), "socket", s.Config.Server.SocketPath,
+		"mode", s.Config.Server.Mode, "version", Version)
 
 	var err error
 	select {
@@ -305,6 +322,12 @@ func (s *Server) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s.health.serving.Store(false)
+	// Event streams never end on their own; ended here, the drain below
+	// waits only for ordinary requests.
+	if n := s.API.CloseStreams(); n > 0 {
+		s.Log.Info("closed event streams; clients resume with Last-Event-ID", "streams", n)
+	}
+	s.Log.Info("draining requests (at most 10 s); sandboxes keep running")
 	if s.httpSrv != nil {
 		_ = s.httpSrv.Shutdown(ctx)
 	}
@@ -317,6 +340,14 @@ func (s *Server) shutdown() {
 		s.cancelBG()
 	}
 	s.bg.Wait()
+	if s.Config.Server.Mode == config.ModeMock {
+		// By design a manager's exit leaves sandboxes running; in mock mode
+		// they are processes of the developer's, so say so.
+		if n, err := s.Store.CountSandboxes(ctx, store.ActiveStatuses...); err == nil && n > 0 {
+			s.Log.Info("mock sandboxes keep running as local processes of yours; the next start adopts them. "+
+				"Stop them with `atelier sandbox stop` or `make clean`", "sandboxes", n)
+		}
+	}
 	if err := s.Store.Close(); err != nil {
 		s.Log.Warn("close store", "err", err)
 	}

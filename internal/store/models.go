@@ -259,6 +259,7 @@ type Sandbox struct {
 type SandboxFilter struct {
 	OwnerID string // empty: every owner
 	Status  Status // empty: every status
+	Name    string // empty: any name
 	// NoTimings leaves Sandbox.Timings nil, for listings that do not show them.
 	NoTimings bool
 }

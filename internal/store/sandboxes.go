@@ -212,6 +212,10 @@ func (s *Store) ListSandboxes(ctx context.Context, f SandboxFilter) ([]Sandbox, 
 		q += ` AND status = ?`
 		args = append(args, string(f.Status))
 	}
+	if f.Name != "" {
+		q += ` AND name = ?`
+		args = append(args, f.Name)
+	}
 	q += ` ORDER BY created_at, id`
 	rows, err := s.r.QueryContext(ctx, q, args...)
 	if err != nil {
