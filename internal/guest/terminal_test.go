@@ -152,7 +152,9 @@ func TestTerminalExitCodeReachesViewer(t *testing.T) {
 }
 
 func TestTerminalIdleSweep(t *testing.T) {
-	a := startAgent(t, func(o *Options) { o.TerminalIdle = 300 * time.Millisecond })
+	// The idle period is long against the busy terminal's 50 ms output, so a
+	// loaded machine that starves it for a while does not make it idle.
+	a := startAgent(t, func(o *Options) { o.TerminalIdle = time.Second })
 	ctx := ctxT(t, 30*time.Second)
 	watched, err := a.c.CreateTerminal(ctx, agent.TerminalRequest{Cmd: []string{"sleep", "300"}})
 	if err != nil {
@@ -183,7 +185,7 @@ func TestTerminalIdleSweep(t *testing.T) {
 		t.Fatal("swept terminal's process still alive")
 	}
 	// A viewer or fresh output keeps a session through several periods.
-	time.Sleep(700 * time.Millisecond)
+	time.Sleep(2500 * time.Millisecond)
 	if m := ids(); !m[watched.ID] || !m[busy.ID] || len(m) != 2 {
 		t.Fatalf("after sweeps: %v (watched %s, busy %s)", m, watched.ID, busy.ID)
 	}
