@@ -2,6 +2,7 @@ package backup
 
 import (
 	"archive/tar"
+	"atelier/internal/testenv"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -26,14 +27,7 @@ import (
 	"atelier/internal/store"
 )
 
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return testenv.FreePort(t) }
 
 func mockConfig(t *testing.T, dir string) (*config.Config, string) {
 	t.Helper()

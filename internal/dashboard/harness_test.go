@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -79,15 +78,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(tb testing.TB) int { return testenv.FreePort(tb) }
 
 // mockManager is `atelier serve` in mock mode, as `make run` starts it:
 // sandboxes are the real agent as local processes, the edge serves their

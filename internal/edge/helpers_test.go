@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"atelier/internal/testenv"
 	"context"
 	"crypto/tls"
 	"io"
@@ -19,15 +20,7 @@ import (
 	"atelier/internal/store"
 )
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t testing.TB) int { return testenv.FreePort(t) }
 
 func testConfig(t testing.TB) *config.Config {
 	cfg := config.Default()

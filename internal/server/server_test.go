@@ -1,6 +1,7 @@
 package server
 
 import (
+	"atelier/internal/testenv"
 	"context"
 	"io"
 	"log/slog"
@@ -20,15 +21,7 @@ import (
 	stmock "atelier/internal/storage/mock"
 )
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t testing.TB) int { return testenv.FreePort(t) }
 
 func productionConfig(t *testing.T) *config.Config {
 	cfg := config.Default()

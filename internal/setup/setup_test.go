@@ -1,6 +1,7 @@
 package setup
 
 import (
+	"atelier/internal/testenv"
 	"bytes"
 	"context"
 	"encoding/hex"
@@ -8,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -64,14 +64,7 @@ func testHost(t *testing.T) (netns.NsHandle, string) {
 	return h, prefix
 }
 
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return testenv.FreePort(t) }
 
 // TestInitTwice runs `atelier init --yes` in a throwaway root: the package
 // installs, user creation, its own subcommands and systemd are checked as

@@ -1,6 +1,7 @@
 package update
 
 import (
+	"atelier/internal/testenv"
 	"context"
 	"crypto/sha256"
 	"database/sql"
@@ -8,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -100,14 +100,7 @@ func (p *procRestarter) Stop(context.Context) error {
 	return nil
 }
 
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return testenv.FreePort(t) }
 
 // TestUpdateEndToEnd installs v1, starts its manager (mock mode: each
 // sandbox is the real agent as a process) with a sandbox, updates to v2,
