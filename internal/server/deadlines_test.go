@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -243,14 +244,30 @@ func TestSlowReader(t *testing.T) {
 	if err := os.WriteFile(big, make([]byte, 64<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := e.dial(t)
+	// A small receive window keeps what loopback can buffer to a few MiB, and
+	// the stall is long enough for a server slowed by -race on a loaded
+	// machine to fill it and then hit the write deadline: a 2 s stall once
+	// let a slow server deliver everything without ever blocking.
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10)
+		})
+		return errors.Join(err, serr)
+	}}
+	c, err := d.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
 	fmt.Fprintf(c, "GET /api/sandboxes/%s/files?path=big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n", e.id)
-	time.Sleep(short.Write + 2*time.Second) // read nothing
+	time.Sleep(short.Write + 8*time.Second) // read nothing
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	n, err := io.Copy(io.Discard, c)
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		t.Fatalf("connection still open after the client stalled; read %d bytes", n)
 	}
+	t.Logf("read %d bytes after the stall, err %v", n, err)
 	if n >= 64<<20 {
 		t.Fatalf("whole response delivered (%d bytes) to a client that stalled", n)
 	}
