@@ -80,6 +80,8 @@ func defaults() *Config {
 			DefaultImage:    "dev-base",
 			StateDir:        "/var/lib/sandbox",
 			LogDir:          "/var/log/sandbox",
+			LogMaxBytes:     10 << 20,
+			LogKeep:         3,
 			DefaultVcpus:    2,
 			DefaultMemoryMB: 2048,
 			Git:             Git{Email: "sandbox@atelier.dev", Name: "Sandbox User"},

@@ -59,6 +59,13 @@ func TestValidate(t *testing.T) {
 		{name: "mode unknown", mutate: func(c *Config) { c.Server.Mode = "staging" },
 			wantKey: "server.mode", wantEnv: "ATELIER_SERVER_MODE", wantMsg: `must be one of "production", "mock"`},
 
+		// Sandbox log rotation.
+		{name: "log max bytes too small", mutate: func(c *Config) { c.Sandbox.LogMaxBytes = 100 },
+			wantKey: "sandbox.logMaxBytes", wantEnv: "ATELIER_LOG_MAX_BYTES", wantMsg: "between 65536 and"},
+		{name: "log keep negative", mutate: func(c *Config) { c.Sandbox.LogKeep = -1 },
+			wantKey: "sandbox.logKeep", wantEnv: "ATELIER_LOG_KEEP", wantMsg: "between 0 and 100"},
+		{name: "log keep zero", mutate: func(c *Config) { c.Sandbox.LogKeep = 0 }},
+
 		// Port ranges.
 		{name: "http port zero", mutate: func(c *Config) { c.Domain.HTTPPort = 0 },
 			wantKey: "domain.httpPort", wantEnv: "ATELIER_HTTP_PORT", wantMsg: "between 1 and 65535"},
