@@ -188,7 +188,6 @@ type AdvancedVM struct {
 	VSCode   VersionedPort `json:"vscode"`
 	OpenCode VersionedPort `json:"opencode"`
 	Browser  Port          `json:"browser"`
-	Terminal Port          `json:"terminal"`
 	Agent    Port          `json:"agent"`
 }
 
@@ -207,7 +206,6 @@ type AdvancedServer struct {
 	// --binary updates.
 	ReleaseURL  string      `json:"releaseUrl"`
 	Verdaccio   Verdaccio   `json:"verdaccio"`
-	SSHProxy    Version     `json:"sshProxy"`
 	Firecracker Firecracker `json:"firecracker"`
 }
 
