@@ -664,6 +664,14 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 		}, nil); err != nil {
 			return up, err
 		}
+		// Once, at create: a start must not overwrite what the user set.
+		if create {
+			if err = p.step(StepGit, "", func(ctx context.Context) (string, error) {
+				return s.applyGitIdentity(ctx, sb)
+			}, nil); err != nil {
+				return up, err
+			}
+		}
 	}
 
 	undoHooks := optional(hooks.OnStopped)
