@@ -89,7 +89,7 @@ var envTable = []EnvVar{
 	{Name: "ATELIER_VERSION_VERDACCIO", Key: "advanced.server.verdaccio.version", Description: "Verdaccio version the manager runs."},
 	{Name: "ATELIER_REGISTRY_USER", Key: "advanced.server.verdaccio.user", Description: "Unprivileged system user Verdaccio runs as when the manager is root; created (no login, no home) when missing."},
 	{Name: "ATELIER_REGISTRY_DIR", Key: "advanced.server.verdaccio.dir", Description: "Verdaccio's install, config and package storage, kept outside the private data dir; empty means {dataDir}-registry."},
-	{Name: "ATELIER_VERSION_FIRECRACKER", Key: "advanced.server.firecracker.version", Description: "Firecracker version installed on the host."},
+	{Name: "ATELIER_VERSION_FIRECRACKER", Key: "advanced.server.firecracker.version", Description: "Firecracker release the driver's API calls follow; atelier doctor and init warn when the binary at binaryPath says it is another."},
 	{Name: "ATELIER_FIRECRACKER_BIN", Key: "advanced.server.firecracker.binaryPath", Description: "Firecracker binary path."},
 	{Name: "ATELIER_JAILER_BIN", Key: "advanced.server.firecracker.jailerPath", Description: "Firecracker jailer binary path."},
 	{Name: "ATELIER_KERNEL_PATH", Key: "advanced.server.firecracker.kernelPath", Description: "Guest kernel image path."},
