@@ -346,3 +346,34 @@ func TestFIFOInput(t *testing.T) {
 		}
 	}
 }
+
+// TestUnfinishedLineIsWrittenWhenQuiet: a prompt without a line end is held
+// back only while more may follow, not until the sandbox stops.
+func TestUnfinishedLineIsWrittenWhenQuiet(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "abcdefabcdef.log")
+	k := newKeepers(t, 1<<20, 1)
+	w, err := k.Start(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		w.Close()
+		_ = k.Stop(context.Background(), path)
+	}()
+	fmt.Fprint(w, "booted\nlogin: ")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile(path)
+		if string(b) == "booted\nlogin: " {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log %q, want the prompt written while the keeper runs", b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !k.Running(path) {
+		t.Fatal("keeper ended")
+	}
+}
