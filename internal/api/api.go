@@ -45,6 +45,9 @@ type Deps struct {
 	Ready func(ctx context.Context) map[string]error
 	// Registry is the shared npm cache; nil answers its routes with 503.
 	Registry *registry.Service
+	// Host reports the storage pools and the host network (System page);
+	// nil reports none.
+	Host HostReports
 }
 
 // Server holds the mux and the huma API built on it.
@@ -149,6 +152,7 @@ func New(d Deps) *Server {
 	s.registerTokens()
 	s.registerCleanup()
 	s.registerSystemConfig()
+	s.registerSystemHost()
 	s.registerAgentProxy()
 	s.registerEdge()
 	s.registerBrowser()

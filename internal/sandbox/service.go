@@ -78,6 +78,8 @@ type Service struct {
 	stopWatch chan struct{}
 	// inventory lists host resources for the reconciler.
 	inventory atomic.Pointer[Inventory]
+	// fixes remembers the reconciler's newest fixes (RecentFixes).
+	fixes fixLog
 
 	// afterInsert, set only by tests, runs right after Create inserted the
 	// row, where a reconciler pass used to find a creating row with no job.

@@ -125,6 +125,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	cfg = bindConfig(cfg, log)
 	drv := opts.Drivers
 	var inv *sandbox.Inventory
+	var reports api.HostReports
 	if drv == nil && cfg.Server.Mode == config.ModeMock {
 		d, err := mockDrivers(cfg)
 		if err != nil {
@@ -137,11 +138,14 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 			inv = &sandbox.Inventory{Runtimes: lister.List}
 		}
 	} else if drv == nil {
-		d, i, err := hostDrivers(ctx, cfg, opts, log)
+		d, i, r, err := hostDrivers(ctx, cfg, opts, log)
 		if err != nil {
 			return nil, err
 		}
-		drv, inv = &d, &i
+		drv, inv, reports = &d, &i, r
+	}
+	if reports == nil {
+		reports = mockReports{cfg: cfg, drv: *drv}
 	}
 	st, err := store.Open(ctx, cfg.Server.DataDir, store.WithLogger(log))
 	if err != nil {
@@ -196,7 +200,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	s.API = api.New(api.Deps{
 		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
 		Version: Version, Started: time.Now(), Registry: reg,
-		Edge: ed, Ready: s.readiness,
+		Edge: ed, Ready: s.readiness, Host: reports,
 	})
 	return s, nil
 }
