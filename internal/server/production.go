@@ -60,12 +60,16 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 	log.Info("storage driver chosen for new volumes", "driver", choice.Driver, "reason", choice.Reason,
 		"drivers_present", vols.Drivers())
 
+	logs, err := SandboxLogs(cfg, log)
+	if err != nil {
+		return none, sandbox.Inventory{}, err
+	}
 	var rt withAgent
 	var listRuntimes func(context.Context) ([]string, error)
 	switch cfg.Sandbox.Runtime {
 	case "container":
 		copts := container.DefaultOptions(cfg.Sandbox.StateDir, cfg.Sandbox.LogDir)
-		copts.NetnsPath, copts.Log = net.NetnsPath, log
+		copts.NetnsPath, copts.Log, copts.Logs = net.NetnsPath, log, logs
 		copts.UserNS = container.UserNSMode(cfg.Sandbox.Container.UserNamespace)
 		if opts.Container != nil {
 			opts.Container(&copts)
@@ -94,7 +98,7 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 		}
 	case "firecracker":
 		fopts := firecracker.OptionsFromConfig(cfg)
-		fopts.Log = log
+		fopts.Log, fopts.Logs = log, logs
 		if err := firecracker.CheckKernel(fopts.Kernel, log); err != nil {
 			return none, sandbox.Inventory{}, hostReports{}, err
 		}

@@ -4,6 +4,7 @@
 package server
 
 import (
+	"atelier/internal/logkeeper"
 	"context"
 	"errors"
 	"fmt"
@@ -82,6 +83,13 @@ type Options struct {
 	HTTPTimeouts HTTPTimeouts
 }
 
+// SandboxLogs are the keepers of the sandboxes' logs, with the config's
+// limits (sandbox.logMaxBytes, sandbox.logKeep); each is this binary run as
+// the hidden `atelier log-keeper`.
+func SandboxLogs(cfg *config.Config, log *slog.Logger) (*logkeeper.Keepers, error) {
+	return logkeeper.New(logkeeper.Options{MaxBytes: int64(cfg.Sandbox.LogMaxBytes), Keep: cfg.Sandbox.LogKeep, Log: log})
+}
+
 // mockDrivers are mock mode's: the real agent as a local process, network
 // and volumes in memory.
 func mockDrivers(cfg *config.Config) (sandbox.Drivers, error) {
@@ -92,7 +100,12 @@ func mockDrivers(cfg *config.Config) (sandbox.Drivers, error) {
 		if err != nil {
 			return sandbox.Drivers{}, fmt.Errorf("find own executable for the mock agent: %w", err)
 		}
+		logs, err := SandboxLogs(cfg, nil)
+		if err != nil {
+			return sandbox.Drivers{}, err
+		}
 		rt, err := process.New(process.Options{
+			Logs:      logs,
 			Command:   []string{exe, "agent"},
 			StateDir:  filepath.Join(cfg.Sandbox.StateDir, "mock"),
 			SocketDir: filepath.Join(cfg.Sandbox.StateDir, "sockets"),
