@@ -43,6 +43,7 @@ var adminOnly = map[string]bool{
 	"POST /api/system/cleanup":   true,
 	"GET /api/users":             true,
 	"GET /api/system/config":     true,
+	"DELETE /api/images/{id}":    true,
 }
 
 var validBody = map[string]any{"PUT /api/registry/settings": map[string]any{"evictionDays": 7}}
