@@ -23,6 +23,7 @@ import (
 	"atelier/internal/dashboard"
 	"atelier/internal/edge"
 	"atelier/internal/events"
+	"atelier/internal/image/catalog"
 	"atelier/internal/metrics"
 	"atelier/internal/registry"
 	"atelier/internal/sandbox"
@@ -48,6 +49,8 @@ type Deps struct {
 	// Host reports the storage pools and the host network (System page);
 	// nil reports none.
 	Host HostReports
+	// Images is the host's image catalog; nil answers its routes with 503.
+	Images *catalog.Catalog
 }
 
 // Server holds the mux and the huma API built on it.
@@ -159,6 +162,7 @@ func New(d Deps) *Server {
 	s.registerRegistry()
 	s.registerSSHKeys()
 	s.registerAccount()
+	s.registerImages()
 	s.registerRaw("GET", "/metrics", false, "Prometheus metrics.", s.authRaw(d.Metrics.Handler()))
 	s.registerDashboard()
 	s.mux.HandleFunc("/", s.notFound)

@@ -47,6 +47,7 @@ var adminOnly = map[string]bool{
 	"GET /api/system/network":    true,
 	"GET /api/system/reconciler": true,
 	"GET /api/system/cleanup":    true,
+	"DELETE /api/images/{id}":    true,
 }
 
 var validBody = map[string]any{"PUT /api/registry/settings": map[string]any{"evictionDays": 7}}

@@ -62,7 +62,7 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 
 	logs, err := SandboxLogs(cfg, log)
 	if err != nil {
-		return none, sandbox.Inventory{}, err
+		return none, sandbox.Inventory{}, hostReports{}, err
 	}
 	var rt withAgent
 	var listRuntimes func(context.Context) ([]string, error)

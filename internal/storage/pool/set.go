@@ -262,3 +262,23 @@ func (s *Set) Usage(ctx context.Context) ([]storage.Usage, error) {
 	}
 	return out, errors.Join(errs...)
 }
+
+// CreateImage makes the image on the driver for new volumes, where new
+// sandboxes clone from.
+func (s *Set) CreateImage(ctx context.Context, imageID, srcPath string, sizeBytes int64) error {
+	d, ok := s.driver(ctx, s.primary)
+	if !ok {
+		return fmt.Errorf("create image %s: the %s driver's pool is not present: %w", imageID, s.primary, ErrUnavailable)
+	}
+	return d.CreateImage(ctx, imageID, srcPath, sizeBytes)
+}
+
+// DeleteImage removes the image from every driver present; an absent image
+// is success.
+func (s *Set) DeleteImage(ctx context.Context, imageID string) error {
+	var errs []error
+	for _, d := range s.probeAll(ctx) {
+		errs = append(errs, d.DeleteImage(ctx, imageID))
+	}
+	return errors.Join(errs...)
+}
