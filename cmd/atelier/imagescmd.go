@@ -20,6 +20,7 @@ func newImagesCmd(g *globals) *cobra.Command {
 		Short: "Build what sandboxes boot: the guest kernel and root filesystem images",
 	}
 	cmd.AddCommand(newImagesKernelCmd(g))
+	cmd.AddCommand(newImagesBuildCmds(g)...)
 	return cmd
 }
 
