@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -266,23 +265,6 @@ Runs on the manager's host as root: it writes the volume driver and the manager'
 	f.StringVar(&workDir, "work-dir", "", "directory for the flattened tree (default the system temp dir; needs twice the image's size)")
 	f.Int64Var(&sizeMB, "size-mb", 0, "ext4 image size in MiB (default: the content plus a quarter and 256 MiB)")
 	return c
-}
-
-// findAgent looks for the static guest agent beside this binary, then on PATH.
-func findAgent() (string, error) {
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "atelier-agent")
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-			return p, nil
-		}
-	}
-	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
-		p := filepath.Join(dir, "atelier-agent")
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-			return p, nil
-		}
-	}
-	return "", errors.New("no atelier-agent binary beside atelier or on PATH: build it (make agent) and pass --agent PATH")
 }
 
 // openCatalog opens the manager's store and volume drivers as the manager
