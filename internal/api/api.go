@@ -27,6 +27,7 @@ import (
 	"atelier/internal/registry"
 	"atelier/internal/sandbox"
 	"atelier/internal/store"
+	"atelier/internal/workspace"
 )
 
 // Deps are the services the API serves.
@@ -45,6 +46,8 @@ type Deps struct {
 	Ready func(ctx context.Context) map[string]error
 	// Registry is the shared npm cache; nil answers its routes with 503.
 	Registry *registry.Service
+	// Workspaces serves /api/workspaces; nil leaves those routes out.
+	Workspaces *workspace.Service
 }
 
 // Server holds the mux and the huma API built on it.
@@ -155,6 +158,7 @@ func New(d Deps) *Server {
 	s.registerRegistry()
 	s.registerSSHKeys()
 	s.registerAccount()
+	s.registerWorkspaces()
 	s.registerRaw("GET", "/metrics", false, "Prometheus metrics.", s.authRaw(d.Metrics.Handler()))
 	s.registerDashboard()
 	s.mux.HandleFunc("/", s.notFound)

@@ -33,6 +33,7 @@ import (
 	"atelier/internal/sshproxy"
 	stmock "atelier/internal/storage/mock"
 	"atelier/internal/store"
+	"atelier/internal/workspace"
 )
 
 // Version is set at build time with -ldflags "-X atelier/internal/server.Version=...".
@@ -196,7 +197,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	s.API = api.New(api.Deps{
 		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
 		Version: Version, Started: time.Now(), Registry: reg,
-		Edge: ed, Ready: s.readiness,
+		Edge: ed, Ready: s.readiness, Workspaces: workspace.New(st, box, log),
 	})
 	return s, nil
 }
