@@ -159,6 +159,7 @@ func New(d Deps) *Server {
 	s.registerSSHKeys()
 	s.registerAccount()
 	s.registerWorkspaces()
+	s.registerGitSources()
 	s.registerRaw("GET", "/metrics", false, "Prometheus metrics.", s.authRaw(d.Metrics.Handler()))
 	s.registerDashboard()
 	s.mux.HandleFunc("/", s.notFound)

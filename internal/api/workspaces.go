@@ -8,6 +8,7 @@ import (
 
 	"github.com/danielgtaylor/huma/v2"
 
+	"atelier/internal/sandbox"
 	"atelier/internal/store"
 	"atelier/internal/workspace"
 )
@@ -159,5 +160,106 @@ func (s *Server) registerWorkspaces() {
 			return nil, s.workspaceProblem(ctx, err)
 		}
 		return nil, nil
+	})
+}
+
+func (s *Server) registerGitSources() {
+	if s.d.Workspaces == nil {
+		return
+	}
+	tags := []string{"git sources"}
+	errs := []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusNotFound}
+	type sourceList struct {
+		Body struct {
+			Sources []workspace.Source `json:"sources"`
+		}
+	}
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "list-git-sources", Method: http.MethodGet, Path: "/api/git-sources", Tags: tags,
+		Summary: "List your git sources", Security: securityAuthed, Errors: errs,
+		Description: "Tokens are never returned: hasToken says whether one is kept.",
+	}, func(ctx context.Context, _ *struct{}) (*sourceList, error) {
+		list, err := s.d.Workspaces.Sources(ctx, principal(ctx).User.ID)
+		if err != nil {
+			return nil, toProblem(ctx, s.d.Log, err)
+		}
+		out := &sourceList{}
+		out.Body.Sources = list
+		return out, nil
+	})
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "create-git-source", Method: http.MethodPost, Path: "/api/git-sources", Tags: tags,
+		Summary: "Add a git source", Security: securityAuthed, DefaultStatus: http.StatusCreated,
+		Description: "The token is sealed at rest and only ever sent to the source's host: by git on this host (branches) " +
+			"and, through the clone's environment, by git in your own sandboxes. It is never written into a sandbox's " +
+			"files, git config or remote URLs.",
+		Errors: append(errs, http.StatusConflict),
+	}, func(ctx context.Context, in *struct{ Body workspace.SourceInput }) (*struct{ Body workspace.Source }, error) {
+		src, err := s.d.Workspaces.CreateSource(ctx, principal(ctx).User.ID, in.Body)
+		if errors.Is(err, store.ErrDuplicate) {
+			return nil, newProblem(http.StatusConflict, "conflict", "you already have a git source with this name",
+				&huma.ErrorDetail{Location: "body.name", Message: "already used by another of your git sources"})
+		}
+		if err != nil {
+			return nil, toProblem(ctx, s.d.Log, err)
+		}
+		return &struct{ Body workspace.Source }{src}, nil
+	})
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "delete-git-source", Method: http.MethodDelete, Path: "/api/git-sources/{id}", Tags: tags,
+		Summary: "Delete a git source", Security: securityAuthed, DefaultStatus: http.StatusNoContent, Errors: errs,
+	}, func(ctx context.Context, in *workspaceIDInput) (*struct{}, error) {
+		if err := s.d.Workspaces.DeleteSource(ctx, principal(ctx).User.ID, in.ID); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil, newProblem(http.StatusNotFound, "not_found", "git source not found")
+			}
+			return nil, toProblem(ctx, s.d.Log, err)
+		}
+		return nil, nil
+	})
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "list-git-branches", Method: http.MethodGet, Path: "/api/git-sources/{id}/branches", Tags: tags,
+		Summary: "List a repository's branches", Security: securityAuthed, Errors: append(errs, http.StatusBadGateway),
+		Description: "Runs git ls-remote on the host with the source's token (in git's environment only). The repository " +
+			"must be on the source's host. Use the id `public` for a repository that needs no token.",
+	}, func(ctx context.Context, in *struct {
+		ID  string `path:"id" maxLength:"64" pattern:"^[A-Za-z0-9_-]+$"`
+		URL string `query:"url" required:"true" maxLength:"2048" doc:"The repository's URL."`
+	}) (*struct {
+		Body struct {
+			Branches []workspace.Branch `json:"branches"`
+		}
+	}, error) {
+		src := in.ID
+		if src == "public" {
+			src = ""
+		}
+		list, err := s.d.Workspaces.Branches(ctx, principal(ctx).User.ID, src, in.URL)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return nil, newProblem(http.StatusNotFound, "not_found", "git source not found")
+		case errors.Is(err, workspace.ErrSourceHost):
+			return nil, newProblem(http.StatusBadRequest, "invalid_input", err.Error(),
+				&huma.ErrorDetail{Location: "query.url", Message: "not on the git source's host"})
+		case err != nil:
+			var fe *sandbox.FieldError
+			if errors.As(err, &fe) {
+				return nil, newProblem(http.StatusBadRequest, "invalid_input", "validation failed: url: "+fe.Message,
+					&huma.ErrorDetail{Location: "query.url", Message: fe.Message})
+			}
+			s.d.Log.InfoContext(ctx, "ls-remote failed", "err", err)
+			return nil, newProblem(http.StatusBadGateway, "git_failed", "the git server did not list the branches (wrong URL or token?)")
+		}
+		out := &struct {
+			Body struct {
+				Branches []workspace.Branch `json:"branches"`
+			}
+		}{}
+		out.Body.Branches = list
+		return out, nil
 	})
 }

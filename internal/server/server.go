@@ -182,6 +182,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		return nil, err
 	}
 	sbx.AddHooks(ed.Hooks())
+	wss := workspace.New(st, box, log)
+	sbx.SetProvisioner(newProvisioner(wss, st, sbx, ed, guestUser, log))
 	// The starting page of a tool host names the service it waits for.
 	ed.SetServices(sbx)
 	every := opts.ReconcileEvery
@@ -197,7 +199,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	s.API = api.New(api.Deps{
 		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
 		Version: Version, Started: time.Now(), Registry: reg,
-		Edge: ed, Ready: s.readiness, Workspaces: workspace.New(st, box, log),
+		Edge: ed, Ready: s.readiness, Workspaces: wss,
 	})
 	return s, nil
 }
