@@ -36,6 +36,7 @@ import (
 	"atelier/internal/storage/file"
 	stmock "atelier/internal/storage/mock"
 	"atelier/internal/store"
+	"atelier/internal/workspace"
 )
 
 // Version is set at build time with -ldflags "-X atelier/internal/server.Version=...".
@@ -201,6 +202,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		return nil, err
 	}
 	sbx.AddHooks(ed.Hooks())
+	wss := workspace.New(st, box, log)
+	sbx.SetProvisioner(newProvisioner(wss, st, sbx, ed, guestUser, log))
 	// The starting page of a tool host names the service it waits for.
 	ed.SetServices(sbx)
 	every := opts.ReconcileEvery
@@ -217,7 +220,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	s.API = api.New(api.Deps{
 		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
 		Version: Version, Started: time.Now(), Registry: reg,
-		Edge: ed, Ready: s.readiness, Host: reports, Images: s.Images,
+		Edge: ed, Ready: s.readiness, Host: reports, Images: s.Images, Workspaces: wss,
 	})
 	return s, nil
 }
