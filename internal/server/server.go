@@ -143,7 +143,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		}
 		drv, inv = &d, &i
 	}
-	st, err := store.Open(ctx, cfg.Server.DataDir, store.WithLogger(log))
+	st, err := store.Open(ctx, cfg.Server.DataDir, store.WithLogger(log), store.WithDatabaseURL(cfg.Advanced.Server.Database.URL))
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
