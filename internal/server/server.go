@@ -164,7 +164,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	if reports == nil {
 		reports = mockReports{cfg: cfg, drv: *drv}
 	}
-	st, err := store.Open(ctx, cfg.Server.DataDir, store.WithLogger(log))
+	st, err := store.Open(ctx, cfg.Server.DataDir, store.WithLogger(log), store.WithDatabaseURL(cfg.Advanced.Server.Database.URL))
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
