@@ -282,3 +282,63 @@ func apiCall(base, method, path, body string, out any) error {
 	}
 	return nil
 }
+
+// TestBrowserSystemNotForUsers: in production a user who is not an admin
+// has no System link, gets a plain refusal at its URL (no host numbers, not
+// even a request for them), and the API refuses them the reports.
+func TestBrowserSystemNotForUsers(t *testing.T) {
+	p := startProduction(t)
+	p.gh.ActAs("alice")
+	var got struct {
+		Nav      string   `json:"nav"`
+		Direct   string   `json:"direct"`
+		Requests []string `json:"requests"`
+		API      []string `json:"api"`
+	}
+	run(t, browsertest.Options{
+		MapHosts: []string{"*.atelier.test"},
+		Args:     map[string]any{"url": p.URL, "allowed": p.allowed(), "axe": axePath(t)},
+		Script: `
+const out = { requests: [] };
+await page.goto(args.url + '/sandboxes');
+await page.getByRole('link', { name: 'Sign in with GitHub' }).click();
+await page.waitForURL(args.url + '/**');
+await page.getByRole('heading', { name: 'Sandboxes' }).waitFor();
+out.nav = await page.getByRole('navigation', { name: 'Main' }).innerText();
+const watch = (r) => { if (r.url().includes('/api/system/')) out.requests.push(r.url()); };
+page.on('request', watch);
+await page.goto(args.url + '/system');
+await page.getByRole('heading', { name: 'Admins only' }).waitFor();
+out.direct = await page.innerText('main');
+await axe(page, 'the refusal');
+page.off('request', watch);
+out.api = await page.evaluate(async () => {
+  const res = [];
+  for (const path of ['/api/system/storage', '/api/system/network', '/api/system/reconciler', '/api/system/cleanup']) {
+    const r = await fetch(path);
+    res.push(path + ' ' + r.status + ' ' + (await r.json()).detail);
+  }
+  return res;
+});
+check();
+return out;
+`,
+	}, &got)
+	if strings.Contains(got.Nav, "System") || !strings.Contains(got.Nav, "Sandboxes") {
+		t.Errorf("alice's navigation: %q", got.Nav)
+	}
+	if !strings.Contains(got.Direct, "auth.admins") || strings.Contains(got.Direct, "Storage pool") || strings.Contains(got.Direct, "Subnet") {
+		t.Errorf("alice at /system sees:\n%s", got.Direct)
+	}
+	if len(got.Requests) != 0 {
+		t.Errorf("the refusal page asked for host reports: %v", got.Requests)
+	}
+	if len(got.API) != 4 {
+		t.Fatalf("api answers: %v", got.API)
+	}
+	for _, a := range got.API {
+		if !strings.Contains(a, " 403 ") || !strings.Contains(a, "admins only") {
+			t.Errorf("alice's session: %s, want 403 admins only", a)
+		}
+	}
+}
