@@ -89,8 +89,8 @@ func defaults() *Config {
 		},
 		Advanced: Advanced{
 			VM: AdvancedVM{
-				VSCode:   VersionedPort{Port: 8080, Version: "4.108.2"},
-				OpenCode: VersionedPort{Port: 3000, Version: "1.1.53"},
+				VSCode:   VersionedPort{Port: 8080, Version: "4.139.1"},
+				OpenCode: VersionedPort{Port: 3000, Version: "1.18.33"},
 				Browser:  Port{Port: 6080},
 				Agent:    Port{Port: 9998},
 			},

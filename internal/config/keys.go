@@ -84,6 +84,7 @@ var envTable = []EnvVar{
 	{Name: "ATELIER_BROWSER_PORT", Key: "advanced.vm.browser.port", Description: "Browser (KasmVNC websocket) port inside the guest."},
 	{Name: "ATELIER_AGENT_PORT", Key: "advanced.vm.agent.port", Description: "Guest agent vsock port."},
 	{Name: "ATELIER_RELEASE_URL", Key: "advanced.server.releaseUrl", Description: "Base URL of Atelier releases for atelier update --version V: {releaseUrl}/v{V}/atelier-linux-{amd64|arm64} and its .sha256 beside it. Empty: updates only from --binary."},
+	{Name: "ATELIER_DATABASE_URL", Key: "advanced.server.database.url", Secret: true, Description: "PostgreSQL URL of the store shared by several manager replicas (postgres://user:password@host:5432/atelier?sslmode=verify-full); a host other than loopback or a socket needs sslmode require, verify-ca or verify-full. Empty: the embedded SQLite file {dataDir}/atelier.db, for one manager."},
 	{Name: "ATELIER_REGISTRY_PORT", Key: "advanced.server.verdaccio.port", Description: "npm registry cache (Verdaccio) port on the host."},
 	{Name: "ATELIER_VERDACCIO_PORT", Key: "advanced.server.verdaccio.port", Description: "Older alias of ATELIER_REGISTRY_PORT, which wins when both are set."},
 	{Name: "ATELIER_VERSION_VERDACCIO", Key: "advanced.server.verdaccio.version", Description: "Verdaccio version the manager runs."},

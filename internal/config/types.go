@@ -207,6 +207,15 @@ type AdvancedServer struct {
 	ReleaseURL  string      `json:"releaseUrl"`
 	Verdaccio   Verdaccio   `json:"verdaccio"`
 	Firecracker Firecracker `json:"firecracker"`
+	Database    Database    `json:"database"`
+}
+
+// Database is the manager's store. Empty URL: the embedded SQLite file
+// {dataDir}/atelier.db, for one manager. A PostgreSQL URL lets several
+// managers (replicas) share one store; it may carry a password, so it is a
+// secret: redacted in `config show` and never logged.
+type Database struct {
+	URL string `json:"url"`
 }
 
 // Verdaccio is the shared npm cache the manager runs on the bridge.

@@ -66,6 +66,22 @@ func TestValidate(t *testing.T) {
 			wantKey: "sandbox.logKeep", wantEnv: "ATELIER_LOG_KEEP", wantMsg: "between 0 and 100"},
 		{name: "log keep zero", mutate: func(c *Config) { c.Sandbox.LogKeep = 0 }},
 
+		// The store.
+		{name: "database url not postgres", mutate: func(c *Config) { c.Advanced.Server.Database.URL = "mysql://u:p@db/atelier" },
+			wantKey: "advanced.server.database.url", wantEnv: "ATELIER_DATABASE_URL", wantMsg: "must be a PostgreSQL URL"},
+		{name: "database url without database", mutate: func(c *Config) { c.Advanced.Server.Database.URL = "postgres://u:p@127.0.0.1:5432" },
+			wantKey: "advanced.server.database.url", wantEnv: "ATELIER_DATABASE_URL", wantMsg: "must be a PostgreSQL URL"},
+		{name: "database over the network without tls", mutate: func(c *Config) { c.Advanced.Server.Database.URL = "postgres://u:p@db.internal:5432/atelier" },
+			wantKey: "advanced.server.database.url", wantEnv: "ATELIER_DATABASE_URL", wantMsg: "without TLS: add sslmode=verify-full"},
+		{name: "database over the network, sslmode disable", mutate: func(c *Config) {
+			c.Advanced.Server.Database.URL = "postgres://u:p@10.0.0.5/atelier?sslmode=disable"
+		}, wantKey: "advanced.server.database.url", wantEnv: "ATELIER_DATABASE_URL", wantMsg: "without TLS"},
+		{name: "database on loopback", mutate: func(c *Config) { c.Advanced.Server.Database.URL = "postgres://u:p@127.0.0.1:5432/atelier" }},
+		{name: "database on a socket", mutate: func(c *Config) { c.Advanced.Server.Database.URL = "postgresql:///atelier?host=/run/postgresql" }},
+		{name: "database with tls", mutate: func(c *Config) {
+			c.Advanced.Server.Database.URL = "postgres://u:p@db.internal/atelier?sslmode=verify-full"
+		}},
+
 		// Port ranges.
 		{name: "http port zero", mutate: func(c *Config) { c.Domain.HTTPPort = 0 },
 			wantKey: "domain.httpPort", wantEnv: "ATELIER_HTTP_PORT", wantMsg: "between 1 and 65535"},
@@ -453,6 +469,22 @@ func TestDNSNameError(t *testing.T) {
 	for _, s := range invalid {
 		if dnsNameError(s) == "" {
 			t.Errorf("%q accepted, want invalid", s)
+		}
+	}
+}
+
+// The database URL may carry a password: a problem with it never quotes it.
+func TestDatabaseURLNeverEchoed(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"mysql://u:hunter2hunter2@db/x", "postgres://u:hunter2hunter2@db.example/x", "postgres://u:hunter2hunter2@%zz/x"} {
+		c := validMock()
+		c.Advanced.Server.Database.URL = u
+		err := c.Validate()
+		if err == nil {
+			t.Fatalf("%s: valid, want a problem", u)
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("problem quotes the password: %v", err)
 		}
 	}
 }
