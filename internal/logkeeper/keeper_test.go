@@ -247,10 +247,15 @@ func TestKeeperOutlivesManager(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	before := lines(t, k, path)
-	time.Sleep(100 * time.Millisecond)
-	after := lines(t, k, path)
-	if len(after) == 0 || len(before) == 0 || after[len(after)-1] == before[len(before)-1] {
-		t.Fatalf("log not growing after the manager died: %d then %d lines", len(before), len(after))
+	for {
+		after := lines(t, k, path)
+		if len(before) > 0 && len(after) > 0 && after[len(after)-1] != before[len(before)-1] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log not growing after the manager died: %d then %d lines", len(before), len(after))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	// The sandbox stops: the keeper ends on its own.
 	_ = syscall.Kill(-writer, syscall.SIGKILL)
@@ -344,5 +349,36 @@ func TestFIFOInput(t *testing.T) {
 		if !bytes.Contains(b, []byte(want)) {
 			t.Errorf("log %q lacks %q", b, want)
 		}
+	}
+}
+
+// TestUnfinishedLineIsWrittenWhenQuiet: a prompt without a line end is held
+// back only while more may follow, not until the sandbox stops.
+func TestUnfinishedLineIsWrittenWhenQuiet(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "abcdefabcdef.log")
+	k := newKeepers(t, 1<<20, 1)
+	w, err := k.Start(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		w.Close()
+		_ = k.Stop(context.Background(), path)
+	}()
+	fmt.Fprint(w, "booted\nlogin: ")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile(path)
+		if string(b) == "booted\nlogin: " {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log %q, want the prompt written while the keeper runs", b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !k.Running(path) {
+		t.Fatal("keeper ended")
 	}
 }

@@ -52,7 +52,6 @@ func Run(args []string) int {
 	// guest's output must not stop because someone pressed Ctrl-C.
 	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGPIPE)
 	rot := &Rotator{Path: *path, MaxBytes: *maxBytes, Keep: *keep}
-	defer rot.Close()
 	var mu sync.Mutex
 	sink := func(p []byte) {
 		mu.Lock()
@@ -76,8 +75,9 @@ func Run(args []string) int {
 	// A prompt or a progress bar without a line end must not wait in
 	// memory for the next line: held back lines are written once the
 	// guest has been quiet for a moment.
-	stopFlush := make(chan struct{})
+	stopFlush, flushDone := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(flushDone)
 		t := time.NewTicker(flushIdle)
 		defer t.Stop()
 		for {
@@ -93,14 +93,14 @@ func Run(args []string) int {
 			}
 		}
 	}()
-	defer close(stopFlush)
 	pump(os.Stdin, sink)
 	for _, f := range extras {
 		_ = f.SetReadDeadline(time.Now().Add(drainWait))
 	}
 	wg.Wait()
-	mu.Lock()
-	defer mu.Unlock()
+	close(stopFlush)
+	<-flushDone
+	// Only this goroutine is left: what is held back is written now.
 	rot.Close()
 	removeOwnPID(*path)
 	return 0

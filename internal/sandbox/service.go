@@ -675,7 +675,14 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 		}, nil); err != nil {
 			return up, err
 		}
+		// Once, at create: a start must not overwrite what the user set.
+		// The identity comes before provisioning, whose git work may use it.
 		if create {
+			if err = p.step(StepGit, "", func(ctx context.Context) (string, error) {
+				return s.applyGitIdentity(ctx, sb)
+			}, nil); err != nil {
+				return up, err
+			}
 			if err = s.provision(p, sb); err != nil {
 				return up, err
 			}

@@ -242,7 +242,7 @@ func (p *Provisioner) gitIdentity(ctx context.Context, c *agent.Client, owner st
 		email = fmt.Sprintf("%d+%s@users.noreply.github.com", u.GitHubID, u.Login)
 	}
 	for _, kv := range [][2]string{{"user.name", name}, {"user.email", email}} {
-		if _, err := p.exec(ctx, c, agent.ExecRequest{Argv: []string{"git", "config", "--global", kv[0], kv[1]},
+		if _, err := p.exec(ctx, c, agent.ExecRequest{Argv: []string{"git", "config", "--global", "--", kv[0], kv[1]},
 			TimeoutMs: quickTimeout.Milliseconds()}, "git config "+kv[0]); err != nil {
 			return "", err
 		}

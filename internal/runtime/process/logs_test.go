@@ -3,18 +3,72 @@ package process
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"atelier/internal/agent"
+	"atelier/internal/guest"
 	"atelier/internal/logkeeper"
 	"atelier/internal/sandbox"
 )
 
 func TestMain(m *testing.M) {
 	logkeeper.MainIfKeeper()
+	if len(os.Args) > 1 && os.Args[1] == "agent" {
+		os.Exit(guest.Main(os.Args[2:]))
+	}
 	os.Exit(m.Run())
+}
+
+// TestAgentSurvivesADeadLogKeeper: the agent's output is the keeper's pipe;
+// with the keeper gone, its log lines hit a closed pipe, which must not
+// end the agent (and with it the sandbox).
+func TestAgentSurvivesADeadLogKeeper(t *testing.T) {
+	dir := t.TempDir()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close() // the keeper died
+	sock := filepath.Join(dir, "a.sock")
+	cmd := exec.Command(os.Args[0], "agent", "serve", "--vsock-port", "0", "--unix", sock, "--sandbox-id", "abcdefabcdef",
+		"--file-root", dir, "--workdir", dir, "--log-dir", filepath.Join(dir, "log"),
+		"--config-path", filepath.Join(dir, "config.json"), "--etc-dir", dir, "--image-manifest=", "--state-dir", filepath.Join(dir, "state"))
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
+	c := agent.New(agent.UnixDialer(sock))
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		// It has logged "agent listening" into the dead pipe by now.
+		if _, err := c.Health(ctx); err == nil {
+			break
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("agent died writing to a dead log pipe: %v", err)
+		case <-ctx.Done():
+			t.Fatal("agent never answered")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	select {
+	case err := <-exited:
+		exited <- err
+		t.Fatalf("agent exited: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
 }
 
 // TestAgentOutputFloodIsBounded: a mock guest whose agent writes 16 MiB of
