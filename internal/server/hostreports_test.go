@@ -8,8 +8,8 @@ import (
 	"atelier/internal/config"
 	netmock "atelier/internal/network/mock"
 	"atelier/internal/sandbox"
-	"atelier/internal/store"
 	stmock "atelier/internal/storage/mock"
+	"atelier/internal/store"
 )
 
 func TestFirewallState(t *testing.T) {
