@@ -212,7 +212,7 @@ func installAgent(root *os.Root, agent string) error {
 	if err := root.MkdirAll(filepath.Dir(rel), 0o755); err != nil {
 		return err
 	}
-	if err := clear(root, rel, false); err != nil {
+	if err := clear(root, rel, false, nil); err != nil {
 		return err
 	}
 	src, err := os.Open(agent)
@@ -283,7 +283,7 @@ func writeManifest(root *os.Root, rel string, m *manifest.Manifest) error {
 	if err := root.MkdirAll(filepath.Dir(rel), 0o755); err != nil {
 		return fmt.Errorf("manifest: %w", err)
 	}
-	if err := clear(root, rel, false); err != nil {
+	if err := clear(root, rel, false, nil); err != nil {
 		return fmt.Errorf("manifest: %w", err)
 	}
 	if err := root.WriteFile(rel, append(b, '\n'), 0o644); err != nil {
