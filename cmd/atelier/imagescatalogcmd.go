@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -211,7 +212,7 @@ Runs on the manager's host as root: it writes the volume driver and the manager'
 			if id == "" {
 				return errors.New("--name is required: the image id sandboxes will name (e.g. my-image)")
 			}
-			if !storage.ValidImageID(id) {
+			if !imageNameRE.MatchString(id) {
 				return fmt.Errorf("--name %q: must be lowercase letters, digits and - (a DNS label, at most 63 characters)", id)
 			}
 			if os.Geteuid() != 0 {
@@ -267,6 +268,10 @@ Runs on the manager's host as root: it writes the volume driver and the manager'
 	f.Int64Var(&sizeMB, "size-mb", 0, "ext4 image size in MiB (default: the content plus a quarter and 256 MiB)")
 	return c
 }
+
+// imageNameRE is the id an imported image may take: a volume name and the
+// manifest's id (a DNS label) at once.
+var imageNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // findAgent looks for the static guest agent beside this binary, then on PATH.
 func findAgent() (string, error) {

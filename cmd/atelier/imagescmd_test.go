@@ -81,6 +81,7 @@ func TestImagesCLI(t *testing.T) {
 	src := smallLayout(t)
 	run("images", "import", src).fails(t, "import without --name", "--name")
 	run("images", "import", src, "--name", "Bad Name").fails(t, "import with a bad name", "--name")
+	run("images", "import", src, "--name", "dotted.name").fails(t, "import with a name that is no DNS label", "--name")
 	run("images", "import", filepath.Join(t.TempDir(), "missing"), "--name", "x", "--agent", agent).fails(t, "import of nothing", "missing")
 	r := run("images", "import", src, "--name", "mine", "--agent", agent).ok(t, "import")
 	for _, w := range []string{"flatten 1 layers", "mkfs.ext4", "image mine:", "manifest written (user root)"} {
