@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -357,6 +358,9 @@ func TestImportIntoCatalog(t *testing.T) {
 			}
 			if got := debugfs(t, vol, "ea_list /bin/ping"); !strings.Contains(got, "security.capability") {
 				t.Errorf("capability lost in the ext4 image: %q", got)
+			}
+			if got := debugfs(t, vol, "stat /home/alice/src"); !strings.Contains(got, "Type: directory") || !regexp.MustCompile(`User:\s+1000\b`).MatchString(got) {
+				t.Errorf("the workdir was not made alice's: %q", got)
 			}
 			if got := debugfs(t, vol, "ls /opt"); strings.Contains(got, "old1") || !strings.Contains(got, "new") {
 				t.Errorf("/opt after the opaque whiteout: %q", got)
