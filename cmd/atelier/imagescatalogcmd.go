@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -272,23 +271,6 @@ Runs on the manager's host as root: it writes the volume driver and the manager'
 // imageNameRE is the id an imported image may take: a volume name and the
 // manifest's id (a DNS label) at once.
 var imageNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
-// findAgent looks for the static guest agent beside this binary, then on PATH.
-func findAgent() (string, error) {
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "atelier-agent")
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-			return p, nil
-		}
-	}
-	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
-		p := filepath.Join(dir, "atelier-agent")
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-			return p, nil
-		}
-	}
-	return "", errors.New("no atelier-agent binary beside atelier or on PATH: build it (make agent) and pass --agent PATH")
-}
 
 // openCatalog opens the manager's store and volume drivers as the manager
 // does: mock mode keeps images in the file driver's layout under the state dir.

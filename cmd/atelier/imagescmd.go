@@ -25,7 +25,7 @@ func newImagesCmd(g *globals) *cobra.Command {
 	}
 	cmd.AddCommand(newImagesKernelCmd(g))
 	cmd.AddCommand(newImagesListCmd(g), newImagesGetCmd(g), newImagesRmCmd(g), newImagesImportCmd(g))
-	// images build: newImagesBuildCmd(g) (imagesbuildcmd.go) joins the list above.
+	cmd.AddCommand(newImagesBuildCmds(g)...)
 	return cmd
 }
 

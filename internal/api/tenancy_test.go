@@ -43,6 +43,10 @@ var adminOnly = map[string]bool{
 	"POST /api/system/cleanup":   true,
 	"GET /api/users":             true,
 	"GET /api/system/config":     true,
+	"GET /api/system/storage":    true,
+	"GET /api/system/network":    true,
+	"GET /api/system/reconciler": true,
+	"GET /api/system/cleanup":    true,
 	"DELETE /api/images/{id}":    true,
 }
 

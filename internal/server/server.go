@@ -4,6 +4,7 @@
 package server
 
 import (
+	"atelier/internal/logkeeper"
 	"context"
 	"errors"
 	"fmt"
@@ -35,6 +36,7 @@ import (
 	"atelier/internal/storage/file"
 	stmock "atelier/internal/storage/mock"
 	"atelier/internal/store"
+	"atelier/internal/workspace"
 )
 
 // Version is set at build time with -ldflags "-X atelier/internal/server.Version=...".
@@ -85,6 +87,13 @@ type Options struct {
 	HTTPTimeouts HTTPTimeouts
 }
 
+// SandboxLogs are the keepers of the sandboxes' logs, with the config's
+// limits (sandbox.logMaxBytes, sandbox.logKeep); each is this binary run as
+// the hidden `atelier log-keeper`.
+func SandboxLogs(cfg *config.Config, log *slog.Logger) (*logkeeper.Keepers, error) {
+	return logkeeper.New(logkeeper.Options{MaxBytes: int64(cfg.Sandbox.LogMaxBytes), Keep: cfg.Sandbox.LogKeep, Log: log})
+}
+
 // mockDrivers are mock mode's: the real agent as a local process, network
 // and volumes in memory.
 func mockDrivers(cfg *config.Config) (sandbox.Drivers, error) {
@@ -95,7 +104,12 @@ func mockDrivers(cfg *config.Config) (sandbox.Drivers, error) {
 		if err != nil {
 			return sandbox.Drivers{}, fmt.Errorf("find own executable for the mock agent: %w", err)
 		}
+		logs, err := SandboxLogs(cfg, nil)
+		if err != nil {
+			return sandbox.Drivers{}, err
+		}
 		rt, err := process.New(process.Options{
+			Logs:      logs,
 			Command:   []string{exe, "agent"},
 			StateDir:  filepath.Join(cfg.Sandbox.StateDir, "mock"),
 			SocketDir: filepath.Join(cfg.Sandbox.StateDir, "sockets"),
@@ -128,6 +142,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	cfg = bindConfig(cfg, log)
 	drv := opts.Drivers
 	var inv *sandbox.Inventory
+	var reports api.HostReports
 	if drv == nil && cfg.Server.Mode == config.ModeMock {
 		d, err := mockDrivers(cfg)
 		if err != nil {
@@ -140,13 +155,16 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 			inv = &sandbox.Inventory{Runtimes: lister.List}
 		}
 	} else if drv == nil {
-		d, i, err := hostDrivers(ctx, cfg, opts, log)
+		d, i, r, err := hostDrivers(ctx, cfg, opts, log)
 		if err != nil {
 			return nil, err
 		}
-		drv, inv = &d, &i
+		drv, inv, reports = &d, &i, r
 	}
-	st, err := store.Open(ctx, cfg.Server.DataDir, store.WithLogger(log))
+	if reports == nil {
+		reports = mockReports{cfg: cfg, drv: *drv}
+	}
+	st, err := store.Open(ctx, cfg.Server.DataDir, store.WithLogger(log), store.WithDatabaseURL(cfg.Advanced.Server.Database.URL))
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -184,6 +202,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		return nil, err
 	}
 	sbx.AddHooks(ed.Hooks())
+	wss := workspace.New(st, box, log)
+	sbx.SetProvisioner(newProvisioner(wss, st, sbx, ed, guestUser, log))
 	// The starting page of a tool host names the service it waits for.
 	ed.SetServices(sbx)
 	every := opts.ReconcileEvery
@@ -200,7 +220,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	s.API = api.New(api.Deps{
 		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
 		Version: Version, Started: time.Now(), Registry: reg,
-		Edge: ed, Ready: s.readiness, Images: s.Images,
+		Edge: ed, Ready: s.readiness, Host: reports, Images: s.Images, Workspaces: wss,
 	})
 	return s, nil
 }

@@ -244,6 +244,25 @@ func (s *Set) List(ctx context.Context) ([]storage.Volume, error) {
 	return out, errors.Join(errs...)
 }
 
+// Usage reports the pool of every driver present, the one for new volumes
+// first (the System page's storage card). A driver that fails to report is
+// named in the error, and the others' pools are still returned.
+func (s *Set) Usage(ctx context.Context) ([]storage.Usage, error) {
+	var (
+		out  []storage.Usage
+		errs []error
+	)
+	for _, d := range s.probeAll(ctx) {
+		u, err := d.Usage(ctx)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, u)
+	}
+	return out, errors.Join(errs...)
+}
+
 // CreateImage makes the image on the driver for new volumes, where new
 // sandboxes clone from.
 func (s *Set) CreateImage(ctx context.Context, imageID, srcPath string, sizeBytes int64) error {
