@@ -79,3 +79,43 @@ func TestImages(t *testing.T) {
 		t.Fatalf("get deleted image: %v", err)
 	}
 }
+
+// TestPrebuildImages: a workspace's ready or building prebuild holds the
+// image its config names, or the default one.
+func TestPrebuildImages(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	u, err := s.UpsertGitHubUser(ctx, User{GitHubID: 7, Login: "builder"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name, cfg, status string, ready int) string {
+		t.Helper()
+		w, err := s.CreateWorkspace(ctx, Workspace{OwnerID: u.ID, Name: name, Config: []byte(cfg)}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.w.ExecContext(ctx, `DELETE FROM prebuilds WHERE workspace_id = ?`, w.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.w.ExecContext(ctx, `INSERT INTO prebuilds (workspace_id, status, ready, updated_at) VALUES (?, ?, ?, ?)`,
+			w.ID, status, ready, fmtTime(time.Now())); err != nil {
+			t.Fatal(err)
+		}
+		return w.ID
+	}
+	own := mk("own", `{"image":"custom"}`, "ready", 1)
+	def := mk("default", `{}`, "building", 0)
+	rebuilding := mk("rebuilding", `{"image":"custom"}`, "failed", 1)
+	mk("none", `{"image":"custom"}`, "none", 0)
+	mk("failed", `{"image":"custom"}`, "failed", 0)
+	got, err := s.PrebuildImages(ctx, "dev-base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{own, rebuilding}
+	slices.Sort(want)
+	if !slices.Equal(got["custom"], want) || !slices.Equal(got["dev-base"], []string{def}) || len(got) != 2 {
+		t.Fatalf("prebuild images %v, want custom %v and dev-base [%s]", got, want, def)
+	}
+}
