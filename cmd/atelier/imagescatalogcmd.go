@@ -291,6 +291,8 @@ func openCatalog(ctx context.Context, cfg *config.Config) (*catalog.Catalog, fun
 		}
 		vols = set
 	}
-	prebuilds := func(ctx context.Context) (map[string][]string, error) { return st.PrebuildImages(ctx, cfg.Sandbox.DefaultImage) }
+	prebuilds := func(ctx context.Context) (map[string][]string, error) {
+		return st.PrebuildImages(ctx, cfg.Sandbox.DefaultImage)
+	}
 	return catalog.New(catalog.Options{Store: st, Volumes: vols, Log: log, Prebuilds: prebuilds}), func() { st.Close() }, nil
 }
