@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -210,7 +211,7 @@ Runs on the manager's host as root: it writes the volume driver and the manager'
 			if id == "" {
 				return errors.New("--name is required: the image id sandboxes will name (e.g. my-image)")
 			}
-			if !storage.ValidImageID(id) {
+			if !imageNameRE.MatchString(id) {
 				return fmt.Errorf("--name %q: must be lowercase letters, digits and - (a DNS label, at most 63 characters)", id)
 			}
 			if os.Geteuid() != 0 {
@@ -267,6 +268,10 @@ Runs on the manager's host as root: it writes the volume driver and the manager'
 	return c
 }
 
+// imageNameRE is the id an imported image may take: a volume name and the
+// manifest's id (a DNS label) at once.
+var imageNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
 // openCatalog opens the manager's store and volume drivers as the manager
 // does: mock mode keeps images in the file driver's layout under the state dir.
 func openCatalog(ctx context.Context, cfg *config.Config) (*catalog.Catalog, func(), error) {
@@ -286,5 +291,8 @@ func openCatalog(ctx context.Context, cfg *config.Config) (*catalog.Catalog, fun
 		}
 		vols = set
 	}
-	return catalog.New(catalog.Options{Store: st, Volumes: vols, Log: log}), func() { st.Close() }, nil
+	prebuilds := func(ctx context.Context) (map[string][]string, error) {
+		return st.PrebuildImages(ctx, cfg.Sandbox.DefaultImage)
+	}
+	return catalog.New(catalog.Options{Store: st, Volumes: vols, Log: log, Prebuilds: prebuilds}), func() { st.Close() }, nil
 }

@@ -101,7 +101,7 @@ func (s *Server) registerImages() {
 	unavailable := func() error {
 		return newProblem(http.StatusServiceUnavailable, "unavailable", "this manager has no image catalog")
 	}
-	type listOut struct {
+	type listImagesOut struct {
 		Body struct {
 			Images []imageView `json:"images"`
 		}
@@ -112,7 +112,7 @@ func (s *Server) registerImages() {
 		Description: "Every image the volume driver holds, with its size, creation time, the versions and services " +
 			"its manifest declares, and the sandboxes using it.",
 		Errors: []int{http.StatusUnauthorized, http.StatusServiceUnavailable},
-	}, func(ctx context.Context, _ *struct{}) (*listOut, error) {
+	}, func(ctx context.Context, _ *struct{}) (*listImagesOut, error) {
 		if s.d.Images == nil {
 			return nil, unavailable()
 		}
@@ -124,7 +124,7 @@ func (s *Server) registerImages() {
 		if err != nil {
 			return nil, toProblem(ctx, s.d.Log, err)
 		}
-		out := &listOut{}
+		out := &listImagesOut{}
 		out.Body.Images = make([]imageView, 0, len(list))
 		for _, im := range list {
 			out.Body.Images = append(out.Body.Images, newImageView(im, visible))

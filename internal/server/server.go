@@ -426,7 +426,9 @@ func newCatalog(ctx context.Context, cfg *config.Config, st *store.Store, vols s
 	if !ok {
 		cv = file.New(file.Config{StateDir: cfg.Sandbox.StateDir, Log: log})
 	}
-	c := catalog.New(catalog.Options{Store: st, Volumes: cv, Log: log})
+	c := catalog.New(catalog.Options{Store: st, Volumes: cv, Log: log, Prebuilds: func(ctx context.Context) (map[string][]string, error) {
+		return st.PrebuildImages(ctx, cfg.Sandbox.DefaultImage)
+	}})
 	if err := c.Sync(ctx); err != nil {
 		log.Warn("image catalog sync at startup failed", "err", err)
 	}

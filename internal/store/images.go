@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -137,6 +138,42 @@ func (s *Store) ImageUsers(ctx context.Context) (map[string][]string, error) {
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("image users: %w", err)
+	}
+	return out, nil
+}
+
+// PrebuildImages maps each image to the workspaces whose prebuild volume
+// exists or is being made (ready, or building), ids sorted: the prebuild
+// was cloned from the image the workspace names (defaultImage when it
+// names none). The workspace's config is the workspace package's JSON;
+// only its "image" is read here.
+func (s *Store) PrebuildImages(ctx context.Context, defaultImage string) (map[string][]string, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT w.id, w.config FROM workspaces w JOIN prebuilds p ON p.workspace_id = w.id
+		WHERE p.ready = 1 OR p.status = 'building' ORDER BY w.id`)
+	if err != nil {
+		return nil, fmt.Errorf("prebuild images: %w", err)
+	}
+	defer rows.Close()
+	out := map[string][]string{}
+	for rows.Next() {
+		var id, cfg string
+		if err := rows.Scan(&id, &cfg); err != nil {
+			return nil, fmt.Errorf("prebuild images: %w", err)
+		}
+		var c struct {
+			Image string `json:"image"`
+		}
+		// A config that does not decode still holds its prebuild: count it
+		// against the default image rather than lose it.
+		_ = json.Unmarshal([]byte(cfg), &c)
+		img := c.Image
+		if img == "" {
+			img = defaultImage
+		}
+		out[img] = append(out[img], id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("prebuild images: %w", err)
 	}
 	return out, nil
 }

@@ -101,6 +101,8 @@ func Flatten(ctx context.Context, img v1.Image, dir string) (Stats, error) {
 // which an opaque whiteout in the same layer must keep.
 func applyLayer(ctx context.Context, root *os.Root, tr *tar.Reader, st *Stats) error {
 	written := map[string]bool{}
+	dirs := &dirCache{root: root}
+	defer dirs.drop()
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -123,6 +125,7 @@ func applyLayer(ctx context.Context, root *os.Root, tr *tar.Reader, st *Stats) e
 		}
 		switch {
 		case base == whOpaque:
+			dirs.drop()
 			if err := opaque(root, dir, written); err != nil {
 				return fmt.Errorf("opaque whiteout %q: %w", hdr.Name, err)
 			}
@@ -131,6 +134,7 @@ func applyLayer(ctx context.Context, root *os.Root, tr *tar.Reader, st *Stats) e
 		case strings.HasPrefix(base, whMeta):
 			continue
 		case strings.HasPrefix(base, whPrefix):
+			dirs.drop()
 			target := path.Join(dir, strings.TrimPrefix(base, whPrefix))
 			if err := root.RemoveAll(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("whiteout %q: %w", hdr.Name, err)
@@ -146,12 +150,11 @@ func applyLayer(ctx context.Context, root *os.Root, tr *tar.Reader, st *Stats) e
 			}
 			continue
 		}
-		if dir != "." {
-			if err := root.MkdirAll(dir, 0o755); err != nil {
-				return fmt.Errorf("entry %q: make parent: %w", hdr.Name, err)
-			}
+		d, err := dirs.in(dir)
+		if err != nil {
+			return fmt.Errorf("entry %q: make parent: %w", hdr.Name, err)
 		}
-		if err := writeEntry(root, name, hdr, tr, st); err != nil {
+		if err := writeEntry(root, d, dirs, name, base, hdr, tr, st); err != nil {
 			return fmt.Errorf("entry %q: %w", hdr.Name, err)
 		}
 		written[name] = true
@@ -185,8 +188,49 @@ func opaque(root *os.Root, dir string, written map[string]bool) error {
 	return nil
 }
 
+// dirCache holds the directory the last entry went to, opened as an
+// os.Root of its own: entries come grouped by directory, and resolving
+// every entry's whole path again, one openat per component and per call,
+// was most of an import's time. Every operation through it is on a final
+// path component (no symbolic link followed), so it confines as the tree's
+// root does. A removal of a directory drops it: the cached descriptor
+// could name a directory no longer in the tree.
+type dirCache struct {
+	root *os.Root
+	name string
+	dir  *os.Root
+}
+
+// in returns dir (made when missing), relative to the tree's root.
+func (c *dirCache) in(dir string) (*os.Root, error) {
+	if dir == "." {
+		return c.root, nil
+	}
+	if c.dir != nil && c.name == dir {
+		return c.dir, nil
+	}
+	c.drop()
+	if err := c.root.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	d, err := c.root.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	c.dir, c.name = d, dir
+	return d, nil
+}
+
+func (c *dirCache) drop() {
+	if c.dir != nil {
+		c.dir.Close()
+		c.dir, c.name = nil, ""
+	}
+}
+
 // clear removes whatever is at name unless it is a directory and keepDir.
-func clear(root *os.Root, name string, keepDir bool) error {
+// dirs, when not nil, is dropped if a directory goes.
+func clear(root *os.Root, name string, keepDir bool, dirs *dirCache) error {
 	fi, err := root.Lstat(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -198,26 +242,31 @@ func clear(root *os.Root, name string, keepDir bool) error {
 		if keepDir {
 			return nil
 		}
+		if dirs != nil {
+			dirs.drop()
+		}
 		return root.RemoveAll(name)
 	}
 	return root.Remove(name)
 }
 
-func writeEntry(root *os.Root, name string, hdr *tar.Header, r io.Reader, st *Stats) error {
+// writeEntry writes the entry name, which is base in the directory d.
+// Hard links resolve their target from the tree's root.
+func writeEntry(root, d *os.Root, dirs *dirCache, name, base string, hdr *tar.Header, r io.Reader, st *Stats) error {
 	switch hdr.Typeflag {
 	case tar.TypeDir:
-		if err := clear(root, name, true); err != nil {
+		if err := clear(d, base, true, dirs); err != nil {
 			return err
 		}
-		if err := root.Mkdir(name, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		if err := d.Mkdir(base, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
-		return setMeta(root, name, hdr, st)
+		return setMeta(d, base, hdr, st)
 	case tar.TypeReg, tar.TypeRegA:
-		if err := clear(root, name, false); err != nil {
+		if err := clear(d, base, false, dirs); err != nil {
 			return err
 		}
-		f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+		f, err := d.OpenFile(base, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 		if err != nil {
 			return err
 		}
@@ -229,23 +278,23 @@ func writeEntry(root *os.Root, name string, hdr *tar.Header, r io.Reader, st *St
 			return err
 		}
 		st.Bytes += n
-		return setMeta(root, name, hdr, st)
+		return setMeta(d, base, hdr, st)
 	case tar.TypeSymlink:
-		if err := clear(root, name, false); err != nil {
+		if err := clear(d, base, false, dirs); err != nil {
 			return err
 		}
 		// The link is stored as the image has it; os.Root refuses to
 		// follow it out of the tree when a later entry writes through it.
-		if err := root.Symlink(hdr.Linkname, name); err != nil {
+		if err := d.Symlink(hdr.Linkname, base); err != nil {
 			return err
 		}
-		return root.Lchown(name, hdr.Uid, hdr.Gid)
+		return d.Lchown(base, hdr.Uid, hdr.Gid)
 	case tar.TypeLink:
 		target, err := cleanName(hdr.Linkname)
 		if err != nil {
 			return err
 		}
-		if err := clear(root, name, false); err != nil {
+		if err := clear(d, base, false, dirs); err != nil {
 			return err
 		}
 		return root.Link(target, name)

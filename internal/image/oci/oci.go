@@ -212,7 +212,7 @@ func installAgent(root *os.Root, agent string) error {
 	if err := root.MkdirAll(filepath.Dir(rel), 0o755); err != nil {
 		return err
 	}
-	if err := clear(root, rel, false); err != nil {
+	if err := clear(root, rel, false, nil); err != nil {
 		return err
 	}
 	src, err := os.Open(agent)
@@ -257,10 +257,22 @@ func imageManifest(root *os.Root, id string, cfg *v1.ConfigFile, digest string) 
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, false, fmt.Errorf("the image's %s: %w", manifest.Path, err)
 	}
-	user, home := imageUser(root, cfg.Config.User)
+	user, home, uid, gid := imageUser(root, cfg.Config.User)
 	workdir := filepath.Clean(cfg.Config.WorkingDir)
 	if cfg.Config.WorkingDir == "" || !filepath.IsAbs(workdir) {
 		workdir = home
+	}
+	// Sessions and services start in the workdir: make it, the user's,
+	// when the image lacks it (a home useradd did not create).
+	if rel := strings.TrimPrefix(workdir, "/"); rel != "" {
+		if _, err := root.Lstat(rel); errors.Is(err, fs.ErrNotExist) {
+			if err := root.MkdirAll(rel, 0o755); err != nil {
+				return nil, false, fmt.Errorf("make the workdir %s: %w", workdir, err)
+			}
+			if err := root.Lchown(rel, uid, gid); err != nil {
+				return nil, false, fmt.Errorf("make the workdir %s: %w", workdir, err)
+			}
+		}
 	}
 	m := &manifest.Manifest{Schema: manifest.Schema, ID: id, User: user, Workdir: workdir}
 	if !cfg.Created.IsZero() {
@@ -283,7 +295,7 @@ func writeManifest(root *os.Root, rel string, m *manifest.Manifest) error {
 	if err := root.MkdirAll(filepath.Dir(rel), 0o755); err != nil {
 		return fmt.Errorf("manifest: %w", err)
 	}
-	if err := clear(root, rel, false); err != nil {
+	if err := clear(root, rel, false, nil); err != nil {
 		return fmt.Errorf("manifest: %w", err)
 	}
 	if err := root.WriteFile(rel, append(b, '\n'), 0o644); err != nil {
@@ -302,25 +314,28 @@ func readSmall(root *os.Root, rel string) ([]byte, error) {
 }
 
 // imageUser maps the image's USER ("name", "uid", "name:group", "uid:gid")
-// to a user name of its /etc/passwd and that user's home. Anything the
-// passwd file does not name falls back to root: the manifest needs a name.
-func imageUser(root *os.Root, spec string) (string, string) {
+// to a user name of its /etc/passwd, that user's home, uid and gid.
+// Anything the passwd file does not name falls back to root: the manifest
+// needs a name.
+func imageUser(root *os.Root, spec string) (name, home string, uid, gid int) {
 	u, _, _ := strings.Cut(spec, ":")
 	passwd, _ := readSmall(root, "etc/passwd")
 	for _, line := range strings.Split(string(passwd), "\n") {
 		f := strings.Split(line, ":")
-		if len(f) < 7 {
+		if len(f) < 7 || u == "" || (f[0] != u && f[2] != u) {
 			continue
 		}
-		if f[0] == u || (u != "" && f[2] == u) {
-			if _, err := strconv.Atoi(f[2]); err == nil && filepath.IsAbs(f[5]) {
-				if m := (manifest.Manifest{Schema: manifest.Schema, ID: "x", User: f[0], Workdir: filepath.Clean(f[5])}); m.Validate() == nil {
-					return f[0], filepath.Clean(f[5])
-				}
-			}
+		id, err1 := strconv.Atoi(f[2])
+		g, err2 := strconv.Atoi(f[3])
+		if err1 != nil || err2 != nil || !filepath.IsAbs(f[5]) {
+			continue
+		}
+		m := manifest.Manifest{Schema: manifest.Schema, ID: "x", User: f[0], Workdir: filepath.Clean(f[5])}
+		if m.Validate() == nil {
+			return f[0], filepath.Clean(f[5]), id, g
 		}
 	}
-	return "root", "/root"
+	return "root", "/root", 0, 0
 }
 
 // checkStatic refuses an agent that needs a dynamic loader: the image may

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -84,22 +85,28 @@ func layerOf(t *testing.T, entries ...entry) v1.Layer {
 
 func imageOf(t *testing.T, cfg v1.Config, layers ...v1.Layer) v1.Image {
 	t.Helper()
-	img, err := mutate.AppendLayers(empty.Image, layers...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture, cf.Config = "linux", "amd64", cfg
-	cf.Created = v1.Time{Time: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}
-	img, err = mutate.ConfigFile(img, cf)
+	img, err := imageWith(cfg, layers...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return img
+}
+
+func imageFromLayers(layers ...v1.Layer) (v1.Image, error) { return imageWith(v1.Config{}, layers...) }
+
+func imageWith(cfg v1.Config, layers ...v1.Layer) (v1.Image, error) {
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture, cf.Config = "linux", "amd64", cfg
+	cf.Created = v1.Time{Time: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}
+	return mutate.ConfigFile(img, cf)
 }
 
 // writeLayout writes img as an OCI image layout directory.
@@ -352,6 +359,9 @@ func TestImportIntoCatalog(t *testing.T) {
 			if got := debugfs(t, vol, "ea_list /bin/ping"); !strings.Contains(got, "security.capability") {
 				t.Errorf("capability lost in the ext4 image: %q", got)
 			}
+			if got := debugfs(t, vol, "stat /home/alice/src"); !strings.Contains(got, "Type: directory") || !regexp.MustCompile(`User:\s+1000\b`).MatchString(got) {
+				t.Errorf("the workdir was not made alice's: %q", got)
+			}
 			if got := debugfs(t, vol, "ls /opt"); strings.Contains(got, "old1") || !strings.Contains(got, "new") {
 				t.Errorf("/opt after the opaque whiteout: %q", got)
 			}
@@ -376,5 +386,27 @@ func TestBuildRefusesADynamicAgent(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(work); len(ents) != 0 {
 		t.Fatalf("work dir left %d entries", len(ents))
+	}
+}
+
+// TestBuildLeavesNothingOnAHostileImage: a refused entry fails the build
+// and the work tree goes with it.
+func TestBuildLeavesNothingOnAHostileImage(t *testing.T) {
+	requireRoot(t)
+	agent := "/usr/bin/busybox"
+	if _, err := os.Stat(agent); err != nil {
+		testenv.Missing(t, "requires busybox-static at %s", agent)
+	}
+	work := t.TempDir()
+	img := imageOf(t, v1.Config{}, layerOf(t, entry{name: "ok", body: "fine"}), layerOf(t, entry{name: "../../../etc/cron.d/evil", body: "* * * * * root sh"}))
+	_, err := oci.Build(context.Background(), img, oci.Options{ID: "hostile", Agent: agent, WorkDir: work})
+	if err == nil || !strings.Contains(err.Error(), "climbs out") {
+		t.Fatalf("build of a hostile image: %v", err)
+	}
+	if ents, _ := os.ReadDir(work); len(ents) != 0 {
+		t.Fatalf("work dir left %d entries", len(ents))
+	}
+	if _, err := os.Stat("/etc/cron.d/evil"); err == nil {
+		t.Fatal("the hostile entry was written on the host")
 	}
 }

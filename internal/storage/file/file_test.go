@@ -458,6 +458,45 @@ func TestDelete(t *testing.T) {
 	}
 }
 
+// TestDeleteImage removes an image's file and what a crashed import left,
+// and nothing else.
+func TestDeleteImage(t *testing.T) {
+	root := t.TempDir()
+	ctx := context.Background()
+	d := New(Config{StateDir: root, Log: quiet})
+	dir := filepath.Join(root, "images")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeImage(t, filepath.Join(dir, "base.ext4"), 1<<20, 4096, 1)
+	writeImage(t, filepath.Join(dir, "other.ext4"), 1<<20, 4096, 1)
+	leftover := filepath.Join(dir, ".base.ext4.99.tmp")
+	if err := os.WriteFile(leftover, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := d.DeleteImage(ctx, "base"); err != nil {
+			t.Fatalf("delete image %d: %v", i, err)
+		}
+	}
+	for _, p := range []string{filepath.Join(dir, "base.ext4"), leftover} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s still there: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "other.ext4")); err != nil {
+		t.Errorf("another image went: %v", err)
+	}
+	for _, bad := range []string{"../overlays/x", "*", ""} {
+		if err := d.DeleteImage(ctx, bad); !errors.Is(err, storage.ErrInvalid) {
+			t.Errorf("delete image %q: %v, want ErrInvalid", bad, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "other.ext4")); err != nil {
+		t.Errorf("a bad id removed an image: %v", err)
+	}
+}
+
 func TestListAndUsage(t *testing.T) {
 	root := t.TempDir()
 	ctx := context.Background()

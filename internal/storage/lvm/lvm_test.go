@@ -163,6 +163,21 @@ func TestOperations(t *testing.T) {
 			steps: []script.Step{cmd(lvremoveBin, "-f", "sandbox-vg/sandbox-"+newID).Fails(vgMissing)},
 		},
 		{
+			name:  "delete image",
+			op:    func(ctx context.Context, d *Driver) (string, error) { return "", d.DeleteImage(ctx, "dev-base") },
+			steps: []script.Step{cmd(lvremoveBin, "-f", "sandbox-vg/image-dev-base")},
+		},
+		{
+			name:  "delete of an absent image is success",
+			op:    func(ctx context.Context, d *Driver) (string, error) { return "", d.DeleteImage(ctx, "gone") },
+			steps: []script.Step{cmd(lvremoveBin, "-f", "sandbox-vg/image-gone").Fails(`  Failed to find logical volume "sandbox-vg/image-gone"`)},
+		},
+		{
+			name:    "delete image refuses a path",
+			op:      func(ctx context.Context, d *Driver) (string, error) { return "", d.DeleteImage(ctx, "../thin-pool") },
+			wantErr: storage.ErrInvalid,
+		},
+		{
 			name:    "delete of an open volume fails",
 			op:      func(ctx context.Context, d *Driver) (string, error) { return "", d.Delete(ctx, haveID) },
 			steps:   []script.Step{cmd(lvremoveBin, "-f", "sandbox-vg/sandbox-"+haveID).Fails(`  Logical volume sandbox-vg/sandbox-k3v9x2m4p8qa in use.`)},

@@ -1,24 +1,17 @@
-// GET /api/images, hand-typed until the manager's OpenAPI document lists it
-// (another change adds the route). A 404 means this manager has no image
-// listing yet: the page shows an empty state rather than an error.
-import { ApiError, request } from './client';
+// GET /api/images and DELETE /api/images/{id}, typed from the manager's
+// OpenAPI document (make web regenerates the types).
+import { api, type Schemas, unwrap } from './client';
 
-export interface ImageInfo {
-  id: string;
-  sizeBytes: number;
-  createdAt: string;
-  versions: Record<string, string>;
-  usedBy: string[] | null;
-  building?: { stage: string; startedAt: string } | null;
+export type ImageInfo = Schemas['ImageView'];
+export type ImageService = Schemas['ImageServiceView'];
+
+/** The host's images, by id. */
+export async function listImages(): Promise<ImageInfo[]> {
+  const r = await unwrap(api.GET('/api/images'));
+  return r.images ?? [];
 }
 
-/** The images, or null when the manager does not serve the listing. */
-export async function listImages(): Promise<ImageInfo[] | null> {
-  try {
-    const r = await request<{ images: ImageInfo[] | null }>('GET', '/api/images');
-    return r.images ?? [];
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 404) return null;
-    throw e;
-  }
+/** Removes an image (admins only; 409 while sandboxes use it). */
+export async function removeImage(id: string): Promise<void> {
+  await unwrap(api.DELETE('/api/images/{id}', { params: { path: { id } } }));
 }
