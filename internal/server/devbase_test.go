@@ -61,8 +61,14 @@ func (f *fixture) useDevBase(t testing.TB, image string) {
 	if err := os.Chmod(mnt, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	f.cfg.Sandbox.StateDir = mnt
-	images := filepath.Join(mnt, "images")
+	// The state dir is below the mount point, so the leak check (mounts
+	// under the state dir) sees the sandboxes' mounts, not the pool's own.
+	state := filepath.Join(mnt, "s")
+	if err := os.Mkdir(state, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	f.cfg.Sandbox.StateDir = state
+	images := filepath.Join(state, "images")
 	if err := os.MkdirAll(images, 0o700); err != nil {
 		t.Fatal(err)
 	}
