@@ -126,6 +126,25 @@ func TestDevBaseEndToEnd(t *testing.T) {
 		return st.State == "running"
 	})
 
+	// VNC has no password (websockify in the sandbox is its only client):
+	// Xvnc must listen on loopback only, and X on no TCP port.
+	until(t, 20*time.Second, "Xvnc listening", func() bool {
+		_, out := f.exec(t, id, "ss -Hltn")
+		return strings.Contains(out, ":5901")
+	})
+	_, listening := f.exec(t, id, "ss -Hltn")
+	for _, l := range strings.Split(listening, "\n") {
+		fl := strings.Fields(l)
+		if len(fl) < 4 {
+			continue
+		}
+		local := fl[3]
+		if (strings.HasSuffix(local, ":5901") && !strings.HasPrefix(local, "127.0.0.1:") && !strings.HasPrefix(local, "[::1]:")) ||
+			strings.HasSuffix(local, ":6001") {
+			t.Fatalf("Xvnc reachable beyond loopback: %q\n%s", local, listening)
+		}
+	}
+
 	session := f.session(t, srv.Store)
 	port := strconv.Itoa(f.cfg.Domain.HTTPSPort)
 	hostURL := func(kind string) string { return "https://" + kind + "-" + id + ".atelier.test:" + port }
@@ -275,6 +294,13 @@ func BenchmarkDevBase(b *testing.B) {
 			cookie := grant(b, srv, br, host)
 			for {
 				res, page := br.get(br.url(host, "/"), cookie)
+				// code-server sends / to /?folder=<workdir>: follow that
+				// one redirect of its own (not the edge's login).
+				if loc := res.Header.Get("Location"); res.StatusCode == http.StatusFound && !strings.Contains(loc, "/auth/edge") {
+					if u, err := res.Request.URL.Parse(loc); err == nil {
+						res, page = br.get(u.String(), cookie)
+					}
+				}
 				if res.StatusCode == 200 && strings.Contains(page, "workbench") {
 					break
 				}
