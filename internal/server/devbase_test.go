@@ -103,7 +103,7 @@ func TestDevBaseEndToEnd(t *testing.T) {
 	id := created.ID
 	t.Cleanup(func() { f.call(t, "DELETE", "/api/sandboxes/"+id, "") })
 	t.Logf("created in %v", time.Since(began).Round(time.Millisecond))
-	until(t, 60*time.Second, "vscode and opencode ready", func() bool {
+	until(t, 120*time.Second, "vscode and opencode ready", func() bool {
 		v := f.sandboxView(t, id)
 		return serviceNamed(v, "vscode").Ready && serviceNamed(v, "opencode").Ready
 	})
@@ -121,7 +121,7 @@ func TestDevBaseEndToEnd(t *testing.T) {
 	if code, st := f.browser(t, "POST", id, "start"); code != 200 {
 		t.Fatalf("browser start: %d %+v", code, st)
 	}
-	until(t, 60*time.Second, "browser running", func() bool {
+	until(t, 90*time.Second, "browser running", func() bool {
 		_, st := f.browser(t, "GET", id, "")
 		return st.State == "running"
 	})
