@@ -283,7 +283,7 @@ func BenchmarkDevBase(b *testing.B) {
 	session := false
 
 	const n = 5
-	var editor []time.Duration
+	var editor, create []time.Duration
 	var rss map[string]float64
 	b.ResetTimer()
 	for it := 0; it < b.N; it++ {
@@ -295,6 +295,7 @@ func BenchmarkDevBase(b *testing.B) {
 				b.Fatalf("create: %d %s", code, body)
 			}
 			id := v.ID
+			create = append(create, time.Since(t0))
 			if !session {
 				f.session(b, srv.Store)
 				session = true
@@ -330,6 +331,7 @@ func BenchmarkDevBase(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(msOf(pct(editor, 0.5)), "editor-p50-ms")
 	b.ReportMetric(msOf(pct(editor, 0.99)), "editor-p99-ms")
+	b.ReportMetric(msOf(pct(create, 0.5)), "create-p50-ms")
 	names := make([]string, 0, len(rss))
 	for k := range rss {
 		names = append(names, k)
