@@ -133,7 +133,7 @@ func (s *Server) prepare(spec commandSpec) (*prepared, error) {
 	if err != nil {
 		return nil, err
 	}
-	env, err := buildEnv(id, spec.env)
+	env, err := buildEnv(id, s.configEnv(spec.env))
 	if err != nil {
 		return nil, err
 	}
