@@ -88,6 +88,14 @@ func (f *fixture) useDevBase(t testing.TB, image string) {
 func TestDevBaseEndToEnd(t *testing.T) {
 	image := devBaseImage(t)
 	browsertest.Require(t)
+	// The build's own trust store, npm config and resolver stayed out of
+	// the image (the host's CA bundle was copied in for the build only).
+	if out, err := exec.Command("debugfs", "-R", "ls /tmp", image).CombinedOutput(); err != nil || strings.Contains(string(out), "atelier-build") {
+		t.Fatalf("the build's files are in the image's /tmp: %v %s", err, out)
+	}
+	if out, err := exec.Command("debugfs", "-R", "cat /etc/resolv.conf", image).Output(); err != nil || !strings.Contains(string(out), "written by the Atelier runtime") {
+		t.Fatalf("the image's resolv.conf is not the runtime's placeholder: %v %q", err, out)
+	}
 	f := newFixture(t)
 	f.useDevBase(t, image)
 	certPath, keyPath, _ := edgetest.WildcardCert(t, "atelier.test")
