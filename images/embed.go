@@ -6,5 +6,8 @@ package images
 
 import "embed"
 
-//go:embed versions.json */recipe.json dev-base/browser.sh
+// Each recipe directory is named here (a new recipe adds its own): not
+// the whole directory, where make test-image writes images/test.ext4.
+//
+//go:embed versions.json dev-base dev-cloud
 var FS embed.FS

@@ -227,6 +227,17 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	}
 	b.stages = append(b.stages, StageTime{Name: "image", Key: inputs[:16], Seconds: time.Since(t0).Seconds()})
 	fmt.Fprintf(o.Progress, "    image done in %s (%s, %d MB)\n", round(time.Since(t0)), o.Output, size>>20)
+	// The manifest also goes beside an <id>.ext4 as <id>.json, the sidecar
+	// `atelier version` and the catalog read without opening the image.
+	if side := SidecarPath(o.Output); side != "" {
+		mb, err := m.Marshal()
+		if err != nil {
+			return nil, err
+		}
+		if err := writeFileAtomic(side, append(mb, '\n')); err != nil {
+			return nil, fmt.Errorf("build image: manifest sidecar: %w", err)
+		}
+	}
 	mk := Marker{ID: o.ID, Inputs: inputs, Built: m.Built, Size: size, Versions: m.Versions, Stages: b.stages}
 	if err := writeJSONAtomic(marker, &mk); err != nil {
 		return nil, fmt.Errorf("build image: marker: %w", err)
@@ -802,13 +813,26 @@ func readMarker(p string) (*Marker, error) {
 // ReadMarker returns the build marker beside an image, if any.
 func ReadMarker(output string) (*Marker, error) { return readMarker(MarkerPath(output)) }
 
+// SidecarPath is where the image's manifest is copied beside an image
+// file <dir>/<id>.ext4: <dir>/<id>.json; "" for other output names.
+func SidecarPath(output string) string {
+	if !strings.HasSuffix(output, ".ext4") {
+		return ""
+	}
+	return strings.TrimSuffix(output, ".ext4") + ".json"
+}
+
 func writeJSONAtomic(p string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
+	return writeFileAtomic(p, append(b, '\n'))
+}
+
+func writeFileAtomic(p string, b []byte) error {
 	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
 		return err
 	}
 	return os.Rename(tmp, p)

@@ -222,6 +222,9 @@ func TestBuildCachesAndIsANoOpWhenUpToDate(t *testing.T) {
 			t.Fatalf("%s in the image: %q, %v (want %q)", path, out, err, want)
 		}
 	}
+	if side, err := manifest.Read(SidecarPath(o.Output)); err != nil || side.ID != "derived" || side.Base != "tiny" || side.Recipe != res.Marker.Inputs {
+		t.Fatalf("manifest sidecar: %+v %v", side, err)
+	}
 	out, _ := exec.Command("debugfs", "-R", "ls -l /tmp", o.Output).Output()
 	if strings.Contains(string(out), "atelier-build") {
 		t.Fatalf("the build's CA bundle and npm config are left in the image: %s", out)
@@ -282,7 +285,7 @@ func TestFailedBuildNamesTheStepAndLeavesNothing(t *testing.T) {
 
 func assertNothingLeft(t *testing.T, o Options) {
 	t.Helper()
-	for _, p := range []string{o.Output, o.Output + ".tmp", MarkerPath(o.Output)} {
+	for _, p := range []string{o.Output, o.Output + ".tmp", MarkerPath(o.Output), SidecarPath(o.Output)} {
 		if _, err := os.Stat(p); err == nil {
 			t.Fatalf("a failed build left %s", p)
 		}
