@@ -166,7 +166,7 @@ func (s *Service) reconcileRow(ctx context.Context, sb store.Sandbox, rep *Repor
 		}
 		return err
 	}
-	if s.busy(id) {
+	if s.busy(id) || s.workedOnElsewhere(sb) {
 		return nil
 	}
 	bg := context.WithoutCancel(ctx)

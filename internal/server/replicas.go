@@ -1,0 +1,89 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"time"
+)
+
+// Several managers may share one Postgres store (replicas). Each serves the
+// API and its own creates; one, the leader, runs the work that must happen
+// once: the reconciler, journal pruning and event trimming. The leader holds
+// a lease in the store (store.AcquireLeader) that it renews every third of
+// LeaderTTL; if it dies, another replica takes over within LeaderTTL.
+
+// DefaultLeaderTTL is how long a leader's lease lasts without renewal.
+const DefaultLeaderTTL = 15 * time.Second
+
+const leaderName = "reconciler"
+
+// replicated reports whether other managers may share this store.
+func (s *Server) replicated() bool { return s.Store.Backend() == "postgres" }
+
+// Leading reports whether this manager runs the once-per-store work: always
+// on SQLite, only while holding the leader lease on Postgres.
+func (s *Server) Leading() bool { return !s.replicated() || s.leading.Load() }
+
+// ReplicaID names this manager in the leader lease: host name and a
+// random suffix, distinct for two managers on one host.
+func (s *Server) ReplicaID() string { return s.replicaID }
+
+func newReplicaID() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return host + "-" + hex.EncodeToString(b)
+}
+
+// lead renews or takes the leader lease every ttl/3, reconciles every
+// reconcileEvery while leading (and at once on taking over, which settles
+// what a dead leader left mid-operation once it is older than ttl), and
+// keeps this replica's in-flight sandboxes fresh for the leader's
+// reconciler. At shutdown it releases the lease so another replica takes
+// over at once.
+func (s *Server) lead(ctx context.Context) {
+	ttl := s.leaderTTL
+	tick := time.NewTicker(ttl / 3)
+	defer tick.Stop()
+	log := s.Log.With("replica", s.replicaID)
+	var next time.Time
+	for {
+		won, cur, err := s.Store.AcquireLeader(ctx, leaderName, s.replicaID, ttl)
+		if err != nil && ctx.Err() == nil {
+			// Unable to renew: act as a follower rather than risk two leaders.
+			log.Warn("leader lease", "err", err)
+		}
+		was := s.leading.Swap(won)
+		switch {
+		case won && !was:
+			log.Info("leading: this manager runs the reconciler", "lease_ttl", ttl)
+			next = time.Time{}
+		case !won && was:
+			log.Warn("no longer leading", "leader", cur.Holder)
+		}
+		if won && !time.Now().Before(next) {
+			if _, err := s.Sandboxes.Reconcile(ctx, false); err != nil && ctx.Err() == nil {
+				log.Warn("reconcile", "err", err)
+			}
+			s.Sandboxes.PruneJournal(ctx)
+			next = time.Now().Add(s.reconcileEvery)
+		}
+		if err := s.Sandboxes.TouchInFlight(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("mark in-flight sandboxes", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			if s.leading.Swap(false) {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				if err := s.Store.ReleaseLeader(rctx, leaderName, s.replicaID); err != nil {
+					log.Warn("release the leader lease", "err", err)
+				}
+				cancel()
+			}
+			return
+		case <-tick.C:
+		}
+	}
+}
