@@ -87,6 +87,7 @@ type Bus struct {
 	tail      bool
 	tailEvery time.Duration
 	kick      chan struct{}
+	tailFrom  int64
 	leader    func() bool
 }
 
@@ -99,7 +100,7 @@ func New(st *store.Store, log *slog.Logger) *Bus {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Bus{
+	b := &Bus{
 		st:    st,
 		log:   log,
 		subs:  map[*subscriber]struct{}{},
@@ -111,6 +112,22 @@ func New(st *store.Store, log *slog.Logger) *Bus {
 		tailEvery: TailEvery,
 		kick:      make(chan struct{}, 1),
 	}
+	if b.tail {
+		// Read now, before anyone can Subscribe: every event committed
+		// after a Subscribe then has a larger id and is fanned out. Read
+		// when Run starts, an event published in between would be in no
+		// subscriber's replay and never live.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		last, err := st.LatestEventID(ctx)
+		if err != nil {
+			// From 0 the tail fans out the retained history once; SSE
+			// clients skip ids they replayed, and nothing is missed.
+			log.Warn("tail events: read the latest id; starting from the oldest", "err", err)
+		}
+		b.tailFrom = last
+	}
+	return b
 }
 
 // SetLeader makes Run trim the table only while leader() is true: with
@@ -239,22 +256,10 @@ func (b *Bus) Run(ctx context.Context) {
 	}
 }
 
-// runTail fans out every event committed after it starts. Earlier ones are
+// runTail fans out every event committed after New. Earlier ones are
 // history, which subscribers get from Replay.
 func (b *Bus) runTail(ctx context.Context) {
-	last, err := b.st.LatestEventID(ctx)
-	for err != nil {
-		if ctx.Err() != nil {
-			return
-		}
-		b.log.Warn("tail events: read the latest id", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-		last, err = b.st.LatestEventID(ctx)
-	}
+	last := b.tailFrom
 	t := time.NewTicker(b.tailEvery)
 	defer t.Stop()
 	for {
