@@ -26,8 +26,9 @@
 // the event table instead: Publish only persists, and Run fans out every
 // event of the table, whichever replica wrote it, in id order (the store
 // commits event ids in order). Subscribers and the pattern above are
-// unchanged; live events lag by at most TailEvery for other replicas' events
-// and not at all for this one's (Publish wakes the tail).
+// unchanged. A commit wakes every replica's tail through Postgres
+// LISTEN/NOTIFY (this one's also directly from Publish); the tail polls
+// every TailEvery as well, in case notifications are lost.
 //
 // A subscriber that does not keep up is dropped: its channel is closed, and
 // the client resumes from its last id. One slow SSE client never stalls the
@@ -63,8 +64,9 @@ const (
 	// DefaultReplayLimit applies when Replay is asked for limit <= 0.
 	DefaultReplayLimit = 1000
 	// TailEvery is how often a tailing bus reads the table for events
-	// other replicas wrote.
-	TailEvery = 200 * time.Millisecond
+	// other replicas wrote when no notification woke it (LISTEN/NOTIFY
+	// wakes it at once; this bounds the delay while that is down).
+	TailEvery = time.Second
 )
 
 // Bus persists and fans out events.
@@ -148,14 +150,19 @@ func (b *Bus) Publish(ctx context.Context, typ, sandboxID string, data any) (sto
 		return store.Event{}, fmt.Errorf("persist %s event: %w", typ, err)
 	}
 	if b.tail {
-		select {
-		case b.kick <- struct{}{}:
-		default:
-		}
+		b.wake()
 		return ev, nil
 	}
 	b.fanOut(ev)
 	return ev, nil
+}
+
+// wake makes the tail read the table now.
+func (b *Bus) wake() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (b *Bus) fanOut(ev store.Event) {
@@ -260,6 +267,23 @@ func (b *Bus) Run(ctx context.Context) {
 // history, which subscribers get from Replay.
 func (b *Bus) runTail(ctx context.Context) {
 	last := b.tailFrom
+	// Other replicas' events wake the tail through LISTEN/NOTIFY; the
+	// ticker is the fallback while that connection is down.
+	listening := make(chan struct{})
+	defer func() { <-listening }()
+	go func() {
+		defer close(listening)
+		for ctx.Err() == nil {
+			err := b.st.ListenEvents(ctx, b.wake)
+			if err != nil && ctx.Err() == nil {
+				b.log.Warn("tail events: notifications lost; polling every "+b.tailEvery.String()+" until reconnected", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
 	t := time.NewTicker(b.tailEvery)
 	defer t.Stop()
 	for {
