@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -51,4 +52,45 @@ func (s *Service) workedOnElsewhere(sb store.Sandbox) bool {
 		return time.Since(sb.UpdatedAt) < fresh
 	}
 	return false
+}
+
+// CloseAbandonedOps closes, as failed, the journal steps a dead replica
+// left open: steps older than the SetShared window of sandboxes no
+// replica is working on (gone, or not mid-operation, or stale). A single
+// manager does this for every open step at start-up; replicas cannot, as
+// the others' steps are open too. It returns how many it closed.
+func (s *Service) CloseAbandonedOps(ctx context.Context) (int, error) {
+	fresh := time.Duration(s.sharedFresh.Load())
+	if fresh <= 0 {
+		return 0, nil
+	}
+	ops, err := s.st.OpenOps(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var errs []error
+	for _, o := range ops {
+		if s.busy(o.SandboxID) || time.Since(o.UpdatedAt) < fresh {
+			continue
+		}
+		sb, err := s.st.GetSandbox(ctx, o.SandboxID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			errs = append(errs, err)
+			continue
+		case s.workedOnElsewhere(sb):
+			continue
+		}
+		if err := s.st.SetOpState(ctx, o.ID, store.OpFailed, "interrupted: the manager running this step stopped"); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	if n > 0 {
+		s.log.Info("closed journal steps a stopped replica left open", "steps", n)
+	}
+	return n, errors.Join(errs...)
 }

@@ -67,6 +67,9 @@ func (s *Server) lead(ctx context.Context) {
 			if _, err := s.Sandboxes.Reconcile(ctx, false); err != nil && ctx.Err() == nil {
 				log.Warn("reconcile", "err", err)
 			}
+			if _, err := s.Sandboxes.CloseAbandonedOps(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("close abandoned journal steps", "err", err)
+			}
 			s.Sandboxes.PruneJournal(ctx)
 			next = time.Now().Add(s.reconcileEvery)
 		}

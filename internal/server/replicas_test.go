@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -190,6 +191,13 @@ func TestReplicasShareEventsAndHandOverTheReconciler(t *testing.T) {
 	if got, err := a.Store.GetSandbox(context.Background(), sb2.ID); err != nil || got.Status != store.StatusCreating {
 		t.Fatalf("B's in-flight create after %s of A's reconciler: %s %v, want still creating", 2*ttl, got.Status, err)
 	}
+	ops, err := a.Store.OpenOps(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(ops, func(o store.Op) bool { return o.SandboxID == sb2.ID }) {
+		t.Fatalf("A closed the journal steps of B's in-flight create: open steps %+v", ops)
+	}
 	release()
 	expectEvent(t, events, 10*time.Second, func(e sseEvent) bool { return e.id == sb2.ID && e.st == "running" },
 		"B's create finishes")
@@ -206,8 +214,9 @@ func TestReplicasShareEventsAndHandOverTheReconciler(t *testing.T) {
 }
 
 // A leader that dies (stops renewing, releases nothing) mid-create: the
-// other replica waits out its lease, takes over, and settles the create the
-// dead one left, and its SSE clients see the outcome.
+// other replica waits out its lease, takes over, settles the create the
+// dead one left and closes its journal step, and its SSE clients see the
+// outcome.
 func TestReplicaTakesOverFromADeadLeader(t *testing.T) {
 	url := testenv.PostgresDB(t)
 	ctx := context.Background()
@@ -228,7 +237,17 @@ func TestReplicaTakesOverFromADeadLeader(t *testing.T) {
 		Image: "default", CreatedAt: now, UpdatedAt: now}, 0); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := ghost.AppendOp(ctx, store.Op{SandboxID: id, Op: "create", Step: "boot"}); err != nil {
+		t.Fatal(err)
+	}
 	leaseEnd := now.Add(ttl)
+	openSteps := func() int {
+		ops, err := ghost.OpenOps(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ops)
+	}
 
 	drv := &sandbox.Drivers{Runtime: rtmock.New(), Network: netmock.New(), Volumes: stmock.New(t.TempDir())}
 	b, cb, _ := replica(t, url, drv, ttl)
@@ -239,10 +258,14 @@ func TestReplicaTakesOverFromADeadLeader(t *testing.T) {
 	if sb, _ := b.Store.GetSandbox(ctx, id); sb.Status != store.StatusCreating {
 		t.Fatalf("B settled the create before taking over: %s", sb.Status)
 	}
+	if openSteps() != 1 {
+		t.Fatal("B closed the dead manager's journal step before taking over")
+	}
 	waitFor(t, 2*ttl, "B takes over", b.Leading)
 	if late := time.Since(leaseEnd); late > ttl {
 		t.Errorf("B took over %s after the lease ended, want within %s", late, ttl)
 	}
 	expectEvent(t, events, 3*ttl, func(e sseEvent) bool { return e.id == id && e.st == "error" },
 		"B's SSE client sees the interrupted create settled")
+	waitFor(t, 2*ttl, "the dead manager's open journal step closed", func() bool { return openSteps() == 0 })
 }
