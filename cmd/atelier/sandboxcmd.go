@@ -147,6 +147,14 @@ func newSandboxCmd(g *globals) *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
+			if req.WorkspaceID != "" {
+				// Users type the workspace's name; the API takes its id.
+				w, err := g.workspace(ctx, req.WorkspaceID)
+				if err != nil {
+					return fmt.Errorf("--workspace: %w", err)
+				}
+				req.WorkspaceID = w.ID
+			}
 			v, err := c.CreateSandbox(ctx, req, false)
 			if err != nil {
 				return flagError(err, createFlags)
@@ -192,7 +200,7 @@ func newSandboxCmd(g *globals) *cobra.Command {
 	f.IntVar(&req.Vcpus, "vcpus", 0, "virtual CPUs, 1-8 (default sandbox.defaultVcpus)")
 	f.IntVar(&req.MemoryMB, "memory", 0, "memory in MiB, 512-16384 (default sandbox.defaultMemoryMb)")
 	f.StringVar(&req.Name, "name", "", "optional name, unique among your sandboxes (a DNS label); usable wherever an id is")
-	f.StringVar(&req.WorkspaceID, "workspace", "", "optional workspace id")
+	f.StringVar(&req.WorkspaceID, "workspace", "", "optional workspace, by name or id: its sandboxes are cloned and set up from it")
 	f.BoolVar(&noWait, "no-wait", false, "return as soon as the sandbox is queued")
 	f.BoolVarP(&quiet, "quiet", "q", false, "print only the id (for scripts: id=$(atelier sandbox create -q))")
 

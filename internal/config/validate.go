@@ -342,7 +342,6 @@ func (v *checker) ports() {
 		{"advanced.vm.vscode.port", "", c.Advanced.VM.VSCode.Port},
 		{"advanced.vm.opencode.port", "", c.Advanced.VM.OpenCode.Port},
 		{"advanced.vm.browser.port", "", c.Advanced.VM.Browser.Port},
-		{"advanced.vm.terminal.port", "", c.Advanced.VM.Terminal.Port},
 	}
 	for _, group := range [][]listener{host, guest} {
 		for j, b := range group {

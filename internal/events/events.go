@@ -51,6 +51,9 @@ const (
 	SandboxCreated = "sandbox.created"
 	SandboxUpdated = "sandbox.updated"
 	SandboxDeleted = "sandbox.deleted"
+	// SystemReconciled carries what a reconciler pass fixed (sandbox.Report);
+	// the API streams system.* events to admins only.
+	SystemReconciled = "system.reconciled"
 )
 
 const (

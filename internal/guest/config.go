@@ -25,11 +25,33 @@ func (s *Server) loadConfigID() {
 
 func (s *Server) rememberConfigID(b []byte) {
 	var c struct {
-		SandboxID string `json:"sandboxId"`
+		SandboxID string            `json:"sandboxId"`
+		Env       map[string]string `json:"env"`
 	}
-	if json.Unmarshal(b, &c) == nil && c.SandboxID != "" {
+	if json.Unmarshal(b, &c) != nil {
+		return
+	}
+	if c.SandboxID != "" {
 		s.cfgID.Store(c.SandboxID)
 	}
+	s.cfgEnv.Store(&c.Env)
+}
+
+// configEnv returns the stored config's variables under the request's own:
+// what a caller asks for wins.
+func (s *Server) configEnv(req map[string]string) map[string]string {
+	p := s.cfgEnv.Load()
+	if p == nil || len(*p) == 0 {
+		return req
+	}
+	out := make(map[string]string, len(*p)+len(req))
+	for k, v := range *p {
+		out[k] = v
+	}
+	for k, v := range req {
+		out[k] = v
+	}
+	return out
 }
 
 // sandboxID prefers the id of the stored config, which the host pushes

@@ -141,6 +141,11 @@ type Server struct {
 	execs  map[int]struct{}
 
 	cfgID atomic.Value // sandbox id from the stored config
+	// cfgEnv is the stored config's "env": the workspace's variables and
+	// secret variables, given to every process the agent starts (exec,
+	// terminals, SSH sessions, services, dev commands) without a file a
+	// shell sources (reference weak point 7).
+	cfgEnv atomic.Pointer[map[string]string]
 
 	closeOnce sync.Once
 }

@@ -47,6 +47,9 @@ const (
 	StepHooks   = "hooks"
 	StepRuntime = "runtime"
 	StepRow     = "row"
+	// StepWorkspace loads a workspace's provisioning steps (provision.go),
+	// which follow it in the journal under their own names.
+	StepWorkspace = "workspace"
 )
 
 // maxErrorLen bounds the message stored on an errored sandbox.
@@ -62,6 +65,7 @@ type Service struct {
 	log      *slog.Logger
 	patterns map[string]string
 	hooks    atomic.Pointer[Hooks]
+	prov     atomic.Pointer[Provisioner]
 
 	q     *queue
 	locks keylock.Mutex // one lifecycle operation per sandbox
@@ -78,6 +82,8 @@ type Service struct {
 	stopWatch chan struct{}
 	// inventory lists host resources for the reconciler.
 	inventory atomic.Pointer[Inventory]
+	// fixes remembers the reconciler's newest fixes (RecentFixes).
+	fixes fixLog
 
 	// afterInsert, set only by tests, runs right after Create inserted the
 	// row, where a reconciler pass used to find a creating row with no job.
@@ -207,6 +213,11 @@ func (s *Service) List(ctx context.Context, f store.SandboxFilter) ([]store.Sand
 // *store.QuotaError past them), and queues the boot.
 // It returns at once; Wait follows the sandbox to a settled status.
 func (s *Service) Create(ctx context.Context, req CreateRequest) (store.Sandbox, error) {
+	if prov := s.provisioner(); prov != nil && req.WorkspaceID != "" {
+		if err := prov.Prepare(ctx, &req); err != nil {
+			return store.Sandbox{}, err
+		}
+	}
 	if err := req.Normalize(s.cfg); err != nil {
 		return store.Sandbox{}, err
 	}
@@ -665,6 +676,18 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 			return s.applyServices(ctx, id)
 		}, nil); err != nil {
 			return up, err
+		}
+		// Once, at create: a start must not overwrite what the user set.
+		// The identity comes before provisioning, whose git work may use it.
+		if create {
+			if err = p.step(StepGit, "", func(ctx context.Context) (string, error) {
+				return s.applyGitIdentity(ctx, sb)
+			}, nil); err != nil {
+				return up, err
+			}
+			if err = s.provision(p, sb); err != nil {
+				return up, err
+			}
 		}
 	}
 

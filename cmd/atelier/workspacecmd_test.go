@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestWorkspaceCLI: create, list, get, update and rm by name, secrets from
+// the environment and a file, never printed back; bad input names the flag
+// and the key.
+func TestWorkspaceCLI(t *testing.T) {
+	url, _ := startMockServer(t)
+	ctx := context.Background()
+	run := func(args ...string) cliRun { t.Helper(); return cli(t, ctx, url, "", args...) }
+	const secret = "cli-secret-4b1d-value"
+	t.Setenv("WS_TEST_TOKEN", secret)
+	keyFile := filepath.Join(t.TempDir(), "npmrc")
+	if err := os.WriteFile(keyFile, []byte("//registry/:_authToken="+secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	run("workspace", "create", "web", "--repo", "https://git.example.test/acme/web.git#dev",
+		"--init", "make setup", "--dev", "web:3000=npm run dev", "--env", "MODE=dev",
+		"--secret-env", "WS_TEST_TOKEN", "--secret-file", "~/.npmrc="+keyFile).ok(t, "create")
+	r := run("workspace", "list").ok(t, "list")
+	if !strings.Contains(r.out, "web") || !strings.Contains(r.out, "https://git.example.test/acme/web.git#dev") {
+		t.Fatalf("list: %s", r.out)
+	}
+	r = run("workspace", "get", "web").ok(t, "get by name")
+	if strings.Contains(r.out, secret) {
+		t.Fatalf("get printed a secret value: %s", r.out)
+	}
+	var w struct {
+		ID        string
+		SecretEnv []string
+		Config    struct {
+			DevCommands []struct {
+				Name    string
+				Port    int
+				Default bool
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(r.out), &w); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.SecretEnv) != 1 || w.SecretEnv[0] != "WS_TEST_TOKEN" || len(w.Config.DevCommands) != 1 ||
+		w.Config.DevCommands[0].Port != 3000 || !w.Config.DevCommands[0].Default {
+		t.Fatalf("get: %s", r.out)
+	}
+
+	run("workspace", "create", "bad", "--repo", "ssh://git@host/x.git").fails(t, "bad repo", "--repo", "config.repos[0].url")
+	run("workspace", "create", "bad", "--dev", "Web:3000=x").fails(t, "bad dev name", "--dev", "config.devCommands[0].name")
+	run("workspace", "create", "bad", "--secret-env", "WS_UNSET_VARIABLE_X").fails(t, "unset secret", "--secret-env", "WS_UNSET_VARIABLE_X")
+
+	run("workspace", "update", "web", "--name", "web2", "--delete-secret", "WS_TEST_TOKEN", "--init", "make").ok(t, "update")
+	r = run("workspace", "get", w.ID).ok(t, "get by id")
+	if !strings.Contains(r.out, `"web2"`) || strings.Contains(r.out, "WS_TEST_TOKEN") || !strings.Contains(r.out, "git.example.test") {
+		t.Fatalf("after update: %s", r.out)
+	}
+	run("workspace", "rm", "web2").ok(t, "rm")
+	run("workspace", "get", "web2").fails(t, "get removed", "no workspace")
+}

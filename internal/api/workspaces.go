@@ -1,0 +1,265 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"atelier/internal/sandbox"
+	"atelier/internal/store"
+	"atelier/internal/workspace"
+)
+
+type workspaceBody struct {
+	_           struct{}               `json:"-" additionalProperties:"false"`
+	Name        *string                `json:"name,omitempty" maxLength:"100" doc:"1-100 characters, unique among your workspaces."`
+	Config      *workspace.Config      `json:"config,omitempty" doc:"On update, replaces the whole config."`
+	SecretEnv   map[string]string      `json:"secretEnv,omitempty" doc:"Secret variables to set (write-only: only names are returned)."`
+	SecretFiles []workspace.SecretFile `json:"secretFiles,omitempty" doc:"Secret files to set, by path (write-only: content is never returned)."`
+	// DeleteSecrets is on update only.
+	DeleteSecrets []string `json:"deleteSecrets,omitempty" doc:"Update only: secret variable names or file paths to remove."`
+}
+
+type workspaceIDInput struct {
+	ID string `path:"id" maxLength:"64" pattern:"^[A-Za-z0-9_-]+$"`
+}
+
+// workspaceFor loads a workspace the caller may see: its owner, or an admin
+// (who reads it but may not change it: a workspace's commands run in its
+// owner's sandboxes). Anyone else is told it does not exist.
+func (s *Server) workspaceFor(ctx context.Context, id string, write bool) (workspace.Workspace, error) {
+	w, err := s.d.Workspaces.Get(ctx, id)
+	if err != nil {
+		return w, s.workspaceProblem(ctx, err)
+	}
+	p := principal(ctx)
+	if w.OwnerID != p.User.ID && (write || !p.Admin) {
+		return w, newProblem(http.StatusNotFound, "not_found", "workspace not found")
+	}
+	return w, nil
+}
+
+func (s *Server) workspaceProblem(ctx context.Context, err error) error {
+	var inUse *store.InUseError
+	switch {
+	case errors.As(err, &inUse):
+		return newProblem(http.StatusConflict, "conflict", "workspace has sandboxes "+strings.Join(inUse.SandboxIDs, ", ")+": destroy them first")
+	case errors.Is(err, store.ErrNotFound):
+		return newProblem(http.StatusNotFound, "not_found", "workspace not found")
+	case errors.Is(err, store.ErrDuplicate):
+		return newProblem(http.StatusConflict, "conflict", "you already have a workspace with this name",
+			&huma.ErrorDetail{Location: "body.name", Message: "already used by another of your workspaces"})
+	}
+	return toProblem(ctx, s.d.Log, err)
+}
+
+func (s *Server) registerWorkspaces() {
+	if s.d.Workspaces == nil {
+		return
+	}
+	tags := []string{"workspaces"}
+	errs := []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusNotFound}
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "list-workspaces", Method: http.MethodGet, Path: "/api/workspaces", Tags: tags,
+		Summary: "List workspaces", Security: securityAuthed, Errors: errs,
+		Description: "Your workspaces; an admin sees every user's. Secrets are listed by name only.",
+	}, func(ctx context.Context, _ *struct{}) (*struct {
+		Body struct {
+			Workspaces []workspace.Workspace `json:"workspaces"`
+		}
+	}, error) {
+		owner := principal(ctx).User.ID
+		if principal(ctx).Admin {
+			owner = ""
+		}
+		list, err := s.d.Workspaces.List(ctx, owner)
+		if err != nil {
+			return nil, s.workspaceProblem(ctx, err)
+		}
+		out := &struct {
+			Body struct {
+				Workspaces []workspace.Workspace `json:"workspaces"`
+			}
+		}{}
+		out.Body.Workspaces = list
+		return out, nil
+	})
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "create-workspace", Method: http.MethodPost, Path: "/api/workspaces", Tags: tags,
+		Summary: "Create a workspace", Security: securityAuthed, DefaultStatus: http.StatusCreated,
+		Description: "A workspace says what a sandbox clones and how it is set up. Secrets are sealed at rest with the host's " +
+			"secrets key and never returned; create a sandbox with its workspaceId to use it.",
+		Errors: append(errs, http.StatusConflict),
+	}, func(ctx context.Context, in *struct{ Body workspaceBody }) (*struct{ Body workspace.Workspace }, error) {
+		b := in.Body
+		if b.Name == nil {
+			return nil, fieldProblem("name", "is required")
+		}
+		if len(b.DeleteSecrets) > 0 {
+			return nil, fieldProblem("deleteSecrets", "is for updates only")
+		}
+		var cfg workspace.Config
+		if b.Config != nil {
+			cfg = *b.Config
+		}
+		w, err := s.d.Workspaces.Create(ctx, principal(ctx).User.ID, *b.Name, cfg, b.SecretEnv, b.SecretFiles)
+		if err != nil {
+			return nil, s.workspaceProblem(ctx, err)
+		}
+		return &struct{ Body workspace.Workspace }{w}, nil
+	})
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "get-workspace", Method: http.MethodGet, Path: "/api/workspaces/{id}", Tags: tags,
+		Summary: "Get a workspace", Security: securityAuthed, Errors: errs,
+	}, func(ctx context.Context, in *workspaceIDInput) (*struct{ Body workspace.Workspace }, error) {
+		w, err := s.workspaceFor(ctx, in.ID, false)
+		if err != nil {
+			return nil, err
+		}
+		return &struct{ Body workspace.Workspace }{w}, nil
+	})
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "update-workspace", Method: http.MethodPut, Path: "/api/workspaces/{id}", Tags: tags,
+		Summary: "Update a workspace", Security: securityAuthed, Errors: append(errs, http.StatusConflict),
+		Description: "Fields left out are kept; config, when given, replaces the whole config. Secrets given are set, " +
+			"deleteSecrets removed. Sandboxes already created keep what they were provisioned with.",
+	}, func(ctx context.Context, in *struct {
+		ID   string `path:"id" maxLength:"64" pattern:"^[A-Za-z0-9_-]+$"`
+		Body workspaceBody
+	}) (*struct{ Body workspace.Workspace }, error) {
+		if _, err := s.workspaceFor(ctx, in.ID, true); err != nil {
+			return nil, err
+		}
+		b := in.Body
+		w, err := s.d.Workspaces.Update(ctx, in.ID, workspace.Change{Name: b.Name, Config: b.Config,
+			SecretEnv: b.SecretEnv, SecretFiles: b.SecretFiles, DeleteSecrets: b.DeleteSecrets})
+		if err != nil {
+			return nil, s.workspaceProblem(ctx, err)
+		}
+		return &struct{ Body workspace.Workspace }{w}, nil
+	})
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "delete-workspace", Method: http.MethodDelete, Path: "/api/workspaces/{id}", Tags: tags,
+		Summary: "Delete a workspace", Security: securityAuthed, DefaultStatus: http.StatusNoContent,
+		Description: "Refused (409) while sandboxes of the workspace exist: destroy them first, so none of their " +
+			"resources is left behind.",
+		Errors: append(errs, http.StatusConflict),
+	}, func(ctx context.Context, in *workspaceIDInput) (*struct{}, error) {
+		if _, err := s.workspaceFor(ctx, in.ID, true); err != nil {
+			return nil, err
+		}
+		if err := s.d.Workspaces.Delete(ctx, in.ID); err != nil {
+			return nil, s.workspaceProblem(ctx, err)
+		}
+		return nil, nil
+	})
+}
+
+func (s *Server) registerGitSources() {
+	if s.d.Workspaces == nil {
+		return
+	}
+	tags := []string{"git sources"}
+	errs := []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusNotFound}
+	type sourceList struct {
+		Body struct {
+			Sources []workspace.Source `json:"sources"`
+		}
+	}
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "list-git-sources", Method: http.MethodGet, Path: "/api/git-sources", Tags: tags,
+		Summary: "List your git sources", Security: securityAuthed, Errors: errs,
+		Description: "Tokens are never returned: hasToken says whether one is kept.",
+	}, func(ctx context.Context, _ *struct{}) (*sourceList, error) {
+		list, err := s.d.Workspaces.Sources(ctx, principal(ctx).User.ID)
+		if err != nil {
+			return nil, toProblem(ctx, s.d.Log, err)
+		}
+		out := &sourceList{}
+		out.Body.Sources = list
+		return out, nil
+	})
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "create-git-source", Method: http.MethodPost, Path: "/api/git-sources", Tags: tags,
+		Summary: "Add a git source", Security: securityAuthed, DefaultStatus: http.StatusCreated,
+		Description: "The token is sealed at rest and only ever sent to the source's host: by git on this host (branches) " +
+			"and, through the clone's environment, by git in your own sandboxes. It is never written into a sandbox's " +
+			"files, git config or remote URLs.",
+		Errors: append(errs, http.StatusConflict),
+	}, func(ctx context.Context, in *struct{ Body workspace.SourceInput }) (*struct{ Body workspace.Source }, error) {
+		src, err := s.d.Workspaces.CreateSource(ctx, principal(ctx).User.ID, in.Body)
+		if errors.Is(err, store.ErrDuplicate) {
+			return nil, newProblem(http.StatusConflict, "conflict", "you already have a git source with this name",
+				&huma.ErrorDetail{Location: "body.name", Message: "already used by another of your git sources"})
+		}
+		if err != nil {
+			return nil, toProblem(ctx, s.d.Log, err)
+		}
+		return &struct{ Body workspace.Source }{src}, nil
+	})
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "delete-git-source", Method: http.MethodDelete, Path: "/api/git-sources/{id}", Tags: tags,
+		Summary: "Delete a git source", Security: securityAuthed, DefaultStatus: http.StatusNoContent, Errors: errs,
+	}, func(ctx context.Context, in *workspaceIDInput) (*struct{}, error) {
+		if err := s.d.Workspaces.DeleteSource(ctx, principal(ctx).User.ID, in.ID); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil, newProblem(http.StatusNotFound, "not_found", "git source not found")
+			}
+			return nil, toProblem(ctx, s.d.Log, err)
+		}
+		return nil, nil
+	})
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "list-git-branches", Method: http.MethodGet, Path: "/api/git-sources/{id}/branches", Tags: tags,
+		Summary: "List a repository's branches", Security: securityAuthed, Errors: append(errs, http.StatusBadGateway),
+		Description: "Runs git ls-remote on the host with the source's token (in git's environment only). The repository " +
+			"must be on the source's host. Use the id `public` for a repository that needs no token.",
+	}, func(ctx context.Context, in *struct {
+		ID  string `path:"id" maxLength:"64" pattern:"^[A-Za-z0-9_-]+$"`
+		URL string `query:"url" required:"true" maxLength:"2048" doc:"The repository's URL."`
+	}) (*struct {
+		Body struct {
+			Branches []workspace.Branch `json:"branches"`
+		}
+	}, error) {
+		src := in.ID
+		if src == "public" {
+			src = ""
+		}
+		list, err := s.d.Workspaces.Branches(ctx, principal(ctx).User.ID, src, in.URL)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return nil, newProblem(http.StatusNotFound, "not_found", "git source not found")
+		case errors.Is(err, workspace.ErrSourceHost):
+			return nil, newProblem(http.StatusBadRequest, "invalid_input", err.Error(),
+				&huma.ErrorDetail{Location: "query.url", Message: "not on the git source's host"})
+		case err != nil:
+			var fe *sandbox.FieldError
+			if errors.As(err, &fe) {
+				return nil, newProblem(http.StatusBadRequest, "invalid_input", "validation failed: url: "+fe.Message,
+					&huma.ErrorDetail{Location: "query.url", Message: fe.Message})
+			}
+			s.d.Log.InfoContext(ctx, "ls-remote failed", "err", err)
+			return nil, newProblem(http.StatusBadGateway, "git_failed", "the git server did not list the branches (wrong URL or token?)")
+		}
+		out := &struct {
+			Body struct {
+				Branches []workspace.Branch `json:"branches"`
+			}
+		}{}
+		out.Body.Branches = list
+		return out, nil
+	})
+}

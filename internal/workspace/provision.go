@@ -1,0 +1,388 @@
+package workspace
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"atelier/internal/agent"
+	"atelier/internal/edge"
+	"atelier/internal/ids"
+	"atelier/internal/sandbox"
+	"atelier/internal/store"
+)
+
+// Timeouts of the guest commands a create runs.
+const (
+	cloneTimeout = 10 * time.Minute
+	initTimeout  = 10 * time.Minute
+	quickTimeout = 30 * time.Second
+)
+
+// WorkdirName is the directory under the image user's home that holds the
+// workspace's repositories and SANDBOX.md.
+const WorkdirName = "workspace"
+
+// Credential is what a clone authenticates with: a username and a token.
+type Credential struct {
+	Username string
+	Token    string
+}
+
+// Provisioner is the sandbox.Provisioner of workspaces.
+type Provisioner struct {
+	Workspaces *Service
+	Store      *store.Store
+	// User runs the guest commands and owns the files: the image user
+	// ("dev"), or "" for the agent's own user (mock mode).
+	User string
+	// Expose routes a dev command's hosts and returns their URLs; Unexpose
+	// removes them. nil: dev commands are started but not exposed.
+	Expose   func(ctx context.Context, sandboxID string, d edge.DevExposure) ([]string, error)
+	Unexpose func(ctx context.Context, sandboxID, name string) error
+	// View renders the sandbox for SANDBOX.md (its URLs).
+	View func(store.Sandbox) sandbox.View
+	Log  *slog.Logger
+}
+
+var _ sandbox.Provisioner = (*Provisioner)(nil)
+
+// Prepare refuses a workspace the caller does not own and fills the
+// request's defaults from it.
+func (p *Provisioner) Prepare(ctx context.Context, req *sandbox.CreateRequest) error {
+	notFound := &sandbox.FieldError{Field: "workspaceId", Message: "no workspace " + req.WorkspaceID + " of yours"}
+	if !ids.ValidSandboxID(req.WorkspaceID) {
+		return &sandbox.FieldError{Field: "workspaceId", Message: "must be 12 characters [a-z0-9]"}
+	}
+	w, err := p.Workspaces.Get(ctx, req.WorkspaceID)
+	if errors.Is(err, store.ErrNotFound) {
+		return notFound
+	}
+	if err != nil {
+		return err
+	}
+	// Not even an admin: the sandbox would receive the owner's secrets and tokens.
+	if w.OwnerID != req.OwnerID {
+		return notFound
+	}
+	if req.Image == "" {
+		req.Image = w.Config.Image
+	}
+	if req.Vcpus == 0 {
+		req.Vcpus = w.Config.Vcpus
+	}
+	if req.MemoryMB == 0 {
+		req.MemoryMB = w.Config.MemoryMB
+	}
+	return nil
+}
+
+// guest is what the steps learn and share while provisioning one sandbox.
+type guest struct {
+	home    string
+	workdir string
+	devURLs map[string][]string
+}
+
+// Steps returns the create steps of sb's workspace: config and variables,
+// secret files, git identity, one clone per repository, the init commands,
+// one step per dev command, SANDBOX.md.
+func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox) ([]sandbox.ProvisionStep, error) {
+	w, err := p.Workspaces.Get(ctx, sb.WorkspaceID)
+	if err != nil {
+		return nil, fmt.Errorf("workspace %s: %w", sb.WorkspaceID, err)
+	}
+	if w.OwnerID != sb.OwnerID {
+		return nil, fmt.Errorf("workspace %s belongs to another user", sb.WorkspaceID)
+	}
+	sec, err := p.Workspaces.OpenSecrets(ctx, w.ID)
+	if err != nil {
+		return nil, err
+	}
+	g := &guest{devURLs: map[string][]string{}}
+	cfg := w.Config
+	steps := []sandbox.ProvisionStep{
+		{Name: "ws-config", Detail: fmt.Sprintf("%d variables, %d secret", len(cfg.Env), len(sec.Env)),
+			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.config(ctx, c, g, sb, w, sec) }},
+	}
+	if len(sec.Files) > 0 {
+		steps = append(steps, sandbox.ProvisionStep{Name: "ws-secret-files", Detail: fmt.Sprintf("%d files", len(sec.Files)),
+			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.secretFiles(ctx, c, g, sec.Files) }})
+	}
+	steps = append(steps, sandbox.ProvisionStep{Name: "ws-git-identity",
+		Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.gitIdentity(ctx, c, sb.OwnerID) }})
+	for i, r := range cfg.Repos {
+		steps = append(steps, sandbox.ProvisionStep{Name: fmt.Sprintf("ws-clone-%d", i), Detail: r.URL + "#" + r.Branch,
+			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.clone(ctx, c, g, sb.OwnerID, r) }})
+	}
+	for i, cmd := range cfg.InitCommands {
+		steps = append(steps, sandbox.ProvisionStep{Name: fmt.Sprintf("ws-init-%d", i),
+			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.initCommand(ctx, c, g, cmd) }})
+	}
+	for _, d := range cfg.DevCommands {
+		st := sandbox.ProvisionStep{Name: "ws-dev-" + d.Name, Detail: fmt.Sprintf("port %d", d.Port),
+			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.dev(ctx, c, g, sb.ID, d) }}
+		if d.Port != 0 && p.Unexpose != nil {
+			st.Undo = func(ctx context.Context) error { return p.Unexpose(ctx, sb.ID, d.Name) }
+		}
+		steps = append(steps, st)
+	}
+	steps = append(steps, sandbox.ProvisionStep{Name: "ws-sandbox-md",
+		Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.sandboxMD(ctx, c, g, sb, w, sec) }})
+	return steps, nil
+}
+
+func (p *Provisioner) exec(ctx context.Context, c *agent.Client, req agent.ExecRequest, what string) (*agent.ExecResult, error) {
+	req.User = p.User
+	res, err := c.Exec(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if res.ExitCode != 0 {
+		return res, fmt.Errorf("%s: exit %d: %s", what, res.ExitCode, lastLine(res.Stderr))
+	}
+	return res, nil
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	if len(s) > 160 {
+		s = s[:160]
+	}
+	return s
+}
+
+// config stores the sandbox's config with the variables in the agent,
+// which gives them to every process it starts, and finds the user's home.
+func (p *Provisioner) config(ctx context.Context, c *agent.Client, g *guest, sb store.Sandbox, w Workspace, sec Secrets) (string, error) {
+	env := map[string]string{}
+	for k, v := range w.Config.Env {
+		env[k] = v
+	}
+	for k, v := range sec.Env {
+		env[k] = v
+	}
+	type repo struct {
+		Path   string `json:"path"`
+		Branch string `json:"branch"`
+		URL    string `json:"url"`
+	}
+	repos := make([]repo, 0, len(w.Config.Repos))
+	for _, r := range w.Config.Repos {
+		repos = append(repos, repo{Path: r.Path, Branch: r.Branch, URL: r.URL})
+	}
+	if _, err := c.PutConfig(ctx, map[string]any{
+		"sandboxId": sb.ID, "workspaceId": w.ID, "workspaceName": w.Name, "repos": repos,
+		"createdAt": sb.CreatedAt, "env": env,
+	}); err != nil {
+		return "", fmt.Errorf("store sandbox config: %w", err)
+	}
+	res, err := p.exec(ctx, c, agent.ExecRequest{Argv: []string{"printenv", "HOME"}, TimeoutMs: quickTimeout.Milliseconds()}, "find home")
+	if err != nil {
+		return "", err
+	}
+	g.home = strings.TrimSpace(res.Stdout)
+	if !path.IsAbs(g.home) {
+		return "", fmt.Errorf("find home: %q is not absolute", g.home)
+	}
+	g.workdir = path.Join(g.home, WorkdirName)
+	if _, err := c.Mkdir(ctx, agent.MkdirRequest{Path: g.workdir, Parents: true, Owner: p.User}); err != nil {
+		return "", fmt.Errorf("make workdir: %w", err)
+	}
+	return g.workdir, nil
+}
+
+func (g *guest) expand(p string) string {
+	if rest, ok := strings.CutPrefix(p, "~/"); ok {
+		return path.Join(g.home, rest)
+	}
+	return p
+}
+
+// secretFiles writes the secret files as the image user with their modes;
+// the journal records their count only.
+func (p *Provisioner) secretFiles(ctx context.Context, c *agent.Client, g *guest, files []OpenFile) (string, error) {
+	batch := make([]agent.FileWrite, 0, len(files))
+	for _, f := range files {
+		batch = append(batch, agent.FileWrite{Path: g.expand(f.Path), Content: encodeB64(f.Content), Encoding: "base64",
+			Mode: fmt.Sprintf("%04o", f.Mode), Owner: p.User, Parents: true})
+	}
+	res, err := c.WriteFiles(ctx, batch)
+	if err != nil {
+		return "", fmt.Errorf("write secret files: %w", err)
+	}
+	if err := res.Err(); err != nil {
+		return "", fmt.Errorf("write secret files: %w", err)
+	}
+	return fmt.Sprintf("%d files", len(files)), nil
+}
+
+// gitIdentity makes the owner the author of commits made in the sandbox.
+func (p *Provisioner) gitIdentity(ctx context.Context, c *agent.Client, owner string) (string, error) {
+	u, err := p.Store.GetUser(ctx, owner)
+	if err != nil {
+		return "", fmt.Errorf("owner: %w", err)
+	}
+	name := u.Name
+	if name == "" {
+		name = u.Login
+	}
+	email := u.Login + "@users.noreply.atelier"
+	if u.GitHubID != 0 {
+		email = fmt.Sprintf("%d+%s@users.noreply.github.com", u.GitHubID, u.Login)
+	}
+	for _, kv := range [][2]string{{"user.name", name}, {"user.email", email}} {
+		if _, err := p.exec(ctx, c, agent.ExecRequest{Argv: []string{"git", "config", "--global", "--", kv[0], kv[1]},
+			TimeoutMs: quickTimeout.Milliseconds()}, "git config "+kv[0]); err != nil {
+			return "", err
+		}
+	}
+	return name + " <" + email + ">", nil
+}
+
+// credentialHelper answers git's credential requests from variables of the
+// command's own environment, and only for ATELIER_GIT_HOST: the token is
+// never in argv, a URL, a config file or any file in the guest. The empty
+// helper before it drops any helper the image or user configured (a
+// "store" helper would save the token).
+const credentialHelper = `!f() { test "$1" = get || exit 0; h=; while IFS= read -r l; do case "$l" in host=*) h=${l#host=};; esac; done; ` +
+	`test -n "$ATELIER_GIT_TOKEN" && test "$h" = "$ATELIER_GIT_HOST" || exit 0; ` +
+	`printf 'username=%s\npassword=%s\n' "$ATELIER_GIT_USERNAME" "$ATELIER_GIT_TOKEN"; }; f`
+
+// clone clones one repository into the workdir.
+func (p *Provisioner) clone(ctx context.Context, c *agent.Client, g *guest, owner string, r Repo) (string, error) {
+	dest := path.Join(g.workdir, r.Path)
+	u, err := url.Parse(r.URL)
+	if err != nil {
+		return "", fmt.Errorf("repository url: %w", err)
+	}
+	var cred Credential
+	if r.SourceID != "" {
+		if cred, err = p.Workspaces.Credential(ctx, owner, r.SourceID, u.Host); err != nil {
+			return "", fmt.Errorf("git source %s: %w", r.SourceID, err)
+		}
+	}
+	argv := append(append([]string{"git"}, gitAuthArgs()...), "clone", "--branch", r.Branch, "--single-branch", "--", r.URL, dest)
+	if _, err := p.exec(ctx, c, agent.ExecRequest{Argv: argv, Env: credentialEnv(u.Host, cred),
+		TimeoutMs: cloneTimeout.Milliseconds()}, "clone "+r.URL); err != nil {
+		return "", err
+	}
+	head, err := p.exec(ctx, c, agent.ExecRequest{Argv: []string{"git", "-C", dest, "rev-parse", "HEAD"},
+		TimeoutMs: quickTimeout.Milliseconds()}, "rev-parse")
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(head.Stdout), nil
+}
+
+// initCommand runs one init command in the workdir, in a login shell as
+// the user would type it.
+func (p *Provisioner) initCommand(ctx context.Context, c *agent.Client, g *guest, cmd string) (string, error) {
+	res, err := p.exec(ctx, c, agent.ExecRequest{Shell: cmd, Login: true, Cwd: g.workdir, TimeoutMs: initTimeout.Milliseconds(),
+		MaxOutputBytes: 64 << 10}, "init command")
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("exit 0, %d bytes of output", len(res.Stdout)+len(res.Stderr)), nil
+}
+
+// dev starts a dev command under the agent's supervision and exposes it.
+func (p *Provisioner) dev(ctx context.Context, c *agent.Client, g *guest, sandboxID string, d DevCommand) (string, error) {
+	cwd := g.workdir
+	if d.Cwd != "" {
+		cwd = path.Join(g.workdir, d.Cwd)
+	}
+	if _, err := c.StartDev(ctx, d.Name, agent.ProcessSpec{Shell: d.Command, Login: true, Cwd: cwd, User: p.User,
+		Port: d.Port, Restart: "on-failure"}); err != nil {
+		return "", fmt.Errorf("start dev command %s: %w", d.Name, err)
+	}
+	if d.Port == 0 || p.Expose == nil {
+		return "started", nil
+	}
+	ex := edge.DevExposure{Name: d.Name, Port: d.Port, Default: d.Default, Public: d.Public}
+	for _, a := range d.Aliases {
+		ex.Aliases = append(ex.Aliases, edge.DevAlias{Alias: a.Alias, Port: a.Port})
+	}
+	urls, err := p.Expose(ctx, sandboxID, ex)
+	if err != nil {
+		return "", fmt.Errorf("expose dev command %s: %w", d.Name, err)
+	}
+	g.devURLs[d.Name] = urls
+	return strings.Join(urls, " "), nil
+}
+
+// sandboxMD writes a short description of the sandbox for the people and
+// coding agents working in it. Secret values never appear, only names.
+func (p *Provisioner) sandboxMD(ctx context.Context, c *agent.Client, g *guest, sb store.Sandbox, w Workspace, sec Secrets) (string, error) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Sandbox %s\n\nWorkspace **%s** (%s). Repositories are under `%s`.\n\n", sb.ID, w.Name, w.ID, g.workdir)
+	if p.View != nil {
+		running := sb
+		running.Status, running.IP = store.StatusRunning, "set"
+		if v := p.View(running); v.URLs != nil {
+			fmt.Fprintf(&b, "## Reaching it\n\n- VS Code: %s\n- OpenCode: %s\n- Browser: %s\n- SSH: `%s`\n\n",
+				v.URLs.VSCode, v.URLs.OpenCode, v.URLs.Browser, v.URLs.SSH)
+		}
+	}
+	if len(w.Config.Repos) > 0 {
+		b.WriteString("## Repositories\n\n")
+		for _, r := range w.Config.Repos {
+			fmt.Fprintf(&b, "- `%s`: %s, branch `%s`\n", path.Join(g.workdir, r.Path), r.URL, r.Branch)
+		}
+		b.WriteString("\n")
+	}
+	if len(w.Config.DevCommands) > 0 {
+		b.WriteString("## Dev commands\n\nStarted with the sandbox and restarted if they fail; logs: " +
+			"`atelier sandbox dev logs " + sb.ID + " NAME`.\n\n")
+		for _, d := range w.Config.DevCommands {
+			fmt.Fprintf(&b, "- **%s**: `%s`", d.Name, d.Command)
+			if d.Port != 0 {
+				fmt.Fprintf(&b, " on port %d", d.Port)
+			}
+			if urls := g.devURLs[d.Name]; len(urls) > 0 {
+				fmt.Fprintf(&b, ", at %s", strings.Join(urls, ", "))
+			}
+			b.WriteString("\n")
+		}
+		b.WriteString("\nA server must listen on 0.0.0.0 (or the port given) to be reached through its URL.\n\n")
+	}
+	names := make([]string, 0, len(w.Config.Env)+len(sec.Env))
+	for k := range w.Config.Env {
+		names = append(names, k)
+	}
+	for k := range sec.Env {
+		names = append(names, k+" (secret)")
+	}
+	sort.Strings(names)
+	if len(names) > 0 {
+		fmt.Fprintf(&b, "## Environment\n\nEvery shell, terminal and command started in the sandbox has: %s.\n\n", strings.Join(names, ", "))
+	}
+	if len(sec.Files) > 0 {
+		b.WriteString("## Secret files\n\n")
+		for _, f := range sec.Files {
+			fmt.Fprintf(&b, "- `%s`\n", g.expand(f.Path))
+		}
+		b.WriteString("\n")
+	}
+	dest := path.Join(g.workdir, "SANDBOX.md")
+	res, err := c.WriteFiles(ctx, []agent.FileWrite{{Path: dest, Content: b.String(), Mode: "0644", Owner: p.User}})
+	if err == nil {
+		err = res.Err()
+	}
+	if err != nil {
+		return "", fmt.Errorf("write SANDBOX.md: %w", err)
+	}
+	return dest, nil
+}
+
+func encodeB64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
