@@ -37,18 +37,44 @@ func newReplicaID() string {
 	return host + "-" + hex.EncodeToString(b)
 }
 
-// lead renews or takes the leader lease every ttl/3, reconciles every
-// reconcileEvery while leading (and at once on taking over, which settles
-// what a dead leader left mid-operation once it is older than ttl), and
-// keeps this replica's in-flight sandboxes fresh for the leader's
-// reconciler. At shutdown it releases the lease so another replica takes
-// over at once.
+// lead runs the lease (renew or take it every ttl/3, keep this replica's
+// in-flight sandboxes fresh for the leader's reconciler, release the lease
+// at shutdown so another replica takes over at once) and, apart from it so
+// that a slow pass never delays a renewal, the leader's work: a reconcile
+// on taking over (which settles what a dead leader left mid-operation once
+// it is older than ttl), then one every reconcileEvery.
 func (s *Server) lead(ctx context.Context) {
+	took := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() { defer close(done); s.holdLease(ctx, took) }()
+	defer func() { <-done }()
+	tick := time.NewTicker(s.reconcileEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-took:
+		case <-tick.C:
+		}
+		if !s.leading.Load() {
+			continue
+		}
+		if _, err := s.Sandboxes.Reconcile(ctx, false); err != nil && ctx.Err() == nil {
+			s.Log.Warn("reconcile", "err", err)
+		}
+		if _, err := s.Sandboxes.CloseAbandonedOps(ctx); err != nil && ctx.Err() == nil {
+			s.Log.Warn("close abandoned journal steps", "err", err)
+		}
+		s.Sandboxes.PruneJournal(ctx)
+	}
+}
+
+func (s *Server) holdLease(ctx context.Context, took chan<- struct{}) {
 	ttl := s.leaderTTL
 	tick := time.NewTicker(ttl / 3)
 	defer tick.Stop()
 	log := s.Log.With("replica", s.replicaID)
-	var next time.Time
 	for {
 		won, cur, err := s.Store.AcquireLeader(ctx, leaderName, s.replicaID, ttl)
 		if err != nil && ctx.Err() == nil {
@@ -59,19 +85,12 @@ func (s *Server) lead(ctx context.Context) {
 		switch {
 		case won && !was:
 			log.Info("leading: this manager runs the reconciler", "lease_ttl", ttl)
-			next = time.Time{}
+			select {
+			case took <- struct{}{}:
+			default:
+			}
 		case !won && was:
 			log.Warn("no longer leading", "leader", cur.Holder)
-		}
-		if won && !time.Now().Before(next) {
-			if _, err := s.Sandboxes.Reconcile(ctx, false); err != nil && ctx.Err() == nil {
-				log.Warn("reconcile", "err", err)
-			}
-			if _, err := s.Sandboxes.CloseAbandonedOps(ctx); err != nil && ctx.Err() == nil {
-				log.Warn("close abandoned journal steps", "err", err)
-			}
-			s.Sandboxes.PruneJournal(ctx)
-			next = time.Now().Add(s.reconcileEvery)
 		}
 		if err := s.Sandboxes.TouchInFlight(ctx); err != nil && ctx.Err() == nil {
 			log.Warn("mark in-flight sandboxes", "err", err)
