@@ -60,13 +60,22 @@ func (s *Server) lead(ctx context.Context) {
 		if !s.leading.Load() {
 			continue
 		}
-		if _, err := s.Sandboxes.Reconcile(ctx, false); err != nil && ctx.Err() == nil {
+		// Losing the lease cancels the pass: the rows not reached yet are
+		// left to the new leader.
+		pctx, cancel := context.WithCancel(ctx)
+		s.passCancel.Store(&cancel)
+		if !s.leading.Load() {
+			cancel()
+		}
+		if _, err := s.Sandboxes.Reconcile(pctx, false); err != nil && pctx.Err() == nil {
 			s.Log.Warn("reconcile", "err", err)
 		}
-		if _, err := s.Sandboxes.CloseAbandonedOps(ctx); err != nil && ctx.Err() == nil {
+		if _, err := s.Sandboxes.CloseAbandonedOps(pctx); err != nil && pctx.Err() == nil {
 			s.Log.Warn("close abandoned journal steps", "err", err)
 		}
-		s.Sandboxes.PruneJournal(ctx)
+		s.Sandboxes.PruneJournal(pctx)
+		s.passCancel.Store(nil)
+		cancel()
 	}
 }
 
@@ -91,6 +100,9 @@ func (s *Server) holdLease(ctx context.Context, took chan<- struct{}) {
 			}
 		case !won && was:
 			log.Warn("no longer leading", "leader", cur.Holder)
+			if c := s.passCancel.Load(); c != nil {
+				(*c)()
+			}
 		}
 		if err := s.Sandboxes.TouchInFlight(ctx); err != nil && ctx.Err() == nil {
 			log.Warn("mark in-flight sandboxes", "err", err)

@@ -269,3 +269,28 @@ func TestReplicaTakesOverFromADeadLeader(t *testing.T) {
 		"B's SSE client sees the interrupted create settled")
 	waitFor(t, 2*ttl, "the dead manager's open journal step closed", func() bool { return openSteps() == 0 })
 }
+
+// A leader whose lease another manager holds now (its own lapsed while it
+// could not reach the store, say) stops leading at its next renewal.
+func TestLeaderStepsDownWhenItsLeaseIsTaken(t *testing.T) {
+	url := testenv.PostgresDB(t)
+	drv := &sandbox.Drivers{Runtime: rtmock.New(), Network: netmock.New(), Volumes: stmock.New(t.TempDir())}
+	const ttl = 1500 * time.Millisecond
+	a, _, _ := replica(t, url, drv, ttl)
+	waitFor(t, 5*time.Second, "A leads", a.Leading)
+	ctx := context.Background()
+	other, err := store.Open(ctx, t.TempDir(), store.WithDatabaseURL(url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := other.PutSetting(ctx, "leader:"+leaderName, store.Leadership{Holder: "other", ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor(t, ttl, "A steps down", func() bool { return !a.Leading() })
+	t.Logf("A stepped down %s after its lease was taken", took.Round(time.Millisecond))
+	time.Sleep(ttl)
+	if a.Leading() {
+		t.Fatal("A leads again while another manager's lease runs")
+	}
+}

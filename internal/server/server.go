@@ -72,6 +72,8 @@ type Server struct {
 	replicaID string
 	leaderTTL time.Duration
 	leading   atomic.Bool
+	// passCancel ends the leader's reconciler pass in progress.
+	passCancel atomic.Pointer[context.CancelFunc]
 }
 
 // Options adjust a server for tests.
