@@ -90,6 +90,8 @@ type Service struct {
 	afterInsert func(id string)
 	// retention replaces JournalRetention in tests.
 	retention *store.OpRetention
+	// sharedFresh: see SetShared.
+	sharedFresh atomic.Int64
 }
 
 // New builds the service; Run starts its spawn workers.

@@ -47,6 +47,7 @@ func TestMain(m *testing.M) {
 		os.Exit(runTestManager(path))
 	}
 	code := m.Run()
+	testenv.StopPostgres()
 	if agentDir != "" {
 		os.RemoveAll(agentDir)
 	}
