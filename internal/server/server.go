@@ -61,7 +61,9 @@ type Server struct {
 
 	reconcileEvery time.Duration
 	timeouts       HTTPTimeouts
-	health         health
+	// Prebuilds builds workspaces' prebuilds and checks them for staleness.
+	Prebuilds *workspace.Prebuilds
+	health    health
 }
 
 // Options adjust a server for tests.
@@ -184,6 +186,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	sbx.AddHooks(ed.Hooks())
 	wss := workspace.New(st, box, log)
 	sbx.SetProvisioner(newProvisioner(wss, st, sbx, ed, guestUser, log))
+	pbs := workspace.NewPrebuilds(wss, st, sbx, guestUser, log)
 	// The starting page of a tool host names the service it waits for.
 	ed.SetServices(sbx)
 	every := opts.ReconcileEvery
@@ -193,13 +196,14 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	s := &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Log: log, Registry: reg, SSHProxy: sp, Edge: ed, reconcileEvery: every,
 		timeouts: opts.HTTPTimeouts.withDefaults()}
 	s.health.registry = sup
+	s.Prebuilds = pbs
 	if c, ok := drv.Runtime.(interface{ Check(context.Context) error }); ok {
 		s.health.runtime = c.Check
 	}
 	s.API = api.New(api.Deps{
 		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
 		Version: Version, Started: time.Now(), Registry: reg,
-		Edge: ed, Ready: s.readiness, Workspaces: wss,
+		Edge: ed, Ready: s.readiness, Workspaces: wss, Prebuilds: pbs,
 	})
 	return s, nil
 }
@@ -267,6 +271,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Sandboxes.RunReconciler(bgCtx, s.reconcileEvery) }()
+	// Builds a restart interrupted are settled (the ready prebuild kept),
+	// then tracked branches are checked every 30 minutes.
+	if err := s.Prebuilds.Recover(bgCtx); err != nil {
+		s.Log.Warn("prebuild recovery incomplete", "err", err)
+	}
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.Prebuilds.Loop(bgCtx, 30*time.Minute); s.Prebuilds.Stop() }()
 	// Running guests learn the tool hosts' ports again: a changed
 	// advanced.vm.* port moves the service the edge now routes to it.
 	s.bg.Add(1)

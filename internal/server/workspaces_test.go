@@ -17,6 +17,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	netmock "atelier/internal/network/mock"
+	"atelier/internal/runtime/process"
+	"atelier/internal/sandbox"
+	stmock "atelier/internal/storage/mock"
 )
 
 // gitServer serves the bare repositories under root with git http-backend
@@ -267,5 +272,193 @@ func TestWorkspaceSandboxMock(t *testing.T) {
 		if b, _ := os.ReadFile(filepath.Join(cfg.Server.DataDir, f)); bytes.Contains(b, []byte(token)) || bytes.Contains(b, []byte(secretVal)) || bytes.Contains(b, []byte(fileVal)) {
 			t.Errorf("a secret in the clear in %s", f)
 		}
+	}
+}
+
+// commit adds a commit on main of bare repository name.git and returns it.
+func (g *gitServer) commit(t *testing.T, name, file, content string) string {
+	t.Helper()
+	work := t.TempDir()
+	bare := filepath.Join(g.root, name+".git")
+	git(t, work, "clone", "-q", bare, "w")
+	w := filepath.Join(work, "w")
+	if err := os.WriteFile(filepath.Join(w, file), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	git(t, w, "add", ".")
+	git(t, w, "commit", "-q", "-m", "more")
+	git(t, w, "push", "-q", "origin", "main")
+	git(t, bare, "update-server-info")
+	return git(t, w, "rev-parse", "HEAD")
+}
+
+// TestWorkspacePrebuildMock: a prebuild is built from a token-protected
+// repository and recorded with its commit; a sandbox of the workspace then
+// starts from prebuild-{workspaceId} without cloning or running the init
+// commands again; moving the branch makes the staleness check rebuild; a
+// failed build keeps the previous prebuild; a build a restart interrupted
+// is settled as failed, the ready prebuild kept. (Mock volumes hold no
+// files: that the files come back from the disk is for the runc test.)
+func TestWorkspacePrebuildMock(t *testing.T) {
+	const token = "pb-token-0c4f7e"
+	gs := startGitServer(t, token)
+	first := gs.repo(t, "app", map[string]string{"README": "v1\n"})
+	dir, err := os.MkdirTemp("", "atlpb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	rt, err := process.New(process.Options{Command: []string{buildAgent(t)}, StateDir: filepath.Join(dir, "s", "mock"),
+		SocketDir: filepath.Join(dir, "k"), StopGrace: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vols := stmock.New(filepath.Join(dir, "s", "overlays"))
+	srv, stop := startMockManagerWith(t, dir, nil, Options{Drivers: &sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: vols}})
+	api := "http://" + srv.Addr()
+	c := &http.Client{Timeout: 60 * time.Second}
+	call := func(method, path string, body any) (int, []byte) {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, api+path, rd)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, b
+	}
+	t.Cleanup(func() {
+		_, b := call("GET", "/api/sandboxes", nil)
+		var l struct{ Sandboxes []struct{ ID string } }
+		_ = json.Unmarshal(b, &l)
+		for _, s := range l.Sandboxes {
+			call("DELETE", "/api/sandboxes/"+s.ID, nil)
+		}
+		stop()
+	})
+	_, body := call("POST", "/api/git-sources", map[string]any{"name": "local", "url": gs.URL, "token": token})
+	var src struct{ ID string }
+	_ = json.Unmarshal(body, &src)
+	wsCfg := map[string]any{
+		"repos":        []any{map[string]any{"url": gs.URL + "/app.git", "sourceId": src.ID}},
+		"initCommands": []string{"cat app/README > built.txt"},
+	}
+	code, body := call("POST", "/api/workspaces", map[string]any{"name": "app", "config": wsCfg, "secretEnv": map[string]string{"S": "v"}})
+	if code != 201 {
+		t.Fatalf("workspace: %d %s", code, body)
+	}
+	var ws struct{ ID string }
+	_ = json.Unmarshal(body, &ws)
+	pbPath := "/api/workspaces/" + ws.ID + "/prebuild"
+	type prebuild struct {
+		Status  string
+		Ready   bool
+		Stale   bool
+		Commits map[string]string
+		Error   string
+		Log     string
+	}
+	wait := func(want string) prebuild {
+		t.Helper()
+		var pb prebuild
+		for end := time.Now().Add(60 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			_, b := call("GET", pbPath, nil)
+			pb = prebuild{}
+			_ = json.Unmarshal(b, &pb)
+			if pb.Status != "building" {
+				break
+			}
+		}
+		if pb.Status != want {
+			t.Fatalf("prebuild %s, want %s: %+v", pb.Status, want, pb)
+		}
+		return pb
+	}
+
+	if code, body := call("POST", pbPath, nil); code != http.StatusAccepted || !strings.Contains(string(body), `"status":"building"`) {
+		t.Fatalf("start prebuild: %d %s", code, body)
+	}
+	if code, _ := call("POST", pbPath, nil); code != http.StatusConflict {
+		t.Errorf("second build while one runs: %d", code)
+	}
+	pb := wait("ready")
+	if !pb.Ready || pb.Commits["app"] != first || !strings.Contains(pb.Log, "ws-init-0 done") || strings.Contains(pb.Log, "ws-secret") {
+		t.Fatalf("ready prebuild: %+v", pb)
+	}
+	if len(vols.Prebuilds()) != 1 || vols.Prebuilds()[ws.ID] == "" {
+		t.Fatalf("prebuild volumes: %v", vols.Prebuilds())
+	}
+	_, body = call("GET", "/api/sandboxes", nil)
+	if strings.Contains(string(body), `"id"`) {
+		t.Fatalf("the build sandbox outlived the build: %s", body)
+	}
+
+	code, body = call("POST", "/api/sandboxes", map[string]any{"workspaceId": ws.ID})
+	var sb struct{ ID, Status string }
+	_ = json.Unmarshal(body, &sb)
+	if code != 201 || sb.Status != "running" {
+		t.Fatalf("create from prebuild: %d %s", code, body)
+	}
+	ops, err := srv.Store.ListOps(context.Background(), sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	for _, o := range ops {
+		steps = append(steps, o.Step+"="+o.Detail)
+	}
+	joined := strings.Join(steps, " ")
+	if vols.Volumes()[sb.ID].Image != "prebuild-"+ws.ID || strings.Contains(joined, "ws-clone") || strings.Contains(joined, "ws-init") ||
+		!strings.Contains(joined, "ws-config") {
+		t.Fatalf("sandbox from prebuild ran: %s", joined)
+	}
+	call("DELETE", "/api/sandboxes/"+sb.ID, nil)
+
+	code, body = call("POST", pbPath+"/check", nil)
+	if code != 200 || !strings.Contains(string(body), `"stale":false`) {
+		t.Fatalf("check, branch unmoved: %d %s", code, body)
+	}
+	second := gs.commit(t, "app", "README", "v2\n")
+	code, body = call("POST", pbPath+"/check", nil)
+	if code != 200 || !strings.Contains(string(body), `"stale":true`) {
+		t.Fatalf("check, branch moved: %d %s", code, body)
+	}
+	if pb = wait("ready"); pb.Commits["app"] != second || pb.Stale {
+		t.Fatalf("rebuilt prebuild: %+v", pb)
+	}
+
+	wsCfg["initCommands"] = []string{"echo broken >&2; exit 3"}
+	if code, body := call("PUT", "/api/workspaces/"+ws.ID, map[string]any{"config": wsCfg}); code != 200 {
+		t.Fatalf("update: %d %s", code, body)
+	}
+	call("POST", pbPath, nil)
+	pb = wait("failed")
+	if !pb.Ready || pb.Commits["app"] != second || !strings.Contains(pb.Error, "exit 3") {
+		t.Fatalf("failed build did not keep the previous prebuild: %+v", pb)
+	}
+
+	// A build a restart interrupted.
+	ctx := context.Background()
+	if err := srv.Store.BeginPrebuild(ctx, ws.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Prebuilds.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if pb = wait("failed"); !pb.Ready || !strings.Contains(pb.Error, "restart") {
+		t.Fatalf("after recovery: %+v", pb)
+	}
+	if code, _ := call("DELETE", pbPath, nil); code != http.StatusNoContent {
+		t.Fatalf("delete prebuild: %d", code)
+	}
+	if _, b := call("GET", pbPath, nil); !strings.Contains(string(b), `"ready":false`) || len(vols.Prebuilds()) != 0 {
+		t.Fatalf("after delete: %s, volumes %v", b, vols.Prebuilds())
 	}
 }

@@ -81,6 +81,15 @@ func (p *Provisioner) Prepare(ctx context.Context, req *sandbox.CreateRequest) e
 	if req.MemoryMB == 0 {
 		req.MemoryMB = w.Config.MemoryMB
 	}
+	if req.Mode == sandbox.FromImage && len(w.Config.Repos)+len(w.Config.InitCommands) > 0 {
+		pb, err := p.Store.GetPrebuild(ctx, w.ID)
+		if err != nil {
+			return err
+		}
+		if pb.Ready {
+			req.Mode = sandbox.FromPrebuild
+		}
+	}
 	return nil
 }
 
@@ -94,7 +103,7 @@ type guest struct {
 // Steps returns the create steps of sb's workspace: config and variables,
 // secret files, git identity, one clone per repository, the init commands,
 // one step per dev command, SANDBOX.md.
-func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox) ([]sandbox.ProvisionStep, error) {
+func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox, mode sandbox.ProvisionMode) ([]sandbox.ProvisionStep, error) {
 	w, err := p.Workspaces.Get(ctx, sb.WorkspaceID)
 	if err != nil {
 		return nil, fmt.Errorf("workspace %s: %w", sb.WorkspaceID, err)
@@ -102,9 +111,12 @@ func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox) ([]sandbox.Pr
 	if w.OwnerID != sb.OwnerID {
 		return nil, fmt.Errorf("workspace %s belongs to another user", sb.WorkspaceID)
 	}
-	sec, err := p.Workspaces.OpenSecrets(ctx, w.ID)
-	if err != nil {
-		return nil, err
+	// A build's disk becomes the prebuild: nothing secret goes on it.
+	sec := Secrets{Env: map[string]string{}}
+	if mode != sandbox.Build {
+		if sec, err = p.Workspaces.OpenSecrets(ctx, w.ID); err != nil {
+			return nil, err
+		}
 	}
 	g := &guest{devURLs: map[string][]string{}}
 	cfg := w.Config
@@ -116,8 +128,17 @@ func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox) ([]sandbox.Pr
 		steps = append(steps, sandbox.ProvisionStep{Name: "ws-secret-files", Detail: fmt.Sprintf("%d files", len(sec.Files)),
 			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.secretFiles(ctx, c, g, sec.Files) }})
 	}
-	steps = append(steps, sandbox.ProvisionStep{Name: "ws-git-identity",
-		Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.gitIdentity(ctx, c, sb.OwnerID) }})
+	if mode != sandbox.Build {
+		steps = append(steps, sandbox.ProvisionStep{Name: "ws-git-identity",
+			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.gitIdentity(ctx, c, sb.OwnerID) }})
+	}
+	if mode == sandbox.FromPrebuild {
+		// The prebuild holds the clones and the init commands' results.
+		cfg.Repos, cfg.InitCommands = nil, nil
+	}
+	if mode == sandbox.Build {
+		cfg.DevCommands = nil
+	}
 	for i, r := range cfg.Repos {
 		steps = append(steps, sandbox.ProvisionStep{Name: fmt.Sprintf("ws-clone-%d", i), Detail: r.URL + "#" + r.Branch,
 			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.clone(ctx, c, g, sb.OwnerID, r) }})
@@ -134,8 +155,10 @@ func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox) ([]sandbox.Pr
 		}
 		steps = append(steps, st)
 	}
-	steps = append(steps, sandbox.ProvisionStep{Name: "ws-sandbox-md",
-		Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.sandboxMD(ctx, c, g, sb, w, sec) }})
+	if mode != sandbox.Build {
+		steps = append(steps, sandbox.ProvisionStep{Name: "ws-sandbox-md",
+			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.sandboxMD(ctx, c, g, sb, w, sec) }})
+	}
 	return steps, nil
 }
 
