@@ -32,7 +32,7 @@ type gitServer struct {
 	root string
 }
 
-func startGitServer(t *testing.T, token string) *gitServer {
+func startGitServer(t testing.TB, token string) *gitServer {
 	t.Helper()
 	backend, err := exec.Command("git", "--exec-path").Output()
 	if err != nil {
@@ -58,7 +58,7 @@ func startGitServer(t *testing.T, token string) *gitServer {
 	return &gitServer{URL: "http://" + ln.Addr().String(), root: root}
 }
 
-func git(t *testing.T, dir string, args ...string) string {
+func git(t testing.TB, dir string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command("git", args...)
 	cmd.Dir = dir
@@ -73,7 +73,7 @@ func git(t *testing.T, dir string, args ...string) string {
 
 // repo creates bare repository name.git with files on branch main and
 // returns the commit.
-func (g *gitServer) repo(t *testing.T, name string, files map[string]string) string {
+func (g *gitServer) repo(t testing.TB, name string, files map[string]string) string {
 	t.Helper()
 	work := t.TempDir()
 	git(t, work, "init", "-q", "-b", "main")
