@@ -216,7 +216,7 @@ func (b *Prebuilds) build(ctx context.Context, w Workspace, id string) (map[stri
 	if err != nil {
 		return nil, err
 	}
-	home, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"printenv", "HOME"}, User: b.user})
+	home, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"sh", "-c", `printf %s "$HOME"`}, User: b.user})
 	if err != nil {
 		return nil, fmt.Errorf("find home: %w", err)
 	}

@@ -210,7 +210,7 @@ func (p *Provisioner) config(ctx context.Context, c *agent.Client, g *guest, sb 
 	}); err != nil {
 		return "", fmt.Errorf("store sandbox config: %w", err)
 	}
-	res, err := p.exec(ctx, c, agent.ExecRequest{Argv: []string{"printenv", "HOME"}, TimeoutMs: quickTimeout.Milliseconds()}, "find home")
+	res, err := p.exec(ctx, c, agent.ExecRequest{Argv: []string{"sh", "-c", `printf %s "$HOME"`}, TimeoutMs: quickTimeout.Milliseconds()}, "find home")
 	if err != nil {
 		return "", err
 	}
@@ -259,6 +259,12 @@ func (p *Provisioner) gitIdentity(ctx context.Context, c *agent.Client, owner st
 	name := u.Name
 	if name == "" {
 		name = u.Login
+	}
+	// An image without git (a minimal one) has no identity to set; a clone
+	// in it fails in its own step.
+	if res, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"sh", "-c", "command -v git"}, User: p.User,
+		TimeoutMs: quickTimeout.Milliseconds()}); err != nil || res.ExitCode != 0 {
+		return "git is not installed", nil
 	}
 	email := u.Login + "@users.noreply.atelier"
 	if u.GitHubID != 0 {
