@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -460,5 +461,108 @@ func TestWorkspacePrebuildMock(t *testing.T) {
 	}
 	if _, b := call("GET", pbPath, nil); !strings.Contains(string(b), `"ready":false`) || len(vols.Prebuilds()) != 0 {
 		t.Fatalf("after delete: %s, volumes %v", b, vols.Prebuilds())
+	}
+}
+
+// TestWorkspaceFailuresMock: a create whose provisioning fails (a wrong
+// token) ends in error with everything undone: no dev route stays, no
+// address is held; a build cancelled half-way is destroyed and leaves the
+// status as it was; another user cannot create a sandbox from the workspace.
+func TestWorkspaceFailuresMock(t *testing.T) {
+	gs := startGitServer(t, "right-token")
+	gs.repo(t, "app", map[string]string{"README": "x\n"})
+	dir, err := os.MkdirTemp("", "atlwf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	srv, stop := startMockManager(t, dir, nil)
+	api := "http://" + srv.Addr()
+	c := &http.Client{Timeout: 60 * time.Second}
+	call := func(method, path string, body any) (int, []byte) {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, api+path, rd)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, b
+	}
+	var ids []string
+	t.Cleanup(func() {
+		for _, id := range ids {
+			call("DELETE", "/api/sandboxes/"+id, nil)
+		}
+		stop()
+	})
+	_, body := call("POST", "/api/git-sources", map[string]any{"name": "wrong", "url": gs.URL, "token": "wrong-token"})
+	var src struct{ ID string }
+	_ = json.Unmarshal(body, &src)
+	port := freePort(t)
+	code, body := call("POST", "/api/workspaces", map[string]any{"name": "bad", "config": map[string]any{
+		"repos":       []any{map[string]any{"url": gs.URL + "/app.git", "sourceId": src.ID}},
+		"devCommands": []any{map[string]any{"name": "web", "command": "sleep 60", "port": port}},
+	}})
+	if code != 201 {
+		t.Fatalf("workspace: %d %s", code, body)
+	}
+	var ws struct{ ID string }
+	_ = json.Unmarshal(body, &ws)
+	code, body = call("POST", "/api/sandboxes", map[string]any{"workspaceId": ws.ID})
+	var sb struct{ ID, Status, Error, IPAddress string }
+	_ = json.Unmarshal(body, &sb)
+	ids = append(ids, sb.ID)
+	if code != 201 || sb.Status != "error" || !strings.Contains(sb.Error, "ws-clone-0") || sb.IPAddress != "" {
+		t.Fatalf("create with a wrong token: %d %s", code, body)
+	}
+	if routes, err := srv.Store.ListRoutes(context.Background(), sb.ID); err != nil || len(routes) != 0 {
+		t.Fatalf("routes left by the failed create: %v %v", routes, err)
+	}
+
+	// Cancel a build half-way: its sandbox goes, the status returns to none.
+	code, body = call("POST", "/api/workspaces", map[string]any{"name": "slow", "config": map[string]any{
+		"initCommands": []string{"sleep 30"}}})
+	if code != 201 {
+		t.Fatalf("workspace: %d %s", code, body)
+	}
+	_ = json.Unmarshal(body, &ws)
+	call("POST", "/api/workspaces/"+ws.ID+"/prebuild", nil)
+	var pb struct{ Status, BuildID string }
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end) && pb.BuildID == ""; time.Sleep(50 * time.Millisecond) {
+		_, b := call("GET", "/api/workspaces/"+ws.ID+"/prebuild", nil)
+		_ = json.Unmarshal(b, &pb)
+	}
+	if pb.BuildID == "" {
+		t.Fatalf("no build sandbox: %+v", pb)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if code, body := call("POST", "/api/workspaces/"+ws.ID+"/prebuild/cancel", nil); code != 200 {
+		t.Fatalf("cancel: %d %s", code, body)
+	}
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end) && pb.Status == "building"; time.Sleep(50 * time.Millisecond) {
+		_, b := call("GET", "/api/workspaces/"+ws.ID+"/prebuild", nil)
+		_ = json.Unmarshal(b, &pb)
+	}
+	if pb.Status != "none" {
+		t.Fatalf("after cancel: %+v", pb)
+	}
+	if code, _ := call("GET", "/api/sandboxes/"+pb.BuildID, nil); code != http.StatusNotFound {
+		t.Fatalf("the cancelled build's sandbox remains: %d", code)
+	}
+
+	// Another user's create naming the workspace is refused before anything starts.
+	sbx := srv.Sandboxes
+	_, err = sbx.Create(context.Background(), sandbox.CreateRequest{OwnerID: "someone-else", WorkspaceID: ws.ID})
+	var fe *sandbox.FieldError
+	if !errors.As(err, &fe) || fe.Field != "workspaceId" {
+		t.Fatalf("another user's create: %v", err)
 	}
 }
