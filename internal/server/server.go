@@ -63,7 +63,9 @@ type Server struct {
 	timeouts       HTTPTimeouts
 	// Prebuilds builds workspaces' prebuilds and checks them for staleness.
 	Prebuilds *workspace.Prebuilds
-	health    health
+	// Provisioner sets up sandboxes of workspaces.
+	Provisioner *workspace.Provisioner
+	health      health
 }
 
 // Options adjust a server for tests.
@@ -185,7 +187,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	}
 	sbx.AddHooks(ed.Hooks())
 	wss := workspace.New(st, box, log)
-	sbx.SetProvisioner(newProvisioner(wss, st, sbx, ed, guestUser, log))
+	prov := newProvisioner(wss, st, sbx, ed, guestUser, log)
+	prov.NoPrebuildStart = cfg.Server.Mode == config.ModeMock
+	sbx.SetProvisioner(prov)
 	pbs := workspace.NewPrebuilds(wss, st, sbx, guestUser, log)
 	// The starting page of a tool host names the service it waits for.
 	ed.SetServices(sbx)
@@ -197,6 +201,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		timeouts: opts.HTTPTimeouts.withDefaults()}
 	s.health.registry = sup
 	s.Prebuilds = pbs
+	s.Provisioner = prov
 	if c, ok := drv.Runtime.(interface{ Check(context.Context) error }); ok {
 		s.health.runtime = c.Check
 	}

@@ -316,6 +316,9 @@ func TestWorkspacePrebuildMock(t *testing.T) {
 	}
 	vols := stmock.New(filepath.Join(dir, "s", "overlays"))
 	srv, stop := startMockManagerWith(t, dir, nil, Options{Drivers: &sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: vols}})
+	// Mock mode never starts from a prebuild (its files are not on the
+	// volume); the flow is what is tested here.
+	srv.Provisioner.NoPrebuildStart = false
 	api := "http://" + srv.Addr()
 	c := &http.Client{Timeout: 60 * time.Second}
 	call := func(method, path string, body any) (int, []byte) {

@@ -50,6 +50,10 @@ type Provisioner struct {
 	// View renders the sandbox for SANDBOX.md (its URLs).
 	View func(store.Sandbox) sandbox.View
 	Log  *slog.Logger
+	// NoPrebuildStart keeps creates on the clone-and-init path even with a
+	// ready prebuild: in mock mode a sandbox's files are not on its volume,
+	// so a prebuild volume would bring back none of them.
+	NoPrebuildStart bool
 }
 
 var _ sandbox.Provisioner = (*Provisioner)(nil)
@@ -81,7 +85,7 @@ func (p *Provisioner) Prepare(ctx context.Context, req *sandbox.CreateRequest) e
 	if req.MemoryMB == 0 {
 		req.MemoryMB = w.Config.MemoryMB
 	}
-	if req.Mode == sandbox.FromImage && len(w.Config.Repos)+len(w.Config.InitCommands) > 0 {
+	if req.Mode == sandbox.FromImage && !p.NoPrebuildStart && len(w.Config.Repos)+len(w.Config.InitCommands) > 0 {
 		pb, err := p.Store.GetPrebuild(ctx, w.ID)
 		if err != nil {
 			return err
