@@ -307,7 +307,7 @@ func (b *Prebuilds) Check(ctx context.Context, workspaceID string) (bool, error)
 		u, _ := url.Parse(r.URL)
 		var cred Credential
 		if r.SourceID != "" {
-			if cred, err = b.ws.Credential(ctx, w.OwnerID, r.SourceID, u.Host); err != nil {
+			if cred, err = b.ws.Credential(ctx, w.OwnerID, r.SourceID, sourceKey(u)); err != nil {
 				return false, err
 			}
 		}

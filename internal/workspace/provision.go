@@ -301,7 +301,7 @@ func (p *Provisioner) clone(ctx context.Context, c *agent.Client, g *guest, owne
 	}
 	var cred Credential
 	if r.SourceID != "" {
-		if cred, err = p.Workspaces.Credential(ctx, owner, r.SourceID, u.Host); err != nil {
+		if cred, err = p.Workspaces.Credential(ctx, owner, r.SourceID, sourceKey(u)); err != nil {
 			return "", fmt.Errorf("git source %s: %w", r.SourceID, err)
 		}
 	}
