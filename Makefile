@@ -14,8 +14,10 @@ ATELIER_BIN ?= ./bin/atelier
 export ATELIER_TEST_VERDACCIO_DIR ?= /var/cache/atelier-test/verdaccio
 # The guest kernel of the QEMU boot test and benchmarks (.ci/run and `make kernel` build it).
 export ATELIER_TEST_KERNEL ?= /var/cache/atelier-test/kernel/vmlinux
+# The dev-base image the end-to-end test and BenchmarkDevBase boot (make dev-base).
+export ATELIER_TEST_DEVBASE ?= /var/cache/atelier-test/images/dev-base.ext4
 
-.PHONY: all build web web-deps agent test-image kernel run test test-short bench lint fmt fuzz clean screenshots
+.PHONY: all build web web-deps agent test-image kernel dev-base run test test-short bench lint fmt fuzz clean screenshots
 
 all: build
 
@@ -52,6 +54,10 @@ test-image: agent
 # The guest kernel for the QEMU boot test (cached: a no-op when up to date).
 kernel:
 	$(GO) run ./cmd/atelier images kernel --output $(ATELIER_TEST_KERNEL)
+
+# The dev-base image for the end-to-end test (cached: a no-op when up to date; root, ~15 min cold).
+dev-base: agent
+	$(GO) run ./cmd/atelier images build dev-base --agent bin/atelier-agent --output $(ATELIER_TEST_DEVBASE) --cache-dir /var/cache/atelier-test/images/cache
 
 # Local development: mock mode (each sandbox is a local process of yours),
 # SQLite under ./.atelier, the dashboard, API and docs on http://localhost:$(PORT).

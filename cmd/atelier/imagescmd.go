@@ -17,9 +17,15 @@ import (
 func newImagesCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "images",
-		Short: "Build what sandboxes boot: the guest kernel and root filesystem images",
+		Short: "List, import and remove sandbox images; build the guest kernel",
+		Long: `Sandbox images: root filesystems that sandboxes are cloned from, held by the volume driver
+(image-<id> on LVM, <stateDir>/images/<id>.ext4 on files). Alone, lists them.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return g.listImages(cmd) },
 	}
 	cmd.AddCommand(newImagesKernelCmd(g))
+	cmd.AddCommand(newImagesListCmd(g), newImagesGetCmd(g), newImagesRmCmd(g), newImagesImportCmd(g))
+	cmd.AddCommand(newImagesBuildCmds(g)...)
 	return cmd
 }
 

@@ -40,7 +40,7 @@ func newRoot() *cobra.Command {
 	pf.BoolVar(&g.json, "json", false, "print the API's JSON objects instead of tables and messages (lists: an array)")
 	root.AddCommand(newServeCmd(g), newConfigCmd(g), newSandboxCmd(g), newManagerCmd(g), newStorageCmd(g), newNetworkCmd(g), newDebugVMCmd(g), newAgentCmd(), newRegistryCmd(g), newImagesCmd(g))
 	addOpsCommands(g, root)
-	root.AddCommand(newSSHKeyCmd(g), newTokenCmd(g), newMockStopCmd(g))
+	root.AddCommand(newSSHKeyCmd(g), newTokenCmd(g), newMockStopCmd(g), newLogKeeperCmd())
 	root.AddCommand(newWorkspaceCmd(g), newGitSourceCmd(g))
 	return root
 }

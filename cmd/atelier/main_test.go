@@ -1,6 +1,7 @@
 package main
 
 import (
+	"atelier/internal/logkeeper"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -163,6 +164,7 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "agent" {
 		os.Exit(guest.Main(os.Args[2:]))
 	}
+	logkeeper.MainIfKeeper()
 	os.Exit(m.Run())
 }
 

@@ -23,12 +23,17 @@ func newMigrateCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := store.Open(cmd.Context(), cfg.Server.DataDir, store.WithLogger(slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))))
+			st, err := store.Open(cmd.Context(), cfg.Server.DataDir, store.WithLogger(slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))),
+				store.WithDatabaseURL(cfg.Advanced.Server.Database.URL))
 			if err != nil {
 				return err
 			}
 			if err := st.Close(); err != nil {
 				return err
+			}
+			if st.Backend() == "postgres" {
+				fmt.Fprintln(cmd.OutOrStdout(), "the postgres database (advanced.server.database.url) is up to date")
+				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "database in %s is up to date\n", cfg.Server.DataDir)
 			return nil

@@ -1,11 +1,19 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -13,6 +21,7 @@ import (
 	"atelier/internal/guest"
 	"atelier/internal/image/manifest"
 	"atelier/internal/server"
+	"atelier/internal/storage"
 )
 
 // versions is what `atelier version` reports; "" fields are unknown.
@@ -28,6 +37,21 @@ type versions struct {
 	ImageTools   map[string]string `json:"imageTools,omitempty"`
 	Kernel       string            `json:"kernel,omitempty"`
 	KernelSource string            `json:"kernelSource,omitempty"`
+	// Images are every image the host holds, with its manifest.
+	Images []imageVersion `json:"images,omitempty"`
+}
+
+// imageVersion is one image's manifest as `atelier version` shows it.
+type imageVersion struct {
+	ID string `json:"id"`
+	// From says where the manifest was read: the sidecar beside the image
+	// file, or /etc/atelier/image.json inside the image (file or volume).
+	From   string            `json:"from"`
+	Built  string            `json:"built,omitempty"`
+	Recipe string            `json:"recipe,omitempty"`
+	Tools  map[string]string `json:"tools,omitempty"`
+	// Error is why the manifest could not be read.
+	Error string `json:"error,omitempty"`
 }
 
 func newVersionCmd(g *globals) *cobra.Command {
@@ -36,9 +60,10 @@ func newVersionCmd(g *globals) *cobra.Command {
 		Use:   "version",
 		Short: "Print the versions of this binary, its agent, the default image and the guest kernel",
 		Long: `Print the version of this binary and of the agent built into it, then what the host has:
-the default image's manifest ({stateDir}/images/<defaultImage>.json beside the image, when
-the image build wrote one) and the guest kernel's record (<kernelPath>.json, written by
-atelier images kernel). --short prints the binary's version alone (atelier update uses it).`,
+every image's manifest (for {stateDir}/images/<id>.ext4 the <id>.json beside it, else
+/etc/atelier/image.json read from inside the image with debugfs, as for the LVM volumes
+sandbox-vg/image-<id>) and the guest kernel's record (<kernelPath>.json, written by atelier
+images kernel). --short prints the binary's version alone (atelier update uses it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			w := cmd.OutOrStdout()
@@ -47,24 +72,35 @@ atelier images kernel). --short prints the binary's version alone (atelier updat
 				return nil
 			}
 			v := versions{Binary: server.Version, Go: runtime.Version(), Agent: guest.Version}
+			defaultImage := ""
 			if cfg, err := g.loadConfig(); err == nil {
-				readHostVersions(cfg, &v)
+				readHostVersions(cmd.Context(), cfg, &v)
+				defaultImage = cfg.Sandbox.DefaultImage
 			}
 			if g.json {
 				return printJSON(w, v)
 			}
 			fmt.Fprintf(w, "atelier %s (%s)\nagent   %s\n", v.Binary, v.Go, v.Agent)
-			if v.Image != "" {
-				fmt.Fprintf(w, "image   %s", v.Image)
-				if v.ImageBuilt != "" {
-					fmt.Fprintf(w, ", built %s", v.ImageBuilt)
+			if len(v.Images) == 0 {
+				fmt.Fprintln(w, "image   none found ({stateDir}/images/*.ext4, sandbox-vg/image-*)")
+			}
+			for _, im := range v.Images {
+				def := ""
+				if im.ID == defaultImage {
+					def = " (default)"
 				}
-				fmt.Fprintln(w)
-				for k, t := range v.ImageTools {
-					fmt.Fprintf(w, "  %s %s\n", k, t)
+				if im.Error != "" {
+					fmt.Fprintf(w, "image   %s%s: no manifest (%s)\n", im.ID, def, im.Error)
+					continue
 				}
-			} else {
-				fmt.Fprintln(w, "image   unknown (no manifest beside the default image)")
+				fmt.Fprintf(w, "image   %s%s", im.ID, def)
+				if im.Built != "" {
+					fmt.Fprintf(w, ", built %s", im.Built)
+				}
+				fmt.Fprintf(w, ", from %s\n", im.From)
+				for _, k := range slices.Sorted(maps.Keys(im.Tools)) {
+					fmt.Fprintf(w, "  %s %s\n", k, im.Tools[k])
+				}
 			}
 			if v.Kernel != "" {
 				fmt.Fprintf(w, "kernel  Linux %s (%s)\n", v.Kernel, v.KernelSource)
@@ -78,10 +114,13 @@ atelier images kernel). --short prints the binary's version alone (atelier updat
 	return cmd
 }
 
-func readHostVersions(cfg *config.Config, v *versions) {
+func readHostVersions(ctx context.Context, cfg *config.Config, v *versions) {
 	id := cfg.Sandbox.DefaultImage
-	if m, err := manifest.Read(filepath.Join(cfg.Sandbox.StateDir, "images", id+".json")); err == nil {
-		v.Image, v.ImageBuilt, v.ImageRecipe, v.ImageTools = m.ID, m.Built, m.Recipe, m.Versions
+	v.Images = imageVersions(ctx, cfg)
+	for _, im := range v.Images {
+		if im.ID == id && im.Error == "" {
+			v.Image, v.ImageBuilt, v.ImageRecipe, v.ImageTools = im.ID, im.Built, im.Recipe, im.Tools
+		}
 	}
 	if b, err := os.ReadFile(cfg.Advanced.Server.Firecracker.KernelPath + ".json"); err == nil {
 		var k struct {
@@ -93,4 +132,67 @@ func readHostVersions(cfg *config.Config, v *versions) {
 			v.Kernel, v.KernelSource = k.Release, k.SourcePackage+" "+k.SourceVersion
 		}
 	}
+}
+
+// imageVersions reads the manifest of every image the host holds: the
+// files {stateDir}/images/<id>.ext4 (their <id>.json sidecar, else
+// /etc/atelier/image.json inside), and the LVM volumes image-<id> of
+// sandbox-vg. The image is read with debugfs, never mounted.
+func imageVersions(ctx context.Context, cfg *config.Config) []imageVersion {
+	seen := map[string]bool{}
+	var out []imageVersion
+	dir := filepath.Join(cfg.Sandbox.StateDir, "images")
+	files, _ := filepath.Glob(filepath.Join(dir, "*.ext4"))
+	for _, f := range files {
+		id := strings.TrimSuffix(filepath.Base(f), ".ext4")
+		seen[id] = true
+		if m, err := manifest.Read(filepath.Join(dir, id+".json")); err == nil {
+			out = append(out, fromManifest(id, "sidecar "+id+".json", m))
+			continue
+		}
+		out = append(out, inImage(ctx, id, f))
+	}
+	vols, _ := filepath.Glob(filepath.Join("/dev", storage.VolumeGroup, "image-*"))
+	for _, dev := range vols {
+		id := strings.TrimPrefix(filepath.Base(dev), "image-")
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		out = append(out, inImage(ctx, id, dev))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func fromManifest(id, from string, m *manifest.Manifest) imageVersion {
+	return imageVersion{ID: id, From: from, Built: m.Built, Recipe: m.Recipe, Tools: m.Versions}
+}
+
+// inImage reads manifest.Path from the ext4 filesystem at src.
+func inImage(ctx context.Context, id, src string) imageVersion {
+	iv := imageVersion{ID: id, From: manifest.Path + " in " + src}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "debugfs", "-R", "cat "+manifest.Path, src)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		iv.Error = "debugfs: " + err.Error()
+		return iv
+	}
+	m, err := manifest.Parse(stdout.Bytes())
+	if err != nil {
+		// debugfs exits 0 whatever cat found; its message says why.
+		msg := strings.TrimSpace(stderr.String())
+		if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
+			msg = msg[i+1:]
+		}
+		if stdout.Len() > 0 || msg == "" {
+			msg = err.Error()
+		}
+		iv.Error = msg
+		return iv
+	}
+	return fromManifest(id, iv.From, m)
 }

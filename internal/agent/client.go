@@ -162,6 +162,24 @@ func (c *Client) Metrics(ctx context.Context) (*Metrics, error) {
 	return &m, c.do(ctx, http.MethodGet, "/metrics", nil, nil, &m)
 }
 
+// ImageUser is the default user of the guest's image (GET /image, its
+// manifest's "user"); "" when the image has no manifest or the agent
+// predates the route.
+func (c *Client) ImageUser(ctx context.Context) (string, error) {
+	var m struct {
+		User string `json:"user"`
+	}
+	err := c.do(ctx, http.MethodGet, "/image", nil, nil, &m)
+	var ae *Error
+	if errors.As(err, &ae) && (ae.Status == http.StatusNotFound || ae.Status == http.StatusMethodNotAllowed) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return m.User, nil
+}
+
 // Exec runs a command to completion (POST /exec). A command that ran
 // returns its result whatever the exit code; err is for commands that
 // could not start and for transport failures.

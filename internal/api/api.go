@@ -23,6 +23,7 @@ import (
 	"atelier/internal/dashboard"
 	"atelier/internal/edge"
 	"atelier/internal/events"
+	"atelier/internal/image/catalog"
 	"atelier/internal/metrics"
 	"atelier/internal/registry"
 	"atelier/internal/sandbox"
@@ -46,6 +47,11 @@ type Deps struct {
 	Ready func(ctx context.Context) map[string]error
 	// Registry is the shared npm cache; nil answers its routes with 503.
 	Registry *registry.Service
+	// Host reports the storage pools and the host network (System page);
+	// nil reports none.
+	Host HostReports
+	// Images is the host's image catalog; nil answers its routes with 503.
+	Images *catalog.Catalog
 	// Workspaces serves /api/workspaces; nil leaves those routes out.
 	Workspaces *workspace.Service
 	// Prebuilds serves /api/workspaces/{id}/prebuild; nil leaves it out.
@@ -154,12 +160,14 @@ func New(d Deps) *Server {
 	s.registerTokens()
 	s.registerCleanup()
 	s.registerSystemConfig()
+	s.registerSystemHost()
 	s.registerAgentProxy()
 	s.registerEdge()
 	s.registerBrowser()
 	s.registerRegistry()
 	s.registerSSHKeys()
 	s.registerAccount()
+	s.registerImages()
 	s.registerWorkspaces()
 	s.registerGitSources()
 	s.registerRaw("GET", "/metrics", false, "Prometheus metrics.", s.authRaw(d.Metrics.Handler()))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -28,7 +29,8 @@ func (s *Server) registerEvents() {
 		OperationID: "events", Method: http.MethodGet, Path: "/api/events", Tags: []string{"events"},
 		Summary: "Server-Sent Events for every sandbox state change",
 		Description: "Events: sandbox.created, sandbox.updated, sandbox.deleted (data: the sandbox), and reset " +
-			"when the requested Last-Event-ID is older than the retained history (refetch the list). A comment " +
+			"when the requested Last-Event-ID is older than the retained history (refetch the list). Admins also get " +
+			"system.reconciled (data: what a reconciler pass fixed, as POST /api/system/cleanup answers). A comment " +
 			"line is sent as a heartbeat every 15 s.",
 		Security: securityAuthed,
 		Errors:   []int{http.StatusBadRequest, http.StatusUnauthorized},
@@ -124,10 +126,14 @@ func (s *Server) registerEvents() {
 }
 
 // visible reports whether a user may see an event: admins see all, others
-// only events about their own sandboxes.
+// only events about their own sandboxes, never a host-wide system.* event
+// (it may name other users' sandboxes), whatever its data says.
 func visible(admin bool, userID string, ev store.Event) bool {
 	if admin {
 		return true
+	}
+	if strings.HasPrefix(ev.Type, "system.") {
+		return false
 	}
 	var owner struct {
 		OwnerID string `json:"ownerId"`

@@ -135,7 +135,7 @@ func (s *Server) registerHealth() {
 			URLPatterns: c.URLPatterns(), MaxSandboxes: c.Server.MaxSandboxes,
 			Ports: map[string]int{
 				"vscode": c.Advanced.VM.VSCode.Port, "opencode": c.Advanced.VM.OpenCode.Port,
-				"browser": c.Advanced.VM.Browser.Port, "terminal": c.Advanced.VM.Terminal.Port,
+				"browser": c.Advanced.VM.Browser.Port,
 			},
 		}
 		if c.Server.Mode == "mock" {

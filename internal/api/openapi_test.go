@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"atelier/internal/logkeeper"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -36,6 +37,7 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "agent" {
 		os.Exit(guest.Main(os.Args[2:]))
 	}
+	logkeeper.MainIfKeeper()
 	os.Exit(m.Run())
 }
 

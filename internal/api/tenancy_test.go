@@ -43,6 +43,11 @@ var adminOnly = map[string]bool{
 	"POST /api/system/cleanup":   true,
 	"GET /api/users":             true,
 	"GET /api/system/config":     true,
+	"GET /api/system/storage":    true,
+	"GET /api/system/network":    true,
+	"GET /api/system/reconciler": true,
+	"GET /api/system/cleanup":    true,
+	"DELETE /api/images/{id}":    true,
 }
 
 var validBody = map[string]any{"PUT /api/registry/settings": map[string]any{"evictionDays": 7}}

@@ -2,6 +2,7 @@ package backup
 
 import (
 	"archive/tar"
+	"atelier/internal/logkeeper"
 	"atelier/internal/testenv"
 	"bytes"
 	"compress/gzip"
@@ -261,5 +262,6 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "agent" {
 		os.Exit(guest.Main(os.Args[2:]))
 	}
+	logkeeper.MainIfKeeper()
 	os.Exit(m.Run())
 }

@@ -197,7 +197,7 @@ func (w *walker) object(t reflect.Type, key string, root bool) error {
 				return err
 			}
 		case retiredKeys[full] != "":
-			w.problem(full, off, "removed: %s", retiredKeys[full])
+			w.problem(full, off, "retired: %s", retiredKeys[full])
 			vtok, err := w.token()
 			if err != nil {
 				return err

@@ -80,6 +80,8 @@ func defaults() *Config {
 			DefaultImage:    "dev-base",
 			StateDir:        "/var/lib/sandbox",
 			LogDir:          "/var/log/sandbox",
+			LogMaxBytes:     10 << 20,
+			LogKeep:         3,
 			DefaultVcpus:    2,
 			DefaultMemoryMB: 2048,
 			Git:             Git{Email: "sandbox@atelier.dev", Name: "Sandbox User"},
@@ -87,15 +89,13 @@ func defaults() *Config {
 		},
 		Advanced: Advanced{
 			VM: AdvancedVM{
-				VSCode:   VersionedPort{Port: 8080, Version: "4.108.2"},
-				OpenCode: VersionedPort{Port: 3000, Version: "1.1.53"},
+				VSCode:   VersionedPort{Port: 8080, Version: "4.139.1"},
+				OpenCode: VersionedPort{Port: 3000, Version: "1.18.33"},
 				Browser:  Port{Port: 6080},
-				Terminal: Port{Port: 7681},
 				Agent:    Port{Port: 9998},
 			},
 			Server: AdvancedServer{
 				Verdaccio: Verdaccio{Port: 4873, Version: "6.8.0", User: "atelier-registry"},
-				SSHProxy:  Version{Version: "1.5.2"},
 				Firecracker: Firecracker{
 					Version:       "1.14.1",
 					BinaryPath:    "/usr/local/bin/firecracker",

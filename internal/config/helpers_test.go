@@ -176,7 +176,7 @@ func TestSecretsAreMarked(t *testing.T) {
 			secrets = append(secrets, e.Key)
 		}
 	}
-	if want := []string{"auth.github.clientSecret", "auth.jwtSecret"}; !slices.Equal(secrets, want) {
+	if want := []string{"auth.github.clientSecret", "auth.jwtSecret", "advanced.server.database.url"}; !slices.Equal(secrets, want) {
 		t.Errorf("secret keys %q, want %q", secrets, want)
 	}
 }

@@ -125,7 +125,7 @@ func applyEnv(c *Config, env map[string]string) error {
 	for name, key := range retiredEnv {
 		if env[name] != "" {
 			problems = append(problems, Problem{Key: key, Env: name,
-				Message: "removed: " + retiredKeys[key] + "; unset " + name})
+				Message: "retired: " + retiredKeys[key] + "; unset " + name})
 		}
 	}
 	if len(problems) > 0 {

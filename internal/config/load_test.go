@@ -492,19 +492,30 @@ func TestQuotasFromEnvAndFile(t *testing.T) {
 func TestRetiredKeysAreRefused(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "c.json")
-	body := `{"sandbox": {"imagesDirectory": "/opt/atelier/infra/images"}, "setup": {"network": {"onExists": "recreate"}}}`
+	body := `{"sandbox": {"imagesDirectory": "/opt/atelier/infra/images"}, "setup": {"network": {"onExists": "recreate"}},
+		"advanced": {"vm": {"terminal": {"port": 7681}}, "server": {"sshProxy": {"version": "1.5.2"}}}}`
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	_, err := Load(Options{File: path, Env: []string{}})
 	var fe *FileError
-	if !errors.As(err, &fe) || len(fe.Problems) != 2 {
-		t.Fatalf("err = %v, want both keys refused", err)
+	want := []string{"sandbox.imagesDirectory", "setup.network", "advanced.vm.terminal", "advanced.server.sshProxy"}
+	if !errors.As(err, &fe) || len(fe.Problems) != len(want) {
+		t.Fatalf("err = %v, want every retired key refused", err)
 	}
-	for i, key := range []string{"sandbox.imagesDirectory", "setup.network"} {
+	for i, key := range want {
 		p := fe.Problems[i]
-		if p.Key != key || !strings.HasPrefix(p.Message, "removed: ") || !strings.Contains(p.Message, "never read") {
-			t.Errorf("problem %d = %+v, want %s removed with the reason", i, p, key)
+		if p.Key != key || !strings.HasPrefix(p.Message, "retired: ") || !strings.Contains(p.Message, "never read") {
+			t.Errorf("problem %d = %+v, want %s retired with the reason", i, p, key)
+		}
+	}
+	for _, env := range []string{"ATELIER_TERMINAL_PORT=7681", "ATELIER_VERSION_SSH_PROXY=1.5.2"} {
+		name, _, _ := strings.Cut(env, "=")
+		_, err = Load(Options{SkipFile: true, Env: []string{env}})
+		var ee *EnvError
+		if !errors.As(err, &ee) || len(ee.Problems) != 1 || ee.Problems[0].Env != name ||
+			!strings.HasPrefix(ee.Problems[0].Message, "retired: ") || !strings.Contains(ee.Problems[0].Message, "unset "+name) {
+			t.Errorf("env %s: %v, want it refused as retired", name, err)
 		}
 	}
 	_, err = Load(Options{SkipFile: true, Env: []string{"ATELIER_IMAGES_DIR=/x"}})

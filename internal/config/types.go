@@ -142,13 +142,18 @@ type Network struct {
 }
 
 type Sandbox struct {
-	Runtime         string `json:"runtime"`
-	DefaultImage    string `json:"defaultImage"`
-	StateDir        string `json:"stateDir"`
-	LogDir          string `json:"logDir"`
-	DefaultVcpus    int    `json:"defaultVcpus"`
-	DefaultMemoryMB int    `json:"defaultMemoryMb"`
-	Git             Git    `json:"git"`
+	Runtime      string `json:"runtime"`
+	DefaultImage string `json:"defaultImage"`
+	StateDir     string `json:"stateDir"`
+	LogDir       string `json:"logDir"`
+	// LogMaxBytes is the most one sandbox log file holds before it is
+	// rotated; LogKeep how many rotated files are kept beside it. A guest
+	// flooding its console holds at most LogMaxBytes × (LogKeep+1).
+	LogMaxBytes     int `json:"logMaxBytes"`
+	LogKeep         int `json:"logKeep"`
+	DefaultVcpus    int `json:"defaultVcpus"`
+	DefaultMemoryMB int `json:"defaultMemoryMb"`
+	Git             Git `json:"git"`
 	// Container configures the container runtime (sandbox.runtime container).
 	Container SandboxContainer `json:"container"`
 }
@@ -183,7 +188,6 @@ type AdvancedVM struct {
 	VSCode   VersionedPort `json:"vscode"`
 	OpenCode VersionedPort `json:"opencode"`
 	Browser  Port          `json:"browser"`
-	Terminal Port          `json:"terminal"`
 	Agent    Port          `json:"agent"`
 }
 
@@ -202,8 +206,16 @@ type AdvancedServer struct {
 	// --binary updates.
 	ReleaseURL  string      `json:"releaseUrl"`
 	Verdaccio   Verdaccio   `json:"verdaccio"`
-	SSHProxy    Version     `json:"sshProxy"`
 	Firecracker Firecracker `json:"firecracker"`
+	Database    Database    `json:"database"`
+}
+
+// Database is the manager's store. Empty URL: the embedded SQLite file
+// {dataDir}/atelier.db, for one manager. A PostgreSQL URL lets several
+// managers (replicas) share one store; it may carry a password, so it is a
+// secret: redacted in `config show` and never logged.
+type Database struct {
+	URL string `json:"url"`
 }
 
 // Verdaccio is the shared npm cache the manager runs on the bridge.

@@ -164,8 +164,37 @@ func (v *checker) server() {
 			"or atelier serve --insecure-mock-listen-any) if this network is yours alone", s.Host)
 	}
 	v.registry()
+	v.databaseURL()
 	if u := v.c.Advanced.Server.ReleaseURL; u != "" {
 		v.httpURL("advanced.server.releaseUrl", u)
+	}
+}
+
+// databaseURL checks advanced.server.database.url without ever echoing it:
+// it may carry a password.
+func (v *checker) databaseURL() {
+	const key = "advanced.server.database.url"
+	raw := v.c.Advanced.Server.Database.URL
+	if raw == "" {
+		return
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || strings.Trim(u.Path, "/") == "" {
+		v.add(key, "must be a PostgreSQL URL: postgres://user:password@host:5432/database?sslmode=verify-full (empty: the embedded SQLite store)")
+		return
+	}
+	host := u.Hostname()
+	if h := u.Query().Get("host"); h != "" {
+		host = h
+	}
+	local := host == "" || strings.HasPrefix(host, "/") || host == "localhost"
+	if a, err := netip.ParseAddr(host); err == nil && a.IsLoopback() {
+		local = true
+	}
+	switch mode := u.Query().Get("sslmode"); {
+	case local:
+	case mode != "require" && mode != "verify-ca" && mode != "verify-full":
+		v.add(key, "reaches %s over the network without TLS: add sslmode=verify-full (or require, verify-ca) to the URL, or use a loopback address or a unix socket", host)
 	}
 }
 
@@ -313,7 +342,6 @@ func (v *checker) ports() {
 		{"advanced.vm.vscode.port", "", c.Advanced.VM.VSCode.Port},
 		{"advanced.vm.opencode.port", "", c.Advanced.VM.OpenCode.Port},
 		{"advanced.vm.browser.port", "", c.Advanced.VM.Browser.Port},
-		{"advanced.vm.terminal.port", "", c.Advanced.VM.Terminal.Port},
 	}
 	for _, group := range [][]listener{host, guest} {
 		for j, b := range group {

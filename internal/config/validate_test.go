@@ -59,6 +59,29 @@ func TestValidate(t *testing.T) {
 		{name: "mode unknown", mutate: func(c *Config) { c.Server.Mode = "staging" },
 			wantKey: "server.mode", wantEnv: "ATELIER_SERVER_MODE", wantMsg: `must be one of "production", "mock"`},
 
+		// Sandbox log rotation.
+		{name: "log max bytes too small", mutate: func(c *Config) { c.Sandbox.LogMaxBytes = 100 },
+			wantKey: "sandbox.logMaxBytes", wantEnv: "ATELIER_LOG_MAX_BYTES", wantMsg: "between 65536 and"},
+		{name: "log keep negative", mutate: func(c *Config) { c.Sandbox.LogKeep = -1 },
+			wantKey: "sandbox.logKeep", wantEnv: "ATELIER_LOG_KEEP", wantMsg: "between 0 and 100"},
+		{name: "log keep zero", mutate: func(c *Config) { c.Sandbox.LogKeep = 0 }},
+
+		// The store.
+		{name: "database url not postgres", mutate: func(c *Config) { c.Advanced.Server.Database.URL = "mysql://u:p@db/atelier" },
+			wantKey: "advanced.server.database.url", wantEnv: "ATELIER_DATABASE_URL", wantMsg: "must be a PostgreSQL URL"},
+		{name: "database url without database", mutate: func(c *Config) { c.Advanced.Server.Database.URL = "postgres://u:p@127.0.0.1:5432" },
+			wantKey: "advanced.server.database.url", wantEnv: "ATELIER_DATABASE_URL", wantMsg: "must be a PostgreSQL URL"},
+		{name: "database over the network without tls", mutate: func(c *Config) { c.Advanced.Server.Database.URL = "postgres://u:p@db.internal:5432/atelier" },
+			wantKey: "advanced.server.database.url", wantEnv: "ATELIER_DATABASE_URL", wantMsg: "without TLS: add sslmode=verify-full"},
+		{name: "database over the network, sslmode disable", mutate: func(c *Config) {
+			c.Advanced.Server.Database.URL = "postgres://u:p@10.0.0.5/atelier?sslmode=disable"
+		}, wantKey: "advanced.server.database.url", wantEnv: "ATELIER_DATABASE_URL", wantMsg: "without TLS"},
+		{name: "database on loopback", mutate: func(c *Config) { c.Advanced.Server.Database.URL = "postgres://u:p@127.0.0.1:5432/atelier" }},
+		{name: "database on a socket", mutate: func(c *Config) { c.Advanced.Server.Database.URL = "postgresql:///atelier?host=/run/postgresql" }},
+		{name: "database with tls", mutate: func(c *Config) {
+			c.Advanced.Server.Database.URL = "postgres://u:p@db.internal/atelier?sslmode=verify-full"
+		}},
+
 		// Port ranges.
 		{name: "http port zero", mutate: func(c *Config) { c.Domain.HTTPPort = 0 },
 			wantKey: "domain.httpPort", wantEnv: "ATELIER_HTTP_PORT", wantMsg: "between 1 and 65535"},
@@ -74,8 +97,6 @@ func TestValidate(t *testing.T) {
 			wantKey: "advanced.vm.opencode.port", wantEnv: "ATELIER_OPENCODE_PORT"},
 		{name: "browser port", mutate: func(c *Config) { c.Advanced.VM.Browser.Port = 0 },
 			wantKey: "advanced.vm.browser.port", wantEnv: "ATELIER_BROWSER_PORT"},
-		{name: "terminal port", mutate: func(c *Config) { c.Advanced.VM.Terminal.Port = 0 },
-			wantKey: "advanced.vm.terminal.port", wantEnv: "ATELIER_TERMINAL_PORT"},
 		{name: "agent port", mutate: func(c *Config) { c.Advanced.VM.Agent.Port = 0 },
 			wantKey: "advanced.vm.agent.port", wantEnv: "ATELIER_AGENT_PORT"},
 		{name: "registry port", mutate: func(c *Config) { c.Advanced.Server.Verdaccio.Port = 0 },
@@ -91,8 +112,8 @@ func TestValidate(t *testing.T) {
 		}, wantKey: "domain.ssh.port", wantEnv: "ATELIER_SSH_PROXY_PORT", wantMsg: "server.port"},
 		{name: "registry on the server port", mutate: func(c *Config) { c.Advanced.Server.Verdaccio.Port = 4000 },
 			wantKey: "advanced.server.verdaccio.port", wantEnv: "ATELIER_REGISTRY_PORT", wantMsg: "server.port"},
-		{name: "guest services share a port", mutate: func(c *Config) { c.Advanced.VM.Terminal.Port = 8080 },
-			wantKey: "advanced.vm.terminal.port", wantEnv: "ATELIER_TERMINAL_PORT", wantMsg: "advanced.vm.vscode.port"},
+		{name: "guest services share a port", mutate: func(c *Config) { c.Advanced.VM.Browser.Port = 8080 },
+			wantKey: "advanced.vm.browser.port", wantEnv: "ATELIER_BROWSER_PORT", wantMsg: "advanced.vm.vscode.port"},
 		{name: "vsock agent may reuse a TCP port", mutate: func(c *Config) { c.Advanced.VM.Agent.Port = 8080 }},
 		{name: "guest and host ports are separate", mutate: func(c *Config) { c.Advanced.VM.VSCode.Port = 4000 }},
 
@@ -448,6 +469,22 @@ func TestDNSNameError(t *testing.T) {
 	for _, s := range invalid {
 		if dnsNameError(s) == "" {
 			t.Errorf("%q accepted, want invalid", s)
+		}
+	}
+}
+
+// The database URL may carry a password: a problem with it never quotes it.
+func TestDatabaseURLNeverEchoed(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"mysql://u:hunter2hunter2@db/x", "postgres://u:hunter2hunter2@db.example/x", "postgres://u:hunter2hunter2@%zz/x"} {
+		c := validMock()
+		c.Advanced.Server.Database.URL = u
+		err := c.Validate()
+		if err == nil {
+			t.Fatalf("%s: valid, want a problem", u)
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("problem quotes the password: %v", err)
 		}
 	}
 }

@@ -22,6 +22,13 @@
 // serialized, so live events arrive in increasing id order. If Replay returns
 // limit events, page with Replay(ctx, last, limit) until fewer come back.
 //
+// With a shared store (Postgres, several manager replicas) the bus tails
+// the event table instead: Publish only persists, and Run fans out every
+// event of the table, whichever replica wrote it, in id order (the store
+// commits event ids in order). Subscribers and the pattern above are
+// unchanged; live events lag by at most TailEvery for other replicas' events
+// and not at all for this one's (Publish wakes the tail).
+//
 // A subscriber that does not keep up is dropped: its channel is closed, and
 // the client resumes from its last id. One slow SSE client never stalls the
 // lifecycle that publishes.
@@ -43,6 +50,9 @@ const (
 	SandboxCreated = "sandbox.created"
 	SandboxUpdated = "sandbox.updated"
 	SandboxDeleted = "sandbox.deleted"
+	// SystemReconciled carries what a reconciler pass fixed (sandbox.Report);
+	// the API streams system.* events to admins only.
+	SystemReconciled = "system.reconciled"
 )
 
 const (
@@ -55,6 +65,9 @@ const (
 	SubscriberBuffer = 256
 	// DefaultReplayLimit applies when Replay is asked for limit <= 0.
 	DefaultReplayLimit = 1000
+	// TailEvery is how often a tailing bus reads the table for events
+	// other replicas wrote.
+	TailEvery = 200 * time.Millisecond
 )
 
 // Bus persists and fans out events.
@@ -72,6 +85,12 @@ type Bus struct {
 	buf   int
 	keep  int
 	every time.Duration
+
+	// tail: fan out from the table (shared store), see the package doc.
+	tail      bool
+	tailEvery time.Duration
+	kick      chan struct{}
+	leader    func() bool
 }
 
 type subscriber struct {
@@ -90,8 +109,16 @@ func New(st *store.Store, log *slog.Logger) *Bus {
 		buf:   SubscriberBuffer,
 		keep:  Keep,
 		every: TrimEvery,
+
+		tail:      st.Backend() == "postgres",
+		tailEvery: TailEvery,
+		kick:      make(chan struct{}, 1),
 	}
 }
+
+// SetLeader makes Run trim the table only while leader() is true: with
+// several managers on one store, one trims. Call before Run.
+func (b *Bus) SetLeader(leader func() bool) { b.leader = leader }
 
 // Publish persists an event, then hands it to every subscriber without
 // blocking. data is encoded as JSON.
@@ -105,6 +132,13 @@ func (b *Bus) Publish(ctx context.Context, typ, sandboxID string, data any) (sto
 	ev, err := b.st.AppendEvent(ctx, store.Event{Type: typ, SandboxID: sandboxID, Data: raw})
 	if err != nil {
 		return store.Event{}, fmt.Errorf("persist %s event: %w", typ, err)
+	}
+	if b.tail {
+		select {
+		case b.kick <- struct{}{}:
+		default:
+		}
+		return ev, nil
 	}
 	b.fanOut(ev)
 	return ev, nil
@@ -184,18 +218,70 @@ func (b *Bus) Trim(ctx context.Context) error {
 	return nil
 }
 
-// Run trims the event table at start and every TrimEvery until ctx is done.
+// Run trims the event table at start and every TrimEvery until ctx is done
+// (only while leading, see SetLeader) and, on a shared store, tails it.
 func (b *Bus) Run(ctx context.Context) {
+	if b.tail {
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() { defer close(done); b.runTail(ctx) }()
+	}
 	t := time.NewTicker(b.every)
 	defer t.Stop()
 	for {
-		if err := b.Trim(ctx); err != nil && ctx.Err() == nil {
-			b.log.Warn("trim events", "err", err)
+		if b.leader == nil || b.leader() {
+			if err := b.Trim(ctx); err != nil && ctx.Err() == nil {
+				b.log.Warn("trim events", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// runTail fans out every event committed after it starts. Earlier ones are
+// history, which subscribers get from Replay.
+func (b *Bus) runTail(ctx context.Context) {
+	last, err := b.st.LatestEventID(ctx)
+	for err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		b.log.Warn("tail events: read the latest id", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		last, err = b.st.LatestEventID(ctx)
+	}
+	t := time.NewTicker(b.tailEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-b.kick:
+		}
+		for {
+			evs, err := b.st.EventsSince(ctx, last, DefaultReplayLimit)
+			if err != nil {
+				if ctx.Err() == nil {
+					b.log.Warn("tail events", "after_id", last, "err", err)
+				}
+				break
+			}
+			for _, ev := range evs {
+				b.fanOut(ev)
+				last = ev.ID
+			}
+			if len(evs) < DefaultReplayLimit {
+				break
+			}
 		}
 	}
 }

@@ -150,6 +150,16 @@ func serveMain(args []string) int {
 	})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// The agent's stdout is the host's log keeper pipe: should the keeper
+	// die, a log line must not kill the agent (Go exits on SIGPIPE from a
+	// write to fd 1 or 2 unless the signal is handled). Handled, not
+	// ignored, so the commands it starts get the default SIGPIPE back.
+	sigpipe := make(chan os.Signal, 1)
+	signal.Notify(sigpipe, syscall.SIGPIPE)
+	go func() {
+		for range sigpipe {
+		}
+	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 2)

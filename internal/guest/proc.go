@@ -165,6 +165,14 @@ func (s *Server) defaultDir(id *identity) string {
 	if s.opts.WorkDir != "" {
 		return s.opts.WorkDir
 	}
+	// The image's user (SSH and terminals log in as it) starts in the
+	// image's workdir, as its services do. The manifest is read at boot,
+	// before the agent serves, and never changes after.
+	if sup := s.sup; sup != nil && sup.img != nil && sup.img.Workdir != "" && id.name == sup.img.User {
+		if fi, err := os.Stat(sup.img.Workdir); err == nil && fi.IsDir() {
+			return sup.img.Workdir
+		}
+	}
 	if id.home != "" {
 		if fi, err := os.Stat(id.home); err == nil && fi.IsDir() {
 			return id.home

@@ -407,3 +407,37 @@ func portHolder(t *testing.T, port int) int {
 	t.Fatalf("no process holds port %d", port)
 	return 0
 }
+
+// The image's user starts in the image's workdir (SSH sessions and
+// terminals give no cwd); another user keeps its home.
+func TestImageUserStartsInWorkdir(t *testing.T) {
+	dir := t.TempDir()
+	workdir := filepath.Join(dir, "workspace")
+	if err := os.Mkdir(workdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := &manifest.Manifest{Schema: manifest.Schema, ID: "test", User: me(t), Workdir: workdir}
+	write := func(dir string, m *manifest.Manifest) string {
+		b, _ := m.Marshal()
+		p := filepath.Join(dir, "image.json")
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// No --workdir: the agent as the images start it.
+	mp := write(dir, m)
+	a := startAgent(t, func(o *Options) { o.ManifestPath, o.StateDir, o.WorkDir = mp, filepath.Join(dir, "state"), "" })
+	res, err := a.c.Exec(ctxT(t, 10*time.Second), agent.ExecRequest{Shell: "pwd"})
+	if err != nil || strings.TrimSpace(res.Stdout) != workdir {
+		t.Fatalf("pwd of the image's user: %+v %v, want %s", res, err, workdir)
+	}
+	other := &manifest.Manifest{Schema: manifest.Schema, ID: "test", User: "nobody-else", Workdir: workdir}
+	dir2 := t.TempDir()
+	mp2 := write(dir2, other)
+	b := startAgent(t, func(o *Options) { o.ManifestPath, o.StateDir, o.WorkDir = mp2, filepath.Join(dir2, "state"), "" })
+	res, err = b.c.Exec(ctxT(t, 10*time.Second), agent.ExecRequest{Shell: "pwd"})
+	if err != nil || strings.TrimSpace(res.Stdout) == workdir {
+		t.Fatalf("pwd of a user that is not the image's: %+v %v", res, err)
+	}
+}

@@ -262,11 +262,36 @@ func firecrackerCheck(cfg *config.Config) Result {
 		}
 	}
 	if len(missing) == 0 {
-		return Result{Name: "firecracker", Status: OK, Detail: "Firecracker " + fc.Version + " at " + fc.BinaryPath}
+		return firecrackerVersion(fc)
 	}
 	return Result{Name: "firecracker", Status: Fail, Detail: "missing " + strings.Join(missing, ", "),
 		Fix: fmt.Sprintf("install Firecracker v%[1]s: unpack firecracker-v%[1]s-x86_64.tgz from the Firecracker releases and copy its firecracker and jailer binaries to %s and %s (advanced.server.firecracker.binaryPath, jailerPath)",
 			fc.Version, fc.BinaryPath, fc.JailerPath)}
+}
+
+// firecrackerVersion compares what the binary says it is with
+// advanced.server.firecracker.version, the release the driver's API calls
+// follow: another release may refuse or misread them.
+func firecrackerVersion(fc config.Firecracker) Result {
+	r := Result{Name: "firecracker"}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, fc.BinaryPath, "--version").Output()
+	have := ""
+	if f := strings.Fields(string(out)); err == nil && len(f) >= 2 && f[0] == "Firecracker" {
+		have = strings.TrimPrefix(f[1], "v")
+	}
+	switch {
+	case have == "":
+		r.Status, r.Detail = Warn, fmt.Sprintf("%s --version did not name a Firecracker release (%v)", fc.BinaryPath, err)
+		r.Fix = fmt.Sprintf("install Firecracker v%s at %s (advanced.server.firecracker.binaryPath)", fc.Version, fc.BinaryPath)
+	case have != fc.Version:
+		r.Status, r.Detail = Warn, fmt.Sprintf("%s is Firecracker %s, not %s", fc.BinaryPath, have, fc.Version)
+		r.Fix = fmt.Sprintf("install Firecracker v%s (the release Atelier's API calls follow), or set advanced.server.firecracker.version to %s if you mean to run it", fc.Version, have)
+	default:
+		r.Status, r.Detail = OK, "Firecracker "+have+" at "+fc.BinaryPath
+	}
+	return r
 }
 
 func userNSCheck(proc string) Result {

@@ -165,3 +165,40 @@ func find(t *testing.T, rep Report, name string) Result {
 	t.Fatalf("no check %q in %+v", name, rep.Results)
 	return Result{}
 }
+
+// TestFirecrackerVersion: advanced.server.firecracker.version is checked
+// against what the installed binary says it is.
+func TestFirecrackerVersion(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "firecracker")
+	write := func(script string) {
+		if err := os.WriteFile(bin, []byte("#!/bin/sh\n"+script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := config.Default()
+	fc := &cfg.Advanced.Server.Firecracker
+	fc.BinaryPath, fc.JailerPath, fc.Version = bin, "", "1.14.1"
+	for _, c := range []struct {
+		script string
+		want   Status
+		detail string
+	}{
+		{"echo 'Firecracker v1.14.1'; echo; echo 'Supported snapshot data format versions: v8.0.0'", OK, "Firecracker 1.14.1 at"},
+		{"echo 'Firecracker v1.7.0'", Warn, "is Firecracker 1.7.0, not 1.14.1"},
+		{"echo hello", Warn, "did not name a Firecracker release"},
+		{"exit 3", Warn, "did not name a Firecracker release"},
+	} {
+		write(c.script)
+		r := firecrackerCheck(cfg)
+		if r.Status != c.want || !strings.Contains(r.Detail, c.detail) {
+			t.Errorf("%q: %+v, want %s with %q", c.script, r, c.want, c.detail)
+		}
+	}
+	if err := os.Remove(bin); err != nil {
+		t.Fatal(err)
+	}
+	if r := firecrackerCheck(cfg); r.Status != Fail || !strings.Contains(r.Fix, "v1.14.1") {
+		t.Errorf("missing binary: %+v", r)
+	}
+}

@@ -443,14 +443,22 @@ type firewallState struct {
 	drops  Drops
 	// guard: the forward chain drops routing from the egress (see inetRules).
 	guard bool
+	// missing are the expectedDrops whose rule is not in the tables.
+	missing []string
 }
 
+// expectedDrops are the commented drop rules every firewall Setup builds has
+// (the routing guard depends on ip_forward, so it is not among them): one
+// missing means the isolation it stands for is gone, whatever else is there.
+var expectedDrops = []string{cmtSpoof, cmtBridged, cmtBridgedIn, cmtRouted, cmtHost, cmtPrivate, cmtFwdOut, cmtFwdIn}
+
 func (m *Manager) firewallStatus() (firewallState, error) {
-	st := firewallState{tables: []string{}}
+	st := firewallState{tables: []string{}, missing: []string{}}
 	c, err := m.nft()
 	if err != nil {
 		return st, err
 	}
+	seen := map[string]bool{}
 	inet, br := ourTables()
 	for _, t := range []*nftables.Table{inet, br} {
 		tabs, err := c.ListTablesOfFamily(t.Family)
@@ -476,6 +484,7 @@ func (m *Manager) firewallStatus() (firewallState, error) {
 			st.rules += len(rules)
 			for _, r := range rules {
 				cmt, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+				seen[cmt] = true
 				if cmt == cmtGuard {
 					st.guard = true
 				}
@@ -500,6 +509,11 @@ func (m *Manager) firewallStatus() (firewallState, error) {
 					}
 				}
 			}
+		}
+	}
+	for _, cmt := range expectedDrops {
+		if !seen[cmt] {
+			st.missing = append(st.missing, cmt)
 		}
 	}
 	return st, nil

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
 	"github.com/vishvananda/netlink"
 
 	"atelier/internal/store"
@@ -110,6 +111,9 @@ func TestSetupIsIdempotent(t *testing.T) {
 	if st.Rules == 0 || st.Rules != first.Rules {
 		t.Errorf("rules: %d after the first setup, %d after the second", first.Rules, st.Rules)
 	}
+	if len(st.FirewallMissing) != 0 {
+		t.Errorf("a fresh firewall misses %v", st.FirewallMissing)
+	}
 	if tabs := tp.hostTables(t); len(tabs) != 2 {
 		t.Errorf("host netns tables after two setups: %v", tabs)
 	}
@@ -117,6 +121,54 @@ func TestSetupIsIdempotent(t *testing.T) {
 	must(t, err)
 	if br.Attrs().HardwareAddr.String() != "02:00:ac:10:00:01" {
 		t.Errorf("bridge MAC %s", br.Attrs().HardwareAddr)
+	}
+}
+
+// TestStatusNamesMissingRules: the System page's firewall check names a drop
+// rule someone deleted by hand, and a Setup puts it back.
+func TestStatusNamesMissingRules(t *testing.T) {
+	tp := newTopo(t, LinkTAP)
+	ctx := context.Background()
+	must(t, tp.m.Setup(ctx))
+	c, err := tp.m.nft()
+	must(t, err)
+	_, br := ourTables()
+	chains, err := c.ListChainsOfTableFamily(br.Family)
+	must(t, err)
+	deleted := 0
+	for _, ch := range chains {
+		if ch.Table == nil || ch.Table.Name != br.Name {
+			continue
+		}
+		rules, err := c.GetRules(br, ch)
+		must(t, err)
+		for _, r := range rules {
+			if cmt, _ := userdata.GetString(r.UserData, userdata.TypeComment); cmt == cmtSpoof {
+				must(t, c.DelRule(r))
+				deleted++
+			}
+		}
+	}
+	must(t, c.Flush())
+	if deleted != 1 {
+		t.Fatalf("deleted %d spoof rules, want 1", deleted)
+	}
+	st, err := tp.m.Status(ctx)
+	must(t, err)
+	if !slices.Equal(st.FirewallMissing, []string{cmtSpoof}) {
+		t.Errorf("missing after deleting the spoof rule: %v", st.FirewallMissing)
+	}
+	must(t, tp.m.Setup(ctx))
+	st, err = tp.m.Status(ctx)
+	must(t, err)
+	if len(st.FirewallMissing) != 0 {
+		t.Errorf("missing after setup again: %v", st.FirewallMissing)
+	}
+	must(t, tp.m.Teardown(ctx))
+	st, err = tp.m.Status(ctx)
+	must(t, err)
+	if len(st.FirewallMissing) != len(expectedDrops) {
+		t.Errorf("missing after teardown: %v, want all %d", st.FirewallMissing, len(expectedDrops))
 	}
 }
 

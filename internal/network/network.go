@@ -573,6 +573,9 @@ type Status struct {
 	Links                []LinkInfo `json:"links"`
 	// Namespaces are the sandbox ids that have a named netns.
 	Namespaces []string `json:"namespaces"`
+	// FirewallMissing names the drop rules (by comment) Setup puts in
+	// place that are not there now; empty when the firewall is whole.
+	FirewallMissing []string `json:"firewallMissing"`
 }
 
 // Drops are the packet counters of the firewall's drop rules.
@@ -600,7 +603,7 @@ func (m *Manager) Status(ctx context.Context) (Status, error) {
 		return Status{}, fmt.Errorf("network status: %w", err)
 	}
 	defer m.mu.Unlock()
-	st := Status{Bridge: m.opts.Bridge, BridgeAddrs: []string{}, Tables: []string{}, Links: []LinkInfo{}, Namespaces: []string{}}
+	st := Status{Bridge: m.opts.Bridge, BridgeAddrs: []string{}, Tables: []string{}, Links: []LinkInfo{}, Namespaces: []string{}, FirewallMissing: []string{}}
 	br, err := m.h.LinkByName(m.opts.Bridge)
 	switch {
 	case isLinkNotFound(err):
@@ -641,7 +644,7 @@ func (m *Manager) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return st, fmt.Errorf("network status: %w", err)
 	}
-	st.Tables, st.Rules, st.Drops, st.RoutingGuard = fw.tables, fw.rules, fw.drops, fw.guard
+	st.Tables, st.Rules, st.Drops, st.RoutingGuard, st.FirewallMissing = fw.tables, fw.rules, fw.drops, fw.guard, fw.missing
 	if st.Links, err = m.linkInfos(); err != nil {
 		return st, fmt.Errorf("network status: %w", err)
 	}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
+	"atelier/internal/events"
 	"atelier/internal/store"
 )
 
@@ -36,6 +38,72 @@ type Report struct {
 	Volumes       int `json:"volumes" doc:"Volumes of no sandbox, removed."`
 	Leases        int `json:"leases" doc:"IP leases of no sandbox, or of errored ones, released."`
 	JournalClosed int `json:"journalClosed" doc:"Journal steps left open by a crash, closed as failed."`
+	// Fixes names each fix; the counts above are their tally by kind.
+	Fixes []Fix `json:"fixes" doc:"Each fix, in the order made (a preview: what a pass would do now)."`
+}
+
+// Fix is one thing a reconciler pass fixed, or in a preview would fix.
+type Fix struct {
+	At        time.Time `json:"at"`
+	SandboxID string    `json:"sandboxId" doc:"The sandbox the fixed row or resource belongs to (or, for an orphan, the id it names)."`
+	Kind      string    `json:"kind" enum:"interrupted,destroyed,dead,runtime,link,volume,lease,journal" doc:"The metric label of atelier_reconciler_fixes_total."`
+	Detail    string    `json:"detail" doc:"What was done, in words."`
+}
+
+// RecentFixesKept is how many fixes RecentFixes remembers.
+const RecentFixesKept = 50
+
+// fixLog remembers the newest fixes of real passes and when the last pass
+// ran, for the System page; it lives in memory (the log and the metric are
+// the durable record).
+type fixLog struct {
+	mu     sync.Mutex
+	ring   []Fix // oldest first, at most RecentFixesKept
+	last   time.Time
+	passes int64
+}
+
+func (l *fixLog) add(at time.Time, fixes []Fix) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.last = at
+	l.passes++
+	l.ring = append(l.ring, fixes...)
+	if n := len(l.ring) - RecentFixesKept; n > 0 {
+		l.ring = append([]Fix(nil), l.ring[n:]...)
+	}
+}
+
+// ReconcilerState is what the reconciler has done lately.
+type ReconcilerState struct {
+	// Fixes are the newest fixes, newest first.
+	Fixes []Fix `json:"fixes" doc:"The newest fixes of the reconciler's passes (at most 50), newest first."`
+	// LastPass is zero before the first pass.
+	LastPass time.Time `json:"lastPass" doc:"When the last pass ended (zero time before the first)."`
+	Passes   int64     `json:"passes" doc:"Passes since the manager started."`
+}
+
+// RecentFixes reports the newest fixes of real passes (previews are not
+// remembered), newest first, and when the last pass ran.
+func (s *Service) RecentFixes() ReconcilerState {
+	s.fixes.mu.Lock()
+	defer s.fixes.mu.Unlock()
+	out := ReconcilerState{Fixes: make([]Fix, 0, len(s.fixes.ring)), LastPass: s.fixes.last, Passes: s.fixes.passes}
+	for i := len(s.fixes.ring) - 1; i >= 0; i-- {
+		out.Fixes = append(out.Fixes, s.fixes.ring[i])
+	}
+	return out
+}
+
+// pass is one reconciler run; dry passes only record what they would fix.
+type pass struct {
+	rep Report
+	dry bool
+}
+
+func (p *pass) fix(n *int, kind, id, detail string) {
+	*n++
+	p.rep.Fixes = append(p.rep.Fixes, Fix{At: time.Now().UTC(), SandboxID: id, Kind: kind, Detail: detail})
 }
 
 func (r Report) total() int {
@@ -94,39 +162,68 @@ func (s *Service) PruneJournal(ctx context.Context) {
 // and resources that belong to no live sandbox are removed. At start-up
 // (startup true) journal steps still open were interrupted and are closed.
 func (s *Service) Reconcile(ctx context.Context, startup bool) (Report, error) {
-	var rep Report
+	rep, err := s.reconcile(ctx, startup, false)
+	s.count(rep)
+	s.fixes.add(time.Now().UTC(), rep.Fixes)
+	if rep.total() > 0 {
+		s.log.Info("reconciled", "interrupted", rep.Interrupted, "destroyed", rep.Destroyed, "dead", rep.Dead,
+			"runtimes", rep.Runtimes, "links", rep.Links, "volumes", rep.Volumes, "leases", rep.Leases, "journal", rep.JournalClosed)
+		s.publishFixes(ctx, rep)
+	}
+	return rep, err
+}
+
+// PreviewReconcile reports what a pass would fix now, changing nothing: the
+// cleanup dialog shows it before an admin confirms. A sandbox this process
+// is working on is skipped, as a real pass skips it.
+func (s *Service) PreviewReconcile(ctx context.Context) (Report, error) {
+	return s.reconcile(ctx, false, true)
+}
+
+// publishFixes tells admins' event streams (GET /api/events shows system.*
+// events to admins only) what a pass fixed, so the System page follows the
+// reconciler without polling.
+func (s *Service) publishFixes(ctx context.Context, rep Report) {
+	if s.bus == nil {
+		return
+	}
+	if n := len(rep.Fixes) - RecentFixesKept; n > 0 {
+		rep.Fixes = rep.Fixes[n:]
+	}
+	if _, err := s.bus.Publish(context.WithoutCancel(ctx), events.SystemReconciled, "", rep); err != nil {
+		s.log.Warn("publish reconciler fixes", "err", err)
+	}
+}
+
+func (s *Service) reconcile(ctx context.Context, startup, dry bool) (Report, error) {
+	p := &pass{dry: dry, rep: Report{Fixes: []Fix{}}}
 	var errs []error
 	rows, err := s.st.ListSandboxes(ctx, store.SandboxFilter{NoTimings: true})
 	if err != nil {
-		return rep, fmt.Errorf("reconcile: %w", err)
+		return p.rep, fmt.Errorf("reconcile: %w", err)
 	}
 	known := map[string]store.Sandbox{}
 	for _, sb := range rows {
 		known[sb.ID] = sb
-		if err := s.reconcileRow(ctx, sb, &rep); err != nil {
+		if err := s.reconcileRow(ctx, sb, p); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if startup {
+	if startup && !dry {
 		ops, err := s.st.OpenOps(ctx)
 		if err != nil {
 			errs = append(errs, err)
 		}
 		for _, o := range ops {
 			if err := s.st.SetOpState(ctx, o.ID, store.OpFailed, "interrupted: the manager stopped during this step"); err == nil {
-				rep.JournalClosed++
+				p.fix(&p.rep.JournalClosed, "journal", o.SandboxID, fmt.Sprintf("the %s step %s was left open by a stop: close it as failed", o.Op, o.Step))
 			}
 		}
 	}
-	if err := s.reapOrphans(ctx, known, &rep); err != nil {
+	if err := s.reapOrphans(ctx, known, p); err != nil {
 		errs = append(errs, err)
 	}
-	s.count(rep)
-	if rep.total() > 0 {
-		s.log.Info("reconciled", "interrupted", rep.Interrupted, "destroyed", rep.Destroyed, "dead", rep.Dead,
-			"runtimes", rep.Runtimes, "links", rep.Links, "volumes", rep.Volumes, "leases", rep.Leases, "journal", rep.JournalClosed)
-	}
-	return rep, errors.Join(errs...)
+	return p.rep, errors.Join(errs...)
 }
 
 func (s *Service) count(rep Report) {
@@ -147,41 +244,51 @@ func (s *Service) busy(id string) bool {
 	return s.inflight[id] != nil
 }
 
-func (s *Service) reconcileRow(ctx context.Context, sb store.Sandbox, rep *Report) error {
+func (s *Service) reconcileRow(ctx context.Context, sb store.Sandbox, p *pass) error {
 	id := sb.ID
 	if s.busy(id) {
 		return nil
 	}
-	// Never wait behind a lifecycle operation: the next pass will see it.
-	lctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-	unlock, err := s.locks.Lock(lctx, id)
-	cancel()
-	if err != nil {
-		return nil
-	}
-	defer unlock()
-	if sb, err = s.st.GetSandbox(ctx, id); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
+	// A preview changes nothing, so it needs no lock and reads the listed row.
+	if !p.dry {
+		// Never wait behind a lifecycle operation: the next pass will see it.
+		lctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		unlock, err := s.locks.Lock(lctx, id)
+		cancel()
+		if err != nil {
 			return nil
 		}
-		return err
+		defer unlock()
+		if sb, err = s.st.GetSandbox(ctx, id); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil
+			}
+			return err
+		}
+		if s.busy(id) {
+			return nil
+		}
 	}
-	if s.busy(id) {
-		return nil
-	}
+	rep := &p.rep
 	bg := context.WithoutCancel(ctx)
 	hooks := s.hooks.Load()
 	log := s.log.With("sandbox_id", id)
 
 	switch sb.Status {
 	case store.StatusDestroying:
-		rep.Destroyed++
+		p.fix(&rep.Destroyed, "destroyed", id, "a destroy the manager was interrupted in: finish it")
+		if p.dry {
+			return nil
+		}
 		log.Info("finishing an interrupted destroy")
 		return s.finishDestroy(bg, sb)
 
 	case store.StatusCreating:
 		// No job runs it in this process: the manager crashed mid-create.
-		rep.Interrupted++
+		p.fix(&rep.Interrupted, "interrupted", id, "a create the manager was interrupted in: undo it, mark the sandbox error")
+		if p.dry {
+			return nil
+		}
 		log.Info("undoing an interrupted create")
 		errs := []error{
 			s.drv.Runtime.Destroy(bg, id), s.drv.Volumes.Delete(bg, id), s.drv.Network.Detach(bg, id),
@@ -190,7 +297,15 @@ func (s *Service) reconcileRow(ctx context.Context, sb store.Sandbox, rep *Repor
 		return s.settle(bg, sb, store.StatusError, "create interrupted by a manager restart; destroy it or start it again", errs)
 
 	case store.StatusStarting, store.StatusStopping:
-		rep.Interrupted++
+		to := store.StatusError
+		if sb.Status == store.StatusStopping {
+			to = store.StatusStopped
+		}
+		p.fix(&rep.Interrupted, "interrupted", id, fmt.Sprintf("a %s the manager was interrupted in: mark the sandbox %s", map[store.Status]string{
+			store.StatusStarting: "start", store.StatusStopping: "stop"}[sb.Status], to))
+		if p.dry {
+			return nil
+		}
 		log.Info("settling an interrupted operation", "status", sb.Status)
 		errs := []error{s.drv.Runtime.Stop(bg, id), s.drv.Network.Detach(bg, id), optional(hooks.OnStopped)(bg, id)}
 		if sb.Status == store.StatusStopping {
@@ -204,7 +319,10 @@ func (s *Service) reconcileRow(ctx context.Context, sb store.Sandbox, rep *Repor
 		if err != nil || alive {
 			return err
 		}
-		rep.Dead++
+		p.fix(&rep.Dead, "dead", id, "its runtime exited: mark the sandbox error, release its address")
+		if p.dry {
+			return nil
+		}
 		log.Warn("runtime exited unexpectedly")
 		s.agents.drop(id)
 		s.svc.drop(id)
@@ -221,15 +339,19 @@ func (s *Service) reconcileRow(ctx context.Context, sb store.Sandbox, rep *Repor
 			}
 		}
 		if alive, err := s.drv.Runtime.Alive(bg, id); err != nil || alive {
-			if alive {
+			if alive && !p.dry {
 				return s.drv.Runtime.Stop(bg, id)
 			}
 			return err
 		}
+		if p.dry {
+			p.fix(&rep.Leases, "lease", id, "an errored sandbox holds an address: release it")
+			return nil
+		}
 		if err := errors.Join(s.drv.Network.Detach(bg, id), s.st.ReleaseLease(bg, id)); err != nil {
 			return err
 		}
-		rep.Leases++
+		p.fix(&rep.Leases, "lease", id, "an errored sandbox holds an address: release it")
 		_, err := s.st.UpdateSandbox(bg, id, func(x *store.Sandbox) { x.IP, x.MAC = "", "" })
 		return err
 	}
@@ -253,7 +375,7 @@ func (s *Service) settle(ctx context.Context, sb store.Sandbox, to store.Status,
 
 // reapOrphans removes host resources and leases whose sandbox is gone. A
 // resource whose id the store does not know is never Atelier's to keep.
-func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbox, rep *Report) error {
+func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbox, p *pass) error {
 	bg := context.WithoutCancel(ctx)
 	var errs []error
 	invp := s.inventory.Load()
@@ -274,7 +396,9 @@ func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbo
 	if inv.Volumes != nil {
 		volumes = func(ctx context.Context) ([]string, error) {
 			vs, err := inv.Volumes(ctx)
-			s.recordVolumes(ctx, known, vs)
+			if !p.dry {
+				s.recordVolumes(ctx, known, vs)
+			}
 			ids := make([]string, 0, len(vs))
 			for _, v := range vs {
 				ids = append(ids, v.ID)
@@ -287,11 +411,12 @@ func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbo
 		remove func(context.Context, string) error
 		n      *int
 		name   string
+		what   string
 	}{
-		{inv.Runtimes, s.drv.Runtime.Destroy, &rep.Runtimes, "runtime"},
-		{inv.Links, s.drv.Network.Detach, &rep.Links, "link"},
+		{inv.Runtimes, s.drv.Runtime.Destroy, &p.rep.Runtimes, "runtime", "a runtime (guest process or container) of no sandbox: remove it"},
+		{inv.Links, s.drv.Network.Detach, &p.rep.Links, "link", "a network link of no sandbox: remove it"},
 		// Delete removes the volume from every driver present.
-		{volumes, s.drv.Volumes.Delete, &rep.Volumes, "volume"},
+		{volumes, s.drv.Volumes.Delete, &p.rep.Volumes, "volume", "a volume of no sandbox: remove it"},
 	}
 	for _, k := range kinds {
 		if k.list == nil {
@@ -308,11 +433,15 @@ func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbo
 				continue
 			}
 			seen[id] = true
+			if p.dry {
+				p.fix(k.n, k.name, id, k.what)
+				continue
+			}
 			if err := k.remove(bg, id); err != nil {
 				errs = append(errs, fmt.Errorf("remove orphan %s %s: %w", k.name, id, err))
 				continue
 			}
-			*k.n++
+			p.fix(k.n, k.name, id, k.what)
 			s.log.Info("removed orphan "+k.name, "sandbox_id", id)
 		}
 	}
@@ -324,11 +453,16 @@ func (s *Service) reapOrphans(ctx context.Context, known map[string]store.Sandbo
 		if !orphan(l.SandboxID) {
 			continue
 		}
+		what := "the address " + l.IP + " is leased to no sandbox: release it"
+		if p.dry {
+			p.fix(&p.rep.Leases, "lease", l.SandboxID, what)
+			continue
+		}
 		if err := s.st.ReleaseLease(bg, l.SandboxID); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		rep.Leases++
+		p.fix(&p.rep.Leases, "lease", l.SandboxID, what)
 		s.log.Info("released orphan lease", "sandbox_id", l.SandboxID, "ip", l.IP)
 	}
 	return errors.Join(errs...)

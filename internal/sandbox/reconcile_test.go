@@ -2,15 +2,28 @@ package sandbox_test
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
 
+	"atelier/internal/events"
 	"atelier/internal/sandbox"
 	"atelier/internal/store"
 )
+
+// counts is the report's tally without the list of fixes.
+func counts(r sandbox.Report) sandbox.Report {
+	r.Fixes = nil
+	return r
+}
+
+func hasFix(r sandbox.Report, kind, id string) bool {
+	return slices.ContainsFunc(r.Fixes, func(f sandbox.Fix) bool { return f.Kind == kind && f.SandboxID == id && f.Detail != "" })
+}
 
 // crashed leaves a sandbox row in status with every resource a crash at
 // that point would leave behind, as a killed manager would.
@@ -85,13 +98,59 @@ func TestReconcileAfterCrash(t *testing.T) {
 		Links:    func(context.Context) ([]string, error) { return e.nw.LinkIDs(), nil },
 		Volumes:  e.hostVolumes,
 	})
+	// The cleanup dialog's preview names what a pass would fix and changes nothing.
+	preview, err := svc.PreviewReconcile(ctx)
+	if err != nil {
+		t.Fatalf("preview: %v", err)
+	}
+	if got, want := counts(preview), (sandbox.Report{Interrupted: 3, Destroyed: 1, Dead: 1, Runtimes: 1, Links: 1, Volumes: 1, Leases: 1}); !reflect.DeepEqual(got, want) {
+		t.Fatalf("preview = %+v\nwant      %+v", got, want)
+	}
+	if !hasFix(preview, "dead", dead) || !hasFix(preview, "volume", orphan) || !hasFix(preview, "destroyed", destroying) {
+		t.Errorf("preview fixes do not name the sandboxes: %+v", preview.Fixes)
+	}
+	if got := e.status(t, dead).Status; got != store.StatusRunning {
+		t.Errorf("preview changed the dead sandbox to %s", got)
+	}
+	if got := e.vol.IDs(); !slices.Contains(got, orphan) {
+		t.Errorf("preview removed the orphan volume: %v", got)
+	}
+	if st := svc.RecentFixes(); len(st.Fixes) != 0 || st.Passes != 0 {
+		t.Errorf("a preview was remembered as a pass: %+v", st)
+	}
+
+	live, cancel := e.bus.Subscribe()
+	defer cancel()
 	rep, err := svc.Reconcile(ctx, true)
 	if err != nil {
 		t.Fatalf("reconcile: %v", err)
 	}
 	want := sandbox.Report{Interrupted: 3, Destroyed: 1, Dead: 1, Runtimes: 1, Links: 1, Volumes: 1, Leases: 1, JournalClosed: 1}
-	if rep != want {
-		t.Fatalf("report = %+v\nwant     %+v", rep, want)
+	if !reflect.DeepEqual(counts(rep), want) {
+		t.Fatalf("report = %+v\nwant     %+v", counts(rep), want)
+	}
+	if len(rep.Fixes) != 10 || !hasFix(rep, "journal", creating) {
+		t.Errorf("fixes = %+v, want 10 naming the closed journal step", rep.Fixes)
+	}
+	// The System page's ring holds them newest first, and admins' streams hear of the pass.
+	recent := svc.RecentFixes()
+	if len(recent.Fixes) != 10 || recent.Fixes[0] != rep.Fixes[9] || recent.Passes != 1 || recent.LastPass.IsZero() {
+		t.Errorf("recent fixes = %+v", recent)
+	}
+	var reconciled *store.Event
+	for reconciled == nil {
+		select {
+		case ev := <-live:
+			if ev.Type == events.SystemReconciled {
+				reconciled = &ev
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no system.reconciled event")
+		}
+	}
+	var evRep sandbox.Report
+	if err := json.Unmarshal(reconciled.Data, &evRep); err != nil || !reflect.DeepEqual(counts(evRep), want) || len(evRep.Fixes) != 10 {
+		t.Errorf("system.reconciled data = %s (%v)", reconciled.Data, err)
 	}
 
 	states := map[string]store.Status{
@@ -138,7 +197,7 @@ func TestReconcileAfterCrash(t *testing.T) {
 	}
 
 	// A second pass finds nothing more to do.
-	if rep, err := svc.Reconcile(ctx, false); err != nil || rep != (sandbox.Report{}) {
+	if rep, err := svc.Reconcile(ctx, false); err != nil || !reflect.DeepEqual(counts(rep), sandbox.Report{}) || len(rep.Fixes) != 0 {
 		t.Fatalf("second pass: %+v %v", rep, err)
 	}
 	// The settled sandboxes work again.

@@ -82,6 +82,8 @@ type Service struct {
 	stopWatch chan struct{}
 	// inventory lists host resources for the reconciler.
 	inventory atomic.Pointer[Inventory]
+	// fixes remembers the reconciler's newest fixes (RecentFixes).
+	fixes fixLog
 
 	// afterInsert, set only by tests, runs right after Create inserted the
 	// row, where a reconciler pass used to find a creating row with no job.
@@ -682,7 +684,14 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 		}, nil); err != nil {
 			return up, err
 		}
+		// Once, at create: a start must not overwrite what the user set.
+		// The identity comes before provisioning, whose git work may use it.
 		if create {
+			if err = p.step(StepGit, "", func(ctx context.Context) (string, error) {
+				return s.applyGitIdentity(ctx, sb)
+			}, nil); err != nil {
+				return up, err
+			}
 			if err = s.provision(p, sb); err != nil {
 				return up, err
 			}

@@ -26,6 +26,9 @@ type fakeAgent struct {
 	browser  string // the browser's state
 	applied  []agent.ServicesApply
 	requests []string
+	execs    []agent.ExecRequest
+	execExit int    // exit code of every exec
+	user     string // the image manifest's user; "" answers 404 (no manifest)
 }
 
 func (a *fakeAgent) list() agent.ProcessList {
@@ -52,6 +55,24 @@ func (a *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		l := a.list()
 		a.mu.Unlock()
 		json.NewEncoder(w).Encode(l)
+	case "GET /image":
+		a.mu.Lock()
+		u := a.user
+		a.mu.Unlock()
+		if u == "" {
+			w.WriteHeader(404)
+			json.NewEncoder(w).Encode(agent.Problem{Code: agent.CodeNotFound, Detail: "the image has no manifest"})
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]any{"user": u})
+	case "POST /exec":
+		var req agent.ExecRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		a.mu.Lock()
+		a.execs = append(a.execs, req)
+		code := a.execExit
+		a.mu.Unlock()
+		json.NewEncoder(w).Encode(agent.ExecResult{ExitCode: code, Stderr: map[bool]string{true: "git: not found"}[code != 0]})
 	case "GET /services":
 		time.Sleep(slow)
 		a.mu.Lock()
@@ -203,4 +224,85 @@ func mustGet(t *testing.T, e *env, id string) store.Sandbox {
 		t.Fatal(err)
 	}
 	return sb
+}
+
+// TestGitIdentityStep: create sets the sandbox user's git identity through
+// the agent, as argv with "--" before each key and value, run as the
+// image's user: the owner's GitHub name and no-reply address when known,
+// else sandbox.git.*; a start does not set it again, and a guest without
+// git is still created.
+func TestGitIdentityStep(t *testing.T) {
+	e, fa := newAgentEnv(t)
+	fa.mu.Lock()
+	fa.user = "dev"
+	fa.mu.Unlock()
+	e.cfg.Sandbox.Git.Name, e.cfg.Sandbox.Git.Email = "Default Person", "default@example.com"
+	execs := func() []agent.ExecRequest {
+		fa.mu.Lock()
+		defer fa.mu.Unlock()
+		out := fa.execs
+		fa.execs = nil
+		return out
+	}
+	check := func(name, email string) {
+		t.Helper()
+		got := execs()
+		want := [][]string{
+			{"git", "config", "--global", "--", "user.name", name},
+			{"git", "config", "--global", "--", "user.email", email},
+		}
+		if len(got) != 2 {
+			t.Fatalf("execs %+v, want two git config calls", got)
+		}
+		for i := range want {
+			if strings.Join(got[i].Argv, "\x00") != strings.Join(want[i], "\x00") || got[i].User != "dev" || got[i].Shell != "" {
+				t.Errorf("exec %d = %q as %q, want %q as dev", i, got[i].Argv, got[i].User, want[i])
+			}
+		}
+	}
+
+	// An owner the store does not know: the config's defaults.
+	sb := e.createRunning(t)
+	check("Default Person", "default@example.com")
+	if op := stepOf(t, e.st, sb.ID, sandbox.OpCreate, sandbox.StepGit); op.State != store.OpDone ||
+		op.Detail != "Default Person <default@example.com> (config) for dev" {
+		t.Fatalf("git step %+v", op)
+	}
+
+	// A GitHub user: their name, and the no-reply address of their account.
+	// A value that looks like an option stays a value.
+	if _, err := e.st.EnsureUser(ctxT(t), store.User{ID: "gh-ada", GitHubID: 42, Login: "ada", Name: "--Ada\nLovelace"}); err != nil {
+		t.Fatal(err)
+	}
+	sb2, err := e.svc.Create(ctxT(t), sandbox.CreateRequest{OwnerID: "gh-ada"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb2, err = e.svc.Wait(ctxT(t), sb2.ID); err != nil || sb2.Status != store.StatusRunning {
+		t.Fatalf("create: %+v %v", sb2, err)
+	}
+	check("--AdaLovelace", "42+ada@users.noreply.github.com")
+
+	// A start keeps whatever the user has set since.
+	if _, err := e.svc.Stop(ctxT(t), sb2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Start(ctxT(t), sb2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Wait(ctxT(t), sb2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := execs(); len(got) != 0 {
+		t.Errorf("start set the git identity again: %+v", got)
+	}
+
+	// No git in the image: noted, and the sandbox runs.
+	fa.mu.Lock()
+	fa.execExit = 127
+	fa.mu.Unlock()
+	sb3 := e.createRunning(t)
+	if op := stepOf(t, e.st, sb3.ID, sandbox.OpCreate, sandbox.StepGit); op.State != store.OpDone || !strings.HasPrefix(op.Detail, "not set: exit 127") {
+		t.Fatalf("git step without git %+v", op)
+	}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"atelier/internal/logkeeper"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -41,6 +42,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	logkeeper.MainIfKeeper()
 	if path := os.Getenv(envManager); path != "" {
 		os.Exit(runTestManager(path))
 	}

@@ -32,7 +32,7 @@ func (w withAgent) Check(ctx context.Context) error { return w.check(ctx) }
 // hostDrivers builds the production drivers: the configured runtime, the
 // host network (set up idempotently, re-adopting running sandboxes' links)
 // and the volume driver the host provides.
-func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slog.Logger) (sandbox.Drivers, sandbox.Inventory, error) {
+func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slog.Logger) (sandbox.Drivers, sandbox.Inventory, hostReports, error) {
 	var none sandbox.Drivers
 	kind := network.LinkTAP
 	if cfg.Sandbox.Runtime == "container" {
@@ -40,7 +40,7 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 	}
 	nopts, err := network.OptionsFromConfig(cfg, kind)
 	if err != nil {
-		return none, sandbox.Inventory{}, err
+		return none, sandbox.Inventory{}, hostReports{}, err
 	}
 	nopts.Log = log
 	if opts.Network != nil {
@@ -48,31 +48,35 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 	}
 	net, err := network.New(nopts)
 	if err != nil {
-		return none, sandbox.Inventory{}, err
+		return none, sandbox.Inventory{}, hostReports{}, err
 	}
 	if err := net.Setup(ctx); err != nil {
-		return none, sandbox.Inventory{}, fmt.Errorf("set up host network (atelier network setup): %w", err)
+		return none, sandbox.Inventory{}, hostReports{}, fmt.Errorf("set up host network (atelier network setup): %w", err)
 	}
 	vols, choice, err := pool.OpenSet(ctx, cfg, storage.Exec{}, log)
 	if err != nil {
-		return none, sandbox.Inventory{}, err
+		return none, sandbox.Inventory{}, hostReports{}, err
 	}
 	log.Info("storage driver chosen for new volumes", "driver", choice.Driver, "reason", choice.Reason,
 		"drivers_present", vols.Drivers())
 
+	logs, err := SandboxLogs(cfg, log)
+	if err != nil {
+		return none, sandbox.Inventory{}, hostReports{}, err
+	}
 	var rt withAgent
 	var listRuntimes func(context.Context) ([]string, error)
 	switch cfg.Sandbox.Runtime {
 	case "container":
 		copts := container.DefaultOptions(cfg.Sandbox.StateDir, cfg.Sandbox.LogDir)
-		copts.NetnsPath, copts.Log = net.NetnsPath, log
+		copts.NetnsPath, copts.Log, copts.Logs = net.NetnsPath, log, logs
 		copts.UserNS = container.UserNSMode(cfg.Sandbox.Container.UserNamespace)
 		if opts.Container != nil {
 			opts.Container(&copts)
 		}
 		d, err := container.New(copts)
 		if err != nil {
-			return none, sandbox.Inventory{}, err
+			return none, sandbox.Inventory{}, hostReports{}, err
 		}
 		rt = withAgent{d, func(id string) agent.Dialer { return agent.Dialer(d.AgentDialer(id)) },
 			// runc answers for its state dir: the binary runs and the root is readable.
@@ -94,13 +98,13 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 		}
 	case "firecracker":
 		fopts := firecracker.OptionsFromConfig(cfg)
-		fopts.Log = log
+		fopts.Log, fopts.Logs = log, logs
 		if err := firecracker.CheckKernel(fopts.Kernel, log); err != nil {
-			return none, sandbox.Inventory{}, err
+			return none, sandbox.Inventory{}, hostReports{}, err
 		}
 		d, err := firecracker.New(fopts)
 		if err != nil {
-			return none, sandbox.Inventory{}, err
+			return none, sandbox.Inventory{}, hostReports{}, err
 		}
 		rt = withAgent{d, func(id string) agent.Dialer { return agent.VsockDialer(d.AgentSocket(id), d.AgentPort()) },
 			func(ctx context.Context) error {
@@ -115,7 +119,7 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 			}}
 		listRuntimes = d.List
 	default:
-		return none, sandbox.Inventory{}, fmt.Errorf("sandbox.runtime %q: want firecracker or container", cfg.Sandbox.Runtime)
+		return none, sandbox.Inventory{}, hostReports{}, fmt.Errorf("sandbox.runtime %q: want firecracker or container", cfg.Sandbox.Runtime)
 	}
 	inv := sandbox.Inventory{
 		Runtimes: listRuntimes,
@@ -140,7 +144,7 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 			return out, err
 		},
 	}
-	return sandbox.Drivers{Runtime: rt, Network: net, Volumes: vols}, inv, nil
+	return sandbox.Drivers{Runtime: rt, Network: net, Volumes: vols}, inv, hostReports{vols: vols, net: net, kind: kind}, nil
 }
 
 // executableFile fails unless path is a regular file with an execute bit.

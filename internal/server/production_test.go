@@ -269,7 +269,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 	}
 	f := newFixture(t)
 	f.buildServicesImage(t)
-	createSteps := []string{"lease", "volume", "link", "boot", "agent", "services"}
+	createSteps := []string{"lease", "volume", "link", "boot", "agent", "services", "git"}
 	destroySteps := []string{"runtime", "volume", "link", "lease", "row"}
 	for _, step := range createSteps {
 		for _, when := range []string{"before", "after"} {

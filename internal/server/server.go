@@ -4,6 +4,7 @@
 package server
 
 import (
+	"atelier/internal/logkeeper"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"atelier/internal/config"
 	"atelier/internal/edge"
 	"atelier/internal/events"
+	"atelier/internal/image/catalog"
 	"atelier/internal/metrics"
 	"atelier/internal/network"
 	netmock "atelier/internal/network/mock"
@@ -31,6 +33,7 @@ import (
 	"atelier/internal/sandbox"
 	"atelier/internal/secretbox"
 	"atelier/internal/sshproxy"
+	"atelier/internal/storage/file"
 	stmock "atelier/internal/storage/mock"
 	"atelier/internal/store"
 	"atelier/internal/workspace"
@@ -51,6 +54,7 @@ type Server struct {
 	Log       *slog.Logger
 	Registry  *registry.Service
 	SSHProxy  *sshproxy.Proxy
+	Images    *catalog.Catalog
 
 	tcp      net.Listener
 	unix     net.Listener
@@ -87,6 +91,13 @@ type Options struct {
 	HTTPTimeouts HTTPTimeouts
 }
 
+// SandboxLogs are the keepers of the sandboxes' logs, with the config's
+// limits (sandbox.logMaxBytes, sandbox.logKeep); each is this binary run as
+// the hidden `atelier log-keeper`.
+func SandboxLogs(cfg *config.Config, log *slog.Logger) (*logkeeper.Keepers, error) {
+	return logkeeper.New(logkeeper.Options{MaxBytes: int64(cfg.Sandbox.LogMaxBytes), Keep: cfg.Sandbox.LogKeep, Log: log})
+}
+
 // mockDrivers are mock mode's: the real agent as a local process, network
 // and volumes in memory.
 func mockDrivers(cfg *config.Config) (sandbox.Drivers, error) {
@@ -97,7 +108,12 @@ func mockDrivers(cfg *config.Config) (sandbox.Drivers, error) {
 		if err != nil {
 			return sandbox.Drivers{}, fmt.Errorf("find own executable for the mock agent: %w", err)
 		}
+		logs, err := SandboxLogs(cfg, nil)
+		if err != nil {
+			return sandbox.Drivers{}, err
+		}
 		rt, err := process.New(process.Options{
+			Logs:      logs,
 			Command:   []string{exe, "agent"},
 			StateDir:  filepath.Join(cfg.Sandbox.StateDir, "mock"),
 			SocketDir: filepath.Join(cfg.Sandbox.StateDir, "sockets"),
@@ -130,6 +146,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	cfg = bindConfig(cfg, log)
 	drv := opts.Drivers
 	var inv *sandbox.Inventory
+	var reports api.HostReports
 	if drv == nil && cfg.Server.Mode == config.ModeMock {
 		d, err := mockDrivers(cfg)
 		if err != nil {
@@ -142,13 +159,16 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 			inv = &sandbox.Inventory{Runtimes: lister.List}
 		}
 	} else if drv == nil {
-		d, i, err := hostDrivers(ctx, cfg, opts, log)
+		d, i, r, err := hostDrivers(ctx, cfg, opts, log)
 		if err != nil {
 			return nil, err
 		}
-		drv, inv = &d, &i
+		drv, inv, reports = &d, &i, r
 	}
-	st, err := store.Open(ctx, cfg.Server.DataDir, store.WithLogger(log))
+	if reports == nil {
+		reports = mockReports{cfg: cfg, drv: *drv}
+	}
+	st, err := store.Open(ctx, cfg.Server.DataDir, store.WithLogger(log), store.WithDatabaseURL(cfg.Advanced.Server.Database.URL))
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -202,13 +222,14 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	s.health.registry = sup
 	s.Prebuilds = pbs
 	s.Provisioner = prov
+	s.Images = newCatalog(ctx, cfg, st, drv.Volumes, log)
 	if c, ok := drv.Runtime.(interface{ Check(context.Context) error }); ok {
 		s.health.runtime = c.Check
 	}
 	s.API = api.New(api.Deps{
 		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
 		Version: Version, Started: time.Now(), Registry: reg,
-		Edge: ed, Ready: s.readiness, Workspaces: wss, Prebuilds: pbs,
+		Edge: ed, Ready: s.readiness, Host: reports, Images: s.Images, Workspaces: wss, Prebuilds: pbs,
 	})
 	return s, nil
 }
@@ -410,4 +431,20 @@ func trustedPeer(c net.Conn) bool {
 		return false
 	}
 	return cred.Uid == 0 || int(cred.Uid) == os.Getuid()
+}
+
+// newCatalog opens the image catalog on the volume drivers and syncs it
+// from disk. Mock mode (and a test's own drivers) list the file driver's
+// images under the state dir. A failed sync is logged: the catalog serves
+// what the store last knew and syncs again on the next listing.
+func newCatalog(ctx context.Context, cfg *config.Config, st *store.Store, vols sandbox.Volumes, log *slog.Logger) *catalog.Catalog {
+	cv, ok := vols.(catalog.Volumes)
+	if !ok {
+		cv = file.New(file.Config{StateDir: cfg.Sandbox.StateDir, Log: log})
+	}
+	c := catalog.New(catalog.Options{Store: st, Volumes: cv, Log: log})
+	if err := c.Sync(ctx); err != nil {
+		log.Warn("image catalog sync at startup failed", "err", err)
+	}
+	return c
 }

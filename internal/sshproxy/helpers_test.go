@@ -1,6 +1,7 @@
 package sshproxy
 
 import (
+	"atelier/internal/logkeeper"
 	"bufio"
 	"context"
 	"crypto/ed25519"
@@ -36,6 +37,7 @@ var agentBin string
 // TestMain builds the real agent once: mock-mode sandboxes run it as a
 // local process, so the proxy talks to the same SSH server as in a VM.
 func TestMain(m *testing.M) {
+	logkeeper.MainIfKeeper()
 	if os.Getenv(benchClientEnv) != "" {
 		os.Exit(benchClientMain())
 	}

@@ -23,8 +23,12 @@ func (s *Store) AppendEvent(ctx context.Context, ev Event) (Event, error) {
 		data = string(ev.Data)
 	}
 	ev.CreatedAt = s.orNow(ev.CreatedAt)
-	err := s.w.QueryRowContext(ctx, `INSERT INTO events (type, sandbox_id, data, created_at) VALUES (?, ?, ?, ?)
+	// Inside the write lock: an event id is then committed only after every
+	// smaller one, so a replica tailing `id > last` never skips one.
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `INSERT INTO events (type, sandbox_id, data, created_at) VALUES (?, ?, ?, ?)
 		RETURNING id`, ev.Type, ev.SandboxID, data, fmtTime(ev.CreatedAt)).Scan(&ev.ID)
+	})
 	if err != nil {
 		return Event{}, fmt.Errorf("append event %s: %w", ev.Type, err)
 	}
@@ -35,11 +39,12 @@ func (s *Store) AppendEvent(ctx context.Context, ev Event) (Event, error) {
 // EventsSince returns events with ID > afterID in ascending order, at most
 // limit of them (limit <= 0: all).
 func (s *Store) EventsSince(ctx context.Context, afterID int64, limit int) ([]Event, error) {
-	if limit <= 0 {
-		limit = -1 // SQLite: no limit
+	q, args := `SELECT id, type, sandbox_id, data, created_at FROM events
+		WHERE id > ? ORDER BY id`, []any{afterID}
+	if limit > 0 {
+		q, args = q+` LIMIT ?`, append(args, limit)
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT id, type, sandbox_id, data, created_at FROM events
-		WHERE id > ? ORDER BY id LIMIT ?`, afterID, limit)
+	rows, err := s.r.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list events after %d: %w", afterID, err)
 	}

@@ -1,3 +1,37 @@
+// Migrations: the rules for anyone adding internal/store/migrations/00NN_name.sql.
+//
+// One set of files serves both backends, SQLite (embedded) and PostgreSQL
+// (advanced.server.database.url). Every migration runs on both in the store
+// tests (ATELIER_TEST_STRICT makes a missing Postgres a failure), so:
+//
+//   - Number: the next free NNNN, contiguous from 0001; never edit an applied file.
+//
+//   - Types: write TEXT, INTEGER, BLOB in capitals. On Postgres they become
+//     TEXT COLLATE "C" (bytewise order, as in SQLite), BIGINT, BYTEA, and
+//     `INTEGER PRIMARY KEY AUTOINCREMENT` an identity column. Booleans are
+//     INTEGER 0/1 with a CHECK; times are TEXT in the fixed-width RFC 3339
+//     layout of fmtTime (compare and sort them as text, never with date
+//     functions); JSON is TEXT.
+//
+//   - SQL: what both accept: CREATE TABLE/INDEX (partial indexes too),
+//     ALTER TABLE ADD COLUMN (one column per statement), CHECK, REFERENCES
+//     ... ON DELETE CASCADE, INSERT ... ON CONFLICT, RETURNING, CASE,
+//     coalesce, EXISTS, LIKE on ASCII. Not: INSERT OR REPLACE/IGNORE,
+//     strftime/datetime, typeof, PRAGMA, ALTER TABLE DROP/RENAME COLUMN,
+//     WITHOUT ROWID, untyped columns, `"` for strings.
+//
+//   - When a statement cannot be written for both (a data fix-up using date
+//     arithmetic, say), split only that statement:
+//
+//     -- dialect: sqlite
+//     UPDATE t SET at = strftime(...);
+//     -- dialect: postgres
+//     UPDATE t SET at = to_char(...);
+//     -- dialect: all
+//
+//   - Code: write `?` placeholders; the Postgres connection rebinds them.
+//     Write transactions go through Store.tx (serialised on both backends).
+//     Unique and foreign-key violations: isUnique, uniqueOn, isForeignKey.
 package store
 
 import (
@@ -53,21 +87,24 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 	return ms, nil
 }
 
-// migrate applies every embedded migration not yet recorded, each in its own
-// immediate transaction. db must be the write connection.
-func migrate(ctx context.Context, db *sql.DB) error {
-	ms, err := loadMigrations(migrationFS)
-	if err != nil {
-		return err
+// applyMigrations applies every migration of ms not yet recorded, each in
+// its own immediate transaction, as written for d (see forDialect; sqlite
+// when d is omitted). db must be the write connection.
+func applyMigrations(ctx context.Context, db *sql.DB, ms []migration, d ...dialect) error {
+	dl := dialectSQLite
+	if len(d) > 0 {
+		dl = d[0]
 	}
-	return applyMigrations(ctx, db, ms)
-}
-
-func applyMigrations(ctx context.Context, db *sql.DB, ms []migration) error {
-	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+	create, _ := forDialect(`CREATE TABLE IF NOT EXISTS schema_migrations (
 		version    INTEGER PRIMARY KEY,
 		applied_at TEXT NOT NULL
-	)`); err != nil {
+	)`, dl)
+	// Two managers starting together on one Postgres: the lock makes the
+	// second wait, then find the table and the versions already there.
+	if err := inMigrationTx(ctx, db, dl, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, create)
+		return err
+	}); err != nil {
 		return fmt.Errorf("create schema_migrations: %w", err)
 	}
 	known := make(map[int]bool, len(ms))
@@ -92,7 +129,7 @@ func applyMigrations(ctx context.Context, db *sql.DB, ms []migration) error {
 		if applied[m.version] {
 			continue
 		}
-		if err := applyOne(ctx, db, m); err != nil {
+		if err := applyOne(ctx, db, m, dl); err != nil {
 			return err
 		}
 	}
@@ -119,12 +156,38 @@ func appliedVersions(ctx context.Context, db *sql.DB) (map[int]bool, error) {
 	return applied, nil
 }
 
-func applyOne(ctx context.Context, db *sql.DB, m migration) error {
+func inMigrationTx(ctx context.Context, db *sql.DB, d dialect, fn func(*sql.Tx) error) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if d == dialectPostgres {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, int64(writeLockKey)); err != nil {
+			return fmt.Errorf("take the write lock: %w", err)
+		}
+	}
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func applyOne(ctx context.Context, db *sql.DB, m migration, d dialect) error {
+	body, err := forDialect(m.sql, d)
+	if err != nil {
+		return fmt.Errorf("migration %s: %w", m.name, err)
+	}
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("migration %s: begin: %w", m.name, err)
 	}
 	defer func() { _ = tx.Rollback() }()
+	if d == dialectPostgres {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, int64(writeLockKey)); err != nil {
+			return fmt.Errorf("migration %s: take the write lock: %w", m.name, err)
+		}
+	}
 
 	// Another process may have applied it between our read and our lock.
 	var n int
@@ -134,7 +197,7 @@ func applyOne(ctx context.Context, db *sql.DB, m migration) error {
 	if n > 0 {
 		return nil
 	}
-	if _, err := tx.ExecContext(ctx, m.sql); err != nil {
+	if _, err := tx.ExecContext(ctx, body); err != nil {
 		return fmt.Errorf("migration %s: %w", m.name, err)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`,

@@ -143,7 +143,7 @@ func (s *Store) UpdatePrebuild(ctx context.Context, workspaceID string, mutate f
 		p.UpdatedAt = s.now().UTC()
 		_, err = tx.ExecContext(ctx, `UPDATE prebuilds SET status = ?, ready = ?, commits = ?, built_at = ?, checked_at = ?,
 			stale = ?, build_id = ?, error = ?, log = ?, updated_at = ? WHERE workspace_id = ?`,
-			p.Status, p.Ready, string(commits), fmtTimePtr(p.BuiltAt), fmtTimePtr(p.CheckedAt), p.Stale, p.BuildID,
+			p.Status, b2i(p.Ready), string(commits), fmtTimePtr(p.BuiltAt), fmtTimePtr(p.CheckedAt), b2i(p.Stale), p.BuildID,
 			p.Error, p.Log, fmtTime(p.UpdatedAt), workspaceID)
 		out = p
 		return err
@@ -152,4 +152,12 @@ func (s *Store) UpdatePrebuild(ctx context.Context, workspaceID string, mutate f
 		return Prebuild{}, fmt.Errorf("update prebuild of %s: %w", workspaceID, err)
 	}
 	return out, nil
+}
+
+// b2i writes a boolean as the INTEGER 0/1 both backends store.
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

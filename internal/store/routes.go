@@ -265,6 +265,9 @@ func (s *Store) TakeEdgeCode(ctx context.Context, hash []byte, now time.Time) (E
 }
 
 func isForeignKey(err error) bool {
+	if pe, ok := pgErr(err); ok {
+		return pe.Code == "23503"
+	}
 	var se *sqlite.Error
 	return errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY
 }

@@ -519,7 +519,7 @@ func (s *Store) PruneOps(ctx context.Context, r OpRetention) (int64, error) {
 	// Each sandbox's closed steps beyond its newest PerSandbox.
 	err := scan(`SELECT id, '' FROM (
 			SELECT id, row_number() OVER (PARTITION BY sandbox_id ORDER BY id DESC) AS rn
-			FROM sandbox_ops WHERE state <> ?)
+			FROM sandbox_ops WHERE state <> ?) ranked
 		WHERE rn > ?`, []any{OpIntent, r.PerSandbox}, func(int64, string) bool { return false })
 	if err != nil {
 		return 0, err

@@ -34,14 +34,23 @@ const busyTimeout = 10 * time.Second
 // the writer.
 type Store struct {
 	w   *sql.DB
-	r   *sql.DB
+	r   *sql.DB // the same pool as w on Postgres
 	now func() time.Time
+	pg  bool
 }
 
 // Option adjusts Open.
 type Option func(*openOptions)
 
-type openOptions struct{ log *slog.Logger }
+type openOptions struct {
+	log *slog.Logger
+	url string
+}
+
+// WithDatabaseURL makes Open use the PostgreSQL database at url
+// (postgres://user:password@host:port/db?sslmode=...) instead of the
+// embedded SQLite file; "" keeps SQLite. The URL is never logged.
+func WithDatabaseURL(url string) Option { return func(o *openOptions) { o.url = url } }
 
 // WithLogger sends Open's log lines (permissions it tightened) to log
 // instead of slog.Default().
@@ -57,6 +66,14 @@ func Open(ctx context.Context, dataDir string, opts ...Option) (*Store, error) {
 	o := openOptions{log: slog.Default()}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.url != "" {
+		st, err := openPostgres(ctx, o.url)
+		if err != nil {
+			return nil, err
+		}
+		st.now = time.Now
+		return st, nil
 	}
 	if dataDir == "" {
 		return nil, errors.New("open store: empty data directory")
@@ -85,7 +102,7 @@ func Open(ctx context.Context, dataDir string, opts ...Option) (*Store, error) {
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
 
-	if err := migrate(ctx, w); err != nil {
+	if err := applyMigrations(ctx, w, mustMigrations(), dialectSQLite); err != nil {
 		_ = w.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
@@ -201,9 +218,23 @@ func dsn(path string, writer bool) string {
 	return "file:" + u.EscapedPath() + "?" + q.Encode()
 }
 
+func (s *Store) dialect() dialect {
+	if s.pg {
+		return dialectPostgres
+	}
+	return dialectSQLite
+}
+
+// Backend names the database behind the store: "sqlite" or "postgres".
+func (s *Store) Backend() string { return s.dialect().String() }
+
 // Close closes both connection pools.
 func (s *Store) Close() error {
-	if err := errors.Join(s.r.Close(), s.w.Close()); err != nil {
+	var rerr error
+	if s.r != s.w {
+		rerr = s.r.Close()
+	}
+	if err := errors.Join(rerr, s.w.Close()); err != nil {
 		return fmt.Errorf("close store: %w", err)
 	}
 	return nil
@@ -220,9 +251,10 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// tx runs fn in one immediate transaction on the write connection. fn must
+// tx runs fn in one immediate transaction on the write connection (on
+// Postgres: a transaction holding the write lock, see postgres.go). fn must
 // not call other Store methods that write: there is only one write
-// connection, so doing so would wait for itself.
+// connection (one write lock), so doing so would wait for itself.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
@@ -231,6 +263,11 @@ func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	// Deferred so that a panic in fn (a caller's mutate) cannot leave the
 	// only write connection inside an open transaction.
 	defer func() { _ = tx.Rollback() }()
+	if s.pg {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, int64(writeLockKey)); err != nil {
+			return fmt.Errorf("take the write lock: %w", err)
+		}
+	}
 	if err := fn(tx); err != nil {
 		return err
 	}
@@ -282,6 +319,9 @@ func (s *Store) orNow(t time.Time) time.Time {
 
 // isUnique reports whether err is a UNIQUE or PRIMARY KEY violation.
 func isUnique(err error) bool {
+	if pe, ok := pgErr(err); ok {
+		return pe.Code == "23505"
+	}
 	var se *sqlite.Error
 	if !errors.As(err, &se) {
 		return false
@@ -292,6 +332,9 @@ func isUnique(err error) bool {
 // uniqueOn reports whether err is a UNIQUE violation naming column
 // ("sandboxes.name"); SQLite reports the columns only in the message.
 func uniqueOn(err error, column string) bool {
+	if pe, ok := pgErr(err); ok {
+		return pgUniqueOn(pe, column)
+	}
 	var se *sqlite.Error
 	return isUnique(err) && errors.As(err, &se) && strings.Contains(se.Error(), column)
 }

@@ -12,13 +12,20 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"atelier/internal/testenv"
 )
 
-// openTest opens a fresh store in a temporary directory and closes it at
-// the end of the test.
+// openTest opens a fresh store, in a temporary directory or, in the
+// Postgres run of the suite (see TestMain), in a fresh Postgres database,
+// and closes it at the end of the test.
 func openTest(t testing.TB) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), t.TempDir())
+	var opts []Option
+	if onPostgres() {
+		opts = append(opts, WithDatabaseURL(testenv.PostgresDB(t)))
+	}
+	s, err := Open(context.Background(), t.TempDir(), opts...)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

@@ -105,7 +105,7 @@ type guest struct {
 }
 
 // Steps returns the create steps of sb's workspace: config and variables,
-// secret files, git identity, one clone per repository, the init commands,
+// secret files, one clone per repository (the lifecycle's own git step set the owner's identity before), the init commands,
 // one step per dev command, SANDBOX.md.
 func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox, mode sandbox.ProvisionMode) ([]sandbox.ProvisionStep, error) {
 	w, err := p.Workspaces.Get(ctx, sb.WorkspaceID)
@@ -131,10 +131,6 @@ func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox, mode sandbox.
 	if len(sec.Files) > 0 {
 		steps = append(steps, sandbox.ProvisionStep{Name: "ws-secret-files", Detail: fmt.Sprintf("%d files", len(sec.Files)),
 			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.secretFiles(ctx, c, g, sec.Files) }})
-	}
-	if mode != sandbox.Build {
-		steps = append(steps, sandbox.ProvisionStep{Name: "ws-git-identity",
-			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.gitIdentity(ctx, c, sb.OwnerID) }})
 	}
 	if mode == sandbox.FromPrebuild {
 		// The prebuild holds the clones and the init commands' results.
@@ -252,35 +248,6 @@ func (p *Provisioner) secretFiles(ctx context.Context, c *agent.Client, g *guest
 		return "", fmt.Errorf("write secret files: %w", err)
 	}
 	return fmt.Sprintf("%d files", len(files)), nil
-}
-
-// gitIdentity makes the owner the author of commits made in the sandbox.
-func (p *Provisioner) gitIdentity(ctx context.Context, c *agent.Client, owner string) (string, error) {
-	u, err := p.Store.GetUser(ctx, owner)
-	if err != nil {
-		return "", fmt.Errorf("owner: %w", err)
-	}
-	name := u.Name
-	if name == "" {
-		name = u.Login
-	}
-	// An image without git (a minimal one) has no identity to set; a clone
-	// in it fails in its own step.
-	if res, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"sh", "-c", "command -v git"}, User: p.User,
-		TimeoutMs: quickTimeout.Milliseconds()}); err != nil || res.ExitCode != 0 {
-		return "git is not installed", nil
-	}
-	email := u.Login + "@users.noreply.atelier"
-	if u.GitHubID != 0 {
-		email = fmt.Sprintf("%d+%s@users.noreply.github.com", u.GitHubID, u.Login)
-	}
-	for _, kv := range [][2]string{{"user.name", name}, {"user.email", email}} {
-		if _, err := p.exec(ctx, c, agent.ExecRequest{Argv: []string{"git", "config", "--global", kv[0], kv[1]},
-			TimeoutMs: quickTimeout.Milliseconds()}, "git config "+kv[0]); err != nil {
-			return "", err
-		}
-	}
-	return name + " <" + email + ">", nil
 }
 
 // credentialHelper answers git's credential requests from variables of the

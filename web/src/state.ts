@@ -4,7 +4,9 @@
 // Last-Event-ID (the browser sends it on its own reconnects; after a failed
 // one we reopen with ?since=), and a "reset" (history too old) refetches.
 import { useSyncExternalStore } from 'react';
-import { api, ApiError, type Sandbox } from './api/client';
+import { api, ApiError, type Sandbox, type Schemas } from './api/client';
+
+export type Fix = Schemas['Fix'];
 
 export type StreamState = 'connecting' | 'live' | 'reconnecting';
 
@@ -15,9 +17,19 @@ interface State {
   stream: StreamState;
   /** Bumped on every sandbox event: pages that show derived host data refresh on it. */
   tick: number;
+  /**
+   * The reconciler's newest fixes, newest first: seeded from
+   * GET /api/system/reconciler by the system page, then grown by the
+   * system.reconciled events only admins' streams carry. Null until seeded.
+   */
+  fixes: Fix[] | null;
+  /** Bumped on every system.reconciled event. */
+  systemTick: number;
 }
 
-let state: State = { sandboxes: new Map(), loaded: false, stream: 'connecting', tick: 0 };
+const fixesKept = 50;
+
+let state: State = { sandboxes: new Map(), loaded: false, stream: 'connecting', tick: 0, fixes: null, systemTick: 0 };
 const listeners = new Set<() => void>();
 
 function set(next: Partial<State>) {
@@ -53,6 +65,18 @@ export function dropSandbox(id: string) {
   const m = new Map(state.sandboxes);
   m.delete(id);
   set({ sandboxes: m, tick: state.tick + 1 });
+}
+
+/** Seeds the fixes from the reconciler's list, keeping any newer ones an event brought. */
+export function seedFixes(list: Fix[]) {
+  const newest = list.length ? Date.parse(list[0].at) : 0;
+  const newer = (state.fixes ?? []).filter((f) => Date.parse(f.at) > newest);
+  set({ fixes: [...newer, ...list].slice(0, fixesKept) });
+}
+
+function addFixes(report: Schemas['Report']) {
+  const fresh = [...(report.fixes ?? [])].reverse();
+  set({ fixes: state.fixes ? [...fresh, ...state.fixes].slice(0, fixesKept) : null, systemTick: state.systemTick + 1 });
 }
 
 export type ListResult = { sandboxes: Sandbox[] | null; lastEventId: string };
@@ -125,6 +149,14 @@ export function startEvents() {
     track(e as MessageEvent);
     try {
       dropSandbox((JSON.parse((e as MessageEvent).data) as Sandbox).id);
+    } catch {
+      /* ignore */
+    }
+  });
+  es.addEventListener('system.reconciled', (e) => {
+    track(e as MessageEvent);
+    try {
+      addFixes(JSON.parse((e as MessageEvent).data) as Schemas['Report']);
     } catch {
       /* ignore */
     }

@@ -41,6 +41,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"atelier/internal/ids"
+	"atelier/internal/logkeeper"
 	"atelier/internal/network"
 	"atelier/internal/sandbox"
 )
@@ -95,8 +96,12 @@ type Options struct {
 	// SocketDir holds one directory per sandbox with the agent's socket,
 	// e.g. {stateDir}/sockets.
 	SocketDir string
-	// LogDir receives the guest's console output as <id>.log.
+	// LogDir receives the guest's console output as <id>.log, written and
+	// rotated by a log keeper (Logs).
 	LogDir string
+	// Logs starts the keepers of the sandboxes' logs (default
+	// logkeeper.Default()).
+	Logs *logkeeper.Keepers
 	// AgentPath is the agent binary inside the image (default
 	// DefaultAgentPath).
 	AgentPath string
@@ -171,6 +176,9 @@ func New(opts Options) (*Driver, error) {
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Logs == nil {
+		opts.Logs = logkeeper.Default()
 	}
 	for _, d := range []struct{ name, path string }{
 		{"StateDir", opts.StateDir}, {"BundleDir", opts.BundleDir},
@@ -624,24 +632,26 @@ func setNetSysctls(nsPath string) error {
 	})
 }
 
-// runcRun starts the container detached. Its stdio is the sandbox's log
-// file: runc passes it through to the guest's PID 1 (there is no terminal),
-// and runc's own errors land there too. The container is not a child that
-// dies with the manager: runc exits once it runs, and its session is its
-// own, so signals to the manager's process group never reach it.
+// runcRun starts the container detached. Its stdio is the write end of
+// the sandbox's log keeper's pipe: runc passes it through to the guest's
+// PID 1 (there is no terminal), and runc's own errors land there too. The
+// keeper, not the guest, writes <id>.log, and rotates it by size. The
+// container is not a child that dies with the manager: runc exits once it
+// runs, and its session is its own, so signals to the manager's process
+// group never reach it.
 func (d *Driver) runcRun(ctx context.Context, id string) error {
-	logf, err := os.OpenFile(d.LogPath(id), os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_CLOEXEC, 0o640)
-	if err != nil {
-		return fmt.Errorf("open sandbox log: %w", err)
-	}
-	defer logf.Close()
 	var offset int64
-	if fi, err := logf.Stat(); err == nil {
+	if fi, err := os.Stat(d.LogPath(id)); err == nil {
 		offset = fi.Size()
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	logw, err := d.opts.Logs.Start(ctx, d.LogPath(id))
+	if err != nil {
+		return fmt.Errorf("start sandbox log keeper: %w", err)
+	}
+	defer logw.Close()
 	// Not cancelled with ctx: runc killed half-way leaves a half-made
 	// container; a bounded wait is safer, and the caller undoes on error.
 	runCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runTimeout)
@@ -649,9 +659,13 @@ func (d *Driver) runcRun(ctx context.Context, id string) error {
 	bundle := d.bundleDir(id)
 	cmd := d.runcCommand(runCtx, "run", "--detach", "--bundle", bundle,
 		"--pid-file", filepath.Join(bundle, pidFile), containerName(id))
-	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Stdout, cmd.Stderr = logw, logw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Run(); err != nil {
+		// No container holds the pipe now: the keeper writes what runc
+		// said and ends.
+		logw.Close()
+		_ = d.opts.Logs.Stop(context.WithoutCancel(ctx), d.LogPath(id))
 		return fmt.Errorf("runc run: %w: %s", err, runcMessage(readFrom(d.LogPath(id), offset, 4096)))
 	}
 	return nil
@@ -667,6 +681,9 @@ func readFrom(path string, offset, max int64) []byte {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil
+	}
+	if offset > fi.Size() {
+		offset = 0 // rotated since
 	}
 	if fi.Size()-offset > max {
 		offset = fi.Size() - max
@@ -777,13 +794,15 @@ func (d *Driver) teardown(ctx context.Context, id string, grace time.Duration, p
 		}
 	}
 	if !purge {
-		return nil
+		// The container is gone, so is every writer of the keeper's pipe:
+		// it ends once it has written their last words.
+		return d.opts.Logs.Stop(ctx, d.LogPath(id))
 	}
 	// Empty once its tmpfs is gone.
 	if err := removeIfExists(d.socketDir(id)); err != nil {
 		return err
 	}
-	return removeIfExists(d.LogPath(id))
+	return d.opts.Logs.Remove(ctx, d.LogPath(id))
 }
 
 func removeIfExists(path string) error {

@@ -1,6 +1,7 @@
 package container
 
 import (
+	"atelier/internal/logkeeper"
 	"bytes"
 	"context"
 	"errors"
@@ -42,6 +43,7 @@ var fixture struct {
 }
 
 func TestMain(m *testing.M) {
+	logkeeper.MainIfKeeper()
 	code := m.Run()
 	if fixture.dir != "" {
 		os.RemoveAll(fixture.dir)

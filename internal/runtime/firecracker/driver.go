@@ -25,6 +25,7 @@ import (
 	"atelier/internal/bootcontract"
 	"atelier/internal/config"
 	"atelier/internal/ids"
+	"atelier/internal/logkeeper"
 	"atelier/internal/revert"
 	"atelier/internal/runtime/firecracker/fcapi"
 	"atelier/internal/sandbox"
@@ -96,7 +97,10 @@ type Options struct {
 	// host's, see cgroupVersion).
 	CgroupParent  string
 	CgroupVersion int
-	Log           *slog.Logger
+	// Logs starts the keeper that writes and rotates each sandbox's log
+	// from Firecracker's output and log FIFO (default logkeeper.Default()).
+	Logs *logkeeper.Keepers
+	Log  *slog.Logger
 }
 
 // OptionsFromConfig derives the production options.
@@ -180,6 +184,9 @@ func New(opts Options) (*Driver, error) {
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
+	}
+	if opts.Logs == nil {
+		opts.Logs = logkeeper.Default()
 	}
 	return &Driver{
 		opts:      opts,
@@ -297,6 +304,8 @@ func (d *Driver) withLogTail(id string, pid int, err error) error {
 	if !d.exited(pid, id) {
 		return err
 	}
+	// The keeper writes what Firecracker said last, then ends.
+	_ = d.opts.Logs.Stop(context.Background(), d.logPath(id))
 	if tail := logTail(d.logPath(id), logTailBytes); tail != "" {
 		return fmt.Errorf("%w; firecracker log: %s", err, tail)
 	}
@@ -427,18 +436,26 @@ func (d *Driver) teardown(id string, pid int) error {
 }
 
 // removeFiles removes the sandbox's runtime files in the seed's order
-// (socket, vsock, pid, log), then a leftover restore directory and the
-// jail. Absent files are success.
+// (socket, vsock, pid, log: the log keeper is waited for, and its files
+// removed with the log only when withLog), then the log FIFO, a leftover
+// restore directory and the jail. Absent files are success.
 func (d *Driver) removeFiles(id string, withLog bool) error {
-	paths := []string{d.apiSock(id), d.vsockPath(id), d.pidPath(id)}
-	if withLog {
-		paths = append(paths, d.logPath(id))
-	}
 	var errs []error
-	for _, p := range paths {
+	for _, p := range []string{d.apiSock(id), d.vsockPath(id), d.pidPath(id)} {
 		if err := removeFile(p); err != nil {
 			errs = append(errs, fmt.Errorf("remove %s: %w", p, err))
 		}
+	}
+	// Firecracker is gone, so are the keeper's writers: it ends once it
+	// has written their last words.
+	ctx := context.Background()
+	if withLog {
+		errs = append(errs, d.opts.Logs.Remove(ctx, d.logPath(id)))
+	} else {
+		errs = append(errs, d.opts.Logs.Stop(ctx, d.logPath(id)))
+	}
+	if err := removeFile(d.logFIFO(id)); err != nil {
+		errs = append(errs, fmt.Errorf("remove log fifo: %w", err))
 	}
 	if err := os.RemoveAll(d.restoreDir(id)); err != nil {
 		errs = append(errs, fmt.Errorf("remove restore dir: %w", err))

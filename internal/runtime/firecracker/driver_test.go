@@ -97,10 +97,7 @@ func TestBootSendsTheSpecSequence(t *testing.T) {
 	if got := dialAgent(t, e.d.AgentSocket(idA), e.d.AgentPort()); got != idA {
 		t.Errorf("agent socket answered for %q", got)
 	}
-	logData, err := os.ReadFile(filepath.Join(e.opts.LogDir, idA+".log"))
-	if err != nil || !strings.Contains(string(logData), "Running Firecracker") {
-		t.Errorf("log = %q, %v", logData, err)
-	}
+	waitLog(t, filepath.Join(e.opts.LogDir, idA+".log"), "Running Firecracker")
 	pid := e.pid(idA)
 	if recs[0].PID != pid {
 		t.Errorf("pid file %d, answering process %d", pid, recs[0].PID)
@@ -111,7 +108,7 @@ func TestBootSendsTheSpecSequence(t *testing.T) {
 	}
 	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	wantCmd := strings.Join([]string{e.opts.Binary, "--api-sock", filepath.Join(e.opts.SocketDir, idA+".sock"),
-		"--log-path", filepath.Join(e.opts.LogDir, idA+".log"), "--level", "Warning", "--id", idA}, "\x00") + "\x00"
+		"--log-path", filepath.Join(e.opts.SocketDir, idA+".log.fifo"), "--level", "Warning", "--id", idA}, "\x00") + "\x00"
 	if string(cmdline) != wantCmd {
 		t.Errorf("cmdline = %q\nwant %q", cmdline, wantCmd)
 	}

@@ -1,6 +1,7 @@
 package firecracker
 
 import (
+	"atelier/internal/logkeeper"
 	"bufio"
 	"encoding/json"
 	"io"
@@ -23,6 +24,7 @@ import (
 // this test binary with fctest.EnvFake set.
 func TestMain(m *testing.M) {
 	fctest.MainIfFake()
+	logkeeper.MainIfKeeper()
 	code := m.Run()
 	vmtest.Cleanup()
 	if fcfake.dir != "" {
@@ -294,4 +296,22 @@ func dialAgent(t *testing.T, path string, port uint32) string {
 	}
 	id, _ := br.ReadString('\n')
 	return strings.TrimSpace(id)
+}
+
+// waitLog waits for the sandbox log at path to contain want: the log
+// keeper writes it a moment after Firecracker does.
+func waitLog(t *testing.T, path, want string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), want) {
+			return string(b)
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("log %s lacks %q: %q", path, want, b)
+			return string(b)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

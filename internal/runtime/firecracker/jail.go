@@ -28,7 +28,8 @@ import (
 // What the VM needs from the host is put in the jail before the jailer
 // runs: the kernel (a hard link, read-only for the jailed user), the root
 // volume (a device node for a block device; for a file a hard link, or a
-// bind mount across filesystems, owned by the jailed user) and the log.
+// bind mount across filesystems, owned by the jailed user) and a FIFO for
+// its log, read by the sandbox's log keeper (never a host file).
 // What Firecracker creates in the jail, its API and vsock sockets, is
 // hard-linked back to the seed's paths in SocketDir, opened beneath the
 // jail without following a symlink: the jailed user owns the jail and could
@@ -163,8 +164,7 @@ type jailFile struct {
 	writable bool
 }
 
-// prepareJail makes a fresh jail for id holding the kernel, the log and
-// files: whatever an earlier run left is removed first.
+// prepareJail makes a fresh jail for id holding the kernel and files: whatever an earlier run left is removed first.
 func (d *Driver) prepareJail(id string, uid int, files []jailFile) error {
 	if err := d.removeJail(id); err != nil {
 		return fmt.Errorf("clear old jail: %w", err)
@@ -176,10 +176,8 @@ func (d *Driver) prepareJail(id string, uid int, files []jailFile) error {
 	if err := sameFilesystem(d.opts.ChrootBase, d.opts.SocketDir); err != nil {
 		return err
 	}
-	files = append([]jailFile{
-		{src: d.opts.Kernel, dst: jailKernel},
-		{src: d.logPath(id), dst: jailLog, writable: true},
-	}, files...)
+	// The log is not among them: launch makes a FIFO there.
+	files = append([]jailFile{{src: d.opts.Kernel, dst: jailKernel}}, files...)
 	for _, f := range files {
 		if err := exposeInJail(root, f, uid); err != nil {
 			return fmt.Errorf("put %s in the jail: %w", f.src, err)

@@ -2,6 +2,7 @@ package firecracker
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -48,39 +49,52 @@ func (d *Driver) launch(id, dir string, js *jailSetup) (int, error) {
 			return 0, fmt.Errorf("remove stale socket: %w", err)
 		}
 	}
-	// Firecracker writes its log from offset 0 without truncating, so a
-	// previous run's log is cleared here rather than overwritten in part.
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
-	if err != nil {
-		return 0, fmt.Errorf("create log: %w", err)
-	}
-	if err := lf.Close(); err != nil {
-		return 0, fmt.Errorf("create log: %w", err)
-	}
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
 		return 0, fmt.Errorf("open %s: %w", os.DevNull, err)
 	}
 	defer devnull.Close()
 
-	argv := []string{d.opts.Binary,
-		"--api-sock", sock,
-		"--log-path", logPath,
-		"--level", "Warning",
-		"--id", id}
+	// Firecracker's log (--log-path) is a FIFO, read with its stdout (the
+	// guest's serial console) by the sandbox's log keeper, which writes
+	// and rotates <LogDir>/<id>.log: neither Firecracker nor the guest
+	// holds a host file it could grow without bound. A jailed one finds
+	// the FIFO in its jail; it was never given a path to a host file.
+	fifoPath := d.logFIFO(id)
 	if js != nil {
 		if err := d.prepareJail(id, js.uid, js.files); err != nil {
 			return 0, err
 		}
+		fifoPath = filepath.Join(d.chrootDir(id), jailLog)
+	} else if err := removeFile(fifoPath); err != nil {
+		return 0, fmt.Errorf("remove stale log fifo: %w", err)
+	}
+	fifo, err := makeLogFIFO(fifoPath, js)
+	if err != nil {
+		return 0, err
+	}
+	defer fifo.Close()
+	logw, err := d.opts.Logs.Start(context.Background(), logPath, fifo)
+	if err != nil {
+		return 0, fmt.Errorf("start log keeper: %w", err)
+	}
+	defer logw.Close()
+
+	argv := []string{d.opts.Binary,
+		"--api-sock", sock,
+		"--log-path", fifoPath,
+		"--level", "Warning",
+		"--id", id}
+	if js != nil {
 		argv, dir = d.jailerArgs(id, js.uid, js.vcpus, js.memMiB), "/"
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	// Firecracker needs no environment; the manager's holds secrets.
 	cmd.Env = append([]string{}, d.env...)
-	// Its log is the --log-path file; stdio goes nowhere, since a pipe to
-	// the manager would break when the manager restarts.
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	// Its output goes to the keeper, a process of its own, never to the
+	// manager: a pipe to the manager would break when it restarts.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logw, logw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("start firecracker: %w", err)
@@ -103,6 +117,39 @@ func (d *Driver) launch(id, dir string, js *jailSetup) (int, error) {
 		return 0, err
 	}
 	return pid, nil
+}
+
+// logFIFO is the FIFO an unjailed Firecracker logs to.
+func (d *Driver) logFIFO(id string) string { return filepath.Join(d.opts.SocketDir, id+".log.fifo") }
+
+// makeLogFIFO makes the FIFO Firecracker logs to, owned by the jailed uid
+// when js is set, and opens it read-write for the keeper: held open by a
+// writer of its own, it never reads as ended while Firecracker has not
+// opened it yet or closes it. The jail is fresh and nothing runs in it
+// yet; the FIFO is still opened beneath it without following a link.
+func makeLogFIFO(path string, js *jailSetup) (*os.File, error) {
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		return nil, fmt.Errorf("make log fifo: %w", err)
+	}
+	var fd int
+	var err error
+	if js != nil {
+		if err := os.Lchown(path, js.uid, js.uid); err != nil {
+			return nil, fmt.Errorf("make log fifo: %w", err)
+		}
+		fd, err = openInJail(filepath.Dir(path), filepath.Base(path), unix.O_RDWR|unix.O_NONBLOCK)
+	} else {
+		fd, err = unix.Open(path, unix.O_RDWR|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open log fifo: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	if st, err := f.Stat(); err != nil || st.Mode()&os.ModeNamedPipe == 0 {
+		f.Close()
+		return nil, fmt.Errorf("log fifo %s is not a fifo", path)
+	}
+	return f, nil
 }
 
 func writePIDFile(path string, pid int) error {

@@ -106,7 +106,7 @@ func TestSnapshotThenRestore(t *testing.T) {
 	if err := e.d.Stop(ctx, idB); err != nil {
 		t.Fatal(err)
 	}
-	if got := files(t, e.opts.SocketDir); !slices.Equal(got, []string{idA + ".pid", idA + ".sock", idA + ".vsock"}) {
+	if got := files(t, e.opts.SocketDir); !slices.Equal(got, []string{idA + ".log.fifo", idA + ".pid", idA + ".sock", idA + ".vsock"}) {
 		t.Errorf("socket dir after stopping B: %v", got)
 	}
 }

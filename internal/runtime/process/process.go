@@ -22,6 +22,7 @@ import (
 
 	"atelier/internal/agent"
 	"atelier/internal/ids"
+	"atelier/internal/logkeeper"
 	"atelier/internal/sandbox"
 )
 
@@ -36,7 +37,10 @@ type Options struct {
 	SocketDir string
 	// StopGrace is how long a stopping agent gets before SIGKILL.
 	StopGrace time.Duration
-	Log       *slog.Logger
+	// Logs starts the keeper that writes and rotates each agent's output,
+	// <state>/<id>/log/agent.log (default logkeeper.Default()).
+	Logs *logkeeper.Keepers
+	Log  *slog.Logger
 }
 
 // Runtime runs sandboxes as local agent processes.
@@ -58,11 +62,17 @@ func New(o Options) (*Runtime, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
+	if o.Logs == nil {
+		o.Logs = logkeeper.Default()
+	}
 	return &Runtime{o: o}, nil
 }
 
 func (r *Runtime) dir(id string) string     { return filepath.Join(r.o.StateDir, id) }
 func (r *Runtime) pidFile(id string) string { return filepath.Join(r.dir(id), "agent.pid") }
+
+// LogPath is the agent's output, written by its log keeper.
+func (r *Runtime) LogPath(id string) string { return filepath.Join(r.dir(id), "log", "agent.log") }
 
 // AgentSocket is where the sandbox's agent listens.
 func (r *Runtime) AgentSocket(id string) string {
@@ -95,9 +105,11 @@ func (r *Runtime) Boot(ctx context.Context, inst sandbox.Instance) error {
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("boot %s: remove stale socket: %w", id, err)
 	}
-	logf, err := os.OpenFile(filepath.Join(logs, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	// A keeper, not the agent, writes the log, and rotates it: the
+	// agent's output is the guest's to fill.
+	logf, err := r.o.Logs.Start(ctx, r.LogPath(id))
 	if err != nil {
-		return fmt.Errorf("boot %s: open log: %w", id, err)
+		return fmt.Errorf("boot %s: %w", id, err)
 	}
 	defer logf.Close()
 	args := append(append([]string{}, r.o.Command[1:]...),
@@ -222,6 +234,10 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("stop %s: %w", id, err)
 		}
+	}
+	// The agent's session is gone, and with it the keeper's writers.
+	if err := r.o.Logs.Stop(ctx, r.LogPath(id)); err != nil {
+		return fmt.Errorf("stop %s: %w", id, err)
 	}
 	return nil
 }

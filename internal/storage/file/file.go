@@ -208,6 +208,21 @@ func (d *Driver) DeletePrebuild(ctx context.Context, workspaceID string) error {
 	return nil
 }
 
+// DeleteImage removes images/<imageID>.ext4 and any temporary file a
+// crashed import left for it; an absent image is success. Clones are
+// reflinks or copies, so sandboxes keep their disks either way; the image
+// catalog refuses while sandboxes use the image all the same.
+func (d *Driver) DeleteImage(ctx context.Context, imageID string) error {
+	if err := storage.CheckID(storage.KindImage, imageID); err != nil {
+		return fmt.Errorf("delete image: %w", err)
+	}
+	if err := d.remove(d.volPath(storage.KindImage, imageID)); err != nil {
+		return fmt.Errorf("delete image %s: %w", imageID, err)
+	}
+	d.log.Info("image deleted", "image", imageID)
+	return nil
+}
+
 // Delete removes the sandbox's disk; an absent one is success.
 func (d *Driver) Delete(ctx context.Context, id string) error {
 	if err := storage.CheckID(storage.KindSandbox, id); err != nil {

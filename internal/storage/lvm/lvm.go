@@ -387,6 +387,20 @@ func (d *Driver) Resize(ctx context.Context, id string, sizeBytes int64) error {
 	return nil
 }
 
+// DeleteImage removes image-{imageID}; an absent one is success. The
+// caller (the image catalog) refuses while sandboxes use the image: thin
+// snapshots survive their origin, but the catalog would lose track of them.
+func (d *Driver) DeleteImage(ctx context.Context, imageID string) error {
+	if err := storage.CheckID(storage.KindImage, imageID); err != nil {
+		return fmt.Errorf("delete image: %w", err)
+	}
+	if err := d.remove(ctx, lvName(storage.KindImage, imageID)); err != nil {
+		return fmt.Errorf("delete image %s: %w", imageID, err)
+	}
+	d.log.Info("image deleted", "image", imageID)
+	return nil
+}
+
 // Delete removes the sandbox's volume; an absent one is success.
 func (d *Driver) Delete(ctx context.Context, id string) error {
 	if err := storage.CheckID(storage.KindSandbox, id); err != nil {

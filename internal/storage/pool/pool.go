@@ -621,6 +621,7 @@ type Volumes interface {
 	Clone(ctx context.Context, image, id string) (string, error)
 	CloneFrom(ctx context.Context, src storage.Source, id string) (string, error)
 	CreateImage(ctx context.Context, imageID, srcPath string, sizeBytes int64) error
+	DeleteImage(ctx context.Context, imageID string) error
 	Prebuild(ctx context.Context, workspaceID, sandboxID string) error
 	DeletePrebuild(ctx context.Context, workspaceID string) error
 	Resize(ctx context.Context, id string, sizeBytes int64) error

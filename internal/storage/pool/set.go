@@ -277,3 +277,42 @@ func (s *Set) CloneFromPrebuild(ctx context.Context, workspaceID, id string) (pa
 	}
 	return "", "", fmt.Errorf("clone volume %s: prebuild of workspace %s: %w", id, workspaceID, storage.ErrNotFound)
 }
+
+// Usage reports the pool of every driver present, the one for new volumes
+// first (the System page's storage card). A driver that fails to report is
+// named in the error, and the others' pools are still returned.
+func (s *Set) Usage(ctx context.Context) ([]storage.Usage, error) {
+	var (
+		out  []storage.Usage
+		errs []error
+	)
+	for _, d := range s.probeAll(ctx) {
+		u, err := d.Usage(ctx)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, u)
+	}
+	return out, errors.Join(errs...)
+}
+
+// CreateImage makes the image on the driver for new volumes, where new
+// sandboxes clone from.
+func (s *Set) CreateImage(ctx context.Context, imageID, srcPath string, sizeBytes int64) error {
+	d, ok := s.driver(ctx, s.primary)
+	if !ok {
+		return fmt.Errorf("create image %s: the %s driver's pool is not present: %w", imageID, s.primary, ErrUnavailable)
+	}
+	return d.CreateImage(ctx, imageID, srcPath, sizeBytes)
+}
+
+// DeleteImage removes the image from every driver present; an absent image
+// is success.
+func (s *Set) DeleteImage(ctx context.Context, imageID string) error {
+	var errs []error
+	for _, d := range s.probeAll(ctx) {
+		errs = append(errs, d.DeleteImage(ctx, imageID))
+	}
+	return errors.Join(errs...)
+}

@@ -245,6 +245,12 @@ func TestDriverChangeBetweenRestartsLeavesNoVolumeBehind(t *testing.T) {
 	if got := m2.set.Drivers(); !slices.Equal(got, []string{storage.DriverLVM, storage.DriverFile}) {
 		t.Fatalf("drivers present after the change: %v", got)
 	}
+	// The System page sees both pools, the one for new volumes first.
+	pools, err := m2.set.Usage(ctx)
+	if err != nil || len(pools) != 2 || pools[0].Driver != storage.DriverLVM || pools[0].TotalBytes != poolSize ||
+		pools[0].VirtualBytes < 10<<30 || pools[1].Driver != storage.DriverFile || pools[1].TotalBytes <= 0 || pools[1].Volumes < 4 {
+		t.Fatalf("pools: %+v, %v", pools, err)
+	}
 	rep, err := m2.svc.Reconcile(ctx, true)
 	if err != nil {
 		t.Fatal(err)
@@ -298,7 +304,7 @@ func TestDriverChangeBetweenRestartsLeavesNoVolumeBehind(t *testing.T) {
 	if lvm.has("sandbox-" + fresh.ID) {
 		t.Fatal("destroyed sandbox's LV left")
 	}
-	if rep, err := m2.svc.Reconcile(ctx, false); err != nil || rep != (sandbox.Report{}) {
+	if rep, err := m2.svc.Reconcile(ctx, false); err != nil || len(rep.Fixes) != 0 || rep.Volumes != 0 {
 		t.Fatalf("second pass: %+v, %v", rep, err)
 	}
 }

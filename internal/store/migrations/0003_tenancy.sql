@@ -12,8 +12,13 @@ ALTER TABLE api_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'full'
 
 -- Tokens made before this version never expired by default: they now end
 -- 90 days after the upgrade (auth.tokenTtlDays' default), like new ones.
+-- dialect: sqlite
 UPDATE api_tokens SET expires_at = strftime('%Y-%m-%dT%H:%M:%S', 'now', '+90 days') || '.000000000Z'
     WHERE expires_at IS NULL AND revoked_at IS NULL;
+-- dialect: postgres
+UPDATE api_tokens SET expires_at = to_char(now() AT TIME ZONE 'UTC' + interval '90 days', 'YYYY-MM-DD"T"HH24:MI:SS') || '.000000000Z'
+    WHERE expires_at IS NULL AND revoked_at IS NULL;
+-- dialect: all
 
 CREATE INDEX oauth_states_expires_at ON oauth_states(expires_at);
 CREATE INDEX api_tokens_expires_at ON api_tokens(expires_at);

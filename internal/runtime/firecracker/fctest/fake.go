@@ -43,6 +43,17 @@ const (
 	// pointing at the path in the variable's place (EnvHostileTarget).
 	EnvHostileVsock  = "FCTEST_HOSTILE_VSOCK"
 	EnvHostileTarget = "FCTEST_HOSTILE_TARGET"
+	// EnvConsoleFlood is a byte count: a guest that writes that much to its
+	// serial console (Firecracker's stdout) as numbered lines, then
+	// ConsoleFloodDone.
+	EnvConsoleFlood = "FCTEST_CONSOLE_FLOOD"
+)
+
+// What a fake writes to its serial console (stdout): ConsoleHello once its
+// API serves, ConsoleFloodDone after a flood.
+const (
+	ConsoleHello     = "fctest console: guest says hello"
+	ConsoleFloodDone = "fctest console: flood done"
 )
 
 // maxLifetime bounds a fake that nobody stops: it runs in its own session,
@@ -155,6 +166,10 @@ func RunFake(args []string) int {
 		logf("Failed to open the API socket: %v", err)
 		return 1
 	}
+	fmt.Fprintln(os.Stdout, ConsoleHello)
+	if n, err := strconv.ParseInt(os.Getenv(EnvConsoleFlood), 10, 64); err == nil && n > 0 {
+		go floodConsole(n)
+	}
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -172,6 +187,18 @@ func RunFake(args []string) int {
 	defer cancel()
 	_ = srv.Shutdown(ctx)
 	return code
+}
+
+// floodConsole writes n bytes of numbered lines to stdout, as a guest
+// flooding its serial console would, in large writes.
+func floodConsole(n int64) {
+	w := bufio.NewWriterSize(os.Stdout, 256<<10)
+	for i := 0; n > 0; i++ {
+		k, _ := fmt.Fprintf(w, "console flood %08d %s\n", i, strings.Repeat("z", 72))
+		n -= int64(k)
+	}
+	fmt.Fprintln(w, ConsoleFloodDone)
+	_ = w.Flush()
 }
 
 func fileFromFD(fd, name string) *os.File {

@@ -228,7 +228,7 @@ func RunFakeJailer(args []string) int {
 		extraFiles = append(extraFiles, f)
 		env = append(env, EnvRecordFD+"="+strconv.Itoa(2+len(extraFiles)))
 	}
-	for _, k := range []string{EnvFail, EnvIgnoreCtrlAltDel, EnvHostileVsock, EnvHostileTarget} {
+	for _, k := range []string{EnvFail, EnvIgnoreCtrlAltDel, EnvHostileVsock, EnvHostileTarget, EnvConsoleFlood} {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
 		}
