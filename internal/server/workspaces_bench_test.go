@@ -37,6 +37,9 @@ func BenchmarkWorkspaceCreate(b *testing.B) {
 	}
 	srv, stop := startMockManager(b, dir, nil)
 	b.Cleanup(func() { stop() })
+	// Mock mode never starts from a prebuild (its files are not on the
+	// volume); the dev command here needs none, so the path is measured.
+	srv.Provisioner.NoPrebuildStart = false
 	api := "http://" + srv.Addr()
 	c := &http.Client{Timeout: 120 * time.Second}
 	call := func(method, path string, body any) (int, []byte) {
