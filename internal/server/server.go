@@ -74,6 +74,11 @@ type Server struct {
 	leading   atomic.Bool
 	// passCancel ends the leader's reconciler pass in progress.
 	passCancel atomic.Pointer[context.CancelFunc]
+
+	// Prebuilds builds workspaces' prebuilds and checks them for staleness.
+	Prebuilds *workspace.Prebuilds
+	// Provisioner sets up sandboxes of workspaces.
+	Provisioner *workspace.Provisioner
 }
 
 // Options adjust a server for tests.
@@ -214,7 +219,10 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	}
 	sbx.AddHooks(ed.Hooks())
 	wss := workspace.New(st, box, log)
-	sbx.SetProvisioner(newProvisioner(wss, st, sbx, ed, guestUser, log))
+	prov := newProvisioner(wss, st, sbx, ed, guestUser, log)
+	prov.NoPrebuildStart = cfg.Server.Mode == config.ModeMock
+	sbx.SetProvisioner(prov)
+	pbs := workspace.NewPrebuilds(wss, st, sbx, guestUser, log)
 	// The starting page of a tool host names the service it waits for.
 	ed.SetServices(sbx)
 	every := opts.ReconcileEvery
@@ -231,6 +239,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		bus.SetLeader(s.Leading)
 	}
 	s.health.registry = sup
+	s.Prebuilds = pbs
+	s.Provisioner = prov
 	s.Images = newCatalog(ctx, cfg, st, drv.Volumes, log)
 	if c, ok := drv.Runtime.(interface{ Check(context.Context) error }); ok {
 		s.health.runtime = c.Check
@@ -238,7 +248,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	s.API = api.New(api.Deps{
 		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
 		Version: Version, Started: time.Now(), Registry: reg,
-		Edge: ed, Ready: s.readiness, Host: reports, Images: s.Images, Workspaces: wss,
+		Edge: ed, Ready: s.readiness, Host: reports, Images: s.Images, Workspaces: wss, Prebuilds: pbs,
 	})
 	return s, nil
 }
@@ -312,6 +322,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	} else {
 		go func() { defer s.bg.Done(); s.Sandboxes.RunReconciler(bgCtx, s.reconcileEvery) }()
 	}
+	// Builds a restart interrupted are settled (the ready prebuild kept),
+	// then tracked branches are checked every 30 minutes.
+	if err := s.Prebuilds.Recover(bgCtx); err != nil {
+		s.Log.Warn("prebuild recovery incomplete", "err", err)
+	}
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.Prebuilds.Loop(bgCtx, 30*time.Minute); s.Prebuilds.Stop() }()
 	// Running guests learn the tool hosts' ports again: a changed
 	// advanced.vm.* port moves the service the edge now routes to it.
 	s.bg.Add(1)
