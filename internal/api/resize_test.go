@@ -80,3 +80,23 @@ func TestResizeSandboxStorage(t *testing.T) {
 		t.Fatalf("resize journal %q, want %q", got, want)
 	}
 }
+
+// TestPromoteAccess: only the sandbox's owner may promote it (an admin and
+// another user are told it does not exist), and a sandbox without a
+// workspace is a 400 naming path.id.
+func TestPromoteAccess(t *testing.T) {
+	h := newHarness(t, config.ModeProduction, nil)
+	alice := h.tokenOf(t, "alice", 2, auth.ScopeFull)
+	bob := h.tokenOf(t, "bob", 3, auth.ScopeFull)
+	root := h.tokenOf(t, "root", 9, auth.ScopeAdmin)
+	sb := h.create2(t, alice)
+	path := "/api/sandboxes/" + sb.ID + "/promote"
+	for name, who := range map[string]map[string]string{"another user": bob, "an admin": root} {
+		if r := h.do(t, "POST", path, nil, who); r.status != http.StatusNotFound {
+			t.Errorf("promote by %s: %d %s", name, r.status, r.body)
+		}
+	}
+	if r := h.do(t, "POST", path, nil, alice); r.status != http.StatusBadRequest || !strings.Contains(string(r.body), `"path.id"`) {
+		t.Fatalf("promote without a workspace: %d %s", r.status, r.body)
+	}
+}
