@@ -215,10 +215,10 @@ func (s *Server) registerPrebuilds() {
 	huma.Register(s.api, huma.Operation{
 		OperationID: "promote-sandbox", Method: http.MethodPost, Path: "/api/sandboxes/{id}/promote", Tags: []string{"sandboxes"},
 		Summary: "Save a sandbox's disk as its workspace's prebuild", Security: securityAuthed,
-		Description: "For a sandbox of a workspace, by the owner of both. A running sandbox is stopped (so its disk is " +
-			"consistent), its disk saved as prebuild-{workspaceId}, and it is started again; a stopped one is saved as it is. " +
-			"The previous prebuild is replaced only once the new one is complete. 409 while a build runs or when the " +
-			"sandbox is neither running nor stopped; 400 for a sandbox without a workspace.",
+		Description: "For a running sandbox of a workspace, by the owner of both. Its repositories' commits are read, it is stopped " +
+			"(so its disk is consistent), its disk saved as prebuild-{workspaceId}, and it is started again. The previous " +
+			"prebuild is replaced only once the new one is complete. 409 while a build runs or when the sandbox is not " +
+			"running; 400 for a sandbox without a workspace.",
 		Errors: append(errs, http.StatusConflict),
 	}, func(ctx context.Context, in *sandboxIDInput) (*out, error) {
 		sb, err := s.owned(ctx, in.ID)
@@ -235,6 +235,9 @@ func (s *Server) registerPrebuilds() {
 			return nil, err
 		}
 		pb, err := s.d.Prebuilds.Promote(ctx, sb.WorkspaceID, sb.ID)
+		if errors.Is(err, workspace.ErrNotRunning) {
+			return nil, newProblem(http.StatusConflict, "conflict", workspace.ErrNotRunning.Error())
+		}
 		if errors.Is(err, store.ErrBusy) {
 			return nil, newProblem(http.StatusConflict, "conflict", "a prebuild of this workspace is running: wait for it or cancel it")
 		}

@@ -23,7 +23,7 @@ import (
 // disk saved as the workspace's prebuild (ready, its log saying promoted,
 // with the commit the sandbox had), and started again; a failing save keeps
 // the previous prebuild and says why; a sandbox without a workspace is a 400
-// naming path.id; a stopped sandbox is saved as it is and stays stopped.
+// naming path.id; a stopped sandbox is a 409 that changes nothing.
 func TestPromoteSandboxMock(t *testing.T) {
 	const token = "promote-token-5e1d"
 	gs := startGitServer(t, token)
@@ -140,15 +140,15 @@ func TestPromoteSandboxMock(t *testing.T) {
 		t.Fatalf("sandbox of a failed promote is %s, want running again", s)
 	}
 
-	// A stopped sandbox is saved as it is and stays stopped.
+	// A stopped sandbox is refused: its commits cannot be read.
 	if code, b := call("POST", "/api/sandboxes/"+sb2+"/stop", nil); code != 200 {
 		t.Fatalf("stop: %d %s", code, b)
 	}
-	if code, body = call("POST", "/api/sandboxes/"+sb2+"/promote", nil); code != 200 || vols.Prebuilds()[ws.ID] != sb2 {
-		t.Fatalf("promote stopped: %d %s, volume from %q", code, body, vols.Prebuilds()[ws.ID])
+	if code, body = call("POST", "/api/sandboxes/"+sb2+"/promote", nil); code != http.StatusConflict || !strings.Contains(string(body), "start it first") {
+		t.Fatalf("promote stopped: %d %s", code, body)
 	}
-	if s := status(sb2); s != "stopped" {
-		t.Fatalf("promoted stopped sandbox is %s", s)
+	if s := status(sb2); s != "stopped" || vols.Prebuilds()[ws.ID] != sb1 {
+		t.Fatalf("refused promote of a stopped sandbox: %s, volume from %q", s, vols.Prebuilds()[ws.ID])
 	}
 
 	// A sandbox without a workspace has nothing to promote into.

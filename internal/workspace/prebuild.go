@@ -19,6 +19,11 @@ import (
 // maxPrebuildLog bounds the log kept with a prebuild.
 const maxPrebuildLog = 16 << 10
 
+// ErrNotRunning refuses to promote a sandbox that is not running: the
+// prebuild's commits are read from the running guest, and a prebuild
+// without them would count as stale and be rebuilt over at the next check.
+var ErrNotRunning = errors.New("only a running sandbox can be saved as a prebuild: start it first")
+
 // ErrCancelled ends a build cancelled by its owner.
 var ErrCancelled = errors.New("prebuild cancelled")
 
@@ -255,9 +260,9 @@ func (b *Prebuilds) failPromote(ctx context.Context, workspaceID, sandboxID stri
 }
 
 // Promote saves a sandbox of the workspace as its prebuild ("save as
-// prebuild"). It is consistent by stopping: a running sandbox is stopped
-// (the agent syncs and the guest is down before the disk is copied), saved,
-// and started again; a stopped one is saved as it is. The row is marked
+// prebuild"). It is consistent by stopping: the running sandbox's commits
+// are read, it is stopped (the agent syncs and the guest is down before the
+// disk is copied), saved, and started again. The row is marked
 // building meanwhile, so a build or another promote gets store.ErrBusy. The
 // drivers write the new prebuild beside the old one and swap only once it is
 // complete: any failure leaves the previous prebuild ready.
@@ -273,8 +278,8 @@ func (b *Prebuilds) Promote(ctx context.Context, workspaceID, sandboxID string) 
 	if sb.WorkspaceID != workspaceID {
 		return store.Prebuild{}, fmt.Errorf("promote %s: sandbox belongs to workspace %q: %w", sandboxID, sb.WorkspaceID, store.ErrNotFound)
 	}
-	if sb.Status != store.StatusRunning && sb.Status != store.StatusStopped {
-		return store.Prebuild{}, &store.ConflictError{ID: sandboxID, Current: sb.Status, To: store.StatusStopped}
+	if sb.Status != store.StatusRunning {
+		return store.Prebuild{}, fmt.Errorf("promote %s (%s): %w", sandboxID, sb.Status, ErrNotRunning)
 	}
 	if err := b.st.BeginPrebuild(ctx, workspaceID); err != nil {
 		return store.Prebuild{}, err
