@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -26,8 +27,9 @@ func (s *Server) registerResize() {
 		Description: "The volume driver grows the volume (a sparse file, or lvextend of the thin volume) and the guest's " +
 			"filesystem grows into it: online for a running sandbox on a runtime that can (containers), else at its next " +
 			"boot. For the owner or an admin. 400 naming body.sizeGb for a smaller size; 429 quota_exceeded past " +
-			"quotas.diskGbPerUser; 409 when the sandbox is neither running nor stopped, or is running on a runtime that " +
-			"grows disks only while stopped.",
+			"quotas.diskGbPerUser; 409 when the sandbox is neither running nor stopped, is running on a runtime that " +
+			"grows disks only while stopped, or when the volume grew but the running filesystem could not (it grows at " +
+			"the next restart).",
 		Errors: []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusNotFound, http.StatusConflict, http.StatusTooManyRequests},
 	}, func(ctx context.Context, in *resizeSandboxInput) (*sandboxOutput, error) {
 		if _, err := s.managed(ctx, in.ID); err != nil {
@@ -37,6 +39,9 @@ func (s *Server) registerResize() {
 		switch {
 		case errors.Is(err, sandbox.ErrGrowOffline):
 			return nil, newProblem(http.StatusConflict, "conflict", sandbox.ErrGrowOffline.Error())
+		case errors.Is(err, sandbox.ErrGrowAtRestart):
+			return nil, newProblem(http.StatusConflict, "conflict", sandbox.ErrGrowAtRestart.Error()+
+				fmt.Sprintf(" (its disk is now %d GiB): restart it to use the space", in.Body.SizeGB))
 		case errors.Is(err, sandbox.ErrNoResize):
 			return nil, newProblem(http.StatusConflict, "conflict", sandbox.ErrNoResize.Error())
 		case err != nil:

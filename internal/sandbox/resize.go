@@ -39,6 +39,10 @@ var ErrNoResize = errors.New("the volume driver cannot grow volumes")
 // sandbox must be stopped to be resized.
 var ErrGrowOffline = errors.New("this runtime grows a disk only while the sandbox is stopped: stop it first")
 
+// ErrGrowAtRestart: the volume grew and the row says so, but the running
+// guest's filesystem did not grow online; it grows at the next boot.
+var ErrGrowAtRestart = errors.New("the disk grew, but its filesystem grows only when the sandbox restarts")
+
 // Resize grows the sandbox's disk to sizeBytes: only up, and within the
 // owner's disk quota (the new size counts instead of the old). A running
 // sandbox's filesystem is grown online by its runtime; a stopped one's at
@@ -99,8 +103,9 @@ func (s *Service) Resize(ctx context.Context, id string, sizeBytes int64) (store
 			return "", grower.GrowDisk(ctx, id)
 		}, nil); err != nil {
 			// The volume is grown and recorded; the next boot grows the
-			// filesystem, and a resize to the same size grows it now.
-			return sb, fmt.Errorf("resize sandbox %s: %w", id, err)
+			// filesystem, and a resize to the same size tries again now.
+			s.log.WarnContext(ctx, "sandbox disk grown, filesystem not grown online", "sandbox_id", id, "err", err)
+			return sb, fmt.Errorf("resize sandbox %s: %w: %w", id, ErrGrowAtRestart, err)
 		}
 	}
 	s.log.InfoContext(ctx, "sandbox disk grown", "sandbox_id", id, "size_bytes", sizeBytes, "online", grower != nil)
