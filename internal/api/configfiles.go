@@ -104,7 +104,7 @@ func (s *Server) registerConfigFiles() {
 			Summary: "Replace a workspace's config files", Security: securityAuthed, Errors: errs,
 			Description: "The workspace's owner only. Laid over the global files: .json objects deep-merged, any other file replaced.",
 		}, func(ctx context.Context, in *struct {
-			workspaceIDInput
+			ID   string `path:"id" maxLength:"64" pattern:"^[A-Za-z0-9_-]+$"`
 			Body configFilesBody
 		}) (*configFilesOutput, error) {
 			if _, err := s.workspaceFor(ctx, in.ID, true); err != nil {
