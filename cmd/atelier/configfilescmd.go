@@ -97,7 +97,10 @@ func newConfigFilesCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if g.json {
-				return printJSON(cmd.OutOrStdout(), configFilesList{Files: files})
+				if files == nil {
+					files = []guestfiles.File{}
+				}
+				return printJSON(cmd.OutOrStdout(), files)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "PATH\tMODE\tBYTES")
