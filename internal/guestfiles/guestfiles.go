@@ -261,6 +261,17 @@ func (p *Pusher) PushConfigFiles(ctx context.Context, sb store.Sandbox, c *agent
 			dest = path.Join(home, f.Path[len(homePrefix):])
 		}
 		r.GuestPath = dest
+		owner, base := p.User, home
+		if !strings.HasPrefix(f.Path, homePrefix) {
+			// A file under /etc stays root's: one the image user owned
+			// there (profile.d, sudoers.d) would hand them root.
+			owner, base = "", "/etc"
+		}
+		if err := noSymlinks(ctx, c, base, dest); err != nil {
+			r.Action, r.Error = sandbox.ConfigFailed, err.Error()
+			out = append(out, r)
+			continue
+		}
 		want := Hash([]byte(f.Content))
 		cur, rerr := c.ReadFileBytes(ctx, dest)
 		switch {
@@ -274,7 +285,7 @@ func (p *Pusher) PushConfigFiles(ctx context.Context, sb store.Sandbox, c *agent
 			r.Action = sandbox.ConfigKept
 		default:
 			res, werr := c.WriteFiles(ctx, []agent.FileWrite{{Path: dest, Content: base64.StdEncoding.EncodeToString([]byte(f.Content)),
-				Encoding: "base64", Mode: fmt.Sprintf("%04o", f.Mode), Owner: p.User, Parents: true}})
+				Encoding: "base64", Mode: fmt.Sprintf("%04o", f.Mode), Owner: owner, Parents: true}})
 			if werr == nil {
 				werr = res.Err()
 			}
@@ -309,4 +320,40 @@ func (p *Pusher) home(ctx context.Context, c *agent.Client) (string, error) {
 		return "", fmt.Errorf("find home: exit %d, %q is not a home", res.ExitCode, h)
 	}
 	return h, nil
+}
+
+// noSymlinks refuses a destination reached through a symlink the guest
+// made: the agent writes as root, so ~/.config/x linked to /etc/shadow
+// would otherwise replace that file (owned by the image user). The
+// deepest existing component of dest must resolve to itself under base's
+// real path and be no symlink itself (Stat describes a last component
+// that is one rather than following it). A guest racing the
+// check can still swap a directory between it and the write (see
+// docs/SECURITY.md).
+func noSymlinks(ctx context.Context, c *agent.Client, base, dest string) error {
+	bi, err := c.Stat(ctx, base)
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", base, err)
+	}
+	for d := dest; ; {
+		fi, err := c.Stat(ctx, d)
+		if agent.IsNotFound(err) && d != base {
+			d = path.Dir(d)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("stat %s: %w", d, err)
+		}
+		if fi.Type == "symlink" && d != base {
+			return fmt.Errorf("%s is a symlink: not followed", d)
+		}
+		want := path.Join(bi.Path, strings.TrimPrefix(d, base))
+		if d == base {
+			want = bi.Path
+		}
+		if fi.Path != want {
+			return fmt.Errorf("%s leads to %s through a symlink: not followed", d, fi.Path)
+		}
+		return nil
+	}
 }

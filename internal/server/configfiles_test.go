@@ -142,14 +142,25 @@ func TestConfigFilesSandboxMock(t *testing.T) {
 	if got := run(id, `cat ~/.config/opencode/opencode.json`); got != merged {
 		t.Errorf("after forced sync: %q", got)
 	}
+	// A file the guest replaced by a symlink (to a file the agent could
+	// write, as root in a real guest) is refused even when forced, the
+	// link's target untouched; so is a directory on its path.
+	run(id, `echo victim > ~/victim && rm ~/.motd && ln -s victim ~/.motd && mkdir -p ~/elsewhere && rm -r ~/.config/opencode && ln -s ../elsewhere ~/.config/opencode`)
+	if got := sync(true); !strings.HasPrefix(got["~/.motd"], "failed") || !strings.HasPrefix(got[oc], "failed") {
+		t.Errorf("forced sync through symlinks: %v", got)
+	}
+	if got := run(id, `cat ~/victim; ls ~/elsewhere`); got != "victim\n" {
+		t.Errorf("a symlink's target was written: %q", got)
+	}
+	run(id, `rm ~/.motd ~/.config/opencode && echo restored > ~/.motd`)
+
 	// A restart pushes again, and keeps the guest's edits.
-	run(id, `echo edited > ~/.motd`)
 	must(200, "POST", "/api/sandboxes/"+id+"/stop", nil)
 	if code, b := call("POST", "/api/sandboxes/"+id+"/config-files/sync", nil); code != http.StatusConflict {
 		t.Errorf("sync of a stopped sandbox: %d %s", code, b)
 	}
 	must(200, "POST", "/api/sandboxes/"+id+"/start", nil)
-	if got := run(id, `cat ~/.motd`); !strings.HasPrefix(got, "edited") {
+	if got := run(id, `cat ~/.motd`); got != "restored\n" {
 		t.Errorf("a start overwrote a guest edit: %q", got)
 	}
 }
