@@ -9,7 +9,7 @@ import (
 )
 
 // TestConfigFilesRows runs on both backends: a scope's set replaced whole,
-// the global set ('') apart from a workspace's, a set for a missing
+// the global set (”) apart from a workspace's, a set for a missing
 // workspace refused, a duplicate path refusing the whole replacement, the
 // push hashes upserted and gone with their sandbox, a workspace's files
 // gone with it.
