@@ -115,7 +115,9 @@ func TestConfigFilesSandboxMock(t *testing.T) {
 		var out struct {
 			Files []struct{ Path, Action, Error string }
 		}
+		start := time.Now()
 		_ = json.Unmarshal(must(200, "POST", "/api/sandboxes/"+id+"/config-files/sync", map[string]any{"force": force}), &out)
+		t.Logf("sync (force %v) of %d files: %v", force, len(out.Files), time.Since(start).Round(time.Microsecond))
 		got := map[string]string{}
 		for _, f := range out.Files {
 			got[f.Path] = f.Action + f.Error
