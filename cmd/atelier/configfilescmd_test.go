@@ -42,4 +42,29 @@ func TestConfigFilesCLI(t *testing.T) {
 		t.Fatalf("workspace list: %s", r.out)
 	}
 	run("config-files", "--workspace", "nope", "list").fails(t, "unknown workspace", "nope")
+
+	// sync-config: a running sandbox received the global file at create;
+	// the guest's edit is kept by a plain sync and replaced by --force.
+	run("sandbox", "create", "--name", "cfgsb").ok(t, "create")
+	cat := func() string {
+		t.Helper()
+		return run("sandbox", "exec", "cfgsb", "--", "sh", "-c", "cat ~/.config/opencode/opencode.json").ok(t, "cat").out
+	}
+	if got := cat(); got != `{"theme":"dark"}` {
+		t.Fatalf("at create: %q", got)
+	}
+	r = run("sandbox", "sync-config", "cfgsb").ok(t, "sync")
+	if !strings.Contains(r.out, "~/.config/opencode/opencode.json  unchanged") {
+		t.Fatalf("sync: %s", r.out)
+	}
+	run("sandbox", "exec", "cfgsb", "--", "sh", "-c", `echo '{}' > ~/.config/opencode/opencode.json`).ok(t, "edit")
+	r = run("sandbox", "sync-config", "cfgsb").ok(t, "sync after edit")
+	if !strings.Contains(r.out, "kept (changed in the sandbox)") || !strings.Contains(r.err, "--force") || cat() != "{}\n" {
+		t.Fatalf("sync after edit: %s %s", r.out, r.err)
+	}
+	r = run("sandbox", "sync-config", "cfgsb", "--force").ok(t, "forced sync")
+	if !strings.Contains(r.out, "written") || cat() != `{"theme":"dark"}` {
+		t.Fatalf("forced sync: %s", r.out)
+	}
+	run("sandbox", "sync-config", "nosuchsandbox").fails(t, "unknown sandbox", "nosuchsandbox")
 }
