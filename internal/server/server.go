@@ -24,6 +24,7 @@ import (
 	"atelier/internal/config"
 	"atelier/internal/edge"
 	"atelier/internal/events"
+	"atelier/internal/guestfiles"
 	"atelier/internal/image/catalog"
 	"atelier/internal/metrics"
 	"atelier/internal/network"
@@ -222,6 +223,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	prov := newProvisioner(wss, st, sbx, ed, guestUser, log)
 	prov.NoPrebuildStart = cfg.Server.Mode == config.ModeMock
 	sbx.SetProvisioner(prov)
+	sbx.SetConfigPusher(&guestfiles.Pusher{Store: st, User: guestUser, Log: log})
 	pbs := workspace.NewPrebuilds(wss, st, sbx, guestUser, log)
 	// The starting page of a tool host names the service it waits for.
 	ed.SetServices(sbx)
