@@ -170,6 +170,13 @@ func TestWorkspaceGitCredentialMock(t *testing.T) {
 			t.Errorf("%s %s on the guest socket: %d, want 404", r[0], r[1], res.StatusCode)
 		}
 	}
+	// Nor does the manager's agent proxy forward them: only the
+	// documented agent routes are.
+	for _, r := range [][2]string{{"GET", "/git/credential/requests"}, {"POST", "/git/credential/answers"}, {"GET", "/git/credential/helper"}} {
+		if code, b := call(r[0], "/api/sandboxes/"+sb.ID+r[1], map[string]any{}); code != http.StatusNotFound && code != http.StatusMethodNotAllowed {
+			t.Errorf("%s %s through the manager: %d %s", r[0], r[1], code, b)
+		}
+	}
 	// And the guest's git itself: the helper's socket path is what the
 	// config names, and it answers from inside the sandbox.
 	if got := run(`git config --global --get-all credential.helper`); !strings.Contains(got, sock) {

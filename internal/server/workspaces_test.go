@@ -224,7 +224,7 @@ func TestWorkspaceSandboxMock(t *testing.T) {
 	}
 	// The global config names the agent's credential helper, never a token.
 	if got := run(`git -C ~/workspace/web remote get-url origin; git -C ~/workspace/web config --local --get-regexp 'credential|url'; cat ~/.gitconfig`); strings.Contains(got, token) ||
-		!strings.Contains(got, "git-credential --socket") || !strings.HasPrefix(got, repoURL+"\nremote.origin.url "+repoURL+"\n") {
+		!strings.Contains(got, "'git-credential' '--socket'") || !strings.HasPrefix(got, repoURL+"\nremote.origin.url "+repoURL+"\n") {
 		t.Errorf("remote and git config: %q", got)
 	}
 
