@@ -242,7 +242,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	}
 	s.health.registry = sup
 	s.Prebuilds = pbs
-	s.GitCredentials = &workspace.CredentialBroker{Workspaces: wss, Store: st, Agent: sbx.Agent, Log: log}
+	s.GitCredentials = &workspace.CredentialBroker{Workspaces: wss, Store: st, Agent: sbx.Agent, Log: log, Leading: s.Leading}
 	s.Provisioner = prov
 	s.Images = newCatalog(ctx, cfg, st, drv.Volumes, log)
 	if c, ok := drv.Runtime.(interface{ Check(context.Context) error }); ok {

@@ -47,6 +47,9 @@ type CredentialBroker struct {
 	Store      *store.Store
 	Agent      func(ctx context.Context, id string) (*agent.Client, error)
 	Log        *slog.Logger
+	// Leading, when set, limits polling to the replica holding the leader
+	// lease, so a request is taken by one manager only.
+	Leading func() bool
 	// Wait is one poll's length; Every how often running sandboxes are listed.
 	Wait, Every time.Duration
 
@@ -82,6 +85,14 @@ func (b *CredentialBroker) Run(ctx context.Context) {
 // sync starts a poller for each running workspace sandbox without one and
 // stops those of sandboxes no longer running.
 func (b *CredentialBroker) sync(ctx context.Context, wg *sync.WaitGroup) {
+	if b.Leading != nil && !b.Leading() {
+		b.mu.Lock()
+		for _, cancel := range b.polling {
+			cancel()
+		}
+		b.mu.Unlock()
+		return
+	}
 	list, err := b.Store.ListSandboxes(ctx, store.SandboxFilter{Status: store.StatusRunning, NoTimings: true})
 	if err != nil {
 		if ctx.Err() == nil {
