@@ -223,6 +223,10 @@ func (s *Server) guestCredential(w http.ResponseWriter, r *http.Request) error {
 		}
 		return errForbidden("%s", msg)
 	}
+	// A line break would let an answer add keys to git's helper protocol.
+	if strings.ContainsAny(a.Username+a.Password, "\r\n\x00") {
+		return &apiError{status: http.StatusBadGateway, code: agent.CodeInternal, detail: "the host's credential is not on one line"}
+	}
 	return writeJSON(w, http.StatusOK, agent.GitCredentialAnswer{Username: a.Username, Password: a.Password})
 }
 
