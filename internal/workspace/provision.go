@@ -271,11 +271,16 @@ func (p *Provisioner) gitCredential(ctx context.Context, c *agent.Client) (strin
 	if err != nil {
 		return "", fmt.Errorf("git credential helper: %w", err)
 	}
-	for _, argv := range [][]string{
+	for i, argv := range [][]string{
 		{"git", "config", "--global", "--replace-all", "credential.helper", ""},
 		{"git", "config", "--global", "--add", "credential.helper", helper},
 	} {
 		if _, err := p.exec(ctx, c, agent.ExecRequest{Argv: argv, TimeoutMs: quickTimeout.Milliseconds()}, "git config credential.helper"); err != nil {
+			// An image without git has no git to configure.
+			var ae *agent.Error
+			if i == 0 && errors.As(err, &ae) && ae.Field == "argv" {
+				return "no git in the image", nil
+			}
 			return "", err
 		}
 	}
