@@ -78,6 +78,8 @@ type Server struct {
 
 	// Prebuilds builds workspaces' prebuilds and checks them for staleness.
 	Prebuilds *workspace.Prebuilds
+	// GitCredentials answers guest git's credential requests on demand.
+	GitCredentials *workspace.CredentialBroker
 	// Provisioner sets up sandboxes of workspaces.
 	Provisioner *workspace.Provisioner
 }
@@ -242,6 +244,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	}
 	s.health.registry = sup
 	s.Prebuilds = pbs
+	s.GitCredentials = &workspace.CredentialBroker{Workspaces: wss, Store: st, Agent: sbx.Agent, Log: log, Leading: s.Leading}
 	s.Provisioner = prov
 	s.Images = newCatalog(ctx, cfg, st, drv.Volumes, log)
 	if c, ok := drv.Runtime.(interface{ Check(context.Context) error }); ok {
@@ -341,6 +344,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { defer s.bg.Done(); s.Bus.Run(bgCtx) }()
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.sweep(bgCtx) }()
+	// Guest git asks for credentials through its agent; the host polls.
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.GitCredentials.Run(bgCtx) }()
 	// Starts Verdaccio when the npm cache is enabled; stops it at shutdown.
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Registry.Run(bgCtx) }()
