@@ -122,10 +122,10 @@ func (c *Catalog) watchOnce(ctx context.Context, seen map[string]string) map[str
 		if r.Failed != "" {
 			gone[r.ID] = true
 			c.o.Log.Warn("image build failed", "image", r.ID, "stage", r.Failed, "err", r.Error)
-			publish(EventFailed, toBuild(r), r.ID)
 			if err := progress.Remove(c.o.BuildsDir, r.ID); err != nil {
 				c.o.Log.Warn("remove failed image build record", "image", r.ID, "err", err)
 			}
+			publish(EventFailed, toBuild(r), r.ID)
 			continue
 		}
 		sig := r.Stage + "\x00" + strconv.Itoa(len(r.Done))
