@@ -8,7 +8,9 @@ import { Badge, Empty, ErrorBanner, useAsync, useVisibleInterval } from '../ui';
 export function ImagesPage() {
   const { tick, imageTick, builds, failedBuilds } = useStore();
   // A build's end (imageTick) brings the new image: the list is refetched then, never polled.
-  const catalog = useAsync(listCatalog, [tick, imageTick]);
+  // A fresh closure per render: useAsync refetches when its function changes, and a
+  // module function passed as is would never change, whatever the deps.
+  const catalog = useAsync(() => listCatalog(), [tick, imageTick]);
   const list = catalog.data?.images;
   const images = catalog;
   useEffect(() => {
