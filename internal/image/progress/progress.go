@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -115,12 +116,11 @@ func read(p string) (Record, error) {
 		return r, err
 	}
 	defer f.Close()
-	b := make([]byte, maxRecord)
-	n, err := f.Read(b)
-	if err != nil && n == 0 {
+	b, err := io.ReadAll(io.LimitReader(f, maxRecord))
+	if err != nil {
 		return r, fmt.Errorf("read build record %s: %w", filepath.Base(p), err)
 	}
-	if err := json.Unmarshal(b[:n], &r); err != nil {
+	if err := json.Unmarshal(b, &r); err != nil {
 		return r, fmt.Errorf("read build record %s: %w", filepath.Base(p), err)
 	}
 	return r, nil

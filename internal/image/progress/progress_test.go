@@ -125,3 +125,27 @@ func TestListDropsStaleRecords(t *testing.T) {
 		t.Error("wrote a record with a path in its id")
 	}
 }
+
+// BenchmarkScan is the manager's once-a-second look at the images dir: a
+// few images, their sidecars and one build running.
+func BenchmarkScan(b *testing.B) {
+	dir := b.TempDir()
+	for _, n := range []string{"dev-base.ext4", "dev-base.json", "dev-base.ext4.build.json", "dev-cloud.ext4", "dev-cloud.json"} {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("{}"), 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	r := progress.New("dev-cloud")
+	r.Stage = "dev-cloud/setup"
+	r.Done = []progress.Stage{{Name: "dev-base/root", Cached: true}, {Name: "dev-base/setup", Cached: true}, {Name: "dev-cloud/root", Seconds: 83}}
+	if err := progress.Write(dir, r); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		live, _, err := progress.Scan(dir)
+		if err != nil || len(live) != 1 {
+			b.Fatalf("scan: %v %v", live, err)
+		}
+	}
+}
