@@ -41,7 +41,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(newServeCmd(g), newConfigCmd(g), newSandboxCmd(g), newManagerCmd(g), newStorageCmd(g), newNetworkCmd(g), newDebugVMCmd(g), newAgentCmd(), newRegistryCmd(g), newImagesCmd(g))
 	addOpsCommands(g, root)
 	root.AddCommand(newSSHKeyCmd(g), newTokenCmd(g), newMockStopCmd(g), newLogKeeperCmd())
-	root.AddCommand(newWorkspaceCmd(g))
+	root.AddCommand(newWorkspaceCmd(g), newGitSourceCmd(g))
 	return root
 }
 

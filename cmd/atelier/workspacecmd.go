@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -318,7 +320,7 @@ func newWorkspaceCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(create, update, list, get, rm)
+	cmd.AddCommand(create, update, list, get, rm, newPrebuildCmd(g))
 	return cmd
 }
 
@@ -341,4 +343,174 @@ func (g *globals) workspace(ctx context.Context, arg string) (workspace.Workspac
 		return workspace.Workspace{}, err
 	}
 	return pick(arg, "workspace", ws, func(w workspace.Workspace) string { return w.ID }, func(w workspace.Workspace) string { return w.Name })
+}
+
+// prebuildView is the API's prebuild state, as the CLI prints it.
+type prebuildView struct {
+	Status  string            `json:"status"`
+	Ready   bool              `json:"ready"`
+	Stale   bool              `json:"stale"`
+	Commits map[string]string `json:"commits"`
+	BuiltAt *time.Time        `json:"builtAt"`
+	Error   string            `json:"error,omitempty"`
+	Log     string            `json:"log,omitempty"`
+}
+
+func newPrebuildCmd(g *globals) *cobra.Command {
+	var cancel, del, check, showLog bool
+	cmd := &cobra.Command{
+		Use:   "prebuild ID|NAME",
+		Short: "Build a workspace's prebuild, or --cancel, --delete, --check it; --log shows the last build's log",
+		Long: "Without a flag, start a build: a sandbox of the workspace clones and runs the init commands (nothing\n" +
+			"secret), and its disk becomes the prebuild new sandboxes of the workspace start from.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			w, err := g.workspace(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			c, _ := g.client()
+			base := "/api/workspaces/" + url.PathEscape(w.ID) + "/prebuild"
+			var pb prebuildView
+			switch {
+			case del:
+				if err := c.Do(cmd.Context(), "DELETE", base, nil, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "deleted the prebuild of %s\n", w.Name)
+				return nil
+			case cancel:
+				err = c.Do(cmd.Context(), "POST", base+"/cancel", nil, &pb)
+			case check:
+				err = c.Do(cmd.Context(), "POST", base+"/check", nil, &pb)
+			case showLog:
+				err = c.Do(cmd.Context(), "GET", base, nil, &pb)
+			default:
+				err = c.Do(cmd.Context(), "POST", base, nil, &pb)
+			}
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), pb)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "prebuild of %s: %s (ready: %v, stale: %v)\n", w.Name, pb.Status, pb.Ready, pb.Stale)
+			if pb.Error != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "error: %s\n", pb.Error)
+			}
+			if showLog {
+				fmt.Fprint(cmd.OutOrStdout(), pb.Log)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&cancel, "cancel", false, "cancel the running build (the ready prebuild stays)")
+	f.BoolVar(&del, "delete", false, "delete the prebuild")
+	f.BoolVar(&check, "check", false, "compare the tracked branches with the prebuild's commits; rebuild if one moved")
+	f.BoolVar(&showLog, "log", false, "show the status and the last build's log")
+	cmd.MarkFlagsMutuallyExclusive("cancel", "delete", "check", "log")
+	return cmd
+}
+
+type gitSourceView struct {
+	ID       string `json:"id"`
+	Type     string `json:"type"`
+	Name     string `json:"name"`
+	Host     string `json:"host"`
+	Username string `json:"username"`
+	HasToken bool   `json:"hasToken"`
+}
+
+func newGitSourceCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "git-source", Aliases: []string{"git-sources"},
+		Short: "Git servers and the tokens that clone your private repositories (sealed; never shown again)"}
+	var typ, user string
+	add := &cobra.Command{
+		Use:   "add NAME [URL]",
+		Short: "Add a git source; the token is read from ATELIER_GIT_TOKEN or stdin",
+		Example: "  ATELIER_GIT_TOKEN=... atelier git-source add work https://git.example.com\n" +
+			"  atelier git-source add gh --type github < token.txt",
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			tok := os.Getenv("ATELIER_GIT_TOKEN")
+			if tok == "" {
+				b, err := io.ReadAll(io.LimitReader(stdinOf(cmd), 8<<10))
+				if err != nil {
+					return err
+				}
+				tok = strings.TrimSpace(string(b))
+			}
+			body := map[string]any{"name": args[0], "type": typ, "username": user, "token": tok}
+			if len(args) == 2 {
+				body["url"] = args[1]
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var s gitSourceView
+			if err := c.Do(cmd.Context(), "POST", "/api/git-sources", body, &s); err != nil {
+				return flagError(err, map[string]string{"url": "URL", "token": "the token (ATELIER_GIT_TOKEN or stdin)", "type": "--type", "username": "--username", "name": "NAME"})
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), s)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "added git source %s for %s (id %s)\n", s.Name, s.Host, s.ID)
+			return nil
+		},
+	}
+	add.Flags().StringVar(&typ, "type", "generic", "generic or github")
+	add.Flags().StringVar(&user, "username", "", "username sent with the token (default x-access-token)")
+	list := &cobra.Command{
+		Use: "list", Aliases: []string{"ls"}, Short: "List your git sources", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			list, err := g.gitSources(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), list)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tTYPE\tHOST\tUSERNAME\tTOKEN")
+			for _, s := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", s.ID, s.Name, s.Type, s.Host, s.Username, s.HasToken)
+			}
+			return tw.Flush()
+		},
+	}
+	rm := &cobra.Command{
+		Use: "rm ID|NAME", Short: "Remove a git source", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			list, err := g.gitSources(cmd.Context())
+			if err != nil {
+				return err
+			}
+			s, err := pick(args[0], "git-source", list, func(s gitSourceView) string { return s.ID }, func(s gitSourceView) string { return s.Name })
+			if err != nil {
+				return err
+			}
+			c, _ := g.client()
+			if err := c.Do(cmd.Context(), "DELETE", "/api/git-sources/"+url.PathEscape(s.ID), nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed git source %s (%s)\n", s.Name, s.ID)
+			return nil
+		},
+	}
+	cmd.AddCommand(add, list, rm)
+	return cmd
+}
+
+func (g *globals) gitSources(ctx context.Context) ([]gitSourceView, error) {
+	c, err := g.client()
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Sources []gitSourceView `json:"sources"`
+	}
+	err = c.Do(ctx, "GET", "/api/git-sources", nil, &out)
+	return out.Sources, err
 }

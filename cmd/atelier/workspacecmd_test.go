@@ -62,6 +62,20 @@ func TestWorkspaceCLI(t *testing.T) {
 	if !strings.Contains(r.out, `"web2"`) || strings.Contains(r.out, "WS_TEST_TOKEN") || !strings.Contains(r.out, "git.example.test") {
 		t.Fatalf("after update: %s", r.out)
 	}
+	r = run("workspace", "prebuild", "web2", "--log").ok(t, "prebuild --log")
+	if !strings.Contains(r.out, "prebuild of web2: none (ready: false") {
+		t.Errorf("prebuild --log: %q", r.out)
+	}
+	r = cli(t, ctx, url, "tok-from-stdin-93\n", "git-source", "add", "local", "https://git.example.test").ok(t, "git-source add")
+	if !strings.Contains(r.out, "added git source local for git.example.test") {
+		t.Errorf("git-source add: %q", r.out)
+	}
+	r = run("git-source", "list").ok(t, "git-source list")
+	if !strings.Contains(r.out, "git.example.test") || strings.Contains(r.out, "tok-from-stdin") {
+		t.Errorf("git-source list: %q", r.out)
+	}
+	cli(t, ctx, url, "tok\n", "git-source", "add", "bad", "ssh://x").fails(t, "bad source url", "URL")
+	run("git-source", "rm", "local").ok(t, "git-source rm")
 	run("workspace", "rm", "web2").ok(t, "rm")
 	run("workspace", "get", "web2").fails(t, "get removed", "no workspace")
 }

@@ -54,6 +54,8 @@ type Deps struct {
 	Images *catalog.Catalog
 	// Workspaces serves /api/workspaces; nil leaves those routes out.
 	Workspaces *workspace.Service
+	// Prebuilds serves /api/workspaces/{id}/prebuild; nil leaves it out.
+	Prebuilds *workspace.Prebuilds
 }
 
 // Server holds the mux and the huma API built on it.

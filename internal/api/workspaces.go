@@ -47,6 +47,8 @@ func (s *Server) workspaceProblem(ctx context.Context, err error) error {
 	switch {
 	case errors.As(err, &inUse):
 		return newProblem(http.StatusConflict, "conflict", "workspace has sandboxes "+strings.Join(inUse.SandboxIDs, ", ")+": destroy them first")
+	case errors.Is(err, store.ErrBusy):
+		return newProblem(http.StatusConflict, "conflict", "a prebuild of this workspace is running: wait for it or cancel it")
 	case errors.Is(err, store.ErrNotFound):
 		return newProblem(http.StatusNotFound, "not_found", "workspace not found")
 	case errors.Is(err, store.ErrDuplicate):
@@ -156,7 +158,72 @@ func (s *Server) registerWorkspaces() {
 		if _, err := s.workspaceFor(ctx, in.ID, true); err != nil {
 			return nil, err
 		}
-		if err := s.d.Workspaces.Delete(ctx, in.ID); err != nil {
+		del := s.d.Workspaces.Delete
+		if s.d.Prebuilds != nil {
+			del = s.d.Prebuilds.DeleteWorkspace
+		}
+		if err := del(ctx, in.ID); err != nil {
+			return nil, s.workspaceProblem(ctx, err)
+		}
+		return nil, nil
+	})
+	s.registerPrebuilds()
+}
+
+func (s *Server) registerPrebuilds() {
+	if s.d.Prebuilds == nil {
+		return
+	}
+	tags := []string{"workspaces"}
+	errs := []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusNotFound}
+	type out struct{ Body store.Prebuild }
+	reg := func(id, method, path, summary, desc string, status int, fn func(ctx context.Context, wsID string) (store.Prebuild, error)) {
+		huma.Register(s.api, huma.Operation{
+			OperationID: id, Method: method, Path: path, Tags: tags, Summary: summary, Description: desc,
+			Security: securityAuthed, DefaultStatus: status, Errors: append(errs, http.StatusConflict),
+		}, func(ctx context.Context, in *workspaceIDInput) (*out, error) {
+			if _, err := s.workspaceFor(ctx, in.ID, method != http.MethodGet); err != nil {
+				return nil, err
+			}
+			pb, err := fn(ctx, in.ID)
+			if errors.Is(err, store.ErrBusy) {
+				return nil, newProblem(http.StatusConflict, "conflict", "a prebuild of this workspace is running: wait for it or cancel it")
+			}
+			if err != nil {
+				return nil, s.workspaceProblem(ctx, err)
+			}
+			return &out{pb}, nil
+		})
+	}
+	reg("get-prebuild", http.MethodGet, "/api/workspaces/{id}/prebuild", "Get a workspace's prebuild",
+		"Status of the latest build (with its log) and whether a ready prebuild exists, with the commits it holds.", 0, s.d.Prebuilds.Status)
+	reg("start-prebuild", http.MethodPost, "/api/workspaces/{id}/prebuild", "Build a workspace's prebuild",
+		"A sandbox of the workspace clones its repositories and runs its init commands, without any secret, is "+
+			"stopped, and its disk becomes the prebuild new sandboxes of the workspace start from. The previous "+
+			"prebuild is used until the new one is saved, and kept if the build fails. 409 while a build runs.",
+		http.StatusAccepted, s.d.Prebuilds.Start)
+	reg("cancel-prebuild", http.MethodPost, "/api/workspaces/{id}/prebuild/cancel", "Cancel a running prebuild",
+		"The build sandbox is destroyed; the ready prebuild, if any, stays.", 0, s.d.Prebuilds.Cancel)
+	reg("check-prebuild", http.MethodPost, "/api/workspaces/{id}/prebuild/check", "Check whether the prebuild is stale",
+		"git ls-remote of each tracked branch against the prebuild's commits (the manager also does this every "+
+			"30 minutes); a moved branch starts a rebuild.", 0, func(ctx context.Context, id string) (store.Prebuild, error) {
+			if _, err := s.d.Prebuilds.Check(ctx, id); err != nil {
+				return store.Prebuild{}, err
+			}
+			return s.d.Prebuilds.Status(ctx, id)
+		})
+	huma.Register(s.api, huma.Operation{
+		OperationID: "delete-prebuild", Method: http.MethodDelete, Path: "/api/workspaces/{id}/prebuild", Tags: tags,
+		Summary: "Delete a workspace's prebuild", Security: securityAuthed, DefaultStatus: http.StatusNoContent,
+		Description: "New sandboxes then clone and set up from the image. Sandboxes made from it are unaffected.",
+		Errors:      append(errs, http.StatusConflict),
+	}, func(ctx context.Context, in *workspaceIDInput) (*struct{}, error) {
+		if _, err := s.workspaceFor(ctx, in.ID, true); err != nil {
+			return nil, err
+		}
+		if err := s.d.Prebuilds.Delete(ctx, in.ID); errors.Is(err, store.ErrBusy) {
+			return nil, newProblem(http.StatusConflict, "conflict", "a prebuild of this workspace is running: cancel it first")
+		} else if err != nil {
 			return nil, s.workspaceProblem(ctx, err)
 		}
 		return nil, nil

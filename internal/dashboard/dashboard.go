@@ -29,7 +29,7 @@ var embedded embed.FS
 // app's router draws the page. The API server registers them as public
 // routes (the shell carries no data; every call it makes is authenticated).
 var Pages = []string{
-	"/{$}", "/login", "/sandboxes", "/sandboxes/{id}", "/system", "/images", "/settings",
+	"/{$}", "/login", "/sandboxes", "/sandboxes/{id}", "/system", "/images", "/settings", "/workspaces",
 }
 
 // Options shape the headers of the app's pages.

@@ -26,8 +26,9 @@
 // the event table instead: Publish only persists, and Run fans out every
 // event of the table, whichever replica wrote it, in id order (the store
 // commits event ids in order). Subscribers and the pattern above are
-// unchanged; live events lag by at most TailEvery for other replicas' events
-// and not at all for this one's (Publish wakes the tail).
+// unchanged. A commit wakes every replica's tail through Postgres
+// LISTEN/NOTIFY (this one's also directly from Publish); the tail polls
+// every TailEvery as well, in case notifications are lost.
 //
 // A subscriber that does not keep up is dropped: its channel is closed, and
 // the client resumes from its last id. One slow SSE client never stalls the
@@ -66,8 +67,9 @@ const (
 	// DefaultReplayLimit applies when Replay is asked for limit <= 0.
 	DefaultReplayLimit = 1000
 	// TailEvery is how often a tailing bus reads the table for events
-	// other replicas wrote.
-	TailEvery = 200 * time.Millisecond
+	// other replicas wrote when no notification woke it (LISTEN/NOTIFY
+	// wakes it at once; this bounds the delay while that is down).
+	TailEvery = time.Second
 )
 
 // Bus persists and fans out events.
@@ -90,6 +92,7 @@ type Bus struct {
 	tail      bool
 	tailEvery time.Duration
 	kick      chan struct{}
+	tailFrom  int64
 	leader    func() bool
 }
 
@@ -102,7 +105,7 @@ func New(st *store.Store, log *slog.Logger) *Bus {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Bus{
+	b := &Bus{
 		st:    st,
 		log:   log,
 		subs:  map[*subscriber]struct{}{},
@@ -114,6 +117,22 @@ func New(st *store.Store, log *slog.Logger) *Bus {
 		tailEvery: TailEvery,
 		kick:      make(chan struct{}, 1),
 	}
+	if b.tail {
+		// Read now, before anyone can Subscribe: every event committed
+		// after a Subscribe then has a larger id and is fanned out. Read
+		// when Run starts, an event published in between would be in no
+		// subscriber's replay and never live.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		last, err := st.LatestEventID(ctx)
+		if err != nil {
+			// From 0 the tail fans out the retained history once; SSE
+			// clients skip ids they replayed, and nothing is missed.
+			log.Warn("tail events: read the latest id; starting from the oldest", "err", err)
+		}
+		b.tailFrom = last
+	}
+	return b
 }
 
 // SetLeader makes Run trim the table only while leader() is true: with
@@ -134,14 +153,19 @@ func (b *Bus) Publish(ctx context.Context, typ, sandboxID string, data any) (sto
 		return store.Event{}, fmt.Errorf("persist %s event: %w", typ, err)
 	}
 	if b.tail {
-		select {
-		case b.kick <- struct{}{}:
-		default:
-		}
+		b.wake()
 		return ev, nil
 	}
 	b.fanOut(ev)
 	return ev, nil
+}
+
+// wake makes the tail read the table now.
+func (b *Bus) wake() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (b *Bus) fanOut(ev store.Event) {
@@ -242,22 +266,27 @@ func (b *Bus) Run(ctx context.Context) {
 	}
 }
 
-// runTail fans out every event committed after it starts. Earlier ones are
+// runTail fans out every event committed after New. Earlier ones are
 // history, which subscribers get from Replay.
 func (b *Bus) runTail(ctx context.Context) {
-	last, err := b.st.LatestEventID(ctx)
-	for err != nil {
-		if ctx.Err() != nil {
-			return
+	last := b.tailFrom
+	// Other replicas' events wake the tail through LISTEN/NOTIFY; the
+	// ticker is the fallback while that connection is down.
+	listening := make(chan struct{})
+	defer func() { <-listening }()
+	go func() {
+		defer close(listening)
+		for ctx.Err() == nil {
+			err := b.st.ListenEvents(ctx, b.wake)
+			if err != nil && ctx.Err() == nil {
+				b.log.Warn("tail events: notifications lost; polling every "+b.tailEvery.String()+" until reconnected", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
 		}
-		b.log.Warn("tail events: read the latest id", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-		last, err = b.st.LatestEventID(ctx)
-	}
+	}()
 	t := time.NewTicker(b.tailEvery)
 	defer t.Stop()
 	for {

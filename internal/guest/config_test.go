@@ -183,3 +183,36 @@ func TestEmptyDirGuardsScratchMounts(t *testing.T) {
 		t.Error("isMountpoint misjudges / or a plain directory")
 	}
 }
+
+// TestConfigEnv: the stored config's env reaches every process the agent
+// starts, under the request's own variables, and survives an agent restart
+// (it is read back from the stored config).
+func TestConfigEnv(t *testing.T) {
+	a := startAgent(t, nil)
+	ctx := ctxT(t, 10*time.Second)
+	run := func(env map[string]string) string {
+		t.Helper()
+		res, err := a.c.Exec(ctx, agent.ExecRequest{Argv: []string{"sh", "-c", `printf '%s|%s' "$WS_A" "$WS_B"`}, Env: env})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Stdout
+	}
+	if got := run(nil); got != "|" {
+		t.Fatalf("before any config: %q", got)
+	}
+	if _, err := a.c.PutConfig(ctx, map[string]any{"sandboxId": "s", "env": map[string]string{"WS_A": "from-config", "WS_B": "b $(x) `y`"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := run(nil); got != "from-config|b $(x) `y`" {
+		t.Fatalf("with config env: %q", got)
+	}
+	if got := run(map[string]string{"WS_A": "from-request"}); got != "from-request|b $(x) `y`" {
+		t.Fatalf("request over config: %q", got)
+	}
+	// A new agent on the same config file.
+	b := NewServer(Options{SandboxID: "x", ConfigPath: filepath.Join(a.dir, "etc", "config.json")})
+	if got := b.configEnv(nil)["WS_A"]; got != "from-config" {
+		t.Fatalf("after restart: %q", got)
+	}
+}

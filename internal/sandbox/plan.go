@@ -26,6 +26,8 @@ type plan struct {
 	addressInUse bool
 	// released: the lease has been released by this plan.
 	released bool
+	// prov is how a create provisions its workspace.
+	prov ProvisionMode
 }
 
 func (s *Service) newPlan(ctx context.Context, id, op string) *plan {

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"atelier/internal/agent"
@@ -19,8 +20,70 @@ type Provisioner interface {
 	// Steps are the create steps that provision sb through its agent, run
 	// in order as journaled steps after the agent answers and before the
 	// sandbox is marked running.
-	Steps(ctx context.Context, sb store.Sandbox) ([]ProvisionStep, error)
+	Steps(ctx context.Context, sb store.Sandbox, mode ProvisionMode) ([]ProvisionStep, error)
 }
+
+// ProvisionMode is how a sandbox of a workspace is provisioned.
+type ProvisionMode int
+
+const (
+	// FromImage clones the repositories and runs the init commands.
+	FromImage ProvisionMode = iota
+	// FromPrebuild starts from the workspace's prebuild volume, which
+	// already holds the clones and the init commands' results.
+	FromPrebuild
+	// Build is the prebuild's own sandbox: clones and init commands only,
+	// nothing secret (no secret variables or files), since its disk becomes
+	// the prebuild every later sandbox starts from.
+	Build
+)
+
+// Prebuilder is Volumes that keeps workspaces' prebuilds: a stopped
+// sandbox's disk saved as prebuild-{workspaceId}, cloned by later creates.
+type Prebuilder interface {
+	// Prebuild snapshots the sandbox's disk as the workspace's prebuild,
+	// replacing the previous one only once the new one is whole.
+	Prebuild(ctx context.Context, workspaceID, sandboxID string) error
+	DeletePrebuild(ctx context.Context, workspaceID string) error
+	// CloneFromPrebuild makes the sandbox's volume from the prebuild.
+	CloneFromPrebuild(ctx context.Context, workspaceID, id string) (path, driver string, err error)
+}
+
+// SavePrebuild saves a stopped sandbox's disk as its workspace's prebuild.
+func (s *Service) SavePrebuild(ctx context.Context, workspaceID, sandboxID string) error {
+	pb, ok := s.drv.Volumes.(Prebuilder)
+	if !ok {
+		return fmt.Errorf("save prebuild: %w", ErrNoPrebuilds)
+	}
+	unlock, err := s.locks.Lock(ctx, sandboxID)
+	if err != nil {
+		return fmt.Errorf("save prebuild: %w", err)
+	}
+	defer unlock()
+	sb, err := s.st.GetSandbox(ctx, sandboxID)
+	if err != nil {
+		return fmt.Errorf("save prebuild: %w", err)
+	}
+	if sb.Status != store.StatusStopped {
+		return &store.ConflictError{ID: sandboxID, Current: sb.Status, To: store.StatusStopped}
+	}
+	if err := pb.Prebuild(ctx, workspaceID, sandboxID); err != nil {
+		return fmt.Errorf("save prebuild of workspace %s: %w", workspaceID, err)
+	}
+	return nil
+}
+
+// DeletePrebuild removes a workspace's prebuild volume; an absent one is success.
+func (s *Service) DeletePrebuild(ctx context.Context, workspaceID string) error {
+	pb, ok := s.drv.Volumes.(Prebuilder)
+	if !ok {
+		return nil
+	}
+	return pb.DeletePrebuild(ctx, workspaceID)
+}
+
+// ErrNoPrebuilds: the volume driver keeps no prebuilds.
+var ErrNoPrebuilds = errors.New("the volume driver keeps no prebuilds")
 
 // ProvisionStep is one journaled create step. Undo, when set, is run if a
 // later step fails (the guest itself is destroyed anyway: Undo is for
@@ -52,7 +115,7 @@ func (s *Service) provision(p *plan, sb store.Sandbox) error {
 	var steps []ProvisionStep
 	if err := p.step(StepWorkspace, sb.WorkspaceID, func(ctx context.Context) (string, error) {
 		var err error
-		steps, err = prov.Steps(ctx, sb)
+		steps, err = prov.Steps(ctx, sb, p.prov)
 		return fmt.Sprintf("%d steps", len(steps)), err
 	}, nil); err != nil {
 		return err

@@ -16,6 +16,8 @@ type op struct {
 	// locked: the op holds the sandbox lock for its whole run (a start);
 	// a create job holds none.
 	locked bool
+	// prov says how a create job provisions its workspace (provision.go).
+	prov ProvisionMode
 }
 
 // queue is the spawn queue: a FIFO that never blocks the pusher. Its length

@@ -269,6 +269,10 @@ func (s *Service) reconcileRow(ctx context.Context, sb store.Sandbox, p *pass) e
 			return nil
 		}
 	}
+	// Another replica may be working on it (a shared store, see SetShared).
+	if s.workedOnElsewhere(sb) {
+		return nil
+	}
 	rep := &p.rep
 	bg := context.WithoutCancel(ctx)
 	hooks := s.hooks.Load()

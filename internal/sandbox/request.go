@@ -41,6 +41,10 @@ type CreateRequest struct {
 	WorkspaceID string
 	Vcpus       int
 	MemoryMB    int
+	// Mode is how the workspace provisions the sandbox: set by the
+	// workspace's Provisioner.Prepare (FromPrebuild) or by the prebuild
+	// runner (Build), never from a request body.
+	Mode ProvisionMode
 }
 
 // Normalize fills defaults from cfg and validates every field; the error is

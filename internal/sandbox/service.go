@@ -90,6 +90,8 @@ type Service struct {
 	afterInsert func(id string)
 	// retention replaces JournalRetention in tests.
 	retention *store.OpRetention
+	// sharedFresh: see SetShared.
+	sharedFresh atomic.Int64
 }
 
 // New builds the service; Run starts its spawn workers.
@@ -242,7 +244,7 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (store.Sandbox,
 	// would undo it as a create interrupted by a crash.
 	bg := context.WithoutCancel(ctx)
 	jctx, cancel := context.WithCancel(bg)
-	j := &op{id: sb.ID, ctx: jctx, cancel: cancel, done: make(chan struct{}), enqueued: time.Now()}
+	j := &op{id: sb.ID, ctx: jctx, cancel: cancel, done: make(chan struct{}), enqueued: time.Now(), prov: req.Mode}
 	s.mu.Lock()
 	s.inflight[sb.ID] = j
 	s.mu.Unlock()
@@ -542,6 +544,7 @@ func (s *Service) runCreate(j *op) {
 	p := s.newPlan(j.ctx, j.id, OpCreate)
 	p.timings["queue"] = ms(queued)
 	begin := time.Now()
+	p.prov = j.prov
 	up, err := s.bringUp(p, sb, true)
 	if err == nil {
 		p.timings["total"] = ms(time.Since(begin))
@@ -621,8 +624,16 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 	if create {
 		undoVolume = func(ctx context.Context) error { return s.drv.Volumes.Delete(ctx, id) }
 	}
-	err = p.step(StepVolume, sb.Image, func(ctx context.Context) (string, error) {
+	volDetail := sb.Image
+	if create && p.prov == FromPrebuild {
+		volDetail = "prebuild-" + sb.WorkspaceID
+	}
+	err = p.step(StepVolume, volDetail, func(ctx context.Context) (string, error) {
 		var err error
+		if pb, ok := s.drv.Volumes.(Prebuilder); ok && create && p.prov == FromPrebuild {
+			disk, up.driver, err = pb.CloneFromPrebuild(ctx, sb.WorkspaceID, id)
+			return disk, err
+		}
 		if vs, ok := s.drv.Volumes.(VolumeSet); ok {
 			// The driver that holds the volume, or will: never a fresh
 			// volume on another driver in place of the user's disk.

@@ -47,6 +47,7 @@ func TestMain(m *testing.M) {
 		os.Exit(runTestManager(path))
 	}
 	code := m.Run()
+	testenv.StopPostgres()
 	if agentDir != "" {
 		os.RemoveAll(agentDir)
 	}
@@ -458,14 +459,14 @@ func httpRequest(method, url string) (*http.Request, error) {
 // sandboxes are real agent processes (no root needed), with its state under
 // dir. mutate adjusts the config first. stop ends Serve and returns its error;
 // callers destroy their sandboxes before calling it.
-func startMockManager(t *testing.T, dir string, mutate func(*config.Config)) (*Server, func() error) {
+func startMockManager(t testing.TB, dir string, mutate func(*config.Config)) (*Server, func() error) {
 	t.Helper()
 	return startMockManagerWith(t, dir, mutate, Options{})
 }
 
 // startMockManagerWith is startMockManager with server options (Log and
 // NoUnixSock are set here; Drivers default to the agent as a process).
-func startMockManagerWith(t *testing.T, dir string, mutate func(*config.Config), opts Options) (*Server, func() error) {
+func startMockManagerWith(t testing.TB, dir string, mutate func(*config.Config), opts Options) (*Server, func() error) {
 	t.Helper()
 	agentBin := buildAgent(t)
 	cfg := config.Default()

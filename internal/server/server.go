@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -66,6 +67,18 @@ type Server struct {
 	reconcileEvery time.Duration
 	timeouts       HTTPTimeouts
 	health         health
+
+	// Replicas on a shared store: see replicas.go.
+	replicaID string
+	leaderTTL time.Duration
+	leading   atomic.Bool
+	// passCancel ends the leader's reconciler pass in progress.
+	passCancel atomic.Pointer[context.CancelFunc]
+
+	// Prebuilds builds workspaces' prebuilds and checks them for staleness.
+	Prebuilds *workspace.Prebuilds
+	// Provisioner sets up sandboxes of workspaces.
+	Provisioner *workspace.Provisioner
 }
 
 // Options adjust a server for tests.
@@ -85,6 +98,9 @@ type Options struct {
 	ReconcileEvery time.Duration
 	// HTTPTimeouts of the API listeners; zero fields take DefaultHTTPTimeouts.
 	HTTPTimeouts HTTPTimeouts
+	// LeaderTTL is the leader lease of replicas on Postgres (default
+	// DefaultLeaderTTL).
+	LeaderTTL time.Duration
 }
 
 // SandboxLogs are the keepers of the sandboxes' logs, with the config's
@@ -203,7 +219,10 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	}
 	sbx.AddHooks(ed.Hooks())
 	wss := workspace.New(st, box, log)
-	sbx.SetProvisioner(newProvisioner(wss, st, sbx, ed, guestUser, log))
+	prov := newProvisioner(wss, st, sbx, ed, guestUser, log)
+	prov.NoPrebuildStart = cfg.Server.Mode == config.ModeMock
+	sbx.SetProvisioner(prov)
+	pbs := workspace.NewPrebuilds(wss, st, sbx, guestUser, log)
 	// The starting page of a tool host names the service it waits for.
 	ed.SetServices(sbx)
 	every := opts.ReconcileEvery
@@ -211,8 +230,17 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		every = 30 * time.Second
 	}
 	s := &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Log: log, Registry: reg, SSHProxy: sp, Edge: ed, reconcileEvery: every,
-		timeouts: opts.HTTPTimeouts.withDefaults()}
+		timeouts: opts.HTTPTimeouts.withDefaults(), replicaID: newReplicaID(), leaderTTL: opts.LeaderTTL}
+	if s.leaderTTL <= 0 {
+		s.leaderTTL = DefaultLeaderTTL
+	}
+	if s.replicated() {
+		sbx.SetShared(s.leaderTTL)
+		bus.SetLeader(s.Leading)
+	}
 	s.health.registry = sup
+	s.Prebuilds = pbs
+	s.Provisioner = prov
 	s.Images = newCatalog(ctx, cfg, st, drv.Volumes, bus, log)
 	if c, ok := drv.Runtime.(interface{ Check(context.Context) error }); ok {
 		s.health.runtime = c.Check
@@ -220,7 +248,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	s.API = api.New(api.Deps{
 		Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Metrics: m, Log: log,
 		Version: Version, Started: time.Now(), Registry: reg,
-		Edge: ed, Ready: s.readiness, Host: reports, Images: s.Images, Workspaces: wss,
+		Edge: ed, Ready: s.readiness, Host: reports, Images: s.Images, Workspaces: wss, Prebuilds: pbs,
 	})
 	return s, nil
 }
@@ -279,15 +307,28 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.cancelBG = cancel
 	s.health.serving.Store(true)
 	// Converge before serving: a crash may have left sandboxes mid-operation
-	// or resources without an owner.
-	if _, err := s.Sandboxes.Reconcile(bgCtx, true); err != nil {
-		s.Log.Warn("start-up reconcile incomplete", "err", err)
+	// or resources without an owner. Replicas leave that to their leader.
+	if !s.replicated() {
+		if _, err := s.Sandboxes.Reconcile(bgCtx, true); err != nil {
+			s.Log.Warn("start-up reconcile incomplete", "err", err)
+		}
 	}
 	if err := s.startEdge(bgCtx); err != nil {
 		return err
 	}
 	s.bg.Add(1)
-	go func() { defer s.bg.Done(); s.Sandboxes.RunReconciler(bgCtx, s.reconcileEvery) }()
+	if s.replicated() {
+		go func() { defer s.bg.Done(); s.lead(bgCtx) }()
+	} else {
+		go func() { defer s.bg.Done(); s.Sandboxes.RunReconciler(bgCtx, s.reconcileEvery) }()
+	}
+	// Builds a restart interrupted are settled (the ready prebuild kept),
+	// then tracked branches are checked every 30 minutes.
+	if err := s.Prebuilds.Recover(bgCtx); err != nil {
+		s.Log.Warn("prebuild recovery incomplete", "err", err)
+	}
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.Prebuilds.Loop(bgCtx, 30*time.Minute); s.Prebuilds.Stop() }()
 	// Running guests learn the tool hosts' ports again: a changed
 	// advanced.vm.* port moves the service the edge now routes to it.
 	s.bg.Add(1)
@@ -332,7 +373,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		go func() { errc <- s.unixSrv.Serve(s.unix) }()
 	}
 	s.Log.Info("manager listening", "url", s.URL(), "docs", s.URL()+"docs", "addr", s.Addr(), "socket", s.Config.Server.SocketPath,
-		"mode", s.Config.Server.Mode, "version", Version)
+		"mode", s.Config.Server.Mode, "store", s.Store.Backend(), "version", Version)
 
 	var err error
 	select {

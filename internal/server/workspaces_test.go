@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -17,6 +18,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	netmock "atelier/internal/network/mock"
+	"atelier/internal/runtime/process"
+	"atelier/internal/sandbox"
+	stmock "atelier/internal/storage/mock"
 )
 
 // gitServer serves the bare repositories under root with git http-backend
@@ -27,7 +33,7 @@ type gitServer struct {
 	root string
 }
 
-func startGitServer(t *testing.T, token string) *gitServer {
+func startGitServer(t testing.TB, token string) *gitServer {
 	t.Helper()
 	backend, err := exec.Command("git", "--exec-path").Output()
 	if err != nil {
@@ -53,7 +59,7 @@ func startGitServer(t *testing.T, token string) *gitServer {
 	return &gitServer{URL: "http://" + ln.Addr().String(), root: root}
 }
 
-func git(t *testing.T, dir string, args ...string) string {
+func git(t testing.TB, dir string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command("git", args...)
 	cmd.Dir = dir
@@ -68,7 +74,7 @@ func git(t *testing.T, dir string, args ...string) string {
 
 // repo creates bare repository name.git with files on branch main and
 // returns the commit.
-func (g *gitServer) repo(t *testing.T, name string, files map[string]string) string {
+func (g *gitServer) repo(t testing.TB, name string, files map[string]string) string {
 	t.Helper()
 	work := t.TempDir()
 	git(t, work, "init", "-q", "-b", "main")
@@ -267,5 +273,299 @@ func TestWorkspaceSandboxMock(t *testing.T) {
 		if b, _ := os.ReadFile(filepath.Join(cfg.Server.DataDir, f)); bytes.Contains(b, []byte(token)) || bytes.Contains(b, []byte(secretVal)) || bytes.Contains(b, []byte(fileVal)) {
 			t.Errorf("a secret in the clear in %s", f)
 		}
+	}
+}
+
+// commit adds a commit on main of bare repository name.git and returns it.
+func (g *gitServer) commit(t *testing.T, name, file, content string) string {
+	t.Helper()
+	work := t.TempDir()
+	bare := filepath.Join(g.root, name+".git")
+	git(t, work, "clone", "-q", bare, "w")
+	w := filepath.Join(work, "w")
+	if err := os.WriteFile(filepath.Join(w, file), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	git(t, w, "add", ".")
+	git(t, w, "commit", "-q", "-m", "more")
+	git(t, w, "push", "-q", "origin", "main")
+	git(t, bare, "update-server-info")
+	return git(t, w, "rev-parse", "HEAD")
+}
+
+// TestWorkspacePrebuildMock: a prebuild is built from a token-protected
+// repository and recorded with its commit; a sandbox of the workspace then
+// starts from prebuild-{workspaceId} without cloning or running the init
+// commands again; moving the branch makes the staleness check rebuild; a
+// failed build keeps the previous prebuild; a build a restart interrupted
+// is settled as failed, the ready prebuild kept. (Mock volumes hold no
+// files: that the files come back from the disk is for the runc test.)
+func TestWorkspacePrebuildMock(t *testing.T) {
+	const token = "pb-token-0c4f7e"
+	gs := startGitServer(t, token)
+	first := gs.repo(t, "app", map[string]string{"README": "v1\n"})
+	dir, err := os.MkdirTemp("", "atlpb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	rt, err := process.New(process.Options{Command: []string{buildAgent(t)}, StateDir: filepath.Join(dir, "s", "mock"),
+		SocketDir: filepath.Join(dir, "k"), StopGrace: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vols := stmock.New(filepath.Join(dir, "s", "overlays"))
+	srv, stop := startMockManagerWith(t, dir, nil, Options{Drivers: &sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: vols}})
+	// Mock mode never starts from a prebuild (its files are not on the
+	// volume); the flow is what is tested here.
+	srv.Provisioner.NoPrebuildStart = false
+	api := "http://" + srv.Addr()
+	c := &http.Client{Timeout: 60 * time.Second}
+	call := func(method, path string, body any) (int, []byte) {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, api+path, rd)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, b
+	}
+	t.Cleanup(func() {
+		_, b := call("GET", "/api/sandboxes", nil)
+		var l struct{ Sandboxes []struct{ ID string } }
+		_ = json.Unmarshal(b, &l)
+		for _, s := range l.Sandboxes {
+			call("DELETE", "/api/sandboxes/"+s.ID, nil)
+		}
+		stop()
+	})
+	_, body := call("POST", "/api/git-sources", map[string]any{"name": "local", "url": gs.URL, "token": token})
+	var src struct{ ID string }
+	_ = json.Unmarshal(body, &src)
+	wsCfg := map[string]any{
+		"repos":        []any{map[string]any{"url": gs.URL + "/app.git", "sourceId": src.ID}},
+		"initCommands": []string{"cat app/README > built.txt"},
+	}
+	code, body := call("POST", "/api/workspaces", map[string]any{"name": "app", "config": wsCfg, "secretEnv": map[string]string{"S": "v"}})
+	if code != 201 {
+		t.Fatalf("workspace: %d %s", code, body)
+	}
+	var ws struct{ ID string }
+	_ = json.Unmarshal(body, &ws)
+	pbPath := "/api/workspaces/" + ws.ID + "/prebuild"
+	type prebuild struct {
+		Status  string
+		Ready   bool
+		Stale   bool
+		Commits map[string]string
+		Error   string
+		Log     string
+	}
+	wait := func(want string) prebuild {
+		t.Helper()
+		var pb prebuild
+		for end := time.Now().Add(60 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			_, b := call("GET", pbPath, nil)
+			pb = prebuild{}
+			_ = json.Unmarshal(b, &pb)
+			if pb.Status != "building" {
+				break
+			}
+		}
+		if pb.Status != want {
+			t.Fatalf("prebuild %s, want %s: %+v", pb.Status, want, pb)
+		}
+		return pb
+	}
+
+	if code, body := call("POST", pbPath, nil); code != http.StatusAccepted || !strings.Contains(string(body), `"status":"building"`) {
+		t.Fatalf("start prebuild: %d %s", code, body)
+	}
+	if code, _ := call("POST", pbPath, nil); code != http.StatusConflict {
+		t.Errorf("second build while one runs: %d", code)
+	}
+	pb := wait("ready")
+	if !pb.Ready || pb.Commits["app"] != first || !strings.Contains(pb.Log, "ws-init-0 done") || strings.Contains(pb.Log, "ws-secret") {
+		t.Fatalf("ready prebuild: %+v", pb)
+	}
+	if len(vols.Prebuilds()) != 1 || vols.Prebuilds()[ws.ID] == "" {
+		t.Fatalf("prebuild volumes: %v", vols.Prebuilds())
+	}
+	_, body = call("GET", "/api/sandboxes", nil)
+	if strings.Contains(string(body), `"id"`) {
+		t.Fatalf("the build sandbox outlived the build: %s", body)
+	}
+
+	code, body = call("POST", "/api/sandboxes", map[string]any{"workspaceId": ws.ID})
+	var sb struct{ ID, Status string }
+	_ = json.Unmarshal(body, &sb)
+	if code != 201 || sb.Status != "running" {
+		t.Fatalf("create from prebuild: %d %s", code, body)
+	}
+	ops, err := srv.Store.ListOps(context.Background(), sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	for _, o := range ops {
+		steps = append(steps, o.Step+"="+o.Detail)
+	}
+	joined := strings.Join(steps, " ")
+	if vols.Volumes()[sb.ID].Image != "prebuild-"+ws.ID || strings.Contains(joined, "ws-clone") || strings.Contains(joined, "ws-init") ||
+		!strings.Contains(joined, "ws-config") {
+		t.Fatalf("sandbox from prebuild ran: %s", joined)
+	}
+	call("DELETE", "/api/sandboxes/"+sb.ID, nil)
+
+	code, body = call("POST", pbPath+"/check", nil)
+	if code != 200 || !strings.Contains(string(body), `"stale":false`) {
+		t.Fatalf("check, branch unmoved: %d %s", code, body)
+	}
+	second := gs.commit(t, "app", "README", "v2\n")
+	code, body = call("POST", pbPath+"/check", nil)
+	if code != 200 || !strings.Contains(string(body), `"stale":true`) {
+		t.Fatalf("check, branch moved: %d %s", code, body)
+	}
+	if pb = wait("ready"); pb.Commits["app"] != second || pb.Stale {
+		t.Fatalf("rebuilt prebuild: %+v", pb)
+	}
+
+	wsCfg["initCommands"] = []string{"echo broken >&2; exit 3"}
+	if code, body := call("PUT", "/api/workspaces/"+ws.ID, map[string]any{"config": wsCfg}); code != 200 {
+		t.Fatalf("update: %d %s", code, body)
+	}
+	call("POST", pbPath, nil)
+	pb = wait("failed")
+	if !pb.Ready || pb.Commits["app"] != second || !strings.Contains(pb.Error, "exit 3") {
+		t.Fatalf("failed build did not keep the previous prebuild: %+v", pb)
+	}
+
+	// A build a restart interrupted.
+	ctx := context.Background()
+	if err := srv.Store.BeginPrebuild(ctx, ws.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Prebuilds.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if pb = wait("failed"); !pb.Ready || !strings.Contains(pb.Error, "restart") {
+		t.Fatalf("after recovery: %+v", pb)
+	}
+	if code, _ := call("DELETE", pbPath, nil); code != http.StatusNoContent {
+		t.Fatalf("delete prebuild: %d", code)
+	}
+	if _, b := call("GET", pbPath, nil); !strings.Contains(string(b), `"ready":false`) || len(vols.Prebuilds()) != 0 {
+		t.Fatalf("after delete: %s, volumes %v", b, vols.Prebuilds())
+	}
+}
+
+// TestWorkspaceFailuresMock: a create whose provisioning fails (a wrong
+// token) ends in error with everything undone: no dev route stays, no
+// address is held; a build cancelled half-way is destroyed and leaves the
+// status as it was; another user cannot create a sandbox from the workspace.
+func TestWorkspaceFailuresMock(t *testing.T) {
+	gs := startGitServer(t, "right-token")
+	gs.repo(t, "app", map[string]string{"README": "x\n"})
+	dir, err := os.MkdirTemp("", "atlwf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	srv, stop := startMockManager(t, dir, nil)
+	api := "http://" + srv.Addr()
+	c := &http.Client{Timeout: 60 * time.Second}
+	call := func(method, path string, body any) (int, []byte) {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, api+path, rd)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, b
+	}
+	var ids []string
+	t.Cleanup(func() {
+		for _, id := range ids {
+			call("DELETE", "/api/sandboxes/"+id, nil)
+		}
+		stop()
+	})
+	_, body := call("POST", "/api/git-sources", map[string]any{"name": "wrong", "url": gs.URL, "token": "wrong-token"})
+	var src struct{ ID string }
+	_ = json.Unmarshal(body, &src)
+	port := freePort(t)
+	code, body := call("POST", "/api/workspaces", map[string]any{"name": "bad", "config": map[string]any{
+		"repos":       []any{map[string]any{"url": gs.URL + "/app.git", "sourceId": src.ID}},
+		"devCommands": []any{map[string]any{"name": "web", "command": "sleep 60", "port": port}},
+	}})
+	if code != 201 {
+		t.Fatalf("workspace: %d %s", code, body)
+	}
+	var ws struct{ ID string }
+	_ = json.Unmarshal(body, &ws)
+	code, body = call("POST", "/api/sandboxes", map[string]any{"workspaceId": ws.ID})
+	var sb struct{ ID, Status, Error, IPAddress string }
+	_ = json.Unmarshal(body, &sb)
+	ids = append(ids, sb.ID)
+	if code != 201 || sb.Status != "error" || !strings.Contains(sb.Error, "ws-clone-0") || sb.IPAddress != "" {
+		t.Fatalf("create with a wrong token: %d %s", code, body)
+	}
+	if routes, err := srv.Store.ListRoutes(context.Background(), sb.ID); err != nil || len(routes) != 0 {
+		t.Fatalf("routes left by the failed create: %v %v", routes, err)
+	}
+
+	// Cancel a build half-way: its sandbox goes, the status returns to none.
+	code, body = call("POST", "/api/workspaces", map[string]any{"name": "slow", "config": map[string]any{
+		"initCommands": []string{"sleep 30"}}})
+	if code != 201 {
+		t.Fatalf("workspace: %d %s", code, body)
+	}
+	_ = json.Unmarshal(body, &ws)
+	call("POST", "/api/workspaces/"+ws.ID+"/prebuild", nil)
+	var pb struct{ Status, BuildID string }
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end) && pb.BuildID == ""; time.Sleep(50 * time.Millisecond) {
+		_, b := call("GET", "/api/workspaces/"+ws.ID+"/prebuild", nil)
+		_ = json.Unmarshal(b, &pb)
+	}
+	if pb.BuildID == "" {
+		t.Fatalf("no build sandbox: %+v", pb)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if code, body := call("POST", "/api/workspaces/"+ws.ID+"/prebuild/cancel", nil); code != 200 {
+		t.Fatalf("cancel: %d %s", code, body)
+	}
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end) && pb.Status == "building"; time.Sleep(50 * time.Millisecond) {
+		_, b := call("GET", "/api/workspaces/"+ws.ID+"/prebuild", nil)
+		_ = json.Unmarshal(b, &pb)
+	}
+	if pb.Status != "none" {
+		t.Fatalf("after cancel: %+v", pb)
+	}
+	if code, _ := call("GET", "/api/sandboxes/"+pb.BuildID, nil); code != http.StatusNotFound {
+		t.Fatalf("the cancelled build's sandbox remains: %d", code)
+	}
+
+	// Another user's create naming the workspace is refused before anything starts.
+	sbx := srv.Sandboxes
+	_, err = sbx.Create(context.Background(), sandbox.CreateRequest{OwnerID: "someone-else", WorkspaceID: ws.ID})
+	var fe *sandbox.FieldError
+	if !errors.As(err, &fe) || fe.Field != "workspaceId" {
+		t.Fatalf("another user's create: %v", err)
 	}
 }

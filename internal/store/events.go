@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // AppendEvent stores ev and returns it with its ID, which is greater than
@@ -26,8 +27,16 @@ func (s *Store) AppendEvent(ctx context.Context, ev Event) (Event, error) {
 	// Inside the write lock: an event id is then committed only after every
 	// smaller one, so a replica tailing `id > last` never skips one.
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		return tx.QueryRowContext(ctx, `INSERT INTO events (type, sandbox_id, data, created_at) VALUES (?, ?, ?, ?)
-		RETURNING id`, ev.Type, ev.SandboxID, data, fmtTime(ev.CreatedAt)).Scan(&ev.ID)
+		if err := tx.QueryRowContext(ctx, `INSERT INTO events (type, sandbox_id, data, created_at) VALUES (?, ?, ?, ?)
+		RETURNING id`, ev.Type, ev.SandboxID, data, fmtTime(ev.CreatedAt)).Scan(&ev.ID); err != nil {
+			return err
+		}
+		if s.pg {
+			// Delivered at commit to every replica's ListenEvents.
+			_, err := tx.ExecContext(ctx, `SELECT pg_notify(?, ?)`, eventChannel, strconv.FormatInt(ev.ID, 10))
+			return err
+		}
+		return nil
 	})
 	if err != nil {
 		return Event{}, fmt.Errorf("append event %s: %w", ev.Type, err)

@@ -89,3 +89,19 @@ func (s *Store) ReleaseLeader(ctx context.Context, name, holder string) error {
 	}
 	return nil
 }
+
+// TouchSandboxes sets updated_at to now on the given sandboxes: the manager
+// working on them tells the other replicas' reconcilers it is alive.
+func (s *Store) TouchSandboxes(ctx context.Context, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	args := []any{fmtTime(s.now())}
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	if _, err := s.w.ExecContext(ctx, `UPDATE sandboxes SET updated_at = ? WHERE id IN `+inList(len(ids)), args...); err != nil {
+		return fmt.Errorf("touch %d sandboxes: %w", len(ids), err)
+	}
+	return nil
+}

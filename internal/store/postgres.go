@@ -51,7 +51,39 @@ func openPostgres(ctx context.Context, url string) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("open store: postgres %s/%s: %w", cfg.Host, cfg.Database, redact(err, cfg.Password))
 	}
-	return &Store{w: db, r: db, pg: true}, nil
+	return &Store{w: db, r: db, pg: true, pgcfg: cfg}, nil
+}
+
+// eventChannel is the NOTIFY channel AppendEvent signals on Postgres.
+const eventChannel = "atelier_events"
+
+// ListenEvents calls wake whenever a manager of this Postgres store commits
+// an event (LISTEN/NOTIFY on a connection of its own), until ctx is done or
+// the connection fails; it returns at once, nil, on SQLite, which has no
+// other writers. A notification is only a hint to read the table: one
+// missed while reconnecting costs latency, not an event.
+func (s *Store) ListenEvents(ctx context.Context, wake func()) error {
+	if !s.pg {
+		return nil
+	}
+	c, err := pgx.ConnectConfig(ctx, s.pgcfg.Copy())
+	if err != nil {
+		return fmt.Errorf("listen for events: %w", redact(err, s.pgcfg.Password))
+	}
+	defer c.Close(context.WithoutCancel(ctx))
+	if _, err := c.Exec(ctx, "LISTEN "+eventChannel); err != nil {
+		return fmt.Errorf("listen for events: %w", err)
+	}
+	wake() // anything committed before LISTEN took effect
+	for {
+		if _, err := c.WaitForNotification(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("listen for events: %w", err)
+		}
+		wake()
+	}
 }
 
 // redact strips a password from an error that might echo it.

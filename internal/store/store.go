@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
@@ -37,6 +38,8 @@ type Store struct {
 	r   *sql.DB // the same pool as w on Postgres
 	now func() time.Time
 	pg  bool
+	// pgcfg opens the LISTEN connection; it holds the password: never log it.
+	pgcfg *pgx.ConnConfig
 }
 
 // Option adjusts Open.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"sync"
@@ -49,6 +50,8 @@ type pgServer struct {
 	port           int
 	password       string
 	cred           *syscall.Credential
+	proc           *exec.Cmd
+	exited         <-chan struct{}
 }
 
 // PostgresDB creates an empty database on the binary's server (starting it
@@ -167,14 +170,65 @@ func startPostgres(port int) (*pgServer, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb: %w: %s", err, out)
 	}
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-		port, dir)
-	if out, err := s.run("pg_ctl", "start", "-w", "-t", "60", "-D", s.data, "-l", filepath.Join(dir, "log"), "-o", opts); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "log"))
+	// postgres runs as this process's child rather than daemonized by
+	// pg_ctl, with a parent-death signal: a test binary that panics or is
+	// killed (a timeout) takes its server with it instead of leaking it.
+	cmd := exec.Command(filepath.Join(bin, "postgres"), "-D", s.data, "-p", strconv.Itoa(port), "-k", dir,
+		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+		"-c", "full_page_writes=off", "-c", "max_connections=200")
+	cmd.Dir = dir
+	cmd.Env = []string{"PATH=" + bin + ":/usr/bin:/bin", "LC_ALL=C"}
+	logf, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("pg_ctl start: %w: %s %s", err, out, log)
+		return nil, err
 	}
-	return s, nil
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// SIGQUIT is postgres's immediate shutdown.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred, Pdeathsig: syscall.SIGQUIT}
+	// The parent-death signal follows the thread that started the child,
+	// not the process: that thread stays locked to this goroutine, alive,
+	// until postgres exits.
+	started := make(chan error, 1)
+	exited := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	if err := <-started; err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start postgres: %w", err)
+	}
+	s.proc = cmd
+	s.exited = exited
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := s.admin(ctx, "SELECT 1")
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(filepath.Join(dir, "log"))
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("postgres exited at start: %s", log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			_ = s.stop()
+			return nil, fmt.Errorf("postgres not ready within 60 s: %w", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func (s *pgServer) run(name string, args ...string) ([]byte, error) {
@@ -188,10 +242,12 @@ func (s *pgServer) run(name string, args ...string) ([]byte, error) {
 }
 
 func (s *pgServer) stop() error {
-	out, err := s.run("pg_ctl", "stop", "-m", "immediate", "-w", "-D", s.data)
-	rmErr := os.RemoveAll(s.dir)
-	if err != nil {
-		return fmt.Errorf("pg_ctl stop: %w: %s", err, out)
+	_ = s.proc.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-s.exited:
+	case <-time.After(30 * time.Second):
+		_ = s.proc.Process.Kill()
+		<-s.exited
 	}
-	return rmErr
+	return os.RemoveAll(s.dir)
 }

@@ -50,6 +50,10 @@ type Provisioner struct {
 	// View renders the sandbox for SANDBOX.md (its URLs).
 	View func(store.Sandbox) sandbox.View
 	Log  *slog.Logger
+	// NoPrebuildStart keeps creates on the clone-and-init path even with a
+	// ready prebuild: in mock mode a sandbox's files are not on its volume,
+	// so a prebuild volume would bring back none of them.
+	NoPrebuildStart bool
 }
 
 var _ sandbox.Provisioner = (*Provisioner)(nil)
@@ -81,6 +85,15 @@ func (p *Provisioner) Prepare(ctx context.Context, req *sandbox.CreateRequest) e
 	if req.MemoryMB == 0 {
 		req.MemoryMB = w.Config.MemoryMB
 	}
+	if req.Mode == sandbox.FromImage && !p.NoPrebuildStart && len(w.Config.Repos)+len(w.Config.InitCommands) > 0 {
+		pb, err := p.Store.GetPrebuild(ctx, w.ID)
+		if err != nil {
+			return err
+		}
+		if pb.Ready {
+			req.Mode = sandbox.FromPrebuild
+		}
+	}
 	return nil
 }
 
@@ -92,9 +105,9 @@ type guest struct {
 }
 
 // Steps returns the create steps of sb's workspace: config and variables,
-// secret files, git identity, one clone per repository, the init commands,
+// secret files, one clone per repository (the lifecycle's own git step set the owner's identity before), the init commands,
 // one step per dev command, SANDBOX.md.
-func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox) ([]sandbox.ProvisionStep, error) {
+func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox, mode sandbox.ProvisionMode) ([]sandbox.ProvisionStep, error) {
 	w, err := p.Workspaces.Get(ctx, sb.WorkspaceID)
 	if err != nil {
 		return nil, fmt.Errorf("workspace %s: %w", sb.WorkspaceID, err)
@@ -102,9 +115,12 @@ func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox) ([]sandbox.Pr
 	if w.OwnerID != sb.OwnerID {
 		return nil, fmt.Errorf("workspace %s belongs to another user", sb.WorkspaceID)
 	}
-	sec, err := p.Workspaces.OpenSecrets(ctx, w.ID)
-	if err != nil {
-		return nil, err
+	// A build's disk becomes the prebuild: nothing secret goes on it.
+	sec := Secrets{Env: map[string]string{}}
+	if mode != sandbox.Build {
+		if sec, err = p.Workspaces.OpenSecrets(ctx, w.ID); err != nil {
+			return nil, err
+		}
 	}
 	g := &guest{devURLs: map[string][]string{}}
 	cfg := w.Config
@@ -116,8 +132,13 @@ func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox) ([]sandbox.Pr
 		steps = append(steps, sandbox.ProvisionStep{Name: "ws-secret-files", Detail: fmt.Sprintf("%d files", len(sec.Files)),
 			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.secretFiles(ctx, c, g, sec.Files) }})
 	}
-	steps = append(steps, sandbox.ProvisionStep{Name: "ws-git-identity",
-		Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.gitIdentity(ctx, c, sb.OwnerID) }})
+	if mode == sandbox.FromPrebuild {
+		// The prebuild holds the clones and the init commands' results.
+		cfg.Repos, cfg.InitCommands = nil, nil
+	}
+	if mode == sandbox.Build {
+		cfg.DevCommands = nil
+	}
 	for i, r := range cfg.Repos {
 		steps = append(steps, sandbox.ProvisionStep{Name: fmt.Sprintf("ws-clone-%d", i), Detail: r.URL + "#" + r.Branch,
 			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.clone(ctx, c, g, sb.OwnerID, r) }})
@@ -134,8 +155,10 @@ func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox) ([]sandbox.Pr
 		}
 		steps = append(steps, st)
 	}
-	steps = append(steps, sandbox.ProvisionStep{Name: "ws-sandbox-md",
-		Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.sandboxMD(ctx, c, g, sb, w, sec) }})
+	if mode != sandbox.Build {
+		steps = append(steps, sandbox.ProvisionStep{Name: "ws-sandbox-md",
+			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.sandboxMD(ctx, c, g, sb, w, sec) }})
+	}
 	return steps, nil
 }
 
@@ -187,7 +210,7 @@ func (p *Provisioner) config(ctx context.Context, c *agent.Client, g *guest, sb 
 	}); err != nil {
 		return "", fmt.Errorf("store sandbox config: %w", err)
 	}
-	res, err := p.exec(ctx, c, agent.ExecRequest{Argv: []string{"printenv", "HOME"}, TimeoutMs: quickTimeout.Milliseconds()}, "find home")
+	res, err := p.exec(ctx, c, agent.ExecRequest{Argv: []string{"sh", "-c", `printf %s "$HOME"`}, TimeoutMs: quickTimeout.Milliseconds()}, "find home")
 	if err != nil {
 		return "", err
 	}
@@ -227,29 +250,6 @@ func (p *Provisioner) secretFiles(ctx context.Context, c *agent.Client, g *guest
 	return fmt.Sprintf("%d files", len(files)), nil
 }
 
-// gitIdentity makes the owner the author of commits made in the sandbox.
-func (p *Provisioner) gitIdentity(ctx context.Context, c *agent.Client, owner string) (string, error) {
-	u, err := p.Store.GetUser(ctx, owner)
-	if err != nil {
-		return "", fmt.Errorf("owner: %w", err)
-	}
-	name := u.Name
-	if name == "" {
-		name = u.Login
-	}
-	email := u.Login + "@users.noreply.atelier"
-	if u.GitHubID != 0 {
-		email = fmt.Sprintf("%d+%s@users.noreply.github.com", u.GitHubID, u.Login)
-	}
-	for _, kv := range [][2]string{{"user.name", name}, {"user.email", email}} {
-		if _, err := p.exec(ctx, c, agent.ExecRequest{Argv: []string{"git", "config", "--global", "--", kv[0], kv[1]},
-			TimeoutMs: quickTimeout.Milliseconds()}, "git config "+kv[0]); err != nil {
-			return "", err
-		}
-	}
-	return name + " <" + email + ">", nil
-}
-
 // credentialHelper answers git's credential requests from variables of the
 // command's own environment, and only for ATELIER_GIT_HOST: the token is
 // never in argv, a URL, a config file or any file in the guest. The empty
@@ -268,7 +268,7 @@ func (p *Provisioner) clone(ctx context.Context, c *agent.Client, g *guest, owne
 	}
 	var cred Credential
 	if r.SourceID != "" {
-		if cred, err = p.Workspaces.Credential(ctx, owner, r.SourceID, u.Host); err != nil {
+		if cred, err = p.Workspaces.Credential(ctx, owner, r.SourceID, sourceKey(u)); err != nil {
 			return "", fmt.Errorf("git source %s: %w", r.SourceID, err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -220,3 +221,46 @@ func TestDeleteRefusedWhileSandboxesRemain(t *testing.T) {
 }
 
 func readFile(p string) ([]byte, error) { return os.ReadFile(p) }
+
+// TestCredentialOnlyForItsServer: a source's token opens for its owner and
+// its host and scheme only.
+func TestCredentialOnlyForItsServer(t *testing.T) {
+	ctx := context.Background()
+	svc, _, _ := newService(t)
+	src, err := svc.CreateSource(ctx, "alice", SourceInput{Name: "git", URL: "https://git.example.test", Token: "tok-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := svc.CreateSource(ctx, "alice", SourceInput{Name: "lan", URL: "http://10.0.0.5:3000", Token: "tok-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src.Host != "git.example.test" || plain.Host != "http://10.0.0.5:3000" {
+		t.Fatalf("hosts: %q %q", src.Host, plain.Host)
+	}
+	key := func(raw string) string { u, _ := url.Parse(raw); return sourceKey(u) }
+	if c, err := svc.Credential(ctx, "alice", src.ID, key("https://git.example.test/a/b.git")); err != nil || c.Token != "tok-1" || c.Username != "x-access-token" {
+		t.Fatalf("own https: %+v %v", c, err)
+	}
+	if _, err := svc.Credential(ctx, "alice", src.ID, key("http://git.example.test/a/b.git")); !errors.Is(err, ErrSourceHost) {
+		t.Fatalf("https token over http: %v", err)
+	}
+	if _, err := svc.Credential(ctx, "alice", src.ID, key("https://evil.test/a/b.git")); !errors.Is(err, ErrSourceHost) {
+		t.Fatalf("another host: %v", err)
+	}
+	if _, err := svc.Credential(ctx, "bob", src.ID, key("https://git.example.test/a/b.git")); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("another user: %v", err)
+	}
+	if c, err := svc.Credential(ctx, "alice", plain.ID, key("http://10.0.0.5:3000/x.git")); err != nil || c.Token != "tok-2" {
+		t.Fatalf("own http: %+v %v", c, err)
+	}
+	for _, bad := range []SourceInput{{Name: "x", URL: "ssh://h", Token: "t"}, {Name: "x", URL: "https://u:p@h", Token: "t"}} {
+		var fe *sandbox.FieldError
+		if _, err := svc.CreateSource(ctx, "alice", bad); !errors.As(err, &fe) || fe.Field != "url" {
+			t.Errorf("%+v: %v", bad, err)
+		}
+	}
+	if _, err := svc.CreateSource(ctx, "alice", SourceInput{Name: "x", URL: "https://h", Token: ""}); err == nil {
+		t.Error("empty token accepted")
+	}
+}

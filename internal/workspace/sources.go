@@ -30,7 +30,7 @@ type Source struct {
 	ID        string    `json:"id"`
 	Type      string    `json:"type" enum:"generic,github"`
 	Name      string    `json:"name"`
-	Host      string    `json:"host" doc:"host[:port] whose repositories the token reads."`
+	Host      string    `json:"host" doc:"host[:port] whose repositories the token reads over https; http://host[:port] for a plain-HTTP server."`
 	Username  string    `json:"username"`
 	HasToken  bool      `json:"hasToken"`
 	CreatedAt time.Time `json:"createdAt"`
@@ -79,7 +79,7 @@ func (s *Service) CreateSource(ctx context.Context, owner string, in SourceInput
 		if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") || u.User != nil {
 			return Source{}, fieldErr("url", "must be an https:// URL of the git server, without credentials")
 		}
-		host = u.Host
+		host = sourceKey(u)
 	default:
 		return Source{}, fieldErr("type", "must be generic or github")
 	}
@@ -120,12 +120,23 @@ func (s *Service) DeleteSource(ctx context.Context, owner, id string) error {
 	return s.st.DeleteGitSource(ctx, owner, id)
 }
 
+// sourceKey is what a source's token is for: the host of an https URL, or
+// "http://host" for a plain-HTTP server (a private network's), so a token
+// given for https is never sent in the clear to the same host over http.
+func sourceKey(u *url.URL) string {
+	if u.Scheme == "https" {
+		return u.Host
+	}
+	return u.Scheme + "://" + u.Host
+}
+
 // ErrSourceHost refuses a token for a host other than its source's.
 var ErrSourceHost = errors.New("repository is not on the git source's host")
 
-// Credential opens the token of owner's source id for a repository on
-// host: another user's source is not found, another host is refused, so a
-// token only ever goes to the server it was made for.
+// Credential opens the token of owner's source id for a repository at key
+// (sourceKey of its URL): another user's source is not found, another host
+// or scheme is refused, so a token only ever goes to the server it was made
+// for, as it was made for.
 func (s *Service) Credential(ctx context.Context, owner, id, host string) (Credential, error) {
 	g, err := s.st.GetGitSource(ctx, id)
 	if err != nil {
@@ -177,7 +188,7 @@ func (s *Service) Branches(ctx context.Context, owner, sourceID, repoURL string)
 	var cred Credential
 	if sourceID != "" {
 		var err error
-		if cred, err = s.Credential(ctx, owner, sourceID, u.Host); err != nil {
+		if cred, err = s.Credential(ctx, owner, sourceID, sourceKey(u)); err != nil {
 			return nil, err
 		}
 	}

@@ -10,6 +10,7 @@ import { Toasts } from './ui';
 
 // Pages a user opens less often load on demand, keeping the first load small.
 const SystemPage = lazy(() => import('./pages/System').then((m) => ({ default: m.SystemPage })));
+const WorkspacesPage = lazy(() => import('./pages/Workspaces').then((m) => ({ default: m.WorkspacesPage })));
 const ImagesPage = lazy(() => import('./pages/Images').then((m) => ({ default: m.ImagesPage })));
 const SettingsPage = lazy(() => import('./pages/Settings').then((m) => ({ default: m.SettingsPage })));
 
@@ -53,6 +54,7 @@ function Route({ path, admin }: { path: string; admin: boolean }) {
   if (m) return <SandboxPage id={m.id} />;
   if (path === '/system') return admin ? <SystemPage /> : <NotAllowed what="The system page" />;
   if (path === '/images') return <ImagesPage />;
+  if (path === '/workspaces') return <WorkspacesPage />;
   if (path === '/settings') return <SettingsPage />;
   return (
     <section>
@@ -75,6 +77,7 @@ function NotAllowed({ what }: { what: string }) {
 
 const nav = [
   { to: '/sandboxes', label: 'Sandboxes' },
+  { to: '/workspaces', label: 'Workspaces' },
   { to: '/images', label: 'Images' },
   { to: '/system', label: 'System', admin: true },
   { to: '/settings', label: 'Settings' },

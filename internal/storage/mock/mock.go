@@ -16,8 +16,9 @@ import (
 
 // Operation names for FailNext.
 const (
-	OpClone  = "clone"
-	OpDelete = "delete"
+	OpClone    = "clone"
+	OpDelete   = "delete"
+	OpPrebuild = "prebuild"
 )
 
 var imageRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
@@ -35,6 +36,8 @@ type Volumes struct {
 	vols   map[string]Volume
 	fail   map[string]error
 	images map[string]int64
+	// prebuilds maps a workspace to the sandbox its prebuild came from.
+	prebuilds map[string]string
 }
 
 // New returns a volume store whose clones would live in dir (the seed's
@@ -143,5 +146,57 @@ func (v *Volumes) IDs() []string {
 		out = append(out, id)
 	}
 	sort.Strings(out)
+	return out
+}
+
+// Prebuild records the sandbox's volume as the workspace's prebuild.
+func (v *Volumes) Prebuild(ctx context.Context, workspaceID, sandboxID string) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.takeFailure(OpPrebuild); err != nil {
+		return fmt.Errorf("prebuild %s: %w", workspaceID, err)
+	}
+	if _, ok := v.vols[sandboxID]; !ok {
+		return fmt.Errorf("prebuild %s: volume of %s: %w", workspaceID, sandboxID, storage.ErrNotFound)
+	}
+	if v.prebuilds == nil {
+		v.prebuilds = map[string]string{}
+	}
+	v.prebuilds[workspaceID] = sandboxID
+	return nil
+}
+
+// DeletePrebuild forgets the workspace's prebuild.
+func (v *Volumes) DeletePrebuild(ctx context.Context, workspaceID string) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.prebuilds, workspaceID)
+	return nil
+}
+
+// CloneFromPrebuild records a volume cloned from the workspace's prebuild
+// (Image "prebuild-{workspaceId}").
+func (v *Volumes) CloneFromPrebuild(ctx context.Context, workspaceID, id string) (string, string, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if _, ok := v.prebuilds[workspaceID]; !ok {
+		return "", "", fmt.Errorf("clone %s: prebuild of %s: %w", id, workspaceID, storage.ErrNotFound)
+	}
+	if vol, ok := v.vols[id]; ok {
+		return vol.Path, "", nil
+	}
+	vol := Volume{Image: storage.VolumeName(storage.KindPrebuild, workspaceID), Path: v.Path(id)}
+	v.vols[id] = vol
+	return vol.Path, "", nil
+}
+
+// Prebuilds returns workspace id -> the sandbox its prebuild was saved from.
+func (v *Volumes) Prebuilds() map[string]string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := map[string]string{}
+	for k, s := range v.prebuilds {
+		out[k] = s
+	}
 	return out
 }

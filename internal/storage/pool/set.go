@@ -244,6 +244,40 @@ func (s *Set) List(ctx context.Context) ([]storage.Volume, error) {
 	return out, errors.Join(errs...)
 }
 
+// Prebuild saves the sandbox's disk as the workspace's prebuild on the
+// driver holding the disk (a thin snapshot or a reflink there).
+func (s *Set) Prebuild(ctx context.Context, workspaceID, sandboxID string) error {
+	for _, d := range s.probeAll(ctx) {
+		if _, err := d.Stat(ctx, storage.KindSandbox, sandboxID); err == nil {
+			return d.Prebuild(ctx, workspaceID, sandboxID)
+		}
+	}
+	return fmt.Errorf("prebuild %s: volume of sandbox %s: %w", workspaceID, sandboxID, storage.ErrNotFound)
+}
+
+// DeletePrebuild removes the workspace's prebuild from every driver present.
+func (s *Set) DeletePrebuild(ctx context.Context, workspaceID string) error {
+	var errs []error
+	for _, d := range s.probeAll(ctx) {
+		errs = append(errs, d.DeletePrebuild(ctx, workspaceID))
+	}
+	return errors.Join(errs...)
+}
+
+// CloneFromPrebuild makes the sandbox's volume from the workspace's
+// prebuild, on the driver that holds the prebuild.
+func (s *Set) CloneFromPrebuild(ctx context.Context, workspaceID, id string) (path, used string, err error) {
+	for _, d := range s.probeAll(ctx) {
+		v, err := d.Stat(ctx, storage.KindPrebuild, workspaceID)
+		if err != nil {
+			continue
+		}
+		path, err := d.CloneFrom(ctx, storage.Prebuild(workspaceID), id)
+		return path, v.Driver, err
+	}
+	return "", "", fmt.Errorf("clone volume %s: prebuild of workspace %s: %w", id, workspaceID, storage.ErrNotFound)
+}
+
 // Usage reports the pool of every driver present, the one for new volumes
 // first (the System page's storage card). A driver that fails to report is
 // named in the error, and the others' pools are still returned.

@@ -1,0 +1,138 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// BenchmarkWorkspaceCreate measures, in mock mode with real agents and a
+// token-protected repository served by git http-backend on loopback, the
+// time from the create request to the workspace's dev server answering on
+// its port: from the image (clone, init command, dev command) beside from
+// the workspace's prebuild (dev command only). The init command is a
+// one-second stand-in for installing dependencies; the ratio is dominated
+// by it, as it is in real workspaces.
+func BenchmarkWorkspaceCreate(b *testing.B) {
+	const token = "bench-token"
+	gs := startGitServer(b, token)
+	gs.repo(b, "bench", map[string]string{"README": "bench\n"})
+	echo := buildEcho(b)
+	dir, err := os.MkdirTemp("", "atlwb")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	echoPath := filepath.Join(dir, "edgeecho")
+	if err := os.WriteFile(echoPath, echo, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	srv, stop := startMockManager(b, dir, nil)
+	b.Cleanup(func() { stop() })
+	// Mock mode never starts from a prebuild (its files are not on the
+	// volume); the dev command here needs none, so the path is measured.
+	srv.Provisioner.NoPrebuildStart = false
+	api := "http://" + srv.Addr()
+	c := &http.Client{Timeout: 120 * time.Second}
+	call := func(method, path string, body any) (int, []byte) {
+		var rd io.Reader
+		if body != nil {
+			bb, _ := json.Marshal(body)
+			rd = bytes.NewReader(bb)
+		}
+		req, _ := http.NewRequest(method, api+path, rd)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := c.Do(req)
+		if err != nil {
+			b.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer res.Body.Close()
+		bb, _ := io.ReadAll(res.Body)
+		return res.StatusCode, bb
+	}
+	_, body := call("POST", "/api/git-sources", map[string]any{"name": "local", "url": gs.URL, "token": token})
+	var src struct{ ID string }
+	_ = json.Unmarshal(body, &src)
+	port := freePort(b)
+	code, body := call("POST", "/api/workspaces", map[string]any{"name": "bench", "config": map[string]any{
+		"repos":        []any{map[string]any{"url": gs.URL + "/bench.git", "sourceId": src.ID}},
+		"initCommands": []string{"sleep 1; cat bench/README > built.txt"},
+		"devCommands":  []any{map[string]any{"name": "web", "command": fmt.Sprintf("exec %s -addr 127.0.0.1:%d", echoPath, port), "port": port}},
+	}})
+	if code != 201 {
+		b.Fatalf("workspace: %d %s", code, body)
+	}
+	var ws struct{ ID string }
+	_ = json.Unmarshal(body, &ws)
+
+	once := func() time.Duration {
+		t0 := time.Now()
+		code, body := call("POST", "/api/sandboxes", map[string]any{"workspaceId": ws.ID})
+		var sb struct{ ID, Status string }
+		_ = json.Unmarshal(body, &sb)
+		if code != 201 || sb.Status != "running" {
+			b.Fatalf("create: %d %s", code, body)
+		}
+		for {
+			res, err := http.Get("http://127.0.0.1:" + strconv.Itoa(port) + "/")
+			if err == nil {
+				res.Body.Close()
+				if res.StatusCode == 200 {
+					break
+				}
+			}
+			if time.Since(t0) > time.Minute {
+				b.Fatal("dev server never answered")
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		d := time.Since(t0)
+		if code, body := call("DELETE", "/api/sandboxes/"+sb.ID, nil); code != 204 {
+			b.Fatalf("destroy: %d %s", code, body)
+		}
+		return d
+	}
+	const n = 10
+	measure := func() []time.Duration {
+		var ds []time.Duration
+		for i := 0; i < n; i++ {
+			ds = append(ds, once())
+		}
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		return ds
+	}
+	pct := func(ds []time.Duration, p float64) float64 {
+		return float64(ds[int(p*float64(len(ds)-1)+0.5)].Microseconds()) / 1000
+	}
+	b.ResetTimer()
+	for it := 0; it < b.N; it++ {
+		image := measure()
+		call("POST", "/api/workspaces/"+ws.ID+"/prebuild", nil)
+		for end := time.Now().Add(2 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+			_, body := call("GET", "/api/workspaces/"+ws.ID+"/prebuild", nil)
+			var pb struct{ Status string }
+			_ = json.Unmarshal(body, &pb)
+			if pb.Status == "ready" {
+				break
+			}
+			if pb.Status == "failed" || time.Now().After(end) {
+				b.Fatalf("prebuild: %s", body)
+			}
+		}
+		pre := measure()
+		b.ReportMetric(pct(image, 0.5), "image-p50-ms")
+		b.ReportMetric(pct(image, 0.99), "image-p99-ms")
+		b.ReportMetric(pct(pre, 0.5), "prebuild-p50-ms")
+		b.ReportMetric(pct(pre, 0.99), "prebuild-p99-ms")
+		b.ReportMetric(pct(image, 0.5)/pct(pre, 0.5), "p50-ratio")
+		call("DELETE", "/api/workspaces/"+ws.ID+"/prebuild", nil)
+	}
+}
