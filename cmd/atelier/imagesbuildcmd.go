@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -48,7 +49,8 @@ guest agent as init and the image manifest (/etc/atelier/image.json).
 
 The image goes to the volume driver: {stateDir}/images/<id>.ext4 with the file driver, the
 image-<id> volume with LVM; or to --output. Each stage prints its duration and is cached under
---cache-dir, keyed by its inputs; <output>.build.json records the inputs of the whole image, so
+--cache-dir, keyed by its inputs; while it runs, {stateDir}/images/<id>.building.json says which
+stage runs (the dashboard's Images page shows it live); <output>.build.json records the inputs of the whole image, so
 a second run with nothing changed does nothing. --no-cache rebuilds everything.
 
 The build runs as root, trusts the host's Debian mirror and npm registry, and uses the host's
@@ -109,9 +111,25 @@ and npm on the host; a cold dev-base build takes about 15 minutes and 6 GB of ca
 					"opencode-ai": cfg.Advanced.VM.OpenCode.Version,
 				},
 				Progress: cmd.OutOrStdout(),
+				// The manager watches this dir for builds in progress,
+				// wherever the image goes.
+				ProgressDir: filepath.Join(cfg.Sandbox.StateDir, "images"),
 			}
 			if verbose {
 				o.Verbose = cmd.ErrOrStderr()
+			}
+			createVolume := func(ctx context.Context) error {
+				if err := vols.CreateImage(ctx, id, dst, 0); err != nil {
+					if errors.Is(err, storage.ErrExists) {
+						return fmt.Errorf("volume image-%s exists from an older build: remove it first (atelier images rm %s), then build again: %w", id, id, err)
+					}
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "image-%s: created from %s\n", id, dst)
+				return nil
+			}
+			if vols != nil {
+				o.Then = createVolume
 			}
 			// Interrupted, the build still unmounts its chroot and removes
 			// its half-made stage before exiting.
@@ -121,19 +139,12 @@ and npm on the host; a cold dev-base build takes about 15 minutes and 6 GB of ca
 			if err != nil {
 				return err
 			}
-			if vols != nil {
-				_, serr := vols.Stat(cmd.Context(), storage.KindImage, id)
-				if serr == nil && res.UpToDate {
+			if vols != nil && res.UpToDate {
+				if _, serr := vols.Stat(cmd.Context(), storage.KindImage, id); serr == nil {
 					fmt.Fprintf(cmd.OutOrStdout(), "image-%s: up to date\n", id)
 					return nil
 				}
-				if err := vols.CreateImage(cmd.Context(), id, dst, 0); err != nil {
-					if errors.Is(err, storage.ErrExists) {
-						return fmt.Errorf("volume image-%s exists from an older build: remove it first (atelier images rm %s), then build again: %w", id, id, err)
-					}
-					return err
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "image-%s: created from %s\n", id, dst)
+				return createVolume(cmd.Context())
 			}
 			return nil
 		},

@@ -42,6 +42,7 @@ func newRoot() *cobra.Command {
 	addOpsCommands(g, root)
 	root.AddCommand(newSSHKeyCmd(g), newTokenCmd(g), newMockStopCmd(g), newLogKeeperCmd())
 	root.AddCommand(newWorkspaceCmd(g), newGitSourceCmd(g))
+	root.AddCommand(newConfigFilesCmd(g))
 	return root
 }
 

@@ -169,6 +169,7 @@ func New(d Deps) *Server {
 	s.registerAccount()
 	s.registerImages()
 	s.registerWorkspaces()
+	s.registerConfigFiles()
 	s.registerGitSources()
 	s.registerRaw("GET", "/metrics", false, "Prometheus metrics.", s.authRaw(d.Metrics.Handler()))
 	s.registerDashboard()

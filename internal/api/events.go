@@ -30,7 +30,9 @@ func (s *Server) registerEvents() {
 		Summary: "Server-Sent Events for every sandbox state change",
 		Description: "Events: sandbox.created, sandbox.updated, sandbox.deleted (data: the sandbox), and reset " +
 			"when the requested Last-Event-ID is older than the retained history (refetch the list). Admins also get " +
-			"system.reconciled (data: what a reconciler pass fixed, as POST /api/system/cleanup answers). A comment " +
+			"system.reconciled (data: what a reconciler pass fixed, as POST /api/system/cleanup answers). Everyone gets " +
+			"image.build (a build started or changed stage), image.built and image.failed (data: the build, as in " +
+			"GET /api/images builds). A comment " +
 			"line is sent as a heartbeat every 15 s.",
 		Security: securityAuthed,
 		Errors:   []int{http.StatusBadRequest, http.StatusUnauthorized},
@@ -134,6 +136,11 @@ func visible(admin bool, userID string, ev store.Event) bool {
 	}
 	if strings.HasPrefix(ev.Type, "system.") {
 		return false
+	}
+	// Images are host-wide and shared; their events carry stage names and
+	// times only (catalog.Build).
+	if strings.HasPrefix(ev.Type, "image.") {
+		return true
 	}
 	var owner struct {
 		OwnerID string `json:"ownerId"`

@@ -39,6 +39,33 @@ type imageView struct {
 	Prebuilds     []string           `json:"prebuilds" doc:"Workspaces whose prebuild was made from the image."`
 }
 
+type imageBuildStageView struct {
+	Name    string  `json:"name" doc:"Stage, e.g. dev-base/root, dev-base/setup, image, volume."`
+	Seconds float64 `json:"seconds" doc:"How long it took; 0 when it came from the build cache."`
+	Cached  bool    `json:"cached" doc:"The stage's result came from the build cache."`
+}
+
+type imageBuildView struct {
+	ID                  string                `json:"id" doc:"Image being built."`
+	Started             time.Time             `json:"started"`
+	Stage               string                `json:"stage" doc:"Stage running now; empty between stages."`
+	StageStarted        time.Time             `json:"stageStarted"`
+	ElapsedSeconds      float64               `json:"elapsedSeconds" doc:"Time since the build started, as of this answer."`
+	StageElapsedSeconds float64               `json:"stageElapsedSeconds" doc:"Time since the current stage started, as of this answer."`
+	Done                []imageBuildStageView `json:"done" doc:"Stages finished, in order."`
+	Failed              string                `json:"failed" doc:"Stage that failed, for a failed build no manager has reported yet; empty while it runs."`
+}
+
+func newImageBuildView(b catalog.Build) imageBuildView {
+	v := imageBuildView{ID: b.ID, Started: b.Started, Stage: b.Stage, StageStarted: b.StageStarted,
+		ElapsedSeconds: b.ElapsedSeconds, StageElapsedSeconds: b.StageElapsedSeconds, Failed: b.Failed,
+		Done: make([]imageBuildStageView, 0, len(b.Done))}
+	for _, d := range b.Done {
+		v.Done = append(v.Done, imageBuildStageView{Name: d.Name, Seconds: d.Seconds, Cached: d.Cached})
+	}
+	return v
+}
+
 func newImageView(im catalog.Image, visible func(id string) bool) imageView {
 	v := imageView{ID: im.ID, Driver: im.Driver, SizeBytes: im.SizeBytes, UsedBytes: im.UsedBytes, CreatedAt: im.CreatedAt,
 		Source: im.Source, ManifestError: im.ManifestError, SandboxCount: len(im.Sandboxes),
@@ -104,13 +131,16 @@ func (s *Server) registerImages() {
 	type listImagesOut struct {
 		Body struct {
 			Images []imageView `json:"images"`
+			// Builds run as another process (atelier images build); the
+			// catalog reads their progress records.
+			Builds []imageBuildView `json:"builds" doc:"Image builds running on this host (atelier images build), with their stage; the image.build, image.built and image.failed events follow them."`
 		}
 	}
 	huma.Register(s.api, huma.Operation{
 		OperationID: "list-images", Method: http.MethodGet, Path: "/api/images", Tags: tags,
 		Summary: "List the host's images", Security: securityAuthed,
 		Description: "Every image the volume driver holds, with its size, creation time, the versions and services " +
-			"its manifest declares, and the sandboxes using it.",
+			"its manifest declares, and the sandboxes using it; and the image builds in progress.",
 		Errors: []int{http.StatusUnauthorized, http.StatusServiceUnavailable},
 	}, func(ctx context.Context, _ *struct{}) (*listImagesOut, error) {
 		if s.d.Images == nil {
@@ -124,10 +154,18 @@ func (s *Server) registerImages() {
 		if err != nil {
 			return nil, toProblem(ctx, s.d.Log, err)
 		}
+		builds, err := s.d.Images.Builds()
+		if err != nil {
+			return nil, toProblem(ctx, s.d.Log, err)
+		}
 		out := &listImagesOut{}
 		out.Body.Images = make([]imageView, 0, len(list))
 		for _, im := range list {
 			out.Body.Images = append(out.Body.Images, newImageView(im, visible))
+		}
+		out.Body.Builds = make([]imageBuildView, 0, len(builds))
+		for _, b := range builds {
+			out.Body.Builds = append(out.Body.Builds, newImageBuildView(b))
 		}
 		return out, nil
 	})

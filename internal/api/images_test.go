@@ -2,16 +2,22 @@ package api_test
 
 import (
 	"context"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"atelier/internal/agent"
 	"atelier/internal/auth"
 	"atelier/internal/config"
+	"atelier/internal/image/catalog"
 	"atelier/internal/image/ext4img"
 	"atelier/internal/image/manifest"
+	"atelier/internal/image/progress"
 	"atelier/internal/testenv"
 )
 
@@ -146,5 +152,72 @@ func TestImagesAPI(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(h.srv.Config.Sandbox.StateDir, "images", "dev-base.ext4")); !os.IsNotExist(err) {
 		t.Fatalf("removed image's file: %v", err)
+	}
+}
+
+// TestImagesAPIBuilds: a build in progress (its record in the state dir, as
+// atelier images build writes it) is in GET /api/images for every user,
+// with its stage and stages done but not its pid or any host path; a
+// record left by a killed build is not; and a non-admin's event stream
+// carries the image.* events.
+func TestImagesAPIBuilds(t *testing.T) {
+	h := newHarness(t, config.ModeProduction, nil)
+	dir := filepath.Join(h.srv.Config.Sandbox.StateDir, "images")
+	alice := h.tokenOf(t, "alice", 1, auth.ScopeFull)
+	tr := progress.Start(dir, "dev-base", nil)
+	tr.Done("dev-base/root", 0, true)
+	tr.Stage("dev-base/setup")
+	t.Cleanup(func() { tr.Finish(nil) })
+	killed := progress.New("dev-cloud")
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	killed.PID = cmd.Process.Pid
+	if err := progress.Write(dir, killed); err != nil {
+		t.Fatal(err)
+	}
+	r := h.do(t, "GET", "/api/images", nil, alice)
+	if r.status != 200 {
+		t.Fatalf("list images: %d %s", r.status, r.body)
+	}
+	var l struct {
+		Builds []struct {
+			ID             string  `json:"id"`
+			Stage          string  `json:"stage"`
+			ElapsedSeconds float64 `json:"elapsedSeconds"`
+			Done           []struct {
+				Name   string `json:"name"`
+				Cached bool   `json:"cached"`
+			} `json:"done"`
+		} `json:"builds"`
+	}
+	r.json(t, &l)
+	if len(l.Builds) != 1 || l.Builds[0].ID != "dev-base" || l.Builds[0].Stage != "dev-base/setup" ||
+		len(l.Builds[0].Done) != 1 || !l.Builds[0].Done[0].Cached || l.Builds[0].ElapsedSeconds < 0 {
+		t.Fatalf("builds as listed: %s", r.body)
+	}
+	if body := string(r.body); strings.Contains(body, "pid") || strings.Contains(body, h.srv.Config.Sandbox.StateDir) {
+		t.Fatalf("the listing shows a host detail: %s", body)
+	}
+	if _, err := os.Stat(progress.Path(dir, "dev-cloud")); !os.IsNotExist(err) {
+		t.Fatalf("a killed build's record stays: %v", err)
+	}
+
+	req, _ := http.NewRequest("GET", h.ts.URL+"/api/events", nil)
+	for k, v := range alice {
+		req.Header.Set(k, v)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if _, err := h.srv.Bus.Publish(context.Background(), catalog.EventBuilt, "", catalog.Build{ID: "dev-base"}); err != nil {
+		t.Fatal(err)
+	}
+	evs := readEvents(t, res.Body, 1, 5*time.Second)
+	if evs[0].event != catalog.EventBuilt || !strings.Contains(evs[0].data, `"dev-base"`) {
+		t.Fatalf("alice's stream: %+v", evs)
 	}
 }

@@ -29,6 +29,7 @@ const usage = `usage:
                       [--image-manifest /etc/atelier/image.json] [--state-dir /var/lib/atelier]
   atelier-agent init [--kernel-cmdline=true] [-- serve flags...]
   atelier-agent sftp-server   (SFTP on stdin/stdout; the SSH server runs it as the session's user)
+  atelier-agent git-credential [--socket PATH] get   (git's credential helper; asks the host through the agent)
   atelier-agent version
 Run as PID 1 without one of these commands (a VM guest's kernel starts it
 with none), it is the guest's init under the boot contract.
@@ -36,7 +37,7 @@ with none), it is the guest's init under the boot contract.
 
 // commands are the agent's subcommands.
 var commands = map[string]bool{
-	"serve": true, "init": true, "sftp-server": true, "version": true, "--version": true,
+	"serve": true, "init": true, "sftp-server": true, "git-credential": true, "version": true, "--version": true,
 	"help": true, "-h": true, "--help": true,
 }
 
@@ -62,6 +63,8 @@ func Main(args []string) int {
 		return initMain(args)
 	case "sftp-server":
 		return sftpServerMain()
+	case "git-credential":
+		return gitCredentialMain(args[1:])
 	case "version", "--version":
 		fmt.Println(Version)
 		return 0
@@ -102,6 +105,7 @@ func serveMain(args []string) int {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	vport := fs.String("virtio-serial-port", "", "also serve on the virtio-serial port of this name, if the VMM provides one")
 	manifestPath := fs.String("image-manifest", manifest.Path, "image manifest whose services to run (\"\" for none)")
+	credSocket := fs.String("git-credential-socket", "", "guest-facing socket of git's credential helper (default beside --config-path)")
 	stateDir := fs.String("state-dir", "/var/lib/atelier", "where the desired state of services is kept (\"\" for memory only)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -146,6 +150,7 @@ func serveMain(args []string) int {
 		TerminalIdle:  *termIdle,
 		ManifestPath:  *manifestPath,
 		StateDir:      *stateDir,
+		CredSocket:    *credSocket,
 		Logger:        base,
 	})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -179,6 +184,11 @@ func serveMain(args []string) int {
 		n++
 		go func() { errc <- srv.ServeUnix(ctx, *unixPath) }()
 	}
+	go func() {
+		if err := srv.ServeCredSocket(ctx, srv.opts.CredSocket); err != nil {
+			log.Warn("git credential socket", "err", err)
+		}
+	}()
 	if *vport != "" {
 		// Optional and possibly never there: it does not count as a
 		// listener, and its absence is the normal case (Firecracker).

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -62,6 +63,10 @@ type Options struct {
 	// StateDir keeps the desired state of services across agent restarts
 	// and sandbox stops (images: /var/lib/atelier); "" keeps it in memory.
 	StateDir string
+	// CredSocket is the guest-facing socket git's credential helper asks
+	// (any guest user may connect; it serves POST /git/credential only);
+	// default git-credential.sock beside ConfigPath.
+	CredSocket string
 
 	MaxConcurrentExec int   // default 64; further execs wait for a slot
 	MaxProcesses      int   // supervised services + dev commands; default 64
@@ -87,6 +92,9 @@ func (o *Options) defaults() {
 	}
 	if o.ConfigPath == "" {
 		o.ConfigPath = "/etc/sandbox/config.json"
+	}
+	if o.CredSocket == "" {
+		o.CredSocket = filepath.Join(filepath.Dir(o.ConfigPath), "git-credential.sock")
 	}
 	if o.EtcDir == "" {
 		o.EtcDir = "/etc"
@@ -132,6 +140,7 @@ type Server struct {
 	terms   *terminals
 	ssh     *sshServer
 	cpu     cpuSampler
+	creds   *credBroker
 
 	mu      sync.Mutex
 	network *agent.NetworkConfig
@@ -162,6 +171,7 @@ func NewServer(opts Options) *Server {
 		fs:      newFileRoots(opts.FileRoots),
 		execSem: make(chan struct{}, opts.MaxConcurrentExec),
 		execs:   map[int]struct{}{},
+		creds:   newCredBroker(),
 	}
 	s.loadConfigID()
 	s.sup = newSupervisor(s)
@@ -216,6 +226,9 @@ func (s *Server) routes() {
 	s.handle("POST /git/diff", s.gitDiff)
 	s.handle("POST /git/commit", s.gitCommit)
 	s.handle("POST /git/push", s.gitPush)
+	s.handle("GET "+agent.GitCredentialRequestsPath, s.credRequests)
+	s.handle("POST "+agent.GitCredentialAnswersPath, s.credAnswers)
+	s.handle("GET "+agent.GitCredentialHelperPath, s.credHelper)
 
 	s.handle("POST /services/apply", s.applyServices)
 	s.handle("GET /image", s.imageInfo)
@@ -288,6 +301,11 @@ func (s *Server) serve(ctx context.Context, ln net.Listener) error {
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// The peer's address lets host-only routes refuse a vsock peer
+		// that is not the host.
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, peerKey{}, c.RemoteAddr())
+		},
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()

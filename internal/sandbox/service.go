@@ -66,6 +66,7 @@ type Service struct {
 	patterns map[string]string
 	hooks    atomic.Pointer[Hooks]
 	prov     atomic.Pointer[Provisioner]
+	cfgPush  atomic.Pointer[ConfigPusher]
 
 	q     *queue
 	locks keylock.Mutex // one lifecycle operation per sandbox
@@ -697,6 +698,11 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 			if err = s.provision(p, sb); err != nil {
 				return up, err
 			}
+		}
+		if err = p.step(StepConfigFiles, "", func(ctx context.Context) (string, error) {
+			return s.pushConfigFiles(ctx, sb, create)
+		}, nil); err != nil {
+			return up, err
 		}
 	}
 

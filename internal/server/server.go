@@ -24,6 +24,7 @@ import (
 	"atelier/internal/config"
 	"atelier/internal/edge"
 	"atelier/internal/events"
+	"atelier/internal/guestfiles"
 	"atelier/internal/image/catalog"
 	"atelier/internal/metrics"
 	"atelier/internal/network"
@@ -77,6 +78,8 @@ type Server struct {
 
 	// Prebuilds builds workspaces' prebuilds and checks them for staleness.
 	Prebuilds *workspace.Prebuilds
+	// GitCredentials answers guest git's credential requests on demand.
+	GitCredentials *workspace.CredentialBroker
 	// Provisioner sets up sandboxes of workspaces.
 	Provisioner *workspace.Provisioner
 }
@@ -222,6 +225,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	prov := newProvisioner(wss, st, sbx, ed, guestUser, log)
 	prov.NoPrebuildStart = cfg.Server.Mode == config.ModeMock
 	sbx.SetProvisioner(prov)
+	sbx.SetConfigPusher(&guestfiles.Pusher{Store: st, User: guestUser, Log: log})
 	pbs := workspace.NewPrebuilds(wss, st, sbx, guestUser, log)
 	// The starting page of a tool host names the service it waits for.
 	ed.SetServices(sbx)
@@ -240,8 +244,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	}
 	s.health.registry = sup
 	s.Prebuilds = pbs
+	s.GitCredentials = &workspace.CredentialBroker{Workspaces: wss, Store: st, Agent: sbx.Agent, Log: log, Leading: s.Leading}
 	s.Provisioner = prov
-	s.Images = newCatalog(ctx, cfg, st, drv.Volumes, log)
+	s.Images = newCatalog(ctx, cfg, st, drv.Volumes, bus, log)
 	if c, ok := drv.Runtime.(interface{ Check(context.Context) error }); ok {
 		s.health.runtime = c.Check
 	}
@@ -339,6 +344,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { defer s.bg.Done(); s.Bus.Run(bgCtx) }()
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.sweep(bgCtx) }()
+	// Guest git asks for credentials through its agent; the host polls.
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.GitCredentials.Run(bgCtx) }()
+	// Image builds run as their own process: a directory read a second
+	// shows their progress live on the Images page.
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.Images.WatchBuilds(bgCtx, time.Second) }()
 	// Starts Verdaccio when the npm cache is enabled; stops it at shutdown.
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Registry.Run(bgCtx) }()
@@ -462,13 +474,16 @@ func trustedPeer(c net.Conn) bool {
 // from disk. Mock mode (and a test's own drivers) list the file driver's
 // images under the state dir. A failed sync is logged: the catalog serves
 // what the store last knew and syncs again on the next listing.
-func newCatalog(ctx context.Context, cfg *config.Config, st *store.Store, vols sandbox.Volumes, log *slog.Logger) *catalog.Catalog {
+func newCatalog(ctx context.Context, cfg *config.Config, st *store.Store, vols sandbox.Volumes, bus *events.Bus, log *slog.Logger) *catalog.Catalog {
 	cv, ok := vols.(catalog.Volumes)
 	if !ok {
 		cv = file.New(file.Config{StateDir: cfg.Sandbox.StateDir, Log: log})
 	}
 	c := catalog.New(catalog.Options{Store: st, Volumes: cv, Log: log, Prebuilds: func(ctx context.Context) (map[string][]string, error) {
 		return st.PrebuildImages(ctx, cfg.Sandbox.DefaultImage)
+	}, BuildsDir: filepath.Join(cfg.Sandbox.StateDir, "images"), Publish: func(ctx context.Context, typ string, data any) error {
+		_, err := bus.Publish(ctx, typ, "", data)
+		return err
 	}})
 	if err := c.Sync(ctx); err != nil {
 		log.Warn("image catalog sync at startup failed", "err", err)

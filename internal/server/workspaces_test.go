@@ -222,8 +222,9 @@ func TestWorkspaceSandboxMock(t *testing.T) {
 	if strings.Contains(md, secretVal) {
 		t.Errorf("SANDBOX.md holds a secret value")
 	}
+	// The global config names the agent's credential helper, never a token.
 	if got := run(`git -C ~/workspace/web remote get-url origin; git -C ~/workspace/web config --local --get-regexp 'credential|url'; cat ~/.gitconfig`); strings.Contains(got, token) ||
-		strings.Contains(got, "credential") || !strings.HasPrefix(got, repoURL+"\nremote.origin.url "+repoURL+"\n") {
+		!strings.Contains(got, "'git-credential' '--socket'") || !strings.HasPrefix(got, repoURL+"\nremote.origin.url "+repoURL+"\n") {
 		t.Errorf("remote and git config: %q", got)
 	}
 

@@ -244,6 +244,10 @@ func (s *Store) DeleteWorkspace(ctx context.Context, id string) error {
 		if len(inUse) > 0 {
 			return &InUseError{WorkspaceID: id, SandboxIDs: inUse}
 		}
+		// config_files has no foreign key (its global scope is '').
+		if _, err := tx.ExecContext(ctx, `DELETE FROM config_files WHERE workspace_id = ?`, id); err != nil {
+			return err
+		}
 		res, err := tx.ExecContext(ctx, `DELETE FROM workspaces WHERE id = ?`, id)
 		if err != nil {
 			return err

@@ -128,6 +128,8 @@ func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox, mode sandbox.
 		{Name: "ws-config", Detail: fmt.Sprintf("%d variables, %d secret", len(cfg.Env), len(sec.Env)),
 			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.config(ctx, c, g, sb, w, sec) }},
 	}
+	steps = append(steps, sandbox.ProvisionStep{Name: "ws-git-credential",
+		Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.gitCredential(ctx, c) }})
 	if len(sec.Files) > 0 {
 		steps = append(steps, sandbox.ProvisionStep{Name: "ws-secret-files", Detail: fmt.Sprintf("%d files", len(sec.Files)),
 			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.secretFiles(ctx, c, g, sec.Files) }})
@@ -258,6 +260,32 @@ func (p *Provisioner) secretFiles(ctx context.Context, c *agent.Client, g *guest
 const credentialHelper = `!f() { test "$1" = get || exit 0; h=; while IFS= read -r l; do case "$l" in host=*) h=${l#host=};; esac; done; ` +
 	`test -n "$ATELIER_GIT_TOKEN" && test "$h" = "$ATELIER_GIT_HOST" || exit 0; ` +
 	`printf 'username=%s\npassword=%s\n' "$ATELIER_GIT_USERNAME" "$ATELIER_GIT_TOKEN"; }; f`
+
+// gitCredential makes the agent binary the user's only git credential
+// helper: a later pull or push asks the agent, which asks the host (see
+// CredentialBroker). The empty entry drops helpers configured before it
+// (the image's "store" would write the token to a file); the config holds
+// the helper's command line only, never a token.
+func (p *Provisioner) gitCredential(ctx context.Context, c *agent.Client) (string, error) {
+	helper, err := c.GitCredentialHelper(ctx)
+	if err != nil {
+		return "", fmt.Errorf("git credential helper: %w", err)
+	}
+	for i, argv := range [][]string{
+		{"git", "config", "--global", "--replace-all", "credential.helper", ""},
+		{"git", "config", "--global", "--add", "credential.helper", helper},
+	} {
+		if _, err := p.exec(ctx, c, agent.ExecRequest{Argv: argv, TimeoutMs: quickTimeout.Milliseconds()}, "git config credential.helper"); err != nil {
+			// An image without git has no git to configure.
+			var ae *agent.Error
+			if i == 0 && errors.As(err, &ae) && ae.Field == "argv" {
+				return "no git in the image", nil
+			}
+			return "", err
+		}
+	}
+	return helper, nil
+}
 
 // clone clones one repository into the workdir.
 func (p *Provisioner) clone(ctx context.Context, c *agent.Client, g *guest, owner string, r Repo) (string, error) {

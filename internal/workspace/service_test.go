@@ -264,3 +264,31 @@ func TestCredentialOnlyForItsServer(t *testing.T) {
 		t.Error("empty token accepted")
 	}
 }
+
+// TestCredentialForHost: a guest's request gets the owner's token only
+// for exactly the source's scheme and host; another user gets nothing.
+func TestCredentialForHost(t *testing.T) {
+	ctx := context.Background()
+	svc, _, _ := newService(t)
+	if _, err := svc.CreateSource(ctx, "alice", SourceInput{Name: "plain", URL: "http://git.local:8080", Token: "tok-http"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.CreateSource(ctx, "alice", SourceInput{Name: "tls", URL: "https://git.example.test", Token: "tok-https"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ owner, protocol, host, want string }{
+		{"alice", "http", "git.local:8080", "tok-http"},
+		{"alice", "https", "git.example.test", "tok-https"},
+		{"alice", "https", "git.local:8080", ""},  // the http token never goes over another scheme
+		{"alice", "http", "git.example.test", ""}, // nor the https one in the clear
+		{"alice", "http", "git.local", ""},        // another port is another server
+		{"alice", "https", "evil.example.test", ""},
+		{"alice", "ssh", "git.example.test", ""},
+		{"bob", "https", "git.example.test", ""}, // another user's sandbox
+	} {
+		c, err := svc.CredentialForHost(ctx, tc.owner, tc.protocol, tc.host)
+		if c.Token != tc.want || (tc.want == "" && !errors.Is(err, ErrSourceHost)) {
+			t.Errorf("%s %s://%s: %q, %v; want %q", tc.owner, tc.protocol, tc.host, c.Token, err, tc.want)
+		}
+	}
+}

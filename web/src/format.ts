@@ -37,3 +37,12 @@ export function date(iso: string | null | undefined): string {
 export function pct(n: number): string {
   return `${Math.round(n)}%`;
 }
+
+/** A duration in seconds as a person reads it: 45s, 3m 05s, 1h 02m. */
+export function duration(sec: number): string {
+  const s = Math.max(0, Math.floor(sec));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, '0')}m`;
+}

@@ -7,6 +7,10 @@ import { useSyncExternalStore } from 'react';
 import { api, ApiError, type Sandbox, type Schemas } from './api/client';
 
 export type Fix = Schemas['Fix'];
+export type ImageBuild = Schemas['ImageBuildView'];
+/** A build as last heard of, with when (this browser's clock): elapsed times grow from there. */
+export type LiveBuild = ImageBuild & { receivedAt: number };
+export type FailedBuild = { id: string; stage: string; at: number };
 
 export type StreamState = 'connecting' | 'live' | 'reconnecting';
 
@@ -25,11 +29,27 @@ interface State {
   fixes: Fix[] | null;
   /** Bumped on every system.reconciled event. */
   systemTick: number;
+  /** Image builds running on the host, from GET /api/images and the image.build events. */
+  builds: Map<string, LiveBuild>;
+  /** Builds that failed since the page loaded (image.failed), newest first. */
+  failedBuilds: FailedBuild[];
+  /** Bumped when a build ends: the images list changed. */
+  imageTick: number;
 }
 
 const fixesKept = 50;
 
-let state: State = { sandboxes: new Map(), loaded: false, stream: 'connecting', tick: 0, fixes: null, systemTick: 0 };
+let state: State = {
+  sandboxes: new Map(),
+  loaded: false,
+  stream: 'connecting',
+  tick: 0,
+  fixes: null,
+  systemTick: 0,
+  builds: new Map(),
+  failedBuilds: [],
+  imageTick: 0,
+};
 const listeners = new Set<() => void>();
 
 function set(next: Partial<State>) {
@@ -77,6 +97,27 @@ export function seedFixes(list: Fix[]) {
 function addFixes(report: Schemas['Report']) {
   const fresh = [...(report.fixes ?? [])].reverse();
   set({ fixes: state.fixes ? [...fresh, ...state.fixes].slice(0, fixesKept) : null, systemTick: state.systemTick + 1 });
+}
+
+/** Seeds the builds from the images list (which has the ones running when it was answered). */
+export function seedBuilds(list: ImageBuild[]) {
+  const now = Date.now();
+  set({ builds: new Map(list.filter((b) => !b.failed).map((b) => [b.id, { ...b, receivedAt: now }])) });
+}
+
+function putBuild(b: ImageBuild) {
+  const m = new Map(state.builds);
+  m.set(b.id, { ...b, receivedAt: Date.now() });
+  set({ builds: m });
+}
+
+function endBuild(b: ImageBuild, failed: boolean) {
+  const m = new Map(state.builds);
+  m.delete(b.id);
+  const failedBuilds = failed
+    ? [{ id: b.id, stage: b.failed || 'unknown', at: Date.now() }, ...state.failedBuilds.filter((f) => f.id !== b.id)].slice(0, 10)
+    : state.failedBuilds.filter((f) => f.id !== b.id);
+  set({ builds: m, failedBuilds, imageTick: state.imageTick + 1 });
 }
 
 export type ListResult = { sandboxes: Sandbox[] | null; lastEventId: string };
@@ -161,6 +202,19 @@ export function startEvents() {
       /* ignore */
     }
   });
+  const onBuild = (end: 'no' | 'built' | 'failed') => (e: Event) => {
+    track(e as MessageEvent);
+    try {
+      const b = JSON.parse((e as MessageEvent).data) as ImageBuild;
+      if (end === 'no') putBuild(b);
+      else endBuild(b, end === 'failed');
+    } catch {
+      /* ignore */
+    }
+  };
+  es.addEventListener('image.build', onBuild('no'));
+  es.addEventListener('image.built', onBuild('built'));
+  es.addEventListener('image.failed', onBuild('failed'));
   es.addEventListener('reset', () => {
     // The history we would resume from is gone: take the list afresh.
     void loadSandboxes();

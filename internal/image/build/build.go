@@ -40,6 +40,7 @@ import (
 
 	"atelier/internal/bootcontract"
 	"atelier/internal/image/manifest"
+	"atelier/internal/image/progress"
 	"atelier/internal/testimage"
 )
 
@@ -79,6 +80,14 @@ type Options struct {
 	CABundle string
 	// AptDir is the host's /etc/apt (tests point it elsewhere).
 	AptDir string
+	// ProgressDir, when set, gets <id>.building.json while the build runs
+	// (internal/image/progress): the manager shows it on the Images page.
+	ProgressDir string
+	// Then, when set, runs after the image is made (not when it was up
+	// to date), as the stage "volume", still under the build's lock and
+	// progress record: the LVM import belongs to the build the dashboard
+	// shows, which ends when the image is usable.
+	Then func(ctx context.Context) error
 }
 
 // Marker is <output>.build.json: what the image was built from.
@@ -129,6 +138,7 @@ type builder struct {
 	o        Options
 	versions Versions
 	log      *os.File
+	track    *progress.Tracker
 	stages   []StageTime
 	start    time.Time
 }
@@ -145,7 +155,7 @@ type plan struct {
 
 // Build builds o.ID into o.Output, or does nothing when the marker says
 // the output is up to date.
-func Build(ctx context.Context, o Options) (*Result, error) {
+func Build(ctx context.Context, o Options) (_ *Result, rerr error) {
 	if o.Output == "" || o.CacheDir == "" || o.Agent == "" || o.Recipes == nil {
 		return nil, errors.New("build image: output, cache dir, agent and recipes are required")
 	}
@@ -205,6 +215,14 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
 		return nil, fmt.Errorf("build image: lock: %w", err)
 	}
+	// Under the lock: a second build of the same id waits above and does
+	// not overwrite the running one's record.
+	if o.ProgressDir != "" {
+		b.track = progress.Start(o.ProgressDir, o.ID, func(err error) {
+			fmt.Fprintf(o.Progress, "    (progress not shown on the dashboard: %v)\n", err)
+		})
+		defer func() { b.track.Finish(rerr) }()
+	}
 	b.log, err = os.Create(filepath.Join(o.CacheDir, o.ID, "build.log"))
 	if err != nil {
 		return nil, fmt.Errorf("build image: log: %w", err)
@@ -221,11 +239,13 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	m.Versions = b.imageVersions(p)
 	t0 := time.Now()
 	fmt.Fprintf(o.Progress, "==> [%s] image: mkfs.ext4 -d, agent and manifest\n", o.ID)
+	b.track.Stage("image")
 	size, err := b.makeImage(ctx, tree, &m)
 	if err != nil {
 		return nil, err
 	}
 	b.stages = append(b.stages, StageTime{Name: "image", Key: inputs[:16], Seconds: time.Since(t0).Seconds()})
+	b.track.Done("image", time.Since(t0), false)
 	fmt.Fprintf(o.Progress, "    image done in %s (%s, %d MB)\n", round(time.Since(t0)), o.Output, size>>20)
 	// The manifest also goes beside an <id>.ext4 as <id>.json, the sidecar
 	// `atelier version` and the catalog read without opening the image.
@@ -241,6 +261,14 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	mk := Marker{ID: o.ID, Inputs: inputs, Built: m.Built, Size: size, Versions: m.Versions, Stages: b.stages}
 	if err := writeJSONAtomic(marker, &mk); err != nil {
 		return nil, fmt.Errorf("build image: marker: %w", err)
+	}
+	if o.Then != nil {
+		t1 := time.Now()
+		b.track.Stage("volume")
+		if err := o.Then(ctx); err != nil {
+			return nil, err
+		}
+		b.track.Done("volume", time.Since(t1), false)
 	}
 	fmt.Fprintf(o.Progress, "==> %s built in %s\n", o.ID, round(time.Since(b.start)))
 	return &Result{Marker: mk}, nil
@@ -336,10 +364,12 @@ func (b *builder) runStage(ctx context.Context, id, name, dir, desc string, fn f
 	if b.cached(dir) {
 		fmt.Fprintf(b.o.Progress, "==> [%s] %s: cached\n", id, name)
 		b.stages = append(b.stages, StageTime{Name: id + "/" + name, Key: filepath.Base(dir), Cached: true})
+		b.track.Done(id+"/"+name, 0, true)
 		return nil
 	}
 	fmt.Fprintf(b.o.Progress, "==> [%s] %s: %s\n", id, name, desc)
 	fmt.Fprintf(b.log, "==> [%s] %s: %s\n", id, name, desc)
+	b.track.Stage(id + "/" + name)
 	t0 := time.Now()
 	tmp := dir + ".tmp"
 	// A build killed mid-stage (SIGKILL, a crash) left its tree and maybe
@@ -374,6 +404,7 @@ func (b *builder) runStage(ctx context.Context, id, name, dir, desc string, fn f
 	}
 	b.prune(id, name, dir)
 	b.stages = append(b.stages, StageTime{Name: id + "/" + name, Key: filepath.Base(dir), Seconds: time.Since(t0).Seconds()})
+	b.track.Done(id+"/"+name, time.Since(t0), false)
 	fmt.Fprintf(b.o.Progress, "    %s done in %s\n", name, round(time.Since(t0)))
 	return nil
 }

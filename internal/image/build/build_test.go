@@ -14,6 +14,7 @@ import (
 	"atelier/images"
 	"atelier/internal/config"
 	"atelier/internal/image/manifest"
+	"atelier/internal/image/progress"
 	"atelier/internal/testenv"
 )
 
@@ -296,5 +297,48 @@ func assertNothingLeft(t *testing.T, o Options) {
 	tmps, _ := filepath.Glob(filepath.Join(o.CacheDir, o.ID, "*.tmp"))
 	if len(tmps) > 0 {
 		t.Fatalf("a failed build left half stages: %v", tmps)
+	}
+}
+
+// TestBuildProgressRecord: a build keeps {progress dir}/<id>.building.json
+// up to date (stages done, the running one), removes it when it succeeds,
+// and leaves it marked with the failed stage when it fails.
+func TestBuildProgressRecord(t *testing.T) {
+	requireRoot(t)
+	fakeTools(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	o := testOptions(t, testRecipes(false), "derived")
+	o.ProgressDir = t.TempDir()
+	var during progress.Record
+	o.Then = func(context.Context) error {
+		var err error
+		during, err = progress.Read(o.ProgressDir, "derived")
+		return err
+	}
+	if _, err := Build(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, d := range during.Done {
+		names = append(names, d.Name)
+	}
+	if during.PID != os.Getpid() || during.Stage != "volume" ||
+		strings.Join(names, " ") != "tiny/root tiny/setup derived/root derived/setup image" {
+		t.Fatalf("record during the volume stage: %+v", during)
+	}
+	if _, err := os.Stat(progress.Path(o.ProgressDir, "derived")); !os.IsNotExist(err) {
+		t.Fatalf("record after success: %v, want gone", err)
+	}
+
+	t.Setenv("FAKE_MMDEBSTRAP_EXIT", "3")
+	o = testOptions(t, testRecipes(false), "tiny")
+	o.ProgressDir = t.TempDir()
+	if _, err := Build(ctx, o); err == nil {
+		t.Fatal("the build did not fail")
+	}
+	r, err := progress.Read(o.ProgressDir, "tiny")
+	if err != nil || r.Failed != "tiny/root" || !strings.Contains(r.Error, "mmdebstrap") || strings.Contains(r.Error, "\n") {
+		t.Fatalf("record after failure: %+v, %v", r, err)
 	}
 }

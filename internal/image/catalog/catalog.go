@@ -96,6 +96,12 @@ type Options struct {
 	// MaxAge is how old a sync may be before a listing syncs again
 	// (default one minute).
 	MaxAge time.Duration
+	// BuildsDir holds the records of builds in progress
+	// ({stateDir}/images, see internal/image/progress); "" for none.
+	BuildsDir string
+	// Publish, when set, gets the image.build / image.built /
+	// image.failed events WatchBuilds sees (events.Bus.Publish).
+	Publish func(ctx context.Context, typ string, data any) error
 }
 
 // Catalog is safe for concurrent use; imports, removals and syncs run one

@@ -4,11 +4,17 @@ import { api, type Schemas, unwrap } from './client';
 
 export type ImageInfo = Schemas['ImageView'];
 export type ImageService = Schemas['ImageServiceView'];
+export type ImageBuild = Schemas['ImageBuildView'];
 
 /** The host's images, by id. */
 export async function listImages(): Promise<ImageInfo[]> {
+  return (await listCatalog()).images;
+}
+
+/** The host's images and the image builds running now. */
+export async function listCatalog(): Promise<{ images: ImageInfo[]; builds: ImageBuild[] }> {
   const r = await unwrap(api.GET('/api/images'));
-  return r.images ?? [];
+  return { images: r.images ?? [], builds: r.builds ?? [] };
 }
 
 /** Removes an image (admins only; 409 while sandboxes use it). */
