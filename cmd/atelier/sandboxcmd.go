@@ -340,7 +340,8 @@ func newSandboxCmd(g *globals) *cobra.Command {
 		action("stop", "Stop running sandboxes (their disks are kept)", "stopping", "stopped"),
 		action("start", "Start stopped sandboxes", "starting", "started"),
 		action("restart", "Restart running sandboxes", "restarting", "restarted"), rm,
-		newExecCmd(g), newShellCmd(g), newCpCmd(g), newLogsCmd(g), newRoutesCmd(g), newExposeCmd(g), newUnexposeCmd(g), newDevCmd(g), newSyncConfigCmd(g))
+		newExecCmd(g), newShellCmd(g), newCpCmd(g), newLogsCmd(g), newRoutesCmd(g), newExposeCmd(g), newUnexposeCmd(g), newDevCmd(g), newSyncConfigCmd(g),
+		newResizeCmd(g), newPromoteCmd(g))
 	return cmd
 }
 

@@ -225,4 +225,5 @@ func (s *Server) registerSandboxes() {
 			return &sandboxOutput{Body: s.d.Sandboxes.View(sb)}, nil
 		})
 	}
+	s.registerResize()
 }

@@ -213,6 +213,40 @@ func (s *Server) registerPrebuilds() {
 			return s.d.Prebuilds.Status(ctx, id)
 		})
 	huma.Register(s.api, huma.Operation{
+		OperationID: "promote-sandbox", Method: http.MethodPost, Path: "/api/sandboxes/{id}/promote", Tags: []string{"sandboxes"},
+		Summary: "Save a sandbox's disk as its workspace's prebuild", Security: securityAuthed,
+		Description: "For a running sandbox of a workspace, by the owner of both. Its repositories' commits are read, it is stopped " +
+			"(so its disk is consistent), its disk saved as prebuild-{workspaceId}, and it is started again. The previous " +
+			"prebuild is replaced only once the new one is complete. 409 while a build runs or when the sandbox is not " +
+			"running; 400 for a sandbox without a workspace.",
+		Errors: append(errs, http.StatusConflict),
+	}, func(ctx context.Context, in *sandboxIDInput) (*out, error) {
+		sb, err := s.owned(ctx, in.ID)
+		if err != nil {
+			return nil, err
+		}
+		if sb.WorkspaceID == "" {
+			return nil, newProblem(http.StatusBadRequest, "invalid_input", "validation failed: path.id: sandbox "+sb.ID+" has no workspace; only a workspace's sandbox can become its prebuild",
+				&huma.ErrorDetail{Location: "path.id", Message: "sandbox has no workspace", Value: sb.ID})
+		}
+		// The caller must own the workspace too: the prebuild is what every
+		// sandbox of the workspace starts from.
+		if _, err := s.workspaceFor(ctx, sb.WorkspaceID, true); err != nil {
+			return nil, err
+		}
+		pb, err := s.d.Prebuilds.Promote(ctx, sb.WorkspaceID, sb.ID)
+		if errors.Is(err, workspace.ErrNotRunning) {
+			return nil, newProblem(http.StatusConflict, "conflict", workspace.ErrNotRunning.Error())
+		}
+		if errors.Is(err, store.ErrBusy) {
+			return nil, newProblem(http.StatusConflict, "conflict", "a prebuild of this workspace is running: wait for it or cancel it")
+		}
+		if err != nil {
+			return nil, toProblem(ctx, s.d.Log, err)
+		}
+		return &out{pb}, nil
+	})
+	huma.Register(s.api, huma.Operation{
 		OperationID: "delete-prebuild", Method: http.MethodDelete, Path: "/api/workspaces/{id}/prebuild", Tags: tags,
 		Summary: "Delete a workspace's prebuild", Security: securityAuthed, DefaultStatus: http.StatusNoContent,
 		Description: "New sandboxes then clone and set up from the image. Sandboxes made from it are unaffected.",

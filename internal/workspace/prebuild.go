@@ -19,6 +19,11 @@ import (
 // maxPrebuildLog bounds the log kept with a prebuild.
 const maxPrebuildLog = 16 << 10
 
+// ErrNotRunning refuses to promote a sandbox that is not running: the
+// prebuild's commits are read from the running guest, and a prebuild
+// without them would count as stale and be rebuilt over at the next check.
+var ErrNotRunning = errors.New("only a running sandbox can be saved as a prebuild: start it first")
+
 // ErrCancelled ends a build cancelled by its owner.
 var ErrCancelled = errors.New("prebuild cancelled")
 
@@ -212,6 +217,12 @@ func (b *Prebuilds) build(ctx context.Context, w Workspace, id string) (map[stri
 	if sb.Status != store.StatusRunning {
 		return nil, fmt.Errorf("build sandbox: %s", sb.Error)
 	}
+	return b.commits(ctx, w, id)
+}
+
+// commits reads the HEAD of each of the workspace's repositories in the
+// running sandbox.
+func (b *Prebuilds) commits(ctx context.Context, w Workspace, id string) (map[string]string, error) {
 	c, err := b.sbx.Agent(ctx, id)
 	if err != nil {
 		return nil, err
@@ -232,6 +243,86 @@ func (b *Prebuilds) build(ctx context.Context, w Workspace, id string) (map[stri
 	// Written to the disk by the time Stop returns: the agent syncs on
 	// shutdown, and the volume is snapshotted only once the guest is down.
 	return commits, nil
+}
+
+// PromotedLog starts the log line of a prebuild saved from a user's sandbox;
+// the log is how its source shows until the prebuild row records one.
+const PromotedLog = "promoted from sandbox "
+
+// failPromote records a failed promote like a failed build (the ready
+// prebuild kept) and returns the cause.
+func (b *Prebuilds) failPromote(ctx context.Context, workspaceID, sandboxID string, cause error) (store.Prebuild, error) {
+	pb, err := b.settle(ctx, workspaceID, sandboxID, cause)
+	if err != nil {
+		b.log.Error("failed promote not recorded", "workspace_id", workspaceID, "sandbox_id", sandboxID, "err", err)
+	}
+	return pb, fmt.Errorf("promote %s: %w", sandboxID, cause)
+}
+
+// Promote saves a sandbox of the workspace as its prebuild ("save as
+// prebuild"). It is consistent by stopping: the running sandbox's commits
+// are read, it is stopped (the agent syncs and the guest is down before the
+// disk is copied), saved, and started again. The row is marked
+// building meanwhile, so a build or another promote gets store.ErrBusy. The
+// drivers write the new prebuild beside the old one and swap only once it is
+// complete: any failure leaves the previous prebuild ready.
+func (b *Prebuilds) Promote(ctx context.Context, workspaceID, sandboxID string) (store.Prebuild, error) {
+	w, err := b.ws.Get(ctx, workspaceID)
+	if err != nil {
+		return store.Prebuild{}, err
+	}
+	sb, err := b.sbx.Get(ctx, sandboxID)
+	if err != nil {
+		return store.Prebuild{}, err
+	}
+	if sb.WorkspaceID != workspaceID {
+		return store.Prebuild{}, fmt.Errorf("promote %s: sandbox belongs to workspace %q: %w", sandboxID, sb.WorkspaceID, store.ErrNotFound)
+	}
+	if sb.Status != store.StatusRunning {
+		return store.Prebuild{}, fmt.Errorf("promote %s (%s): %w", sandboxID, sb.Status, ErrNotRunning)
+	}
+	if err := b.st.BeginPrebuild(ctx, workspaceID); err != nil {
+		return store.Prebuild{}, err
+	}
+	bg := context.WithoutCancel(ctx)
+	begin := time.Now()
+	b.appendLog(bg, workspaceID, PromotedLog+sandboxID)
+	was := sb.Status
+	var commits map[string]string
+	if was == store.StatusRunning {
+		// Best effort: a repository the user removed or broke leaves its
+		// commit unknown, which the staleness check reads as stale.
+		if commits, err = b.commits(ctx, w, sandboxID); err != nil {
+			b.appendLog(bg, workspaceID, "commits not read: "+err.Error())
+			commits = nil
+		}
+		b.appendLog(bg, workspaceID, "stopping the sandbox")
+		if _, err = b.sbx.Stop(bg, sandboxID); err != nil {
+			return b.failPromote(bg, workspaceID, sandboxID, fmt.Errorf("stop sandbox %s: %w", sandboxID, err))
+		}
+	}
+	err = b.sbx.SavePrebuild(bg, workspaceID, sandboxID)
+	if was == store.StatusRunning {
+		b.appendLog(bg, workspaceID, "starting the sandbox again")
+		if _, serr := b.sbx.Start(bg, sandboxID); serr != nil {
+			b.log.Warn("promoted sandbox not restarted", "sandbox_id", sandboxID, "workspace_id", workspaceID, "err", serr)
+			b.appendLog(bg, workspaceID, "sandbox not started again: "+serr.Error())
+		}
+	}
+	if err != nil {
+		return b.failPromote(bg, workspaceID, sandboxID, err)
+	}
+	now := time.Now().UTC()
+	pb, err := b.st.UpdatePrebuild(bg, workspaceID, func(p *store.Prebuild) {
+		p.Status, p.Ready, p.Commits, p.BuiltAt, p.CheckedAt, p.Stale, p.BuildID, p.Error =
+			store.PrebuildReady, true, commits, &now, &now, false, "", ""
+		p.Log += fmt.Sprintf("%s prebuild saved in %s\n", now.Format(time.TimeOnly), time.Since(begin).Round(time.Millisecond))
+	})
+	if err != nil {
+		return pb, fmt.Errorf("promote %s: prebuild saved but not recorded: %w", sandboxID, err)
+	}
+	b.log.Info("sandbox promoted to prebuild", "workspace_id", workspaceID, "sandbox_id", sandboxID, "took_ms", time.Since(begin).Milliseconds())
+	return pb, nil
 }
 
 // settle records a build that ended without a new prebuild: cancelled

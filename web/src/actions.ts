@@ -13,6 +13,11 @@ export async function startSandbox(id: string) {
 export async function restartSandbox(id: string) {
   putSandbox(await unwrap(api.POST('/api/sandboxes/{id}/restart', p(id))));
 }
+// promoteSandbox saves a running sandbox's disk as its workspace's
+// prebuild; the sandbox is stopped and started again meanwhile.
+export async function promoteSandbox(id: string) {
+  await unwrap(api.POST('/api/sandboxes/{id}/promote', p(id)));
+}
 export async function deleteSandbox(id: string) {
   await unwrap(api.DELETE('/api/sandboxes/{id}', p(id)));
   dropSandbox(id);

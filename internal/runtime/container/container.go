@@ -489,6 +489,13 @@ func (d *Driver) boot(ctx context.Context, inst sandbox.Instance, disk, nsPath s
 	if err := os.MkdirAll(d.opts.LogDir, 0o755); err != nil {
 		return 0, fmt.Errorf("create log dir: %w", err)
 	}
+	// A volume grown while the sandbox was stopped: its filesystem grows
+	// here, as a VM guest grows its own at boot.
+	if grown, err := growOffline(ctx, disk); err != nil {
+		d.log.Warn("grow root filesystem", "sandbox_id", id, "err", err)
+	} else if grown {
+		d.log.Info("root filesystem grown to its volume", "sandbox_id", id)
+	}
 	dev, loop, err := attachLoop(disk)
 	if err != nil {
 		return 0, err

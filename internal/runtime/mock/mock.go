@@ -19,6 +19,7 @@ const (
 	OpStop    = "stop"
 	OpDestroy = "destroy"
 	OpAlive   = "alive"
+	OpGrow    = "grow"
 )
 
 // Runtime is an in-memory sandbox.Runtime, safe for concurrent use.
@@ -27,6 +28,7 @@ type Runtime struct {
 	instances map[string]sandbox.Instance
 	fail      map[string]error
 	block     map[string]*blocker
+	grown     map[string]int
 }
 
 type blocker struct {
@@ -34,7 +36,10 @@ type blocker struct {
 	release chan struct{}
 }
 
-var _ sandbox.Runtime = (*Runtime)(nil)
+var (
+	_ sandbox.Runtime    = (*Runtime)(nil)
+	_ sandbox.DiskGrower = (*Runtime)(nil)
+)
 
 // New returns an empty runtime.
 func New() *Runtime {
@@ -121,6 +126,31 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	defer r.mu.Unlock()
 	delete(r.instances, id)
 	return nil
+}
+
+// GrowDisk counts a grow of a running instance's filesystem; an instance
+// that is not running is an error, as for a real runtime.
+func (r *Runtime) GrowDisk(ctx context.Context, id string) error {
+	if err := r.enter(ctx, OpGrow); err != nil {
+		return fmt.Errorf("grow disk of %s: %w", id, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.instances[id]; !ok {
+		return fmt.Errorf("grow disk of %s: not running", id)
+	}
+	if r.grown == nil {
+		r.grown = map[string]int{}
+	}
+	r.grown[id]++
+	return nil
+}
+
+// Grown is how many times the instance's filesystem was grown.
+func (r *Runtime) Grown(id string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.grown[id]
 }
 
 // Alive reports whether the instance is running.

@@ -203,6 +203,16 @@ func (r *Runtime) Alive(_ context.Context, id string) (bool, error) {
 	return ok, nil
 }
 
+// GrowDisk has nothing to grow: the mock-mode guest's files live in a host
+// directory, not on the volume. A sandbox that is not running is an error,
+// as for the real runtimes.
+func (r *Runtime) GrowDisk(_ context.Context, id string) error {
+	if ok, err := r.Alive(context.Background(), id); err != nil || !ok {
+		return fmt.Errorf("grow disk of %s: not running (%v)", id, err)
+	}
+	return nil
+}
+
 // Stop ends the agent and everything it started (its session), keeping the
 // sandbox's files. An agent that is not running is already stopped.
 func (r *Runtime) Stop(ctx context.Context, id string) error {

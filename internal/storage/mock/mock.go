@@ -19,6 +19,7 @@ const (
 	OpClone    = "clone"
 	OpDelete   = "delete"
 	OpPrebuild = "prebuild"
+	OpResize   = "resize"
 )
 
 var imageRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
@@ -27,6 +28,8 @@ var imageRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 type Volume struct {
 	Image string
 	Path  string
+	// SizeBytes is the size the last Resize gave it; 0 until then.
+	SizeBytes int64
 }
 
 // Volumes is an in-memory sandbox.Volumes, safe for concurrent use.
@@ -147,6 +150,26 @@ func (v *Volumes) IDs() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Resize records the volume's new size; shrinking is refused, the same
+// size is success, as for the real drivers.
+func (v *Volumes) Resize(ctx context.Context, id string, sizeBytes int64) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.takeFailure(OpResize); err != nil {
+		return fmt.Errorf("resize volume %s: %w", id, err)
+	}
+	vol, ok := v.vols[id]
+	if !ok {
+		return fmt.Errorf("resize volume %s: %w", id, storage.ErrNotFound)
+	}
+	if sizeBytes < vol.SizeBytes {
+		return fmt.Errorf("resize volume %s: shrinking from %d to %d bytes would destroy data; only growing is supported", id, vol.SizeBytes, sizeBytes)
+	}
+	vol.SizeBytes = sizeBytes
+	v.vols[id] = vol
+	return nil
 }
 
 // Prebuild records the sandbox's volume as the workspace's prebuild.

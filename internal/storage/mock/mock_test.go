@@ -101,3 +101,29 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatalf("%d volumes, want 20", got)
 	}
 }
+
+func TestResize(t *testing.T) {
+	ctx := context.Background()
+	v := New(t.TempDir())
+	if err := v.Resize(ctx, id, 1<<30); err == nil {
+		t.Fatal("resize of a missing volume succeeded")
+	}
+	if _, err := v.Clone(ctx, "dev-base", id); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		size int64
+		ok   bool
+	}{{2 << 30, true}, {2 << 30, true}, {1 << 30, false}, {3 << 30, true}} {
+		if err := v.Resize(ctx, id, step.size); (err == nil) != step.ok {
+			t.Fatalf("resize to %d: %v, want ok=%v", step.size, err, step.ok)
+		}
+	}
+	if got := v.Volumes()[id].SizeBytes; got != 3<<30 {
+		t.Fatalf("size %d, want 3 GiB", got)
+	}
+	v.FailNext(OpResize, errors.New("boom"))
+	if err := v.Resize(ctx, id, 4<<30); err == nil || v.Volumes()[id].SizeBytes != 3<<30 {
+		t.Fatalf("injected failure: %v, size %d", err, v.Volumes()[id].SizeBytes)
+	}
+}

@@ -255,6 +255,16 @@ func (s *Set) Prebuild(ctx context.Context, workspaceID, sandboxID string) error
 	return fmt.Errorf("prebuild %s: volume of sandbox %s: %w", workspaceID, sandboxID, storage.ErrNotFound)
 }
 
+// Resize grows the sandbox's volume on the driver holding it.
+func (s *Set) Resize(ctx context.Context, id string, sizeBytes int64) error {
+	for _, d := range s.probeAll(ctx) {
+		if _, err := d.Stat(ctx, storage.KindSandbox, id); err == nil {
+			return d.Resize(ctx, id, sizeBytes)
+		}
+	}
+	return fmt.Errorf("resize volume %s: %w", id, storage.ErrNotFound)
+}
+
 // DeletePrebuild removes the workspace's prebuild from every driver present.
 func (s *Set) DeletePrebuild(ctx context.Context, workspaceID string) error {
 	var errs []error

@@ -1,6 +1,6 @@
 import { lazy, Suspense, useEffect, useState, type ReactNode } from 'react';
 import { api, ApiError, unwrap, type Sandbox } from '../api/client';
-import { busyStatuses, deleteSandbox, label, restartSandbox, startSandbox, stopSandbox } from '../actions';
+import { busyStatuses, deleteSandbox, label, promoteSandbox, restartSandbox, startSandbox, stopSandbox } from '../actions';
 import { Link, navigate, setQuery, useLocation } from '../router';
 import { useSession } from '../session';
 import { putSandbox, useStore } from '../state';
@@ -65,10 +65,16 @@ export function SandboxPage({ id }: { id: string }) {
   const running = sb.status === 'running';
   const name = label(sb);
 
-  const ask = (a: 'stop' | 'restart' | 'delete') =>
+  const ask = (a: 'stop' | 'restart' | 'promote' | 'delete') =>
     setConfirm(
       {
         stop: { title: 'Stop sandbox?', body: <p>Stop {name}? Its processes end; its disk is kept.</p>, action: 'Stop', run: () => stopSandbox(sb.id).then(() => toast(`Stopped ${name}`)) },
+        promote: {
+          title: 'Save as prebuild?',
+          body: <p>Save the disk of {name} as its workspace&apos;s prebuild? It is stopped while its disk is saved, then started again; new sandboxes of the workspace start from it.</p>,
+          action: 'Save as prebuild',
+          run: () => promoteSandbox(sb.id).then(() => toast(`Saved ${name} as its workspace's prebuild`)),
+        },
         restart: { title: 'Restart sandbox?', body: <p>Restart {name}? Its processes end and it boots again.</p>, action: 'Restart', run: () => restartSandbox(sb.id).then(() => toast(`Restarted ${name}`)) },
         delete: {
           title: 'Delete sandbox?',
@@ -102,6 +108,11 @@ export function SandboxPage({ id }: { id: string }) {
               <button type="button" className="btn" onClick={() => ask('restart')}>
                 Restart
               </button>
+              {own && sb.workspaceId && (
+                <button type="button" className="btn" onClick={() => ask('promote')}>
+                  Save as prebuild
+                </button>
+              )}
             </>
           )}
           {sb.status === 'stopped' && <StartButton sb={sb} />}
