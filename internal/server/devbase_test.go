@@ -55,9 +55,10 @@ func (f *fixture) useDevBase(t testing.TB, image string) {
 		t.Fatal(err)
 	}
 	sh(t, "mount", "-o", "loop", backing, mnt)
-	// Registered after the fixture's sweep, so it runs before it: lazy, so
-	// a sandbox a failed test left running does not keep it mounted.
-	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+	// After the fixture's sweep, which needs the state dir on this mount to
+	// find and stop what a failed test left running; lazy, in case anything
+	// still holds it.
+	f.afterSweep = append(f.afterSweep, func() { exec.Command("umount", "-l", mnt).Run() })
 	if err := os.Chmod(mnt, 0o711); err != nil {
 		t.Fatal(err)
 	}

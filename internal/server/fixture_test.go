@@ -143,6 +143,10 @@ type fixture struct {
 	dir    string
 	cfg    *config.Config
 	uc     *http.Client // one client: a transport per call would pile up idle connections
+	// afterSweep runs once the sweep is done: what holds the state dir (the
+	// dev-base test's XFS pool) must outlive the sweep, or a sandbox a failed
+	// test left running is out of the sweep's reach and stays on the host.
+	afterSweep []func()
 }
 
 func newFixture(t testing.TB) *fixture {
@@ -193,7 +197,12 @@ func newFixture(t testing.TB) *fixture {
 	t.Cleanup(func() { os.RemoveAll(f.dir) })
 	// Runs after the manager stopped (registered before it starts): a test
 	// that failed half-way must not leave sandboxes running on the host.
-	t.Cleanup(func() { f.sweep(t) })
+	t.Cleanup(func() {
+		f.sweep(t)
+		for _, fn := range f.afterSweep {
+			fn()
+		}
+	})
 	cfg := config.Default()
 	cfg.Server.Mode = config.ModeProduction
 	cfg.Server.Host = "127.0.0.1"
