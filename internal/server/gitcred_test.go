@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -35,24 +34,7 @@ func TestWorkspaceGitCredentialMock(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	srv, stop := startMockManager(t, dir, nil)
 	api := "http://" + srv.Addr()
-	c := &http.Client{Timeout: 60 * time.Second}
-	call := func(method, path string, body any) (int, []byte) {
-		t.Helper()
-		var rd io.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
-		}
-		req, _ := http.NewRequest(method, api+path, rd)
-		req.Header.Set("Content-Type", "application/json")
-		res, err := c.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		return res.StatusCode, b
-	}
+	call := jsonCaller(t, api, 60*time.Second)
 	var ids []string
 	t.Cleanup(func() {
 		for _, id := range ids {

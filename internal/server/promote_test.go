@@ -1,11 +1,9 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -41,24 +39,7 @@ func TestPromoteSandboxMock(t *testing.T) {
 	vols := stmock.New(filepath.Join(dir, "s", "overlays"))
 	srv, stop := startMockManagerWith(t, dir, nil, Options{Drivers: &sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: vols}})
 	api := "http://" + srv.Addr()
-	c := &http.Client{Timeout: 60 * time.Second}
-	call := func(method, path string, body any) (int, []byte) {
-		t.Helper()
-		var rd io.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
-		}
-		req, _ := http.NewRequest(method, api+path, rd)
-		req.Header.Set("Content-Type", "application/json")
-		res, err := c.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		return res.StatusCode, b
-	}
+	call := jsonCaller(t, api, 60*time.Second)
 	t.Cleanup(func() {
 		_, b := call("GET", "/api/sandboxes", nil)
 		var l struct{ Sandboxes []struct{ ID string } }

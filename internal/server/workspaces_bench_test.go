@@ -1,10 +1,8 @@
 package server
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -41,23 +39,7 @@ func BenchmarkWorkspaceCreate(b *testing.B) {
 	// volume); the dev command here needs none, so the path is measured.
 	srv.Provisioner.NoPrebuildStart = false
 	api := "http://" + srv.Addr()
-	c := &http.Client{Timeout: 120 * time.Second}
-	call := func(method, path string, body any) (int, []byte) {
-		var rd io.Reader
-		if body != nil {
-			bb, _ := json.Marshal(body)
-			rd = bytes.NewReader(bb)
-		}
-		req, _ := http.NewRequest(method, api+path, rd)
-		req.Header.Set("Content-Type", "application/json")
-		res, err := c.Do(req)
-		if err != nil {
-			b.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer res.Body.Close()
-		bb, _ := io.ReadAll(res.Body)
-		return res.StatusCode, bb
-	}
+	call := jsonCaller(b, api, 120*time.Second)
 	_, body := call("POST", "/api/git-sources", map[string]any{"name": "local", "url": gs.URL, "token": token})
 	var src struct{ ID string }
 	_ = json.Unmarshal(body, &src)

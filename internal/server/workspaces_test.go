@@ -117,24 +117,7 @@ func TestWorkspaceSandboxMock(t *testing.T) {
 	srv, stop := startMockManager(t, dir, nil)
 	cfg := srv.Config
 	api := "http://" + srv.Addr()
-	c := &http.Client{Timeout: 60 * time.Second}
-	call := func(method, path string, body any) (int, []byte) {
-		t.Helper()
-		var rd io.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
-		}
-		req, _ := http.NewRequest(method, api+path, rd)
-		req.Header.Set("Content-Type", "application/json")
-		res, err := c.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		return res.StatusCode, b
-	}
+	call := jsonCaller(t, api, 60*time.Second)
 	var ids []string
 	t.Cleanup(func() {
 		for _, id := range ids {
@@ -321,24 +304,7 @@ func TestWorkspacePrebuildMock(t *testing.T) {
 	// volume); the flow is what is tested here.
 	srv.Provisioner.NoPrebuildStart = false
 	api := "http://" + srv.Addr()
-	c := &http.Client{Timeout: 60 * time.Second}
-	call := func(method, path string, body any) (int, []byte) {
-		t.Helper()
-		var rd io.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
-		}
-		req, _ := http.NewRequest(method, api+path, rd)
-		req.Header.Set("Content-Type", "application/json")
-		res, err := c.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		return res.StatusCode, b
-	}
+	call := jsonCaller(t, api, 60*time.Second)
 	t.Cleanup(func() {
 		_, b := call("GET", "/api/sandboxes", nil)
 		var l struct{ Sandboxes []struct{ ID string } }
@@ -482,24 +448,7 @@ func TestWorkspaceFailuresMock(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	srv, stop := startMockManager(t, dir, nil)
 	api := "http://" + srv.Addr()
-	c := &http.Client{Timeout: 60 * time.Second}
-	call := func(method, path string, body any) (int, []byte) {
-		t.Helper()
-		var rd io.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
-		}
-		req, _ := http.NewRequest(method, api+path, rd)
-		req.Header.Set("Content-Type", "application/json")
-		res, err := c.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		return res.StatusCode, b
-	}
+	call := jsonCaller(t, api, 60*time.Second)
 	var ids []string
 	t.Cleanup(func() {
 		for _, id := range ids {
@@ -568,5 +517,28 @@ func TestWorkspaceFailuresMock(t *testing.T) {
 	var fe *sandbox.FieldError
 	if !errors.As(err, &fe) || fe.Field != "workspaceId" {
 		t.Fatalf("another user's create: %v", err)
+	}
+}
+
+// jsonCaller calls the manager's API at base with a JSON body (nil for
+// none) and returns the status and body; a transport error fails the test.
+func jsonCaller(tb testing.TB, base string, timeout time.Duration) func(method, path string, body any) (int, []byte) {
+	c := &http.Client{Timeout: timeout}
+	return func(method, path string, body any) (int, []byte) {
+		tb.Helper()
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, base+path, rd)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := c.Do(req)
+		if err != nil {
+			tb.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, b
 	}
 }
