@@ -189,11 +189,7 @@ func newSyncConfigCmd(g *globals) *cobra.Command {
 		Short: "Push the config files into a running sandbox (files the guest changed are kept unless --force)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			v, err := resolve(cmd.Context(), c, args[0])
+			c, v, err := g.sandboxArg(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

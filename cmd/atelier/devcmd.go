@@ -45,11 +45,7 @@ func newRoutesCmd(g *globals) *cobra.Command {
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: g.completeSandboxes(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			v, err := resolve(cmd.Context(), c, args[0])
+			c, v, err := g.sandboxArg(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -90,11 +86,7 @@ func newExposeCmd(g *globals) *cobra.Command {
 				}
 				req.Aliases = append(req.Aliases, client.ExposeAlias{Alias: name, Port: n})
 			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			v, err := resolve(cmd.Context(), c, args[0])
+			c, v, err := g.sandboxArg(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -124,11 +116,7 @@ func newUnexposeCmd(g *globals) *cobra.Command {
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: g.completeSandboxes(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			v, err := resolve(cmd.Context(), c, args[0])
+			c, v, err := g.sandboxArg(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -192,11 +180,7 @@ func newDevCmd(g *globals) *cobra.Command {
 				}
 				spec.Env[k] = v
 			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			v, err := resolve(cmd.Context(), c, args[0])
+			c, v, err := g.sandboxArg(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -229,11 +213,7 @@ func newDevCmd(g *globals) *cobra.Command {
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: g.completeSandboxes(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			v, err := resolve(cmd.Context(), c, args[0])
+			c, v, err := g.sandboxArg(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -257,11 +237,7 @@ func newDevCmd(g *globals) *cobra.Command {
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: g.completeSandboxes(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			v, err := resolve(cmd.Context(), c, args[0])
+			c, v, err := g.sandboxArg(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

@@ -23,11 +23,7 @@ func newResizeCmd(g *globals) *cobra.Command {
 			if !cmd.Flags().Changed("disk-gb") {
 				return fmt.Errorf("--disk-gb: required: the disk's new size in GiB")
 			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			v, err := resolve(cmd.Context(), c, args[0])
+			c, v, err := g.sandboxArg(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -58,11 +54,7 @@ func newPromoteCmd(g *globals) *cobra.Command {
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: g.completeSandboxes(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			v, err := resolve(cmd.Context(), c, args[0])
+			c, v, err := g.sandboxArg(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

@@ -47,6 +47,17 @@ func resolve(ctx context.Context, c *client.Client, arg string) (sandbox.View, e
 
 // resolveAll resolves every argument before anything acts on one, so a typo
 // in the third leaves the first two untouched.
+// sandboxArg connects to the manager and resolves one ID|NAME argument, the
+// opening of every command that acts on one sandbox.
+func (g *globals) sandboxArg(ctx context.Context, arg string) (*client.Client, sandbox.View, error) {
+	c, err := g.client()
+	if err != nil {
+		return nil, sandbox.View{}, err
+	}
+	v, err := resolve(ctx, c, arg)
+	return c, v, err
+}
+
 func resolveAll(ctx context.Context, c *client.Client, args []string) ([]sandbox.View, error) {
 	out := make([]sandbox.View, 0, len(args))
 	for _, a := range args {

@@ -243,11 +243,7 @@ func newSandboxCmd(g *globals) *cobra.Command {
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: g.completeSandboxes(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			v, err := resolve(cmd.Context(), c, args[0])
+			_, v, err := g.sandboxArg(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
