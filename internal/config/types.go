@@ -87,6 +87,10 @@ type GitHub struct {
 	// WebURL and APIURL point at GitHub Enterprise, or at a local stand-in in tests.
 	WebURL string `json:"webUrl"`
 	APIURL string `json:"apiUrl"`
+	// AppID and AppPrivateKeyPath are a GitHub App whose installation
+	// tokens git sources may use (both or neither).
+	AppID             int    `json:"appId"`
+	AppPrivateKeyPath string `json:"appPrivateKeyPath"`
 }
 
 type Server struct {

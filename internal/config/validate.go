@@ -133,6 +133,13 @@ func (v *checker) auth() {
 	a := v.c.Auth
 	v.httpURL("auth.github.webUrl", a.GitHub.WebURL)
 	v.httpURL("auth.github.apiUrl", a.GitHub.APIURL)
+	switch gh := a.GitHub; {
+	case gh.AppID > 0 && gh.AppPrivateKeyPath == "":
+		v.add("auth.github.appPrivateKeyPath", "must be set when auth.github.appId is set (the GitHub App's private key)")
+	case gh.AppID == 0 && gh.AppPrivateKeyPath != "":
+		v.add("auth.github.appId", "must be set when auth.github.appPrivateKeyPath is set (the GitHub App's ID)")
+	}
+	v.absPathIfSet("auth.github.appPrivateKeyPath", a.GitHub.AppPrivateKeyPath)
 	for i, u := range a.AllowedUsers {
 		if u == "" || strings.ContainsFunc(u, unicode.IsSpace) || strings.Contains(u, ",") {
 			v.add("auth.allowedUsers", "entry %d %q is not a GitHub user name", i, u)
