@@ -236,6 +236,24 @@ func (s *Service) Branches(ctx context.Context, owner, sourceID, repoURL string)
 	return out, nil
 }
 
+// trustEnvKeys are the manager's variables the host's git keeps: which
+// certificate authorities it trusts. Without them a git server whose
+// certificate comes from a private CA (the operator's GIT_SSL_CAINFO in the
+// manager's environment) could be cloned by guests whose image trusts it but
+// never checked for staleness or listed on the host. Nothing else of the
+// manager's environment reaches git.
+var trustEnvKeys = []string{"GIT_SSL_CAINFO", "GIT_SSL_CAPATH"}
+
+func trustEnv() []string {
+	var out []string
+	for _, k := range trustEnvKeys {
+		if v, ok := os.LookupEnv(k); ok {
+			out = append(out, k+"="+v)
+		}
+	}
+	return out
+}
+
 // LsRemote returns branch -> commit of repoURL's heads (only branch when
 // given), run on the host.
 func LsRemote(ctx context.Context, repoURL, branch string, cred Credential) (map[string]string, error) {
@@ -250,7 +268,7 @@ func LsRemote(ctx context.Context, repoURL, branch string, cred Credential) (map
 		argv = append(argv, "refs/heads/"+branch)
 	}
 	cmd := exec.CommandContext(ctx, "git", argv...)
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=/nonexistent", "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null"}
+	env := append([]string{"PATH=" + os.Getenv("PATH"), "HOME=/nonexistent", "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null"}, trustEnv()...)
 	for k, v := range credentialEnv(u.Host, cred) {
 		env = append(env, k+"="+v)
 	}
