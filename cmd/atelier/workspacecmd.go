@@ -354,6 +354,22 @@ type prebuildView struct {
 	BuiltAt *time.Time        `json:"builtAt"`
 	Error   string            `json:"error,omitempty"`
 	Log     string            `json:"log,omitempty"`
+	// Source of the ready prebuild: build, or promote from SourceSandboxID.
+	Source          string `json:"source,omitempty"`
+	SourceSandboxID string `json:"sourceSandboxId,omitempty"`
+}
+
+// sourceText says where the ready prebuild came from, for the status line.
+func (p prebuildView) sourceText() string {
+	switch {
+	case !p.Ready || p.Source == "":
+		return ""
+	case p.Source == "promote" && p.SourceSandboxID != "":
+		return ", saved from sandbox " + p.SourceSandboxID
+	case p.Source == "promote":
+		return ", saved from a sandbox"
+	}
+	return ", built"
 }
 
 func newPrebuildCmd(g *globals) *cobra.Command {
@@ -394,7 +410,7 @@ func newPrebuildCmd(g *globals) *cobra.Command {
 			if g.json {
 				return printJSON(cmd.OutOrStdout(), pb)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "prebuild of %s: %s (ready: %v, stale: %v)\n", w.Name, pb.Status, pb.Ready, pb.Stale)
+			fmt.Fprintf(cmd.OutOrStdout(), "prebuild of %s: %s (ready: %v, stale: %v%s)\n", w.Name, pb.Status, pb.Ready, pb.Stale, pb.sourceText())
 			if pb.Error != "" {
 				fmt.Fprintf(cmd.OutOrStdout(), "error: %s\n", pb.Error)
 			}

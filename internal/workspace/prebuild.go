@@ -124,6 +124,7 @@ func (b *Prebuilds) Delete(ctx context.Context, workspaceID string) error {
 	}
 	_, err = b.st.UpdatePrebuild(ctx, workspaceID, func(p *store.Prebuild) {
 		p.Status, p.Ready, p.Commits, p.BuiltAt, p.Stale, p.Error = store.PrebuildNone, false, nil, nil, false, ""
+		p.Source, p.SourceSandboxID = "", ""
 	})
 	return err
 }
@@ -192,6 +193,7 @@ func (b *Prebuilds) run(ctx context.Context, w Workspace) {
 	_, err = b.st.UpdatePrebuild(bg, w.ID, func(p *store.Prebuild) {
 		p.Status, p.Ready, p.Commits, p.BuiltAt, p.CheckedAt, p.Stale, p.BuildID, p.Error =
 			store.PrebuildReady, true, commits, &now, &now, false, "", ""
+		p.Source, p.SourceSandboxID = store.SourceBuild, ""
 		p.Log += fmt.Sprintf("%s prebuild saved in %s\n", now.Format(time.TimeOnly), time.Since(begin).Round(time.Millisecond))
 	})
 	if err != nil {
@@ -245,8 +247,8 @@ func (b *Prebuilds) commits(ctx context.Context, w Workspace, id string) (map[st
 	return commits, nil
 }
 
-// PromotedLog starts the log line of a prebuild saved from a user's sandbox;
-// the log is how its source shows until the prebuild row records one.
+// PromotedLog starts the log of a prebuild saved from a user's sandbox (the
+// row's source says promote and names the sandbox).
 const PromotedLog = "promoted from sandbox "
 
 // failPromote records a failed promote like a failed build (the ready
@@ -316,6 +318,7 @@ func (b *Prebuilds) Promote(ctx context.Context, workspaceID, sandboxID string) 
 	pb, err := b.st.UpdatePrebuild(bg, workspaceID, func(p *store.Prebuild) {
 		p.Status, p.Ready, p.Commits, p.BuiltAt, p.CheckedAt, p.Stale, p.BuildID, p.Error =
 			store.PrebuildReady, true, commits, &now, &now, false, "", ""
+		p.Source, p.SourceSandboxID = store.SourcePromote, sandboxID
 		p.Log += fmt.Sprintf("%s prebuild saved in %s\n", now.Format(time.TimeOnly), time.Since(begin).Round(time.Millisecond))
 	})
 	if err != nil {
