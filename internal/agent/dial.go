@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -175,4 +176,22 @@ func retryableVsock(err error) bool {
 		return true
 	}
 	return false
+}
+
+// TLSDialer dials the agent over TCP with mutual TLS (the kubernetes
+// runtime's pod IPs): addr resolves where the agent is now, and the
+// handshake must succeed before the connection is handed over.
+func TLSDialer(addr func(ctx context.Context) (string, error), cfg *tls.Config) Dialer {
+	return func(ctx context.Context) (net.Conn, error) {
+		a, err := addr(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("dial agent: %w", err)
+		}
+		d := tls.Dialer{Config: cfg}
+		c, err := d.DialContext(ctx, "tcp", a)
+		if err != nil {
+			return nil, fmt.Errorf("dial agent %s: %w", a, err)
+		}
+		return c, nil
+	}
 }

@@ -2,11 +2,13 @@ package guest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 	"github.com/mdlayher/vsock"
 
 	"atelier/internal/agent"
+	"atelier/internal/agentpki"
 	"atelier/internal/bootcontract"
 	"atelier/internal/image/manifest"
 )
@@ -25,11 +28,12 @@ const usage = `usage:
   atelier-agent serve [--vsock-port 9998] [--unix PATH] [--file-root DIR ...] [--log-dir DIR]
                       [--config-path PATH] [--sandbox-id ID] [--workdir DIR] [--manage-network]
                       [--terminal-idle 30m] [--etc-dir /etc] [--log-level info]
-                      [--virtio-serial-port NAME]
+                      [--virtio-serial-port NAME] [--listen-tls ADDR --tls-dir DIR]
                       [--image-manifest /etc/atelier/image.json] [--state-dir /var/lib/atelier]
   atelier-agent init [--kernel-cmdline=true] [-- serve flags...]
   atelier-agent sftp-server   (SFTP on stdin/stdout; the SSH server runs it as the session's user)
   atelier-agent git-credential [--socket PATH] get   (git's credential helper; asks the host through the agent)
+  atelier-agent copy-rootfs DEST   (copies / into DEST, staying on the root file system: fills a new disk)
   atelier-agent version
 Run as PID 1 without one of these commands (a VM guest's kernel starts it
 with none), it is the guest's init under the boot contract.
@@ -37,7 +41,7 @@ with none), it is the guest's init under the boot contract.
 
 // commands are the agent's subcommands.
 var commands = map[string]bool{
-	"serve": true, "init": true, "sftp-server": true, "git-credential": true, "version": true, "--version": true,
+	"serve": true, "init": true, "sftp-server": true, "git-credential": true, "copy-rootfs": true, "version": true, "--version": true,
 	"help": true, "-h": true, "--help": true,
 }
 
@@ -65,6 +69,8 @@ func Main(args []string) int {
 		return sftpServerMain()
 	case "git-credential":
 		return gitCredentialMain(args[1:])
+	case "copy-rootfs":
+		return copyRootfsMain(args[1:])
 	case "version", "--version":
 		fmt.Println(Version)
 		return 0
@@ -107,6 +113,8 @@ func serveMain(args []string) int {
 	manifestPath := fs.String("image-manifest", manifest.Path, "image manifest whose services to run (\"\" for none)")
 	credSocket := fs.String("git-credential-socket", "", "guest-facing socket of git's credential helper (default beside --config-path)")
 	stateDir := fs.String("state-dir", "/var/lib/atelier", "where the desired state of services is kept (\"\" for memory only)")
+	listenTLS := fs.String("listen-tls", "", "also serve over TCP with mutual TLS on this address (a pod's network; needs --tls-dir)")
+	tlsDir := fs.String("tls-dir", "", "directory holding ca.crt, tls.crt and tls.key for --listen-tls")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -131,8 +139,28 @@ func serveMain(args []string) int {
 			useVsock = false
 		}
 	}
-	if !useVsock && *unixPath == "" {
-		log.Error("nothing to listen on: give --unix or run where /dev/vsock exists")
+	if (*listenTLS == "") != (*tlsDir == "") {
+		log.Error("--listen-tls and --tls-dir go together")
+		return 2
+	}
+	var tlsLn net.Listener
+	if *listenTLS != "" {
+		// Never plain TCP: anything on the network could reach the agent.
+		cfg, err := agentpki.ServerConfig(*tlsDir)
+		if err != nil {
+			log.Error("agent TLS", "err", err)
+			return 1
+		}
+		ln, err := net.Listen("tcp", *listenTLS)
+		if err != nil {
+			log.Error("listen", "addr", *listenTLS, "err", err)
+			return 1
+		}
+		tlsLn = tls.NewListener(ln, cfg)
+		log.Info("agent listening", "tls", ln.Addr().String())
+	}
+	if !useVsock && *unixPath == "" && tlsLn == nil {
+		log.Error("nothing to listen on: give --unix or --listen-tls, or run where /dev/vsock exists")
 		return 1
 	}
 	if os.Getpid() == 1 {
@@ -183,6 +211,10 @@ func serveMain(args []string) int {
 	if *unixPath != "" {
 		n++
 		go func() { errc <- srv.ServeUnix(ctx, *unixPath) }()
+	}
+	if tlsLn != nil {
+		n++
+		go func() { errc <- srv.Serve(ctx, tlsLn) }()
 	}
 	go func() {
 		if err := srv.ServeCredSocket(ctx, srv.opts.CredSocket); err != nil {
