@@ -215,7 +215,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		st.Close()
 		return nil, fmt.Errorf("ssh proxy: %w", err)
 	}
-	ed, err := newEdge(cfg, st, au, opts, log)
+	ed, err := newEdge(cfg, st, bus, au, opts, log)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -241,6 +241,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	if s.replicated() {
 		sbx.SetShared(s.leaderTTL)
 		bus.SetLeader(s.Leading)
+		pbs.Shared, pbs.Leading = s.leaderTTL, s.Leading
 	}
 	s.health.registry = sup
 	s.Prebuilds = pbs
@@ -328,9 +329,15 @@ func (s *Server) Serve(ctx context.Context) error {
 		go func() { defer s.bg.Done(); s.Sandboxes.RunReconciler(bgCtx, s.reconcileEvery) }()
 	}
 	// Builds a restart interrupted are settled (the ready prebuild kept),
-	// then tracked branches are checked every 30 minutes.
-	if err := s.Prebuilds.Recover(bgCtx); err != nil {
-		s.Log.Warn("prebuild recovery incomplete", "err", err)
+	// then tracked branches are checked every 30 minutes. Replicas leave
+	// that to the leader, for the builds of dead replicas only.
+	if !s.replicated() {
+		if err := s.Prebuilds.Recover(bgCtx); err != nil {
+			s.Log.Warn("prebuild recovery incomplete", "err", err)
+		}
+	} else {
+		s.bg.Add(1)
+		go func() { defer s.bg.Done(); s.followRoutes(bgCtx) }()
 	}
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Prebuilds.Loop(bgCtx, 30*time.Minute); s.Prebuilds.Stop() }()

@@ -41,6 +41,12 @@ type Prebuilds struct {
 	mu      sync.Mutex
 	running map[string]context.CancelFunc
 	wg      sync.WaitGroup
+
+	// Shared is set on a store other managers share (replicas): a build
+	// touched within it may be another replica's, which Cancel here must
+	// not settle, and only the leader (Leading) checks for stale prebuilds.
+	Shared  time.Duration
+	Leading func() bool
 }
 
 // NewPrebuilds returns the prebuild runner; user is the guest user
@@ -103,6 +109,15 @@ func (b *Prebuilds) Cancel(ctx context.Context, workspaceID string) (store.Prebu
 	if cancel != nil {
 		cancel()
 		return b.st.GetPrebuild(ctx, workspaceID)
+	}
+	if b.Shared > 0 {
+		pb, err := b.st.GetPrebuild(ctx, workspaceID)
+		if err != nil {
+			return pb, err
+		}
+		if pb.Status == store.PrebuildBuilding && time.Since(pb.UpdatedAt) < b.Shared {
+			return pb, fmt.Errorf("prebuild of %s runs on another manager replica; cancel it there: %w", workspaceID, store.ErrBusy)
+		}
 	}
 	return b.settle(ctx, workspaceID, "", ErrCancelled)
 }
@@ -359,8 +374,16 @@ func truncate(s string, n int) string {
 
 // Recover settles builds a manager restart interrupted: their sandbox is
 // destroyed and the status failed, the ready prebuild kept. Run at start,
-// before anything can begin a build.
-func (b *Prebuilds) Recover(ctx context.Context) error {
+// before anything can begin a build. One manager only: on a shared store
+// the others' builds are live, and the leader runs RecoverStale instead.
+func (b *Prebuilds) Recover(ctx context.Context) error { return b.RecoverStale(ctx, 0) }
+
+// RecoverStale settles, like Recover, the builds no manager runs any more:
+// those not running in this process whose row has not been touched for
+// olderThan. Every replica touches the builds it runs (Touch) more often
+// than that, so only a dead replica's builds qualify; the leader runs this
+// with the lease's TTL, so one manager settles each.
+func (b *Prebuilds) RecoverStale(ctx context.Context, olderThan time.Duration) error {
 	list, err := b.st.ListPrebuilds(ctx)
 	if err != nil {
 		return err
@@ -369,6 +392,10 @@ func (b *Prebuilds) Recover(ctx context.Context) error {
 		if p.Status != store.PrebuildBuilding {
 			continue
 		}
+		if olderThan > 0 && (b.runs(p.WorkspaceID) || time.Since(p.UpdatedAt) < olderThan) {
+			continue
+		}
+		b.log.Info("settling a prebuild no manager runs", "workspace_id", p.WorkspaceID, "sandbox_id", p.BuildID)
 		if p.BuildID != "" {
 			if err := b.sbx.Destroy(ctx, p.BuildID); err != nil && !errors.Is(err, store.ErrNotFound) {
 				b.log.Warn("interrupted prebuild's sandbox not destroyed", "sandbox_id", p.BuildID, "err", err)
@@ -379,6 +406,31 @@ func (b *Prebuilds) Recover(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+func (b *Prebuilds) runs(workspaceID string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.running[workspaceID] != nil
+}
+
+// Touch marks the builds running in this process as alive now, for the
+// leader's RecoverStale on a shared store.
+func (b *Prebuilds) Touch(ctx context.Context) error {
+	b.mu.Lock()
+	ids := make([]string, 0, len(b.running))
+	for id := range b.running {
+		ids = append(ids, id)
+	}
+	b.mu.Unlock()
+	var errs []error
+	for _, id := range ids {
+		_, err := b.st.UpdatePrebuild(ctx, id, func(*store.Prebuild) {})
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Check compares the ready prebuild's commits with the tracked branches
@@ -435,6 +487,9 @@ func (b *Prebuilds) Loop(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if b.Leading != nil && !b.Leading() {
+			continue
 		}
 		list, err := b.st.ListPrebuilds(ctx)
 		if err != nil {
