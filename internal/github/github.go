@@ -51,8 +51,8 @@ func New(apiURL string, hc *http.Client) (*Client, error) {
 	return &Client{base: u, http: hc}, nil
 }
 
-// Repo is a repository as the workspace form shows it.
-type Repo struct {
+// Repository is a repository as the workspace form shows it.
+type Repository struct {
 	FullName      string `json:"fullName" doc:"owner/name"`
 	Private       bool   `json:"private"`
 	DefaultBranch string `json:"defaultBranch"`
@@ -72,14 +72,14 @@ type apiRepo struct {
 	CloneURL      string `json:"clone_url"`
 }
 
-func (r apiRepo) view() Repo {
-	return Repo{FullName: r.FullName, Private: r.Private, DefaultBranch: r.DefaultBranch, CloneURL: r.CloneURL}
+func (r apiRepo) view() Repository {
+	return Repository{FullName: r.FullName, Private: r.Private, DefaultBranch: r.DefaultBranch, CloneURL: r.CloneURL}
 }
 
 // UserRepos lists the repositories a user's token (OAuth or personal
 // access token) can read: GET /user/repos, every page.
-func (c *Client) UserRepos(ctx context.Context, token string) ([]Repo, error) {
-	var out []Repo
+func (c *Client) UserRepos(ctx context.Context, token string) ([]Repository, error) {
+	var out []Repository
 	err := c.pages(ctx, token, "/user/repos?sort=full_name&per_page="+fmt.Sprint(perPage), func(body []byte) (int, error) {
 		var page []apiRepo
 		if err := json.Unmarshal(body, &page); err != nil {
@@ -95,8 +95,8 @@ func (c *Client) UserRepos(ctx context.Context, token string) ([]Repo, error) {
 
 // InstallationRepos lists the repositories an installation token reads:
 // GET /installation/repositories, every page.
-func (c *Client) InstallationRepos(ctx context.Context, token string) ([]Repo, error) {
-	var out []Repo
+func (c *Client) InstallationRepos(ctx context.Context, token string) ([]Repository, error) {
+	var out []Repository
 	err := c.pages(ctx, token, "/installation/repositories?per_page="+fmt.Sprint(perPage), func(body []byte) (int, error) {
 		var page struct {
 			Repositories []apiRepo `json:"repositories"`

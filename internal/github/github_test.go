@@ -17,7 +17,7 @@ import (
 	"atelier/internal/github"
 )
 
-func names(rs []github.Repo) []string {
+func names(rs []github.Repository) []string {
 	out := []string{}
 	for _, r := range rs {
 		out = append(out, r.FullName)

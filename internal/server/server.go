@@ -24,6 +24,7 @@ import (
 	"atelier/internal/config"
 	"atelier/internal/edge"
 	"atelier/internal/events"
+	"atelier/internal/github"
 	"atelier/internal/guestfiles"
 	"atelier/internal/image/catalog"
 	"atelier/internal/metrics"
@@ -222,6 +223,10 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	}
 	sbx.AddHooks(ed.Hooks())
 	wss := workspace.New(st, box, log)
+	if err := setGitHub(cfg, wss); err != nil {
+		st.Close()
+		return nil, err
+	}
 	prov := newProvisioner(wss, st, sbx, ed, guestUser, log)
 	prov.NoPrebuildStart = cfg.Server.Mode == config.ModeMock
 	sbx.SetProvisioner(prov)
@@ -496,4 +501,24 @@ func newCatalog(ctx context.Context, cfg *config.Config, st *store.Store, vols s
 		log.Warn("image catalog sync at startup failed", "err", err)
 	}
 	return c
+}
+
+// setGitHub gives the workspace service the GitHub API of auth.github.apiUrl
+// and the GitHub App of auth.github.appId, whose key must load now: a
+// server that could not mint tokens later would fail every clone.
+func setGitHub(cfg *config.Config, wss *workspace.Service) error {
+	api, err := github.New(cfg.Auth.GitHub.APIURL, nil)
+	if err != nil {
+		return fmt.Errorf("auth.github.apiUrl: %w", err)
+	}
+	var app *github.App
+	if cfg.Auth.GitHub.AppID > 0 {
+		key, err := github.LoadKey(cfg.Auth.GitHub.AppPrivateKeyPath)
+		if err != nil {
+			return fmt.Errorf("auth.github.appPrivateKeyPath: %w", err)
+		}
+		app = github.NewApp(int64(cfg.Auth.GitHub.AppID), key, api)
+	}
+	wss.SetGitHub(api, app)
+	return nil
 }

@@ -190,19 +190,19 @@ func (s *Service) githubSource(ctx context.Context, owner, id, field string) (st
 }
 
 // Repos lists the repositories owner's github source id reads.
-func (s *Service) Repos(ctx context.Context, owner, id string) ([]github.Repo, error) {
+func (s *Service) Repos(ctx context.Context, owner, id string) ([]github.Repository, error) {
 	g, c, err := s.githubSource(ctx, owner, id, "id")
 	if err != nil {
 		return nil, err
 	}
-	var list []github.Repo
+	var list []github.Repository
 	if k, _ := sourceKind(g); k == KindApp {
 		list, err = s.gh.InstallationRepos(ctx, c.Token)
 	} else {
 		list, err = s.gh.UserRepos(ctx, c.Token)
 	}
 	if list == nil {
-		list = []github.Repo{}
+		list = []github.Repository{}
 	}
 	return list, err
 }
