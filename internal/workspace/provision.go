@@ -54,6 +54,12 @@ type Provisioner struct {
 	// ready prebuild: in mock mode a sandbox's files are not on its volume,
 	// so a prebuild volume would bring back none of them.
 	NoPrebuildStart bool
+	// Pull fast-forwards a sandbox's repositories in the background after
+	// a create from a prebuild; nil leaves them at the prebuild's commits.
+	Pull *Puller
+	// NpmRegistry returns the npm cache's URL while it serves, else "";
+	// nil: no cache. A build's npm warm-up installs through it.
+	NpmRegistry func() string
 }
 
 var _ sandbox.Provisioner = (*Provisioner)(nil)
@@ -156,6 +162,13 @@ func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox, mode sandbox.
 			st.Undo = func(ctx context.Context) error { return p.Unexpose(ctx, sb.ID, d.Name) }
 		}
 		steps = append(steps, st)
+	}
+	if mode == sandbox.FromPrebuild && p.Pull != nil && len(w.Config.Repos) > 0 {
+		steps = append(steps, sandbox.ProvisionStep{Name: "ws-pull", Detail: fmt.Sprintf("%d repositories", len(w.Config.Repos)),
+			Run: func(ctx context.Context, c *agent.Client) (string, error) {
+				p.Pull.Start(sb, w, g.workdir)
+				return "in the background once running (event " + EventPull + ")", nil
+			}})
 	}
 	if mode != sandbox.Build {
 		steps = append(steps, sandbox.ProvisionStep{Name: "ws-sandbox-md",
