@@ -143,7 +143,13 @@ func (p *Provisioner) warmOpenCode(ctx context.Context, c *agent.Client, g *gues
 	}
 	bin := ""
 	for _, s := range svcs {
-		if s.Role == "opencode" && len(s.Argv) > 0 && path.IsAbs(s.Argv[0]) {
+		if s.Role != "opencode" {
+			continue
+		}
+		// A running service reports its argv; a stopped one does not, and
+		// its binary is looked up on the PATH.
+		bin = "opencode"
+		if len(s.Argv) > 0 && path.IsAbs(s.Argv[0]) {
 			bin = s.Argv[0]
 		}
 	}
