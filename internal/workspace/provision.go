@@ -158,10 +158,14 @@ func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox, mode sandbox.
 	if mode == sandbox.Build {
 		if cfg.UseNpmCache && len(cfg.Repos) > 0 {
 			steps = append(steps, sandbox.ProvisionStep{Name: "ws-warm-npm",
-				Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.warmNpm(ctx, c, g, sb.ID, cfg.Repos) }})
+				Run: func(ctx context.Context, c *agent.Client) (string, error) {
+					return p.warmNpm(ctx, c, g, sb.ID, cfg.Repos)
+				}})
 		}
 		steps = append(steps, sandbox.ProvisionStep{Name: "ws-warm-opencode",
-			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.warmOpenCode(ctx, c, g, sb.ID, cfg.Repos) }})
+			Run: func(ctx context.Context, c *agent.Client) (string, error) {
+				return p.warmOpenCode(ctx, c, g, sb.ID, cfg.Repos)
+			}})
 	}
 	for _, d := range cfg.DevCommands {
 		st := sandbox.ProvisionStep{Name: "ws-dev-" + d.Name, Detail: fmt.Sprintf("port %d", d.Port),
