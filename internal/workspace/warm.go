@@ -184,9 +184,15 @@ func (p *Provisioner) warmOpenCode(ctx context.Context, c *agent.Client, g *gues
 			err = fmt.Errorf("opencode models: exit %d: %s", res.ExitCode, lastLine(res.Stderr))
 		}
 		if err != nil {
+			// What failed once (no network for its catalogue, a broken
+			// config) fails again: the build does not wait for it per
+			// repository.
 			p.logger().Warn("prebuild OpenCode warm-up failed", "sandbox_id", sandboxID, "dir", dir, "err", err)
 			parts, warned = append(parts, rel+": "+truncate(err.Error(), 200)), true
-			continue
+			if n := len(dirs) - len(parts); n > 0 {
+				parts = append(parts, fmt.Sprintf("%d more not tried", n))
+			}
+			break
 		}
 		parts = append(parts, fmt.Sprintf("%s: opencode models in %s", rel, time.Since(begin).Round(100*time.Millisecond)))
 	}

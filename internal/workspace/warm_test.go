@@ -136,11 +136,11 @@ func TestWarmOpenCode(t *testing.T) {
 		t.Fatalf("runs %q, want %q", lines, want)
 	}
 
-	if err := os.WriteFile(filepath.Join(work, "b", "fail"), nil, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(work, "a", "fail"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	got, err = p.warmOpenCode(ctx, c, g, "sbxwarm00001", repos)
-	if err != nil || !strings.HasPrefix(got, "warning: ") || !strings.Contains(got, "b: opencode models: exit 2: models: boom") {
+	if err != nil || got != "warning: a: opencode models: exit 2: models: boom; 1 more not tried" {
 		t.Fatalf("failing warm-up: %q %v", got, err)
 	}
 }
