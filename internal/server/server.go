@@ -348,7 +348,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	// Background pulls end with the manager; an interrupted one leaves its
 	// repository as git leaves an interrupted fetch or merge.
 	s.bg.Add(1)
-	go func() { defer s.bg.Done(); <-bgCtx.Done(); s.Provisioner.Pull.Stop() }()
+	go func() {
+		defer s.bg.Done()
+		<-bgCtx.Done()
+		if pull := s.Provisioner.Pull; pull != nil {
+			pull.Stop()
+		}
+	}()
 	// Running guests learn the tool hosts' ports again: a changed
 	// advanced.vm.* port moves the service the edge now routes to it.
 	s.bg.Add(1)
