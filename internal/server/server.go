@@ -229,6 +229,17 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	}
 	prov := newProvisioner(wss, st, sbx, ed, guestUser, log)
 	prov.NoPrebuildStart = cfg.Server.Mode == config.ModeMock
+	prov.Pull = &workspace.Puller{Workspaces: wss, User: guestUser, Wait: sbx.Wait, Agent: sbx.Agent, Log: log,
+		Publish: func(ctx context.Context, typ, id string, data any) error {
+			_, err := bus.Publish(ctx, typ, id, data)
+			return err
+		}}
+	prov.NpmRegistry = func() string {
+		if sup != nil && reg.Settings().Enabled && sup.Running() {
+			return sup.URL()
+		}
+		return ""
+	}
 	sbx.SetProvisioner(prov)
 	sbx.SetConfigPusher(&guestfiles.Pusher{Store: st, User: guestUser, Log: log})
 	pbs := workspace.NewPrebuilds(wss, st, sbx, guestUser, log)
@@ -346,6 +357,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Prebuilds.Loop(bgCtx, 30*time.Minute); s.Prebuilds.Stop() }()
+	// Background pulls end with the manager; an interrupted one leaves its
+	// repository as git leaves an interrupted fetch or merge.
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		<-bgCtx.Done()
+		if pull := s.Provisioner.Pull; pull != nil {
+			pull.Stop()
+		}
+	}()
 	// Running guests learn the tool hosts' ports again: a changed
 	// advanced.vm.* port moves the service the edge now routes to it.
 	s.bg.Add(1)
