@@ -297,6 +297,11 @@ func (v *checker) sandbox() {
 	if s.DefaultImage == "" || strings.ContainsAny(s.DefaultImage, "/ \t\n") {
 		v.add("sandbox.defaultImage", "must be an image name like dev-base (got %q)", s.DefaultImage)
 	}
+	// A pool as large as the host limit would leave no slot a create of
+	// another shape could take.
+	if m := v.c.Server.MaxSandboxes; s.Pool.Size > 0 && m > 0 && s.Pool.Size >= m {
+		v.add("sandbox.pool.size", "must be below server.maxSandboxes (%d): pooled sandboxes count against it (got %d)", m, s.Pool.Size)
+	}
 	fc := v.c.Advanced.Server.Firecracker
 	v.absPathIfSet("advanced.server.firecracker.jailerPath", fc.JailerPath)
 	v.absPath("advanced.server.firecracker.chrootBaseDir", fc.ChrootBaseDir)

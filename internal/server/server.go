@@ -373,6 +373,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { defer s.bg.Done(); s.Sandboxes.ApplyRunning(bgCtx) }()
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Sandboxes.Run(bgCtx) }()
+	// The warm pool (sandbox.pool.size) is kept by the leader alone; any
+	// replica's create may claim from it (the store picks one claimer).
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.Sandboxes.RunPool(bgCtx, s.Leading) }()
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Bus.Run(bgCtx) }()
 	s.bg.Add(1)
