@@ -223,6 +223,12 @@ type AdvancedServer struct {
 	Verdaccio   Verdaccio   `json:"verdaccio"`
 	Firecracker Firecracker `json:"firecracker"`
 	Database    Database    `json:"database"`
+	// SecretsKeyFile is the key that seals secrets at rest (secretbox);
+	// empty: {dataDir}/secrets.key, created at the first start. Replicas
+	// sharing a store must all read the same key: point this at one file
+	// every replica mounts (a Kubernetes Secret volume, say), which must
+	// exist already.
+	SecretsKeyFile string `json:"secretsKeyFile"`
 }
 
 // Database is the manager's store. Empty URL: the embedded SQLite file

@@ -34,7 +34,6 @@ import (
 	"atelier/internal/runtime/container"
 	"atelier/internal/runtime/process"
 	"atelier/internal/sandbox"
-	"atelier/internal/secretbox"
 	"atelier/internal/sshproxy"
 	"atelier/internal/storage/file"
 	stmock "atelier/internal/storage/mock"
@@ -201,7 +200,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	}
 	sbx.AddHooks(reg.Hooks())
 	// One auth service answers every credential: API, edge host cookies, SSH keys.
-	box, err := secretbox.LoadOrCreate(filepath.Join(cfg.Server.DataDir, secretbox.KeyFile))
+	box, err := openSecrets(ctx, cfg, st)
 	if err != nil {
 		st.Close()
 		return nil, err
