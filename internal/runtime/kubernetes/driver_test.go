@@ -478,5 +478,3 @@ func TestParseImages(t *testing.T) {
 		}
 	}
 }
-
-

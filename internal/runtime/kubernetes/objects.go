@@ -92,7 +92,9 @@ func labels(id, owner, role string) map[string]string {
 }
 
 // Selector selects everything Atelier made for sandbox id.
-func Selector(id string) string { return LabelManaged + "=" + ManagedBy + "," + LabelSandbox + "=" + id }
+func Selector(id string) string {
+	return LabelManaged + "=" + ManagedBy + "," + LabelSandbox + "=" + id
+}
 
 // managedSelector selects everything Atelier made in the namespace.
 const managedSelector = LabelManaged + "=" + ManagedBy
@@ -110,9 +112,9 @@ func (o *Options) podSpecBase() corev1.PodSpec {
 	spec := corev1.PodSpec{
 		// A sandbox talks to nothing in the cluster's API and must not learn
 		// its Services from the environment.
-		AutomountServiceAccountToken: new(false),
-		EnableServiceLinks:           new(false),
-		RestartPolicy:                corev1.RestartPolicyNever,
+		AutomountServiceAccountToken:  new(false),
+		EnableServiceLinks:            new(false),
+		RestartPolicy:                 corev1.RestartPolicyNever,
 		TerminationGracePeriodSeconds: new(int64(stopGraceSecs)),
 		SecurityContext: &corev1.PodSecurityContext{
 			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
