@@ -36,6 +36,8 @@ type kubelet struct {
 	nextIP   int
 	failFill bool
 	failPod  bool
+	// external: another reactor plays the node; this one only counts.
+	external bool
 	created  map[string]int // pods created, by role
 }
 
@@ -44,6 +46,9 @@ func (k *kubelet) react(action k8stesting.Action) (bool, runtime.Object, error) 
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.created[p.Labels[LabelRole]]++
+	if k.external {
+		return false, nil, nil
+	}
 	switch p.Labels[LabelRole] {
 	case RoleFill:
 		p.Status.Phase = corev1.PodSucceeded
