@@ -361,10 +361,13 @@ func TestPodSpec(t *testing.T) {
 			if p.Spec.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 				t.Fatal("no RuntimeDefault seccomp")
 			}
+			if len(p.Spec.SecurityContext.Sysctls) != 2 {
+				t.Fatalf("sysctls %v", p.Spec.SecurityContext.Sysctls)
+			}
 			c := p.Spec.Containers[0]
 			sc := c.SecurityContext
 			if *sc.Privileged || *sc.AllowPrivilegeEscalation || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) ||
-				slices.Contains(sc.Capabilities.Add, "SYS_ADMIN") || slices.Contains(sc.Capabilities.Add, "NET_ADMIN") || len(sc.Capabilities.Add) != 14 {
+				slices.Contains(sc.Capabilities.Add, "SYS_ADMIN") || slices.Contains(sc.Capabilities.Add, "NET_ADMIN") || slices.Contains(sc.Capabilities.Add, "NET_RAW") || len(sc.Capabilities.Add) != 13 {
 				t.Fatalf("security context %+v", sc)
 			}
 			if c.Command[0] != "/sbin/atelier-agent" || c.Command[1] != "init" || !slices.Contains(c.Args, "--listen-tls") {

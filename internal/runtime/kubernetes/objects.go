@@ -51,11 +51,22 @@ const (
 // keep bin, lib and sbin as links into usr).
 var diskDirs = []string{"etc", "home", "opt", "root", "srv", "usr", "var"}
 
-// capabilities are the container runtime's (Docker's default 14), named as
-// Kubernetes names them.
+// capabilities are the container runtime's (Docker's default 14) less
+// NET_RAW, named as Kubernetes names them: the Pod Security "baseline"
+// level admits exactly these. Ping works without NET_RAW through ICMP
+// datagram sockets (the ping_group_range sysctl below), as in a container
+// sandbox's user namespace.
 var capabilities = []corev1.Capability{
-	"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
+	"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "SETGID", "SETUID",
 	"SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+}
+
+// sysctls are the container runtime's network sysctls, which Kubernetes
+// counts as safe (namespaced to the Pod): ICMP datagram sockets for every
+// user, ports below 1024 without privilege.
+var sysctls = []corev1.Sysctl{
+	{Name: "net.ipv4.ping_group_range", Value: "0 2147483647"},
+	{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"},
 }
 
 // Object names of a sandbox; ids are 12 characters of [a-z0-9], so every
@@ -118,6 +129,7 @@ func (o *Options) podSpecBase() corev1.PodSpec {
 		TerminationGracePeriodSeconds: new(int64(stopGraceSecs)),
 		SecurityContext: &corev1.PodSecurityContext{
 			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			Sysctls:        sysctls,
 		},
 	}
 	if o.RuntimeClassName != "" {
