@@ -51,6 +51,8 @@ type Options struct {
 	PodTimeout time.Duration
 	// Poll is how often a Pod's progress is read.
 	Poll time.Duration
+	// Dial connects to a Pod IP; nil dials from this network namespace.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// CA issues the agents' certificates and the manager's.
 	CA  *agentpki.CA
 	Log *slog.Logger
@@ -213,7 +215,7 @@ func (d *Driver) AgentDialer(id string) agent.Dialer {
 			return "", err
 		}
 		return net.JoinHostPort(ip, strconv.Itoa(d.opts.agentPort())), nil
-	}, d.opts.CA.ClientConfig(id))
+	}, d.opts.CA.ClientConfig(id), d.opts.Dial)
 	return func(ctx context.Context) (net.Conn, error) {
 		c, err := inner(ctx)
 		if err != nil {
