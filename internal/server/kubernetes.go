@@ -75,12 +75,7 @@ func kubeDrivers(ctx context.Context, cfg *config.Config, log *slog.Logger) (san
 // namespace.
 type kubeRuntime struct{ *kubernetes.Driver }
 
-func (k kubeRuntime) Check(ctx context.Context) error {
-	if _, err := k.List(ctx); err != nil {
-		return fmt.Errorf("kubernetes API: %w", err)
-	}
-	return nil
-}
+func (k kubeRuntime) Check(ctx context.Context) error { return k.Ping(ctx) }
 
 // noLinks is the Network of a runtime whose guests are on a cluster's pod
 // network: nothing on this host to attach.

@@ -338,6 +338,15 @@ func (d *Driver) List(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
+// Ping reads one Pod of the namespace: the API server answers and the
+// manager may list there (the readiness check).
+func (d *Driver) Ping(ctx context.Context) error {
+	if _, err := d.cs.CoreV1().Pods(d.opts.Namespace).List(ctx, metav1.ListOptions{Limit: 1, LabelSelector: managedSelector}); err != nil {
+		return fmt.Errorf("kubernetes API, namespace %s: %w", d.opts.Namespace, err)
+	}
+	return nil
+}
+
 // Volumes is the reconciler's inventory of disks.
 func (d *Driver) Volumes(ctx context.Context) ([]sandbox.HostVolume, error) {
 	l, err := d.cs.CoreV1().PersistentVolumeClaims(d.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: managedSelector})
