@@ -23,7 +23,7 @@ import (
 func newInitCmd(g *globals) *cobra.Command {
 	var a setup.Answers
 	var yes bool
-	var root, binary string
+	var root, binary, kubeDir string
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Install Atelier on this server: checks, config, packages, network, storage, images, services",
@@ -37,9 +37,21 @@ that no account owns the jailer's uids), data/state/log directories, this binary
 units (atelier-manager, atelier-network, atelier-storage) enabled and the manager started,
 then atelier debug-vm start, and the URLs to open.
 
-Interactive by default; --yes answers from flags (and the existing config) alone.`,
+Interactive by default; --yes answers from flags (and the existing config) alone.
+
+--kubernetes DIR installs nothing here: it writes the Kustomize deployment of Atelier on a
+cluster (sandbox.runtime kubernetes) into DIR from the same flags, for kubectl apply -k DIR.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if kubeDir != "" {
+				f := cmd.Flags()
+				for _, host := range []string{"root", "binary-path", "runtime", "storage-method", "loop-size-gb", "storage-device"} {
+					if f.Changed(host) {
+						return fmt.Errorf("--%s is about this host; --kubernetes installs nothing here", host)
+					}
+				}
+				return setup.Kubernetes(kubeDir, a, cmd.OutOrStdout())
+			}
 			if os.Geteuid() != 0 {
 				return errors.New("atelier init must run as root: it installs packages, sets up the network and storage and installs services (try sudo)")
 			}
@@ -100,6 +112,7 @@ Interactive by default; --yes answers from flags (and the existing config) alone
 	f.IntVar(&a.LoopSizeGB, "loop-size-gb", 0, "size of the loop pool file in GiB")
 	f.StringVar(&a.StorageDevice, "storage-device", "", "block device for --storage-method device")
 	f.StringArrayVar(&a.Set, "set", nil, "any other KEY=VALUE (as atelier config set); repeatable")
+	f.StringVar(&kubeDir, "kubernetes", "", "write the Kustomize deployment on a cluster into this directory instead of installing on this host")
 	return cmd
 }
 

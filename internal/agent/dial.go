@@ -179,17 +179,27 @@ func retryableVsock(err error) bool {
 }
 
 // TLSDialer dials the agent over TCP with mutual TLS (the kubernetes
-// runtime's pod IPs): addr resolves where the agent is now, and the
-// handshake must succeed before the connection is handed over.
-func TLSDialer(addr func(ctx context.Context) (string, error), cfg *tls.Config) Dialer {
+// runtime's pod IPs): addr resolves where the agent is now, dial makes the
+// TCP connection (nil: from this network namespace; tests reach a test
+// cluster's pod network through theirs), and the handshake must succeed
+// before the connection is handed over.
+func TLSDialer(addr func(ctx context.Context) (string, error), cfg *tls.Config, dial func(ctx context.Context, network, addr string) (net.Conn, error)) Dialer {
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
 	return func(ctx context.Context) (net.Conn, error) {
 		a, err := addr(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("dial agent: %w", err)
 		}
-		d := tls.Dialer{Config: cfg}
-		c, err := d.DialContext(ctx, "tcp", a)
+		raw, err := dial(ctx, "tcp", a)
 		if err != nil {
+			return nil, fmt.Errorf("dial agent %s: %w", a, err)
+		}
+		c := tls.Client(raw, cfg)
+		if err := c.HandshakeContext(ctx); err != nil {
+			raw.Close()
 			return nil, fmt.Errorf("dial agent %s: %w", a, err)
 		}
 		return c, nil

@@ -53,7 +53,7 @@ func serveAgent(t *testing.T, dir, id string) string {
 
 func get(t *testing.T, addr string, cfg *tls.Config) (string, error) {
 	t.Helper()
-	d := agent.TLSDialer(func(context.Context) (string, error) { return addr, nil }, cfg)
+	d := agent.TLSDialer(func(context.Context) (string, error) { return addr, nil }, cfg, nil)
 	c := agent.New(d)
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

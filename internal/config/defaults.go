@@ -86,6 +86,8 @@ func defaults() *Config {
 			DefaultMemoryMB: 2048,
 			Git:             Git{Email: "sandbox@atelier.dev", Name: "Sandbox User"},
 			Container:       SandboxContainer{UserNamespace: "auto"},
+			Kubernetes: SandboxKubernetes{Namespace: "atelier", DiskGB: 20, Images: []string{}, Snapshots: []string{},
+				ClusterCIDRs: []string{}},
 		},
 		Advanced: Advanced{
 			VM: AdvancedVM{

@@ -143,6 +143,8 @@ func (c *Config) clone() *Config {
 	cp.Auth.Admins = slices.Clone(c.Auth.Admins)
 	cp.Network.DNSServers = slices.Clone(c.Network.DNSServers)
 	cp.Network.EgressAllowCIDRs = slices.Clone(c.Network.EgressAllowCIDRs)
+	k := &cp.Sandbox.Kubernetes
+	k.Images, k.Snapshots, k.ClusterCIDRs = slices.Clone(k.Images), slices.Clone(k.Snapshots), slices.Clone(k.ClusterCIDRs)
 	return &cp
 }
 
@@ -163,6 +165,11 @@ func (c *Config) JSON() ([]byte, error) {
 	}
 	if cp.Network.EgressAllowCIDRs == nil {
 		cp.Network.EgressAllowCIDRs = []string{}
+	}
+	for _, l := range []*[]string{&cp.Sandbox.Kubernetes.Images, &cp.Sandbox.Kubernetes.Snapshots, &cp.Sandbox.Kubernetes.ClusterCIDRs} {
+		if *l == nil {
+			*l = []string{}
+		}
 	}
 	return marshalIndent(cp)
 }

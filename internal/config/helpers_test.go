@@ -190,7 +190,8 @@ func TestCloneCoversEveryList(t *testing.T) {
 			lists = append(lists, l.key)
 		}
 	}
-	if want := []string{"auth.allowedUsers", "auth.admins", "network.dnsServers", "network.egressAllowCidrs"}; !slices.Equal(lists, want) {
+	if want := []string{"auth.allowedUsers", "auth.admins", "network.dnsServers", "network.egressAllowCidrs",
+		"sandbox.kubernetes.images", "sandbox.kubernetes.snapshots", "sandbox.kubernetes.clusterCidrs"}; !slices.Equal(lists, want) {
 		t.Errorf("reference-typed keys %q, want %q: update clone()", lists, want)
 	}
 }

@@ -162,6 +162,8 @@ type Sandbox struct {
 	Container SandboxContainer `json:"container"`
 	// Pool keeps booted sandboxes of the default shape for creates to claim.
 	Pool SandboxPool `json:"pool"`
+	// Kubernetes configures the kubernetes runtime (sandbox.runtime kubernetes).
+	Kubernetes SandboxKubernetes `json:"kubernetes"`
 }
 
 // SandboxPool is the warm pool: Size booted, unclaimed sandboxes of
@@ -171,6 +173,31 @@ type Sandbox struct {
 // by default.
 type SandboxPool struct {
 	Size int `json:"size"`
+}
+
+// SandboxKubernetes is the cluster sandboxes run in as Pods.
+type SandboxKubernetes struct {
+	// Kubeconfig is a kubeconfig file; empty: the in-cluster service account.
+	Kubeconfig string `json:"kubeconfig"`
+	// Namespace holds the sandboxes' Pods, disks, Secrets and policies
+	// (and, deployed as the manifests do, the manager itself).
+	Namespace string `json:"namespace"`
+	// RuntimeClassName of sandbox Pods (kata-fc for VM isolation); empty:
+	// the node's default (runc).
+	RuntimeClassName string `json:"runtimeClassName"`
+	// StorageClass of sandbox disks; empty: the cluster's default class.
+	StorageClass string `json:"storageClass"`
+	// DiskGB is the size of every sandbox disk.
+	DiskGB int `json:"diskGb"`
+	// Images maps Atelier images to OCI references, IMAGE=REFERENCE.
+	Images []string `json:"images"`
+	// Snapshots names a CSI VolumeSnapshot of an image's root, IMAGE=NAME.
+	Snapshots []string `json:"snapshots"`
+	// ClusterCIDRs are the cluster's pod, Service and node ranges, denied
+	// to sandboxes on top of every non-public range.
+	ClusterCIDRs []string `json:"clusterCidrs"`
+	// CADir holds the agent CA (ca.crt, ca.key); empty: {dataDir}/agent-ca.
+	CADir string `json:"caDir"`
 }
 
 type SandboxContainer struct {

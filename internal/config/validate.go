@@ -305,6 +305,9 @@ func (v *checker) sandbox() {
 	fc := v.c.Advanced.Server.Firecracker
 	v.absPathIfSet("advanced.server.firecracker.jailerPath", fc.JailerPath)
 	v.absPath("advanced.server.firecracker.chrootBaseDir", fc.ChrootBaseDir)
+	if s.Runtime == "kubernetes" {
+		v.kubernetes()
+	}
 	if s.Runtime == "firecracker" {
 		// A VM guest learns its DNS servers from the kernel's ip= argument,
 		// which carries two IPv4 addresses (see internal/bootcontract).
@@ -319,6 +322,55 @@ func (v *checker) sandbox() {
 		}
 	}
 }
+
+// kubernetes checks the kubernetes runtime's keys; the image list is
+// parsed again (same rules) by the runtime.
+func (v *checker) kubernetes() {
+	k := v.c.Sandbox.Kubernetes
+	v.absPathIfSet("sandbox.kubernetes.kubeconfig", k.Kubeconfig)
+	v.absPathIfSet("sandbox.kubernetes.caDir", k.CADir)
+	if !dnsLabelRe.MatchString(k.Namespace) {
+		v.add("sandbox.kubernetes.namespace", "must be a DNS label (lowercase letters, digits, '-'; at most 63), got %q", k.Namespace)
+	}
+	for key, val := range map[string]string{"sandbox.kubernetes.runtimeClassName": k.RuntimeClassName, "sandbox.kubernetes.storageClass": k.StorageClass} {
+		if val != "" && (len(val) > 253 || !dnsSubdomainRe.MatchString(val)) {
+			v.add(key, "must be a Kubernetes object name (lowercase DNS subdomain), got %q", val)
+		}
+	}
+	if len(k.Images) == 0 {
+		v.add("sandbox.kubernetes.images", "must name at least the default image as IMAGE=OCI-REFERENCE when sandbox.runtime is kubernetes")
+	}
+	images := map[string]bool{}
+	for i, e := range k.Images {
+		id, ref, ok := strings.Cut(e, "=")
+		switch {
+		case !ok || id == "" || ref == "" || strings.ContainsAny(e, " \t\n"):
+			v.add("sandbox.kubernetes.images", "entry %d %q: want IMAGE=OCI-REFERENCE (dev-base=registry.example/atelier/dev-base:1)", i, e)
+		case images[id]:
+			v.add("sandbox.kubernetes.images", "image %q is given twice", id)
+		}
+		images[id] = true
+	}
+	if len(k.Images) > 0 && !images[v.c.Sandbox.DefaultImage] {
+		v.add("sandbox.kubernetes.images", "must include sandbox.defaultImage %q", v.c.Sandbox.DefaultImage)
+	}
+	for i, e := range k.Snapshots {
+		id, name, ok := strings.Cut(e, "=")
+		if !ok || !images[id] || !dnsSubdomainRe.MatchString(name) {
+			v.add("sandbox.kubernetes.snapshots", "entry %d %q: want IMAGE=VOLUMESNAPSHOT for an image of sandbox.kubernetes.images", i, e)
+		}
+	}
+	for i, c := range k.ClusterCIDRs {
+		if _, err := netip.ParsePrefix(c); err != nil {
+			v.add("sandbox.kubernetes.clusterCidrs", "entry %d %q: not a CIDR prefix", i, c)
+		}
+	}
+}
+
+var (
+	dnsLabelRe     = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	dnsSubdomainRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$`)
+)
 
 func (v *checker) setup() {
 	st := v.c.Setup.Storage

@@ -502,3 +502,44 @@ func TestDatabaseURLNeverEchoed(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateKubernetes(t *testing.T) {
+	problems := func(c *Config) []Problem {
+		var ve *ValidationError
+		if err := c.Validate(); errors.As(err, &ve) {
+			return ve.Problems
+		}
+		return nil
+	}
+	base := func() *Config {
+		c := validMock()
+		c.Sandbox.Runtime = "kubernetes"
+		c.Sandbox.Kubernetes.Images = []string{"dev-base=localhost/atelier/dev-base:1"}
+		return c
+	}
+	if probs := problems(base()); slices.ContainsFunc(probs, func(p Problem) bool { return strings.HasPrefix(p.Key, "sandbox.kubernetes") }) {
+		t.Fatalf("a valid kubernetes config: %v", probs)
+	}
+	cases := []struct {
+		key    string
+		mutate func(*SandboxKubernetes)
+	}{
+		{"sandbox.kubernetes.namespace", func(k *SandboxKubernetes) { k.Namespace = "Atelier_NS" }},
+		{"sandbox.kubernetes.runtimeClassName", func(k *SandboxKubernetes) { k.RuntimeClassName = "kata fc" }},
+		{"sandbox.kubernetes.storageClass", func(k *SandboxKubernetes) { k.StorageClass = "Local/Path" }},
+		{"sandbox.kubernetes.images", func(k *SandboxKubernetes) { k.Images = nil }},
+		{"sandbox.kubernetes.images", func(k *SandboxKubernetes) { k.Images = []string{"node=localhost/node:1"} }},
+		{"sandbox.kubernetes.images", func(k *SandboxKubernetes) { k.Images = append(k.Images, "broken") }},
+		{"sandbox.kubernetes.snapshots", func(k *SandboxKubernetes) { k.Snapshots = []string{"unknown=snap"} }},
+		{"sandbox.kubernetes.clusterCidrs", func(k *SandboxKubernetes) { k.ClusterCIDRs = []string{"10.0.0.0/33"} }},
+		{"sandbox.kubernetes.kubeconfig", func(k *SandboxKubernetes) { k.Kubeconfig = "relative/kubeconfig" }},
+		{"sandbox.kubernetes.diskGb", func(k *SandboxKubernetes) { k.DiskGB = 0 }},
+	}
+	for _, tc := range cases {
+		c := base()
+		tc.mutate(&c.Sandbox.Kubernetes)
+		if probs := problems(c); !slices.ContainsFunc(probs, func(p Problem) bool { return p.Key == tc.key }) {
+			t.Errorf("%s: not reported in %v", tc.key, probs)
+		}
+	}
+}

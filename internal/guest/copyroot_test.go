@@ -52,3 +52,14 @@ func TestCopyRootfs(t *testing.T) {
 		t.Errorf("marker %q %v", m, err)
 	}
 }
+
+// --listen-tls never falls back to plain TCP: without its credentials the
+// agent does not start.
+func TestListenTLSNeedsCredentials(t *testing.T) {
+	if code := Main([]string{"serve", "--listen-tls", "127.0.0.1:0", "--vsock-port", "0"}); code != 2 {
+		t.Errorf("--listen-tls without --tls-dir: exit %d, want 2", code)
+	}
+	if code := Main([]string{"serve", "--listen-tls", "127.0.0.1:0", "--tls-dir", t.TempDir(), "--vsock-port", "0"}); code != 1 {
+		t.Errorf("--tls-dir without ca.crt/tls.crt/tls.key: exit %d, want 1", code)
+	}
+}

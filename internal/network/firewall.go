@@ -49,6 +49,10 @@ var blockedEgress = []netip.Prefix{
 	netip.MustParsePrefix("240.0.0.0/4"),    // reserved, limited broadcast
 }
 
+// BlockedEgress returns the IPv4 prefixes a guest may not reach (a copy):
+// the kubernetes runtime's NetworkPolicies except the same ones.
+func BlockedEgress() []netip.Prefix { return append([]netip.Prefix(nil), blockedEgress...) }
+
 // Rule comments name the drop counters that Status reports.
 const (
 	cmtSpoof     = "atelier:spoofed-drop"

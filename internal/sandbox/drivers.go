@@ -9,7 +9,9 @@ import (
 
 // Instance is everything a runtime needs to boot one sandbox.
 type Instance struct {
-	ID        string
+	ID string
+	// Owner is the sandbox's owner id (a cluster runtime labels with it).
+	Owner     string
 	Vcpus     int
 	MemoryMB  int
 	IP        string
@@ -33,6 +35,14 @@ type Runtime interface {
 	// Destroy stops the guest and removes its runtime files (sockets, pid, log).
 	Destroy(ctx context.Context, id string) error
 	Alive(ctx context.Context, id string) (bool, error)
+}
+
+// AddressedRuntime is a Runtime whose guests get their address from
+// elsewhere (a cluster's pod network) rather than from the leased one:
+// after Boot the service records Address on the row, so the edge and the
+// SSH proxy dial it as they dial a leased address.
+type AddressedRuntime interface {
+	Address(ctx context.Context, id string) (string, error)
 }
 
 // Network gives a sandbox its host-side link on the bridge.

@@ -686,11 +686,19 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 		undoBoot = s.drv.Runtime.Destroy
 	}
 	err = p.step(StepBoot, "", func(ctx context.Context) (string, error) {
-		return "", s.drv.Runtime.Boot(ctx, Instance{
-			ID: id, Vcpus: sb.Vcpus, MemoryMB: sb.MemoryMB, IP: up.lease.IP, MAC: up.lease.MAC,
+		err := s.drv.Runtime.Boot(ctx, Instance{
+			ID: id, Owner: sb.OwnerID, Vcpus: sb.Vcpus, MemoryMB: sb.MemoryMB, IP: up.lease.IP, MAC: up.lease.MAC,
 			Gateway: gw.String(), PrefixLen: s.cfg.Network.BridgePrefix, DNS: s.cfg.Network.DNSServers,
 			Disk: disk, Link: link,
 		})
+		if ar, ok := s.drv.Runtime.(AddressedRuntime); ok && err == nil {
+			var ip string
+			if ip, err = ar.Address(ctx, id); err == nil {
+				up.lease.IP = ip
+				return ip, nil
+			}
+		}
+		return "", err
 	}, p.guarded(func(ctx context.Context) error { return undoBoot(ctx, id) }))
 	if err != nil {
 		return up, err

@@ -119,7 +119,7 @@ func hostDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 			}}
 		listRuntimes = d.List
 	default:
-		return none, sandbox.Inventory{}, hostReports{}, fmt.Errorf("sandbox.runtime %q: want firecracker or container", cfg.Sandbox.Runtime)
+		return none, sandbox.Inventory{}, hostReports{}, fmt.Errorf("sandbox.runtime %q: want firecracker, container or kubernetes", cfg.Sandbox.Runtime)
 	}
 	inv := sandbox.Inventory{
 		Runtimes: listRuntimes,

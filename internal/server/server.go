@@ -173,6 +173,12 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		}); ok {
 			inv = &sandbox.Inventory{Runtimes: lister.List}
 		}
+	} else if drv == nil && cfg.Sandbox.Runtime == "kubernetes" {
+		d, i, r, err := kubeDrivers(ctx, cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		drv, inv, reports = &d, &i, r
 	} else if drv == nil {
 		d, i, r, err := hostDrivers(ctx, cfg, opts, log)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -334,5 +335,38 @@ func TestJailerRangeMustBeFree(t *testing.T) {
 		if ok != (tt.want != "") || name != tt.want {
 			t.Fatalf("[%d,%d): %q %v, want %q", tt.lo, tt.hi, name, ok, tt.want)
 		}
+	}
+}
+
+func TestKubernetes(t *testing.T) {
+	dir := t.TempDir()
+	var out strings.Builder
+	a := Answers{BaseDomain: "example.org", GitHubClientSecret: "s3cret-value", AllowedOrg: "acme",
+		Set: []string{"sandbox.kubernetes.images=dev-base=registry.example/atelier/dev-base:1", "sandbox.kubernetes.runtimeClassName=kata-fc"}}
+	if err := Kubernetes(dir, a, &out); err != nil {
+		t.Fatal(err)
+	}
+	env, err := os.ReadFile(filepath.Join(dir, "atelier.env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"ATELIER_SANDBOX_RUNTIME=kubernetes", "ATELIER_BASE_DOMAIN=example.org",
+		"ATELIER_K8S_IMAGES=dev-base=registry.example/atelier/dev-base:1", "ATELIER_K8S_RUNTIME_CLASS=kata-fc"} {
+		if !strings.Contains(string(env), want+"\n") {
+			t.Errorf("atelier.env lacks %s:\n%s", want, env)
+		}
+	}
+	if strings.Contains(string(env), "s3cret") {
+		t.Error("a secret in the config map's file")
+	}
+	sec, _ := os.ReadFile(filepath.Join(dir, "secrets.env"))
+	if !strings.Contains(string(sec), "ATELIER_GITHUB_CLIENT_SECRET=s3cret-value\n") || !strings.Contains(string(sec), "ATELIER_JWT_SECRET=") {
+		t.Errorf("secrets.env %q", sec)
+	}
+	if !strings.Contains(out.String(), "kubectl apply -k "+dir) {
+		t.Errorf("output %q", out.String())
+	}
+	if err := Kubernetes(dir, Answers{Set: []string{"no.such.key=1"}}, io.Discard); err == nil || !strings.Contains(err.Error(), "no.such.key") {
+		t.Errorf("unknown key: %v", err)
 	}
 }
