@@ -78,7 +78,7 @@ func WriteImage(dst, ref string, entrypoint []string, files ...ImageFile) error 
 			"size":      len(manifest),
 			"platform":  map[string]string{"architecture": arch, "os": "linux"},
 			"annotations": map[string]string{
-				"io.containerd.image.name":         ref,
+				"io.containerd.image.name":          ref,
 				"org.opencontainers.image.ref.name": ref,
 			},
 		}},
