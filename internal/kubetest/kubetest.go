@@ -60,6 +60,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -127,6 +128,7 @@ type Cluster struct {
 
 	stopOnce sync.Once
 	stopErr  error
+	stopped  atomic.Bool
 
 	// StartDuration is how long Start took, from nothing to the node Ready.
 	StartDuration time.Duration
@@ -735,6 +737,9 @@ func (c *Cluster) Namespace(t testing.TB) string {
 	}
 	name := ns.Name
 	t.Cleanup(func() {
+		if c.stopped.Load() {
+			return // the namespace went with the bed
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if err := c.DeleteNamespace(ctx, name); err != nil {
@@ -774,7 +779,10 @@ func (c *Cluster) DeleteNamespace(ctx context.Context, name string) error {
 
 // Stop tears the bed down; later calls return the first call's result.
 func (c *Cluster) Stop() error {
-	c.stopOnce.Do(func() { c.stopErr = c.teardown() })
+	c.stopOnce.Do(func() {
+		c.stopped.Store(true)
+		c.stopErr = c.teardown()
+	})
 	return c.stopErr
 }
 

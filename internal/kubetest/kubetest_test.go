@@ -308,46 +308,8 @@ func TestPodWithLocalVolume(t *testing.T) {
 			}}},
 		},
 	}
-	w, err := cs.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=web"})
-	if err != nil {
-		t.Fatalf("watch pods: %v", err)
-	}
-	defer w.Stop()
-	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create pod: %v", err)
-	}
-	var scheduled, running time.Time
-	var runPod *corev1.Pod
-	for runPod == nil {
-		select {
-		case ev, ok := <-w.ResultChan():
-			if !ok {
-				t.Fatal("pod watch closed")
-			}
-			if ev.Type == watch.Error {
-				t.Fatalf("pod watch: %v", ev.Object)
-			}
-			p, ok := ev.Object.(*corev1.Pod)
-			if !ok {
-				continue
-			}
-			if scheduled.IsZero() && p.Spec.NodeName != "" {
-				scheduled = time.Now()
-			}
-			if p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" {
-				running = time.Now()
-				runPod = p
-			}
-			if p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded {
-				t.Fatalf("pod ended: %s %s", p.Status.Phase, p.Status.Message)
-			}
-		case <-ctx.Done():
-			p, _ := cs.CoreV1().Pods(ns).Get(context.WithoutCancel(ctx), "web", metav1.GetOptions{})
-			t.Log(c.logTails())
-			t.Fatalf("pod not running: %+v", p.Status)
-		}
-	}
-	t.Logf("pod scheduled→running: %s", running.Sub(scheduled).Round(time.Millisecond))
+	runPod, schedToRun := createAndWaitRunning(t, ctx, c, ns, pod)
+	t.Logf("pod scheduled→running: %s", schedToRun.Round(time.Millisecond))
 	if runPod.Spec.NodeName != NodeName {
 		t.Errorf("pod on node %q, want %q", runPod.Spec.NodeName, NodeName)
 	}
@@ -433,6 +395,90 @@ func TestPodWithLocalVolume(t *testing.T) {
 	for _, d := range before.diff(snapshotHost(t, binDir)) {
 		t.Error(d)
 	}
+}
+
+// createAndWaitRunning creates pod and watches it until it runs with an IP,
+// returning it and the time from the scheduler's binding (the first event
+// with a node name) to Running as the watch saw them.
+func createAndWaitRunning(tb testing.TB, ctx context.Context, c *Cluster, ns string, pod *corev1.Pod) (*corev1.Pod, time.Duration) {
+	tb.Helper()
+	cs := c.Clientset()
+	w, err := cs.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + pod.Name})
+	if err != nil {
+		tb.Fatalf("watch pods: %v", err)
+	}
+	defer w.Stop()
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		tb.Fatalf("create pod: %v", err)
+	}
+	var scheduled time.Time
+	for {
+		select {
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				tb.Fatal("pod watch closed")
+			}
+			if ev.Type == watch.Error {
+				tb.Fatalf("pod watch: %v", ev.Object)
+			}
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			if scheduled.IsZero() && p.Spec.NodeName != "" {
+				scheduled = time.Now()
+			}
+			if p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" {
+				return p, time.Since(scheduled)
+			}
+			if p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded {
+				tb.Fatalf("pod ended: %s %s", p.Status.Phase, p.Status.Message)
+			}
+		case <-ctx.Done():
+			p, _ := cs.CoreV1().Pods(ns).Get(context.WithoutCancel(ctx), pod.Name, metav1.GetOptions{})
+			tb.Log(c.logTails())
+			tb.Fatalf("pod not running: %+v", p.Status)
+		}
+	}
+}
+
+// BenchmarkBed reports a bed's start to node Ready, the first in the process
+// (binaries not yet in the page cache after a build or a reboot) and a
+// second one, and a pod's scheduled→running time on the second bed.
+func BenchmarkBed(b *testing.B) {
+	var first, second, pod time.Duration
+	for range b.N {
+		c1 := Start(b)
+		first += c1.StartDuration
+		if err := c1.Stop(); err != nil {
+			b.Fatal(err)
+		}
+		c2 := Start(b)
+		second += c2.StartDuration
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		ns := c2.Namespace(b)
+		_, d := createAndWaitRunning(b, ctx, c2, ns, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "sleep"},
+			Spec: corev1.PodSpec{
+				TerminationGracePeriodSeconds: new(int64),
+				Containers: []corev1.Container{{Name: "sleep", Image: c2.BusyboxImage(b), ImagePullPolicy: corev1.PullNever,
+					Command: []string{"sleep", "3600"}}},
+			},
+		})
+		cancel()
+		pod += d
+		if err := c2.DeleteNamespace(context.Background(), ns); err != nil {
+			b.Fatal(err)
+		}
+		if err := c2.Stop(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	n := float64(b.N)
+	b.ReportMetric(first.Seconds()/n, "first-start-s")
+	b.ReportMetric(second.Seconds()/n, "second-start-s")
+	b.ReportMetric(second.Seconds()/first.Seconds(), "second/first")
+	b.ReportMetric(float64(pod.Milliseconds())/n, "pod-sched-to-running-ms")
 }
 
 func (c *Cluster) linksInside() ([]string, error) {
