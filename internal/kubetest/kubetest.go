@@ -348,7 +348,7 @@ func start(ctx context.Context, binDir string, logf func(string, ...any)) (*Clus
 		"--name=kt", "--data-dir="+filepath.Join(dir, "etcd"),
 		"--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
 		"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-		"--initial-cluster=kt=http://127.0.0.1:2380", "--listen-metrics-urls=",
+		"--initial-cluster=kt=http://127.0.0.1:2380",
 		"--unsafe-no-fsync", "--log-level=warn"); err != nil {
 		return c, err
 	}
