@@ -457,6 +457,38 @@ require('http').createServer((req, res) => {
 		t.Fatal("the guest's pull and push reached the server without the token")
 	}
 
+	// A hostile guest (root or the image user) gets no token for another
+	// host or for the source's host over plain http, and the guest socket
+	// serves none of the agent's host-only routes.
+	exec := func(id, user, cmd string) result {
+		t.Helper()
+		code, b := call("POST", "/api/sandboxes/"+id+"/exec", map[string]any{"argv": []string{"bash", "-c", cmd}, "user": user, "timeoutMs": 60000})
+		var r result
+		if code != 200 || json.Unmarshal(b, &r) != nil {
+			t.Fatalf("exec %q in %s: %d %s", cmd, id, code, b)
+		}
+		return r
+	}
+	// (The source's own host gets it: that is what the helper is for.)
+	for _, user := range []string{"dev", "root"} {
+		for _, h := range [][2]string{{"https", privateGitIP}, {"https", "evil.test"}, {"http", privateGitIP}, {"https", privateGitIP + ":8443"}} {
+			r := exec(a, user, fmt.Sprintf(`printf 'protocol=%s\nhost=%s\n\n' | GIT_TERMINAL_PROMPT=0 git -c credential.helper= `+
+				`-c credential.helper="$(git config --file /home/dev/.gitconfig --get-all credential.helper | tail -1)" credential fill`, h[0], h[1]))
+			if ours := h == [2]string{"https", privateGitIP}; ours != (r.ExitCode == 0 && strings.Contains(r.Stdout, "password="+token+"\n")) ||
+				!ours && strings.Contains(r.Stdout+r.Stderr, token) {
+				t.Errorf("%s asking for %s://%s: exit %d %q %q", user, h[0], h[1], r.ExitCode, r.Stdout, r.Stderr)
+			}
+		}
+		r := exec(a, user, `for p in /git/credential/requests /git/credential/helper /exec /health; do `+
+			`curl -s -o /dev/null -w '%{http_code} ' --unix-socket /etc/sandbox/git-credential.sock http://g$p; done`)
+		if strings.TrimSpace(r.Stdout) != "404 404 404 404" {
+			t.Errorf("%s on the guest credential socket: %q %q", user, r.Stdout, r.Stderr)
+		}
+	}
+	if r := exec(a, "dev", `curl -s -m 5 --unix-socket /run/atelier/agent.sock http://a/health`); r.ExitCode == 0 {
+		t.Errorf("the image user reached the agent's main socket: %q", r.Stdout)
+	}
+
 	// The token in no process's environment: every process on the host,
 	// the guest's among them (they are host processes in its cgroup).
 	// (A guest's processes are the ones whose cgroup path names the
@@ -522,6 +554,21 @@ require('http').createServer((req, res) => {
 	}
 	if pb, _ = wait("failed"); !pb.Ready || pb.Commits["app"] != c3 || !strings.Contains(pb.Error, "exit 3") {
 		t.Fatalf("a failed build did not keep the previous prebuild: %+v", pb)
+	}
+	// A git server that cannot list the repository: the check is a 502 and
+	// the prebuild stays as it was.
+	bare := filepath.Join(gs.root, "app.git")
+	if err := os.Rename(bare, bare+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if code, b := call("POST", pbPath+"/check", nil); code != http.StatusBadGateway {
+		t.Fatalf("check with the repository gone: %d %s", code, b)
+	}
+	if pb, _ = wait("failed"); !pb.Ready || pb.Commits["app"] != c3 {
+		t.Fatalf("after the failed check: %+v", pb)
+	}
+	if err := os.Rename(bare+".away", bare); err != nil {
+		t.Fatal(err)
 	}
 	c, _ := create()
 	if got := run(c, `cat ~/workspace/stamp.txt`); strings.TrimSpace(got) != stampB {
