@@ -393,6 +393,15 @@ require('http').createServer((req, res) => {
 	tokens := map[string][]byte{"token": []byte(token), "token as Basic auth": basic}
 	var searched []string
 
+	// Without a prebuild: the create clones, runs the init commands and
+	// starts the dev server itself.
+	z, tookZ := create()
+	t.Logf("create from the image (clone, init, dev server) -> dev server answering through the edge: %v", tookZ.Round(time.Millisecond))
+	if got := run(z, `cd ~/workspace && git -C app rev-parse HEAD && printenv API_KEY`); got != c1+"\n"+secretVal+"\n" {
+		t.Fatalf("sandbox from the image: %q", got)
+	}
+	destroy(z)
+
 	// The prebuild: clone (the token for this one git process), build, stamp.
 	t0 := time.Now()
 	if code, b := call("POST", pbPath, nil); code != http.StatusAccepted {
