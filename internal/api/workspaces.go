@@ -53,6 +53,9 @@ func (s *Server) workspaceProblem(ctx context.Context, err error) error {
 		return newProblem(http.StatusConflict, "conflict", "a prebuild of this workspace is running: wait for it or cancel it")
 	case errors.Is(err, store.ErrNotFound):
 		return newProblem(http.StatusNotFound, "not_found", "workspace not found")
+	case errors.Is(err, workspace.ErrGitServer):
+		s.d.Log.InfoContext(ctx, "ls-remote failed", "err", err)
+		return newProblem(http.StatusBadGateway, "git_failed", "the git server did not list the branches (unreachable, or a wrong URL or token); nothing was changed")
 	case errors.Is(err, store.ErrDuplicate):
 		return newProblem(http.StatusConflict, "conflict", "you already have a workspace with this name",
 			&huma.ErrorDetail{Location: "body.name", Message: "already used by another of your workspaces"})
@@ -179,10 +182,10 @@ func (s *Server) registerPrebuilds() {
 	tags := []string{"workspaces"}
 	errs := []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusNotFound}
 	type out struct{ Body store.Prebuild }
-	reg := func(id, method, path, summary, desc string, status int, fn func(ctx context.Context, wsID string) (store.Prebuild, error)) {
+	reg := func(id, method, path, summary, desc string, status int, fn func(ctx context.Context, wsID string) (store.Prebuild, error), more ...int) {
 		huma.Register(s.api, huma.Operation{
 			OperationID: id, Method: method, Path: path, Tags: tags, Summary: summary, Description: desc,
-			Security: securityAuthed, DefaultStatus: status, Errors: append(errs, http.StatusConflict),
+			Security: securityAuthed, DefaultStatus: status, Errors: append(append(errs, http.StatusConflict), more...),
 		}, func(ctx context.Context, in *workspaceIDInput) (*out, error) {
 			if _, err := s.workspaceFor(ctx, in.ID, method != http.MethodGet); err != nil {
 				return nil, err
@@ -208,12 +211,13 @@ func (s *Server) registerPrebuilds() {
 		"The build sandbox is destroyed; the ready prebuild, if any, stays.", 0, s.d.Prebuilds.Cancel)
 	reg("check-prebuild", http.MethodPost, "/api/workspaces/{id}/prebuild/check", "Check whether the prebuild is stale",
 		"git ls-remote of each tracked branch against the prebuild's commits (the manager also does this every "+
-			"30 minutes); a moved branch starts a rebuild.", 0, func(ctx context.Context, id string) (store.Prebuild, error) {
+			"30 minutes); a moved branch starts a rebuild. 502 when a git server does not answer (the prebuild is unchanged).",
+		0, func(ctx context.Context, id string) (store.Prebuild, error) {
 			if _, err := s.d.Prebuilds.Check(ctx, id); err != nil {
 				return store.Prebuild{}, err
 			}
 			return s.d.Prebuilds.Status(ctx, id)
-		})
+		}, http.StatusBadGateway)
 	huma.Register(s.api, huma.Operation{
 		OperationID: "promote-sandbox", Method: http.MethodPost, Path: "/api/sandboxes/{id}/promote", Tags: []string{"sandboxes"},
 		Summary: "Save a sandbox's disk as its workspace's prebuild", Security: securityAuthed,

@@ -15,8 +15,9 @@ import (
 // by the image user, with its mode) and SANDBOX.md reach the guest; its
 // prebuild's disk carries the init command's result into a new sandbox that
 // does not run it again, and holds none of the workspace's secrets.
-// (The test image is busybox without git: clones are covered by the mock
-// test with git http-backend.)
+// (The test image is busybox without git: clones, dev servers and the
+// guest's credential helper in a container guest are TestWorkspaceDevBase's,
+// on dev-base.)
 func TestWorkspacePrebuildRunc(t *testing.T) {
 	f := newFixture(t)
 	srv := f.start(t)

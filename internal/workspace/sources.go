@@ -236,6 +236,11 @@ func (s *Service) Branches(ctx context.Context, owner, sourceID, repoURL string)
 	return out, nil
 }
 
+// ErrGitServer is a git server that did not list a repository's branches:
+// unreachable, or it refused the URL or the token. The caller's request was
+// fine; the answer is a bad gateway, not an internal error.
+var ErrGitServer = errors.New("the git server is unreachable or refused the request")
+
 // trustEnvKeys are the manager's variables the host's git keeps: which
 // certificate authorities it trusts. Without them a git server whose
 // certificate comes from a private CA (the operator's GIT_SSL_CAINFO in the
@@ -276,7 +281,7 @@ func LsRemote(ctx context.Context, repoURL, branch string, cred Credential) (map
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("git ls-remote %s: %w: %s", repoURL, err, lastLine(stderr.String()))
+		return nil, fmt.Errorf("git ls-remote %s: %w (%w): %s", repoURL, ErrGitServer, err, lastLine(stderr.String()))
 	}
 	out := map[string]string{}
 	sc := bufio.NewScanner(&stdout)
