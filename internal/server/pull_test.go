@@ -104,13 +104,14 @@ func (g *gatedProxy) release() { g.once.Do(func() { close(g.open) }) }
 // has its repositories at the prebuild's commits; the create returns
 // while the background pull is still fetching (held at the git server);
 // then the clean repository is fast-forwarded to the commit pushed
-// upstream after the prebuild, while a repository with local changes and
-// one with a local commit are left exactly as they were. The result is an
+// upstream after the prebuild, while a repository with local changes, one
+// with a local commit and one on another branch are left exactly as they
+// were. The result is an
 // event for the owner; the token is nowhere in the sandbox's files.
 func TestWorkspacePullAfterPrebuildMock(t *testing.T) {
 	const token = "pull-token-93b1d2"
 	gs := startGitServer(t, token)
-	names := []string{"app", "dirty", "ahead"}
+	names := []string{"app", "dirty", "ahead", "branch"}
 	first := map[string]string{}
 	for _, n := range names {
 		first[n] = gs.repo(t, n, map[string]string{"README": n + " v1\n"})
@@ -204,6 +205,7 @@ func TestWorkspacePullAfterPrebuildMock(t *testing.T) {
 	git(t, filepath.Join(work, "ahead"), "add", "NOTES")
 	git(t, filepath.Join(work, "ahead"), "commit", "-q", "-m", "local")
 	local := head("ahead")
+	git(t, filepath.Join(work, "branch"), "checkout", "-q", "-b", "feature")
 	released := time.Now()
 	gate.release()
 
@@ -222,8 +224,9 @@ func TestWorkspacePullAfterPrebuildMock(t *testing.T) {
 		}
 	}
 	t.Logf("background pull done %s after the fetch was let through", time.Since(released).Round(time.Millisecond))
-	want := map[string]string{"app": workspace.PullUpdated, "dirty": workspace.PullSkipped, "ahead": workspace.PullSkipped}
-	if len(rep.Repos) != 3 || rep.OwnerID == "" || rep.WorkspaceID != ws.ID {
+	want := map[string]string{"app": workspace.PullUpdated, "dirty": workspace.PullSkipped, "ahead": workspace.PullSkipped,
+		"branch": workspace.PullSkipped}
+	if len(rep.Repos) != len(names) || rep.OwnerID == "" || rep.WorkspaceID != ws.ID {
 		t.Fatalf("report: %+v", rep)
 	}
 	for _, r := range rep.Repos {
@@ -245,6 +248,9 @@ func TestWorkspacePullAfterPrebuildMock(t *testing.T) {
 	}
 	if h := head("ahead"); h != local {
 		t.Errorf("repository with a local commit moved to %s", h)
+	}
+	if h := head("branch"); h != first["branch"] {
+		t.Errorf("repository on another branch moved to %s", h)
 	}
 	// The token went to git through its environment only.
 	_ = filepath.WalkDir(rt.Home(sb.ID), func(p string, d fs.DirEntry, err error) error {
