@@ -15,6 +15,7 @@ import (
 	"atelier/internal/config"
 	"atelier/internal/edge"
 	"atelier/internal/network"
+	"atelier/internal/runtime/kubernetes"
 	"atelier/internal/store"
 )
 
@@ -25,6 +26,10 @@ func newEdge(cfg *config.Config, st *store.Store, au *auth.Service, opts Options
 	eo := edge.Options{Config: cfg, Store: st, Log: log, Sessions: au}
 	if cfg.Server.Mode == config.ModeMock {
 		eo.GuestHost = "127.0.0.1"
+	} else if cfg.Sandbox.Runtime == "kubernetes" && opts.Kubernetes != nil && opts.Drivers == nil {
+		var ko kubernetes.Options
+		opts.Kubernetes(&ko)
+		eo.Dial = ko.Dial
 	} else if opts.Network != nil && opts.Drivers == nil {
 		no := network.Options{HostNS: netns.None()}
 		opts.Network(&no)
