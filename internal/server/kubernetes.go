@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"path/filepath"
 
+	"k8s.io/client-go/dynamic"
+
 	"atelier/internal/agentpki"
 	"atelier/internal/api"
 	"atelier/internal/config"
@@ -56,11 +58,16 @@ func kubeDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 	if err != nil {
 		return sandbox.Drivers{}, sandbox.Inventory{}, nil, err
 	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return sandbox.Drivers{}, sandbox.Inventory{}, nil, fmt.Errorf("kubernetes client: %w", err)
+	}
 	ko := kubernetes.Options{
 		Namespace: k.Namespace, RuntimeClassName: k.RuntimeClassName, StorageClass: k.StorageClass,
 		DiskBytes: int64(k.DiskGB) << 30, Images: images, AgentPort: cfg.Advanced.VM.Agent.Port,
 		RegistryPort: cfg.Advanced.Server.Verdaccio.Port, DNSServers: cfg.Network.DNSServers,
 		EgressDeny: deny, EgressAllow: allow, CA: ca, Log: log,
+		Snapshots: dyn, SnapshotClass: k.SnapshotClass,
 	}
 	if opts.Kubernetes != nil {
 		opts.Kubernetes(&ko)
