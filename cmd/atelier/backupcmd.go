@@ -42,6 +42,9 @@ prebuilds (rebuilt by atelier images), the npm cache and sandbox logs.`,
 			if err != nil {
 				return err
 			}
+			if err := backup.CheckSupported(cfg); err != nil {
+				return fmt.Errorf("atelier backup: %w", err)
+			}
 			name := "atelier-backup-" + time.Now().UTC().Format("20060102T150405Z") + ".tar.gz"
 			if len(args) == 1 {
 				name = args[0]

@@ -42,12 +42,21 @@ func startMock(t *testing.T) string {
 
 func startMockServer(t *testing.T) (string, *server.Server) {
 	t.Helper()
+	return startMockServerWith(t, nil)
+}
+
+// startMockServerWith is startMockServer with mutate applied to the config.
+func startMockServerWith(t *testing.T, mutate func(*config.Config)) (string, *server.Server) {
+	t.Helper()
 	cfg := config.Default()
 	dir := t.TempDir()
 	cfg.Server.Mode = config.ModeMock
 	cfg.Server.DataDir = dir
 	cfg.Server.SocketPath = filepath.Join(dir, "atelier.sock")
 	cfg.Sandbox.StateDir = filepath.Join(dir, "state")
+	if mutate != nil {
+		mutate(cfg)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, cfg, server.Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {

@@ -66,6 +66,10 @@ func printSandboxes(w io.Writer, list []sandbox.View) {
 		if name == "" {
 			name = "-"
 		}
+		if v.Pooled {
+			// An admin sees the warm pool (sandbox.pool.size) too.
+			name = "(pool)"
+		}
 		ip := v.IPAddress
 		if ip == "" {
 			ip = "-"

@@ -43,7 +43,7 @@ within --timeout, the old binary and database are put back and the old manager s
 			runner := hostcmd.Exec{}
 			o := update.Options{
 				Binary: installed, NewBinary: bin, Version: version, ReleaseURL: cfg.Advanced.Server.ReleaseURL,
-				ConfigFile: g.configPath(), DataDir: cfg.Server.DataDir,
+				ConfigFile: g.configPath(), DataDir: cfg.Server.DataDir, SharedStore: cfg.Advanced.Server.Database.URL != "",
 				Restart: update.Systemd{S: systemd.Systemctl{R: runner, Out: out}},
 				Health:  managerHealth(cfg), Timeout: timeout, Runner: runner, Out: out,
 			}

@@ -354,6 +354,22 @@ type prebuildView struct {
 	BuiltAt *time.Time        `json:"builtAt"`
 	Error   string            `json:"error,omitempty"`
 	Log     string            `json:"log,omitempty"`
+	// Source of the ready prebuild: build, or promote from SourceSandboxID.
+	Source          string `json:"source,omitempty"`
+	SourceSandboxID string `json:"sourceSandboxId,omitempty"`
+}
+
+// sourceText says where the ready prebuild came from, for the status line.
+func (p prebuildView) sourceText() string {
+	switch {
+	case !p.Ready || p.Source == "":
+		return ""
+	case p.Source == "promote" && p.SourceSandboxID != "":
+		return ", saved from sandbox " + p.SourceSandboxID
+	case p.Source == "promote":
+		return ", saved from a sandbox"
+	}
+	return ", built"
 }
 
 func newPrebuildCmd(g *globals) *cobra.Command {
@@ -394,7 +410,7 @@ func newPrebuildCmd(g *globals) *cobra.Command {
 			if g.json {
 				return printJSON(cmd.OutOrStdout(), pb)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "prebuild of %s: %s (ready: %v, stale: %v)\n", w.Name, pb.Status, pb.Ready, pb.Stale)
+			fmt.Fprintf(cmd.OutOrStdout(), "prebuild of %s: %s (ready: %v, stale: %v%s)\n", w.Name, pb.Status, pb.Ready, pb.Stale, pb.sourceText())
 			if pb.Error != "" {
 				fmt.Fprintf(cmd.OutOrStdout(), "error: %s\n", pb.Error)
 			}
@@ -414,27 +430,37 @@ func newPrebuildCmd(g *globals) *cobra.Command {
 }
 
 type gitSourceView struct {
-	ID       string `json:"id"`
-	Type     string `json:"type"`
-	Name     string `json:"name"`
-	Host     string `json:"host"`
-	Username string `json:"username"`
-	HasToken bool   `json:"hasToken"`
+	ID             string `json:"id"`
+	Type           string `json:"type"`
+	Kind           string `json:"kind"`
+	Name           string `json:"name"`
+	Host           string `json:"host"`
+	Username       string `json:"username"`
+	HasToken       bool   `json:"hasToken"`
+	InstallationID int64  `json:"installationId,omitempty"`
 }
 
 func newGitSourceCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "git-source", Aliases: []string{"git-sources"},
 		Short: "Git servers and the tokens that clone your private repositories (sealed; never shown again)"}
 	var typ, user string
+	var installation int64
 	add := &cobra.Command{
 		Use:   "add NAME [URL]",
 		Short: "Add a git source; the token is read from ATELIER_GIT_TOKEN or stdin",
+		Long: "Add a git source; the token is read from ATELIER_GIT_TOKEN or stdin. With --installation, a github\n" +
+			"source uses the server's GitHub App installation (on your account or an organization you belong to),\n" +
+			"whose short-lived tokens the server mints: no token is read. To use your own GitHub account, open\n" +
+			"/auth/github/connect on the dashboard instead (Settings > Connect GitHub).",
 		Example: "  ATELIER_GIT_TOKEN=... atelier git-source add work https://git.example.com\n" +
-			"  atelier git-source add gh --type github < token.txt",
+			"  atelier git-source add gh --type github < token.txt\n" +
+			"  atelier git-source add acme --type github --installation 123456",
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			tok := os.Getenv("ATELIER_GIT_TOKEN")
-			if tok == "" {
+			if installation != 0 {
+				tok = ""
+			} else if tok == "" {
 				b, err := io.ReadAll(io.LimitReader(stdinOf(cmd), 8<<10))
 				if err != nil {
 					return err
@@ -442,6 +468,10 @@ func newGitSourceCmd(g *globals) *cobra.Command {
 				tok = strings.TrimSpace(string(b))
 			}
 			body := map[string]any{"name": args[0], "type": typ, "username": user, "token": tok}
+			if installation != 0 {
+				body["installationId"] = installation
+				delete(body, "token")
+			}
 			if len(args) == 2 {
 				body["url"] = args[1]
 			}
@@ -451,7 +481,7 @@ func newGitSourceCmd(g *globals) *cobra.Command {
 			}
 			var s gitSourceView
 			if err := c.Do(cmd.Context(), "POST", "/api/git-sources", body, &s); err != nil {
-				return flagError(err, map[string]string{"url": "URL", "token": "the token (ATELIER_GIT_TOKEN or stdin)", "type": "--type", "username": "--username", "name": "NAME"})
+				return flagError(err, map[string]string{"url": "URL", "token": "the token (ATELIER_GIT_TOKEN or stdin)", "type": "--type", "username": "--username", "name": "NAME", "installationId": "--installation"})
 			}
 			if g.json {
 				return printJSON(cmd.OutOrStdout(), s)
@@ -462,6 +492,7 @@ func newGitSourceCmd(g *globals) *cobra.Command {
 	}
 	add.Flags().StringVar(&typ, "type", "generic", "generic or github")
 	add.Flags().StringVar(&user, "username", "", "username sent with the token (default x-access-token)")
+	add.Flags().Int64Var(&installation, "installation", 0, "github: a GitHub App installation id (no token)")
 	list := &cobra.Command{
 		Use: "list", Aliases: []string{"ls"}, Short: "List your git sources", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -473,9 +504,13 @@ func newGitSourceCmd(g *globals) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), list)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tTYPE\tHOST\tUSERNAME\tTOKEN")
+			fmt.Fprintln(tw, "ID\tNAME\tTYPE\tKIND\tHOST\tUSERNAME\tTOKEN")
 			for _, s := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", s.ID, s.Name, s.Type, s.Host, s.Username, s.HasToken)
+				kind := s.Kind
+				if s.InstallationID != 0 {
+					kind = fmt.Sprintf("app %d", s.InstallationID)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", s.ID, s.Name, s.Type, kind, s.Host, s.Username, s.HasToken)
 			}
 			return tw.Flush()
 		},
@@ -499,8 +534,97 @@ func newGitSourceCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(add, list, rm)
+	cmd.AddCommand(add, list, rm, newGitSourceReposCmd(g), newGitSourceBranchesCmd(g))
 	return cmd
+}
+
+// sourceByArg resolves ID|NAME to one of the caller's git sources.
+func (g *globals) sourceByArg(ctx context.Context, arg string) (gitSourceView, error) {
+	list, err := g.gitSources(ctx)
+	if err != nil {
+		return gitSourceView{}, err
+	}
+	return pick(arg, "git-source", list, func(s gitSourceView) string { return s.ID }, func(s gitSourceView) string { return s.Name })
+}
+
+func newGitSourceReposCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use: "repos ID|NAME", Short: "List the repositories a github source reads (through the GitHub API)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.sourceByArg(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			c, _ := g.client()
+			var out struct {
+				Repos []struct {
+					FullName      string `json:"fullName"`
+					Private       bool   `json:"private"`
+					DefaultBranch string `json:"defaultBranch"`
+					CloneURL      string `json:"cloneUrl"`
+				} `json:"repos"`
+			}
+			if err := c.Do(cmd.Context(), "GET", "/api/git-sources/"+url.PathEscape(s.ID)+"/repos", nil, &out); err != nil {
+				return flagError(err, map[string]string{"path.id": "ID|NAME"})
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), out.Repos)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "REPOSITORY\tPRIVATE\tDEFAULT BRANCH\tCLONE URL")
+			for _, r := range out.Repos {
+				fmt.Fprintf(tw, "%s\t%v\t%s\t%s\n", r.FullName, r.Private, r.DefaultBranch, r.CloneURL)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func newGitSourceBranchesCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "branches ID|NAME|public REPO",
+		Short: "List a repository's branches: owner/name through the GitHub API, or a URL with git ls-remote",
+		Example: "  atelier git-source branches github acme/web\n" +
+			"  atelier git-source branches work https://git.example.com/acme/web.git\n" +
+			"  atelier git-source branches public https://github.com/golang/go",
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := "public"
+			if args[0] != "public" {
+				s, err := g.sourceByArg(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				id = s.ID
+			}
+			q := url.Values{"repo": {args[1]}}
+			if strings.Contains(args[1], "://") {
+				q = url.Values{"url": {args[1]}}
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				Branches []struct {
+					Name   string `json:"name"`
+					Commit string `json:"commit"`
+				} `json:"branches"`
+			}
+			if err := c.Do(cmd.Context(), "GET", "/api/git-sources/"+url.PathEscape(id)+"/branches?"+q.Encode(), nil, &out); err != nil {
+				return flagError(err, map[string]string{"query.repo": "REPO", "query.url": "REPO", "path.id": "ID|NAME"})
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), out.Branches)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "BRANCH\tCOMMIT")
+			for _, b := range out.Branches {
+				fmt.Fprintf(tw, "%s\t%s\n", b.Name, b.Commit)
+			}
+			return tw.Flush()
+		},
+	}
 }
 
 func (g *globals) gitSources(ctx context.Context) ([]gitSourceView, error) {

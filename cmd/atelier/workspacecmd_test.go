@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"atelier/internal/auth/githubtest"
+	"atelier/internal/config"
 )
 
 // TestWorkspaceCLI: create, list, get, update and rm by name, secrets from
@@ -78,4 +81,37 @@ func TestWorkspaceCLI(t *testing.T) {
 	run("git-source", "rm", "local").ok(t, "git-source rm")
 	run("workspace", "rm", "web2").ok(t, "rm")
 	run("workspace", "get", "web2").fails(t, "get removed", "no workspace")
+}
+
+// TestGitSourceGitHubCLI: repos and branches of a github source through
+// the GitHub stand-in, every page; bad input names the argument.
+func TestGitSourceGitHubCLI(t *testing.T) {
+	gh := githubtest.New(t)
+	gh.AddUser(7, "octo")
+	gh.SetMaxPerPage(1)
+	gh.AddRepo("octo/api", true, map[string]string{"main": "a1", "dev": "a2"})
+	gh.AddRepo("octo/web", false, map[string]string{"main": "b1"})
+	url, _ := startMockServerWith(t, func(c *config.Config) { c.Auth.GitHub.APIURL = gh.URL })
+	ctx := context.Background()
+	run := func(args ...string) cliRun { t.Helper(); return cli(t, ctx, url, "", args...) }
+	tok := gh.IssueToken("octo", "repo")
+	cli(t, ctx, url, tok+"\n", "git-source", "add", "gh", "--type", "github").ok(t, "add")
+
+	r := run("git-source", "repos", "gh").ok(t, "repos")
+	if !strings.Contains(r.out, "octo/api") || !strings.Contains(r.out, "octo/web") || !strings.Contains(r.out, "https://github.com/octo/api.git") {
+		t.Errorf("repos: %q", r.out)
+	}
+	r = run("git-source", "branches", "gh", "octo/api").ok(t, "branches")
+	if !strings.Contains(r.out, "dev") || !strings.Contains(r.out, "a2") || !strings.Contains(r.out, "main") {
+		t.Errorf("branches: %q", r.out)
+	}
+	run("git-source", "branches", "gh", "octo/none").fails(t, "unknown repository", "not found")
+	run("git-source", "branches", "gh", "../x").fails(t, "bad repository", "REPO")
+	cli(t, ctx, url, "t\n", "git-source", "add", "gen", "https://git.example.test").ok(t, "add generic")
+	run("git-source", "repos", "gen").fails(t, "generic repos", "ID|NAME")
+	for _, secret := range []string{tok} {
+		if r := run("git-source", "list"); strings.Contains(r.out, secret) {
+			t.Errorf("list printed the token")
+		}
+	}
 }

@@ -32,7 +32,9 @@ func (s *Server) registerEvents() {
 			"when the requested Last-Event-ID is older than the retained history (refetch the list). Admins also get " +
 			"system.reconciled (data: what a reconciler pass fixed, as POST /api/system/cleanup answers). Everyone gets " +
 			"image.build (a build started or changed stage), image.built and image.failed (data: the build, as in " +
-			"GET /api/images builds). A comment " +
+			"GET /api/images builds). The owner gets workspace.pull when the background fast-forward pull of a sandbox " +
+			"created from a prebuild is done (data: ownerId, sandboxId, workspaceId, and per repository path, branch, " +
+			"result updated|current|skipped|failed, from, to, detail). A comment " +
 			"line is sent as a heartbeat every 15 s.",
 		Security: securityAuthed,
 		Errors:   []int{http.StatusBadRequest, http.StatusUnauthorized},

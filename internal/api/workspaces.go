@@ -8,6 +8,8 @@ import (
 
 	"github.com/danielgtaylor/huma/v2"
 
+	"atelier/internal/auth"
+	"atelier/internal/github"
 	"atelier/internal/sandbox"
 	"atelier/internal/store"
 	"atelier/internal/workspace"
@@ -323,37 +325,71 @@ func (s *Server) registerGitSources() {
 	})
 
 	huma.Register(s.api, huma.Operation{
+		OperationID: "list-git-repos", Method: http.MethodGet, Path: "/api/git-sources/{id}/repos", Tags: tags,
+		Summary: "List the repositories a github source reads", Security: securityAuthed, Errors: append(errs, http.StatusBadGateway),
+		Description: "Asks the GitHub API with the source's token (all pages): your repositories and those you collaborate " +
+			"on for a pasted or connected token, the installation's for a GitHub App source. Generic sources have no listing.",
+	}, func(ctx context.Context, in *struct {
+		ID string `path:"id" maxLength:"64" pattern:"^[A-Za-z0-9_-]+$"`
+	}) (*struct {
+		Body struct {
+			Repos []github.Repository `json:"repos"`
+		}
+	}, error) {
+		list, err := s.d.Workspaces.Repos(ctx, principal(ctx).User.ID, in.ID)
+		if err != nil {
+			return nil, s.gitSourceProblem(ctx, err, "path.id")
+		}
+		out := &struct {
+			Body struct {
+				Repos []github.Repository `json:"repos"`
+			}
+		}{}
+		out.Body.Repos = list
+		return out, nil
+	})
+
+	huma.Register(s.api, huma.Operation{
 		OperationID: "list-git-branches", Method: http.MethodGet, Path: "/api/git-sources/{id}/branches", Tags: tags,
 		Summary: "List a repository's branches", Security: securityAuthed, Errors: append(errs, http.StatusBadGateway),
-		Description: "Runs git ls-remote on the host with the source's token (in git's environment only). The repository " +
-			"must be on the source's host. Use the id `public` for a repository that needs no token.",
+		Description: "With `repo` (owner/name, github sources): the GitHub API with the source's token. With `url`: git " +
+			"ls-remote on the host with the source's token (in git's environment only); the repository must be on the " +
+			"source's host. Use the id `public` with a `url` that needs no token.",
 	}, func(ctx context.Context, in *struct {
-		ID  string `path:"id" maxLength:"64" pattern:"^[A-Za-z0-9_-]+$"`
-		URL string `query:"url" required:"true" maxLength:"2048" doc:"The repository's URL."`
+		ID   string `path:"id" maxLength:"64" pattern:"^[A-Za-z0-9_-]+$"`
+		URL  string `query:"url" maxLength:"2048" doc:"The repository's URL (git ls-remote)."`
+		Repo string `query:"repo" maxLength:"201" doc:"owner/name of a repository on GitHub (github sources)."`
 	}) (*struct {
 		Body struct {
 			Branches []workspace.Branch `json:"branches"`
 		}
 	}, error) {
-		src := in.ID
-		if src == "public" {
-			src = ""
-		}
-		list, err := s.d.Workspaces.Branches(ctx, principal(ctx).User.ID, src, in.URL)
+		var (
+			list  []workspace.Branch
+			err   error
+			field = "query.url"
+			owner = principal(ctx).User.ID
+		)
 		switch {
-		case errors.Is(err, store.ErrNotFound):
-			return nil, newProblem(http.StatusNotFound, "not_found", "git source not found")
-		case errors.Is(err, workspace.ErrSourceHost):
-			return nil, newProblem(http.StatusBadRequest, "invalid_input", err.Error(),
-				&huma.ErrorDetail{Location: "query.url", Message: "not on the git source's host"})
-		case err != nil:
-			var fe *sandbox.FieldError
-			if errors.As(err, &fe) {
-				return nil, newProblem(http.StatusBadRequest, "invalid_input", "validation failed: url: "+fe.Message,
-					&huma.ErrorDetail{Location: "query.url", Message: fe.Message})
+		case (in.URL == "") == (in.Repo == ""):
+			return nil, newProblem(http.StatusBadRequest, "invalid_input", "validation failed: repo: give either repo (owner/name) or url",
+				&huma.ErrorDetail{Location: "query.repo", Message: "give either repo (owner/name) or url"})
+		case in.Repo != "":
+			field = "query.repo"
+			if in.ID == "public" {
+				return nil, newProblem(http.StatusBadRequest, "invalid_input", "validation failed: repo: needs a github source; use url with public",
+					&huma.ErrorDetail{Location: "query.repo", Message: "needs a github source; use url with public"})
 			}
-			s.d.Log.InfoContext(ctx, "ls-remote failed", "err", err)
-			return nil, newProblem(http.StatusBadGateway, "git_failed", "the git server did not list the branches (wrong URL or token?)")
+			list, err = s.d.Workspaces.RepoBranches(ctx, owner, in.ID, in.Repo)
+		default:
+			src := in.ID
+			if src == "public" {
+				src = ""
+			}
+			list, err = s.d.Workspaces.Branches(ctx, owner, src, in.URL)
+		}
+		if err != nil {
+			return nil, s.gitSourceProblem(ctx, err, field)
 		}
 		out := &struct {
 			Body struct {
@@ -363,4 +399,44 @@ func (s *Server) registerGitSources() {
 		out.Body.Branches = list
 		return out, nil
 	})
+
+	save := func(ctx context.Context, userID, login, token string) error {
+		_, err := s.d.Workspaces.ConnectGitHub(ctx, userID, login, token)
+		return err
+	}
+	s.registerRaw("GET", auth.ConnectPath, false, "Connect your GitHub account with the repo scope (redirects to GitHub); "+
+		"the token becomes your github git source, sealed at rest and never returned.", s.authRaw(s.d.Auth.ConnectHandler()))
+	s.registerRaw("GET", auth.ConnectCallbackPath, false, "GitHub's redirect back from connecting: checks the state against "+
+		"this browser and session, keeps the token.", s.authRaw(s.d.Auth.ConnectCallbackHandler(save)))
+}
+
+// gitSourceProblem maps a listing's error: field names the input a
+// validation error is about when it names none of its own.
+func (s *Server) gitSourceProblem(ctx context.Context, err error, field string) error {
+	var fe *sandbox.FieldError
+	switch {
+	case errors.As(err, &fe):
+		loc := field
+		switch fe.Field {
+		case "id":
+			loc = "path.id"
+		case "repo":
+			loc = "query.repo"
+		case "url":
+			loc = "query.url"
+		}
+		return newProblem(http.StatusBadRequest, "invalid_input", "validation failed: "+fe.Field+": "+fe.Message,
+			&huma.ErrorDetail{Location: loc, Message: fe.Message})
+	case errors.Is(err, store.ErrNotFound):
+		return newProblem(http.StatusNotFound, "not_found", "git source not found")
+	case errors.Is(err, workspace.ErrSourceHost):
+		return newProblem(http.StatusBadRequest, "invalid_input", err.Error(),
+			&huma.ErrorDetail{Location: "query.url", Message: "not on the git source's host"})
+	case errors.Is(err, github.ErrNotFound):
+		return newProblem(http.StatusNotFound, "not_found", "repository not found on GitHub, or the source cannot read it")
+	case errors.Is(err, github.ErrUnauthorized):
+		return newProblem(http.StatusBadGateway, "github_refused", "GitHub refused the source's token: connect GitHub again or replace the token")
+	}
+	s.d.Log.InfoContext(ctx, "git listing failed", "err", err)
+	return newProblem(http.StatusBadGateway, "git_failed", "the git server or GitHub did not answer the listing (wrong URL or token?)")
 }

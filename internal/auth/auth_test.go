@@ -89,6 +89,9 @@ type env struct {
 	logs    *syncBuffer
 	box     *secretbox.Box
 	opts    []Option
+
+	connMu    sync.Mutex
+	connected []connectedToken // what the connect flow handed its saver
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -158,6 +161,8 @@ func (e *env) serve(cfg *config.Config) {
 	mux.Handle("/auth/callback", svc.CallbackHandler())
 	mux.Handle("/auth/logout", svc.LogoutHandler())
 	mux.Handle("/auth/me", svc.MeHandler())
+	mux.Handle(ConnectPath, authedForTest(svc, svc.ConnectHandler()))
+	mux.Handle(ConnectCallbackPath, authedForTest(svc, svc.ConnectCallbackHandler(e.saveConnect)))
 	mux.HandleFunc("/protected", func(w http.ResponseWriter, r *http.Request) {
 		p, err := svc.Authenticate(r)
 		switch {

@@ -73,8 +73,30 @@ type Options struct {
 	Version    string
 }
 
+// PostgresProcedure is what an operator does instead of atelier backup
+// and update when the store is PostgreSQL (advanced.server.database.url):
+// the database is not a file of this host, and its replicas share it.
+const PostgresProcedure = `the store is PostgreSQL (advanced.server.database.url, ATELIER_DATABASE_URL): its database is not a file of this host, so atelier backup, restore and update do not copy it. ` +
+	`Back it up with pg_dump --format=custom (Debian's postgresql-client, version >= the server's) and restore with pg_restore --clean; ` +
+	`keep the secrets key file (advanced.server.secretsKeyFile) and auth.jwtSecret with the dump, as the dump's sealed values open only with that key. ` +
+	`To update: pg_dump, stop every replica, install the new binary on each, run atelier migrate once, start them; to roll back, restore the dump and the old binaries`
+
+// ErrPostgres is the refusal of backup, restore and update on a PostgreSQL store.
+var ErrPostgres = errors.New(PostgresProcedure)
+
+// CheckSupported refuses a config whose store this package cannot copy.
+func CheckSupported(cfg *config.Config) error {
+	if cfg.Advanced.Server.Database.URL != "" {
+		return ErrPostgres
+	}
+	return nil
+}
+
 // Create writes the archive (tar.gz) to w.
 func Create(ctx context.Context, o Options, w io.Writer) (Manifest, error) {
+	if err := CheckSupported(o.Config); err != nil {
+		return Manifest{}, fmt.Errorf("backup: %w", err)
+	}
 	data := o.Config.Server.DataDir
 	host, _ := os.Hostname()
 	m := Manifest{Format: 1, Created: time.Now().UTC(), Version: o.Version, Hostname: host, DataDir: data, NotBackup: NotBackedUp}
@@ -243,6 +265,9 @@ type RestoreOptions struct {
 func Restore(ctx context.Context, o RestoreOptions, r io.Reader) (Manifest, error) {
 	var m Manifest
 	cfg := o.Config
+	if err := CheckSupported(cfg); err != nil {
+		return m, fmt.Errorf("restore refused: %w", err)
+	}
 	if why := InUse(cfg); why != "" {
 		return m, fmt.Errorf("restore refused: %s; stop it first (atelier manager stop): restoring under a running manager would corrupt its data", why)
 	}

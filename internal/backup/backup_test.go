@@ -8,6 +8,7 @@ import (
 	"compress/gzip"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -264,4 +265,25 @@ func TestMain(m *testing.M) {
 	}
 	logkeeper.MainIfKeeper()
 	os.Exit(m.Run())
+}
+
+// TestBackupRefusesAPostgresStore: backup and restore of a PostgreSQL
+// store refuse, naming the key and pg_dump, and write nothing.
+func TestBackupRefusesAPostgresStore(t *testing.T) {
+	cfg, _ := mockConfig(t, t.TempDir())
+	cfg.Advanced.Server.Database.URL = "postgres://atelier@127.0.0.1:5432/atelier?sslmode=disable"
+	var out bytes.Buffer
+	_, err := Create(context.Background(), Options{Config: cfg}, &out)
+	if err == nil || out.Len() != 0 {
+		t.Fatalf("backup: err %v, %d bytes written; want a refusal writing nothing", err, out.Len())
+	}
+	_, rerr := Restore(context.Background(), RestoreOptions{Config: cfg}, strings.NewReader("not read"))
+	for _, e := range []error{err, rerr} {
+		if e == nil || !errors.Is(e, ErrPostgres) || !strings.Contains(e.Error(), "advanced.server.database.url") || !strings.Contains(e.Error(), "pg_dump") {
+			t.Errorf("refusal %v: want ErrPostgres naming the key and pg_dump", e)
+		}
+	}
+	if ents, _ := os.ReadDir(cfg.Server.DataDir); len(ents) != 0 {
+		t.Errorf("data dir written: %v", ents)
+	}
 }

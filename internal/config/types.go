@@ -87,6 +87,10 @@ type GitHub struct {
 	// WebURL and APIURL point at GitHub Enterprise, or at a local stand-in in tests.
 	WebURL string `json:"webUrl"`
 	APIURL string `json:"apiUrl"`
+	// AppID and AppPrivateKeyPath are a GitHub App whose installation
+	// tokens git sources may use (both or neither).
+	AppID             int    `json:"appId"`
+	AppPrivateKeyPath string `json:"appPrivateKeyPath"`
 }
 
 type Server struct {
@@ -156,8 +160,19 @@ type Sandbox struct {
 	Git             Git `json:"git"`
 	// Container configures the container runtime (sandbox.runtime container).
 	Container SandboxContainer `json:"container"`
+	// Pool keeps booted sandboxes of the default shape for creates to claim.
+	Pool SandboxPool `json:"pool"`
 	// Kubernetes configures the kubernetes runtime (sandbox.runtime kubernetes).
 	Kubernetes SandboxKubernetes `json:"kubernetes"`
+}
+
+// SandboxPool is the warm pool: Size booted, unclaimed sandboxes of
+// sandbox.defaultImage, defaultVcpus and defaultMemoryMb, kept by the
+// leader. Each costs what an idle sandbox of that image costs (a dev-base
+// one idles at about 1.2 GB with code-server and OpenCode), so it is off
+// by default.
+type SandboxPool struct {
+	Size int `json:"size"`
 }
 
 // SandboxKubernetes is the cluster sandboxes run in as Pods.
@@ -238,6 +253,12 @@ type AdvancedServer struct {
 	Verdaccio   Verdaccio   `json:"verdaccio"`
 	Firecracker Firecracker `json:"firecracker"`
 	Database    Database    `json:"database"`
+	// SecretsKeyFile is the key that seals secrets at rest (secretbox);
+	// empty: {dataDir}/secrets.key, created at the first start. Replicas
+	// sharing a store must all read the same key: point this at one file
+	// every replica mounts (a Kubernetes Secret volume, say), which must
+	// exist already.
+	SecretsKeyFile string `json:"secretsKeyFile"`
 }
 
 // Database is the manager's store. Empty URL: the embedded SQLite file

@@ -133,6 +133,13 @@ func (v *checker) auth() {
 	a := v.c.Auth
 	v.httpURL("auth.github.webUrl", a.GitHub.WebURL)
 	v.httpURL("auth.github.apiUrl", a.GitHub.APIURL)
+	switch gh := a.GitHub; {
+	case gh.AppID > 0 && gh.AppPrivateKeyPath == "":
+		v.add("auth.github.appPrivateKeyPath", "must be set when auth.github.appId is set (the GitHub App's private key)")
+	case gh.AppID == 0 && gh.AppPrivateKeyPath != "":
+		v.add("auth.github.appId", "must be set when auth.github.appPrivateKeyPath is set (the GitHub App's ID)")
+	}
+	v.absPathIfSet("auth.github.appPrivateKeyPath", a.GitHub.AppPrivateKeyPath)
 	for i, u := range a.AllowedUsers {
 		if u == "" || strings.ContainsFunc(u, unicode.IsSpace) || strings.Contains(u, ",") {
 			v.add("auth.allowedUsers", "entry %d %q is not a GitHub user name", i, u)
@@ -289,6 +296,11 @@ func (v *checker) sandbox() {
 	v.absPath("sandbox.logDir", s.LogDir)
 	if s.DefaultImage == "" || strings.ContainsAny(s.DefaultImage, "/ \t\n") {
 		v.add("sandbox.defaultImage", "must be an image name like dev-base (got %q)", s.DefaultImage)
+	}
+	// A pool as large as the host limit would leave no slot a create of
+	// another shape could take.
+	if m := v.c.Server.MaxSandboxes; s.Pool.Size > 0 && m > 0 && s.Pool.Size >= m {
+		v.add("sandbox.pool.size", "must be below server.maxSandboxes (%d): pooled sandboxes count against it (got %d)", m, s.Pool.Size)
 	}
 	fc := v.c.Advanced.Server.Firecracker
 	v.absPathIfSet("advanced.server.firecracker.jailerPath", fc.JailerPath)

@@ -111,6 +111,10 @@ type Options struct {
 	Sessions SessionChecker
 	// Now replaces time.Now (tests).
 	Now func() time.Time
+	// Changed, when set, is called after every route change this edge
+	// makes (with the store written): replicas sharing a store announce it
+	// so the others' edges Refresh the sandbox.
+	Changed func(ctx context.Context, sandboxID string)
 }
 
 // Edge is the HTTP edge of one manager.
@@ -153,6 +157,7 @@ type Edge struct {
 	refusedCrossOrigin atomic.Int64
 
 	sessionCheck SessionChecker
+	onChange     func(context.Context, string)
 	// services names the service a tool host waits for (SetServices).
 	services atomic.Pointer[Services]
 
@@ -202,6 +207,7 @@ func New(opts Options) (*Edge, error) {
 		retryWindow:   opts.RetryWindow,
 		table:         newTable(),
 		health:        newHealth(opts.Dial, now),
+		onChange:      opts.Changed,
 	}
 	if e.retryWindow <= 0 {
 		e.retryWindow = DefaultRetryWindow
@@ -443,6 +449,7 @@ func (e *Edge) Hooks() sandbox.Hooks {
 			e.health.forget(id, e.addrs(id))
 			e.table.setSandbox(id, "", false)
 			e.log.InfoContext(ctx, "edge routes down", "sandbox_id", id)
+			e.changed(ctx, id)
 			return nil
 		},
 		OnDestroyed: func(ctx context.Context, id string) error {
@@ -457,6 +464,7 @@ func (e *Edge) Hooks() sandbox.Hooks {
 			e.health.forget(id, e.addrs(id))
 			e.table.removeSandbox(id)
 			e.log.InfoContext(ctx, "edge routes removed", "sandbox_id", id)
+			e.changed(ctx, id)
 			return nil
 		},
 	}
@@ -480,6 +488,7 @@ func (e *Edge) sandboxRunning(ctx context.Context, id, ip string) error {
 	e.health.forget(id, addrs)
 	e.health.check(id, addrs)
 	e.log.InfoContext(ctx, "edge routes up", "sandbox_id", id, "ip", ip)
+	e.changed(ctx, id)
 	return nil
 }
 
@@ -542,6 +551,7 @@ func (e *Edge) ExposeDev(ctx context.Context, sandboxID string, d DevExposure) (
 		e.health.check(sandboxID, e.addrs(sandboxID, d.Port))
 	}
 	e.log.InfoContext(ctx, "dev command exposed", "sandbox_id", sandboxID, "name", d.Name, "port", d.Port, "hosts", len(routes), "public", d.Public)
+	e.changed(ctx, sandboxID)
 	return routes, nil
 }
 
@@ -603,6 +613,7 @@ func (e *Edge) UnexposeDev(ctx context.Context, sandboxID, name string) error {
 	}
 	e.table.replace(sandboxID, devNamed(name), nil)
 	e.log.InfoContext(ctx, "dev command unexposed", "sandbox_id", sandboxID, "name", name)
+	e.changed(ctx, sandboxID)
 	return nil
 }
 

@@ -54,6 +54,10 @@ const (
 	// SystemReconciled carries what a reconciler pass fixed (sandbox.Report);
 	// the API streams system.* events to admins only.
 	SystemReconciled = "system.reconciled"
+	// SystemRoutes says a sandbox's edge routes changed on one manager
+	// replica (data: the sandbox id), so the others' edges re-read them.
+	// Published on a shared store only; admins only, as every system.*.
+	SystemRoutes = "system.routes"
 )
 
 const (

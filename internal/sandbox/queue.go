@@ -18,6 +18,8 @@ type op struct {
 	locked bool
 	// prov says how a create job provisions its workspace (provision.go).
 	prov ProvisionMode
+	// name is the journal's op: OpCreate when empty, OpPoolFill, OpClaim.
+	name string
 }
 
 // queue is the spawn queue: a FIFO that never blocks the pusher. Its length

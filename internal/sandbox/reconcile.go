@@ -31,6 +31,7 @@ type HostVolume struct {
 // Report counts what one reconciler pass fixed.
 type Report struct {
 	Interrupted   int `json:"interrupted" doc:"Sandboxes left mid-operation (creating, starting, stopping) by a crash, settled."`
+	Adopted       int `json:"adopted" doc:"Creates a stopped replica was running, taken over and run again by this one (shared store only)."`
 	Destroyed     int `json:"destroyed" doc:"Interrupted destroys finished."`
 	Dead          int `json:"dead" doc:"Running sandboxes whose runtime had exited, marked error."`
 	Runtimes      int `json:"runtimes" doc:"Guest processes or containers of no live sandbox, removed."`
@@ -46,7 +47,7 @@ type Report struct {
 type Fix struct {
 	At        time.Time `json:"at"`
 	SandboxID string    `json:"sandboxId" doc:"The sandbox the fixed row or resource belongs to (or, for an orphan, the id it names)."`
-	Kind      string    `json:"kind" enum:"interrupted,destroyed,dead,runtime,link,volume,lease,journal" doc:"The metric label of atelier_reconciler_fixes_total."`
+	Kind      string    `json:"kind" enum:"interrupted,adopted,destroyed,dead,runtime,link,volume,lease,journal" doc:"The metric label of atelier_reconciler_fixes_total."`
 	Detail    string    `json:"detail" doc:"What was done, in words."`
 }
 
@@ -107,7 +108,7 @@ func (p *pass) fix(n *int, kind, id, detail string) {
 }
 
 func (r Report) total() int {
-	return r.Interrupted + r.Destroyed + r.Dead + r.Runtimes + r.Links + r.Volumes + r.Leases + r.JournalClosed
+	return r.Interrupted + r.Adopted + r.Destroyed + r.Dead + r.Runtimes + r.Links + r.Volumes + r.Leases + r.JournalClosed
 }
 
 // SetInventory installs the host listings the reconciler uses for orphans.
@@ -166,7 +167,7 @@ func (s *Service) Reconcile(ctx context.Context, startup bool) (Report, error) {
 	s.count(rep)
 	s.fixes.add(time.Now().UTC(), rep.Fixes)
 	if rep.total() > 0 {
-		s.log.Info("reconciled", "interrupted", rep.Interrupted, "destroyed", rep.Destroyed, "dead", rep.Dead,
+		s.log.Info("reconciled", "interrupted", rep.Interrupted, "adopted", rep.Adopted, "destroyed", rep.Destroyed, "dead", rep.Dead,
 			"runtimes", rep.Runtimes, "links", rep.Links, "volumes", rep.Volumes, "leases", rep.Leases, "journal", rep.JournalClosed)
 		s.publishFixes(ctx, rep)
 	}
@@ -228,7 +229,7 @@ func (s *Service) reconcile(ctx context.Context, startup, dry bool) (Report, err
 
 func (s *Service) count(rep Report) {
 	for kind, n := range map[string]int{
-		"interrupted": rep.Interrupted, "destroyed": rep.Destroyed, "dead": rep.Dead, "runtime": rep.Runtimes,
+		"interrupted": rep.Interrupted, "adopted": rep.Adopted, "destroyed": rep.Destroyed, "dead": rep.Dead, "runtime": rep.Runtimes,
 		"link": rep.Links, "volume": rep.Volumes, "lease": rep.Leases, "journal": rep.JournalClosed,
 	} {
 		if n > 0 {
@@ -288,7 +289,21 @@ func (s *Service) reconcileRow(ctx context.Context, sb store.Sandbox, p *pass) e
 		return s.finishDestroy(bg, sb)
 
 	case store.StatusCreating:
-		// No job runs it in this process: the manager crashed mid-create.
+		// No job runs it here. On a shared store another replica ran it and
+		// died (its row went stale): this one finishes it when it can.
+		mode, adopt, err := s.adoptable(bg, sb)
+		if err != nil {
+			return err
+		}
+		if adopt {
+			p.fix(&rep.Adopted, "adopted", id, "a create a stopped replica was running: undo its steps, run the create here")
+			if p.dry {
+				return nil
+			}
+			log.Info("adopting the create of a stopped replica")
+			return s.adoptCreate(bg, sb, mode)
+		}
+		// The manager crashed mid-create.
 		p.fix(&rep.Interrupted, "interrupted", id, "a create the manager was interrupted in: undo it, mark the sandbox error")
 		if p.dry {
 			return nil

@@ -93,6 +93,8 @@ type Service struct {
 	retention *store.OpRetention
 	// sharedFresh: see SetShared.
 	sharedFresh atomic.Int64
+	// poolKick wakes the pool keeper (pool.go).
+	poolKick chan struct{}
 }
 
 // New builds the service; Run starts its spawn workers.
@@ -108,6 +110,7 @@ func New(cfg *config.Config, st *store.Store, bus *events.Bus, m *metrics.Metric
 		patterns:  cfg.URLPatterns(),
 		inflight:  map[string]*op{},
 		stopWatch: make(chan struct{}),
+		poolKick:  make(chan struct{}, 1),
 	}
 	s.hooks.Store(&Hooks{})
 	s.q = newQueue(func(n int) { m.SpawnQueue.Set(float64(n)) })
@@ -222,8 +225,13 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (store.Sandbox,
 	if err := req.Normalize(s.cfg); err != nil {
 		return store.Sandbox{}, err
 	}
-	if req.OwnerID == "" {
+	if req.OwnerID == "" || req.OwnerID == store.PoolOwner {
 		return store.Sandbox{}, errors.New("create sandbox: owner id missing")
+	}
+	if s.claimable(req) {
+		if sb, ok, err := s.claim(ctx, req); ok || err != nil {
+			return sb, err
+		}
 	}
 	disk, err := s.imageSize(ctx, req.Image)
 	if err != nil {
@@ -249,7 +257,13 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (store.Sandbox,
 	s.mu.Lock()
 	s.inflight[sb.ID] = j
 	s.mu.Unlock()
-	if err := s.st.InsertSandboxWithin(ctx, sb, s.limits()); err != nil {
+	err = s.st.InsertSandboxWithin(ctx, sb, s.limits())
+	if errors.Is(err, store.ErrLimit) && s.evictPooled(ctx) {
+		// The pool gives way to a user: it counts against the host limit
+		// but is only ever a head start.
+		err = s.st.InsertSandboxWithin(ctx, sb, s.limits())
+	}
+	if err != nil {
 		s.finish(j)
 		s.m.ObserveOp(OpCreate, result(err))
 		return store.Sandbox{}, fmt.Errorf("create sandbox: %w", err)
@@ -542,7 +556,11 @@ func (s *Service) runCreate(j *op) {
 	if sb.Status != store.StatusCreating {
 		return // destroyed while queued
 	}
-	p := s.newPlan(j.ctx, j.id, OpCreate)
+	opName := OpCreate
+	if j.name != "" {
+		opName = j.name
+	}
+	p := s.newPlan(j.ctx, j.id, opName)
 	p.timings["queue"] = ms(queued)
 	begin := time.Now()
 	p.prov = j.prov
@@ -554,8 +572,14 @@ func (s *Service) runCreate(j *op) {
 	if err != nil {
 		s.undo(p)
 		s.settleError(p, store.StatusCreating, fmt.Errorf("create: %w", err), !p.addressInUse)
-		s.m.ObserveOp(OpCreate, metrics.ResultError)
-		s.log.Warn("sandbox create failed", "sandbox_id", j.id, "err", err)
+		if opName == OpCreate {
+			s.m.ObserveOp(OpCreate, metrics.ResultError)
+		}
+		s.log.Warn("sandbox create failed", "sandbox_id", j.id, "op", opName, "err", err)
+		return
+	}
+	if opName != OpCreate {
+		s.log.Info("pool sandbox ready", timingAttrs(j.id, p.timings)...)
 		return
 	}
 	s.m.ObservePhase("queue", queued)
@@ -695,21 +719,17 @@ func (s *Service) bringUp(p *plan, sb store.Sandbox, create bool) (brought, erro
 		}, nil); err != nil {
 			return up, err
 		}
-		// Once, at create: a start must not overwrite what the user set.
-		// The identity comes before provisioning, whose git work may use it.
-		if create {
-			if err = p.step(StepGit, "", func(ctx context.Context) (string, error) {
-				return s.applyGitIdentity(ctx, sb)
+		if Pooled(sb) {
+			// Nothing of any user's goes into a pooled sandbox: its
+			// claim pushes the owner's (pool.go). The editor is warmed
+			// up instead, so the claim finds it answering.
+			if err = p.step(StepReady, "", func(ctx context.Context) (string, error) {
+				return s.awaitReady(ctx, id)
 			}, nil); err != nil {
 				return up, err
 			}
-			if err = s.provision(p, sb); err != nil {
-				return up, err
-			}
-		}
-		if err = p.step(StepConfigFiles, "", func(ctx context.Context) (string, error) {
-			return s.pushConfigFiles(ctx, sb, create)
-		}, nil); err != nil {
+		} else if err = s.ownerSteps(p, sb, create); err != nil {
+			// Once, at create: a start must not overwrite what the user set.
 			return up, err
 		}
 	}

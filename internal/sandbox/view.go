@@ -26,6 +26,7 @@ type View struct {
 	Error       string             `json:"error,omitempty" doc:"Why the last operation failed, when status is error."`
 	Timings     map[string]float64 `json:"timings,omitempty" doc:"Milliseconds per phase of the last create or start."`
 	Services    []ServiceState     `json:"services,omitempty" doc:"The image's services while the sandbox runs, as its agent last reported them (at most a second old in one sandbox's GET; lists and events show the last states read)."`
+	Pooled      bool               `json:"pooled,omitempty" doc:"A warm pool sandbox (sandbox.pool.size), booted for no one and waiting for a create to claim it; only admins see these."`
 	CreatedAt   time.Time          `json:"createdAt"`
 	UpdatedAt   time.Time          `json:"updatedAt"`
 }
@@ -52,7 +53,7 @@ func newView(cfg *config.Config, patterns map[string]string, sb store.Sandbox) V
 	v := View{
 		ID: sb.ID, Name: sb.Name, OwnerID: sb.OwnerID, WorkspaceID: sb.WorkspaceID, Image: sb.Image,
 		Status: sb.Status, Vcpus: sb.Vcpus, MemoryMB: sb.MemoryMB, DiskBytes: sb.DiskBytes, IPAddress: sb.IP, MACAddress: sb.MAC,
-		Error: sb.Error, Timings: sb.Timings, CreatedAt: sb.CreatedAt, UpdatedAt: sb.UpdatedAt,
+		Error: sb.Error, Timings: sb.Timings, CreatedAt: sb.CreatedAt, UpdatedAt: sb.UpdatedAt, Pooled: sb.OwnerID == store.PoolOwner,
 	}
 	if hasRun(sb) {
 		v.URLs = &URLs{

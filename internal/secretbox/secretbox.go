@@ -37,13 +37,18 @@ type Box struct {
 // mode 0600 the first time. A key file readable by others is refused: it
 // would open every secret in the database.
 func LoadOrCreate(path string) (*Box, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		if err := create(path); err != nil {
 			return nil, err
 		}
-		b, err = os.ReadFile(path)
 	}
+	return Load(path)
+}
+
+// Load reads the key at path (64 hex characters, mode 0600), which must
+// exist: a key given to several managers is made once, by the operator.
+func Load(path string) (*Box, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read secrets key: %w", err)
 	}

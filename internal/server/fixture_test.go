@@ -46,6 +46,9 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(envManager); path != "" {
 		os.Exit(runTestManager(path))
 	}
+	if path := os.Getenv(envReplica); path != "" {
+		os.Exit(runTestReplica(path))
+	}
 	code := m.Run()
 	testenv.StopPostgres()
 	if agentDir != "" {

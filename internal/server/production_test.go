@@ -191,9 +191,17 @@ func TestSoakCreateDestroy(t *testing.T) {
 type manager struct {
 	cmd  *exec.Cmd
 	done chan error
+	logs *syncBuffer
 }
 
 func (f *fixture) spawn(t *testing.T, crash string) *manager {
+	t.Helper()
+	return f.spawnWith(t, nil, envCrash+"="+crash)
+}
+
+// spawnWith starts the manager subprocess under the wrap command (e.g.
+// nsenter into a namespace; nil: none) with env added to the test's own.
+func (f *fixture) spawnWith(t *testing.T, wrap []string, env ...string) *manager {
 	t.Helper()
 	b, err := f.cfg.JSON()
 	if err != nil {
@@ -203,17 +211,18 @@ func (f *fixture) spawn(t *testing.T, crash string) *manager {
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envManager+"="+path, envPrefix+"="+f.prefix, envCrash+"="+crash)
-	var logs strings.Builder
-	cmd.Stderr = &logs
+	argv := append(append([]string{}, wrap...), os.Args[0], "-test.run=^$")
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(append(os.Environ(), envManager+"="+path, envPrefix+"="+f.prefix), env...)
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	m := &manager{cmd: cmd, done: make(chan error, 1)}
+	m := &manager{cmd: cmd, done: make(chan error, 1), logs: logs}
 	go func() { m.done <- cmd.Wait() }()
 	t.Cleanup(func() { cmd.Process.Kill(); <-m.done })
-	for i := 0; i < 500; i++ {
+	for i := 0; i < 3000; i++ {
 		select {
 		case err := <-m.done:
 			t.Fatalf("manager exited at start: %v\n%s", err, logs.String())

@@ -60,11 +60,13 @@ func TestPromoteSandboxMock(t *testing.T) {
 	var ws struct{ ID string }
 	_ = json.Unmarshal(body, &ws)
 	type prebuild struct {
-		Status  string
-		Ready   bool
-		Commits map[string]string
-		Error   string
-		Log     string
+		Status          string
+		Ready           bool
+		Commits         map[string]string
+		Error           string
+		Log             string
+		Source          string
+		SourceSandboxID string
 	}
 	create := func(body map[string]any) string {
 		t.Helper()
@@ -89,7 +91,8 @@ func TestPromoteSandboxMock(t *testing.T) {
 	took := time.Since(begin)
 	var pb prebuild
 	_ = json.Unmarshal(body, &pb)
-	if code != 200 || pb.Status != "ready" || !pb.Ready || pb.Commits["app"] != first || !strings.Contains(pb.Log, "promoted from sandbox "+sb1) {
+	if code != 200 || pb.Status != "ready" || !pb.Ready || pb.Commits["app"] != first || !strings.Contains(pb.Log, "promoted from sandbox "+sb1) ||
+		pb.Source != "promote" || pb.SourceSandboxID != sb1 {
 		t.Fatalf("promote: %d %s", code, body)
 	}
 	t.Logf("promote of a running mock sandbox (stop, save, start): %s", took.Round(time.Millisecond))
@@ -114,7 +117,8 @@ func TestPromoteSandboxMock(t *testing.T) {
 	_, body = call("GET", "/api/workspaces/"+ws.ID+"/prebuild", nil)
 	pb = prebuild{}
 	_ = json.Unmarshal(body, &pb)
-	if pb.Status != "failed" || !pb.Ready || !strings.Contains(pb.Error, "disk on fire") || vols.Prebuilds()[ws.ID] != sb1 {
+	if pb.Status != "failed" || !pb.Ready || !strings.Contains(pb.Error, "disk on fire") || vols.Prebuilds()[ws.ID] != sb1 ||
+		pb.Source != "promote" || pb.SourceSandboxID != sb1 {
 		t.Fatalf("after a failed promote: %+v, volume from %q", pb, vols.Prebuilds()[ws.ID])
 	}
 	if s := status(sb2); s != "running" {

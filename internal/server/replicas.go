@@ -73,6 +73,9 @@ func (s *Server) lead(ctx context.Context) {
 		if _, err := s.Sandboxes.CloseAbandonedOps(pctx); err != nil && pctx.Err() == nil {
 			s.Log.Warn("close abandoned journal steps", "err", err)
 		}
+		if err := s.Prebuilds.RecoverStale(pctx, s.leaderTTL); err != nil && pctx.Err() == nil {
+			s.Log.Warn("settle the prebuilds of stopped replicas", "err", err)
+		}
 		s.Sandboxes.PruneJournal(pctx)
 		s.passCancel.Store(nil)
 		cancel()
@@ -106,6 +109,9 @@ func (s *Server) holdLease(ctx context.Context, took chan<- struct{}) {
 		}
 		if err := s.Sandboxes.TouchInFlight(ctx); err != nil && ctx.Err() == nil {
 			log.Warn("mark in-flight sandboxes", "err", err)
+		}
+		if err := s.Prebuilds.Touch(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("mark running prebuilds", "err", err)
 		}
 		select {
 		case <-ctx.Done():

@@ -24,6 +24,7 @@ import (
 	"atelier/internal/config"
 	"atelier/internal/edge"
 	"atelier/internal/events"
+	"atelier/internal/github"
 	"atelier/internal/guestfiles"
 	"atelier/internal/image/catalog"
 	"atelier/internal/metrics"
@@ -34,7 +35,6 @@ import (
 	"atelier/internal/runtime/kubernetes"
 	"atelier/internal/runtime/process"
 	"atelier/internal/sandbox"
-	"atelier/internal/secretbox"
 	"atelier/internal/sshproxy"
 	"atelier/internal/storage/file"
 	stmock "atelier/internal/storage/mock"
@@ -211,7 +211,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	}
 	sbx.AddHooks(reg.Hooks())
 	// One auth service answers every credential: API, edge host cookies, SSH keys.
-	box, err := secretbox.LoadOrCreate(filepath.Join(cfg.Server.DataDir, secretbox.KeyFile))
+	box, err := openSecrets(ctx, cfg, st)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -226,15 +226,30 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		st.Close()
 		return nil, fmt.Errorf("ssh proxy: %w", err)
 	}
-	ed, err := newEdge(cfg, st, au, opts, log)
+	ed, err := newEdge(cfg, st, bus, au, opts, log)
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
 	sbx.AddHooks(ed.Hooks())
 	wss := workspace.New(st, box, log)
+	if err := setGitHub(cfg, wss); err != nil {
+		st.Close()
+		return nil, err
+	}
 	prov := newProvisioner(wss, st, sbx, ed, guestUser, log)
 	prov.NoPrebuildStart = cfg.Server.Mode == config.ModeMock
+	prov.Pull = &workspace.Puller{Workspaces: wss, User: guestUser, Wait: sbx.Wait, Agent: sbx.Agent, Log: log,
+		Publish: func(ctx context.Context, typ, id string, data any) error {
+			_, err := bus.Publish(ctx, typ, id, data)
+			return err
+		}}
+	prov.NpmRegistry = func() string {
+		if sup != nil && reg.Settings().Enabled && sup.Running() {
+			return sup.URL()
+		}
+		return ""
+	}
 	sbx.SetProvisioner(prov)
 	sbx.SetConfigPusher(&guestfiles.Pusher{Store: st, User: guestUser, Log: log})
 	pbs := workspace.NewPrebuilds(wss, st, sbx, guestUser, log)
@@ -252,6 +267,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	if s.replicated() {
 		sbx.SetShared(s.leaderTTL)
 		bus.SetLeader(s.Leading)
+		pbs.Shared, pbs.Leading = s.leaderTTL, s.Leading
 	}
 	s.health.registry = sup
 	s.Prebuilds = pbs
@@ -339,18 +355,38 @@ func (s *Server) Serve(ctx context.Context) error {
 		go func() { defer s.bg.Done(); s.Sandboxes.RunReconciler(bgCtx, s.reconcileEvery) }()
 	}
 	// Builds a restart interrupted are settled (the ready prebuild kept),
-	// then tracked branches are checked every 30 minutes.
-	if err := s.Prebuilds.Recover(bgCtx); err != nil {
-		s.Log.Warn("prebuild recovery incomplete", "err", err)
+	// then tracked branches are checked every 30 minutes. Replicas leave
+	// that to the leader, for the builds of dead replicas only.
+	if !s.replicated() {
+		if err := s.Prebuilds.Recover(bgCtx); err != nil {
+			s.Log.Warn("prebuild recovery incomplete", "err", err)
+		}
+	} else {
+		s.bg.Add(1)
+		go func() { defer s.bg.Done(); s.followRoutes(bgCtx) }()
 	}
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Prebuilds.Loop(bgCtx, 30*time.Minute); s.Prebuilds.Stop() }()
+	// Background pulls end with the manager; an interrupted one leaves its
+	// repository as git leaves an interrupted fetch or merge.
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		<-bgCtx.Done()
+		if pull := s.Provisioner.Pull; pull != nil {
+			pull.Stop()
+		}
+	}()
 	// Running guests learn the tool hosts' ports again: a changed
 	// advanced.vm.* port moves the service the edge now routes to it.
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Sandboxes.ApplyRunning(bgCtx) }()
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Sandboxes.Run(bgCtx) }()
+	// The warm pool (sandbox.pool.size) is kept by the leader alone; any
+	// replica's create may claim from it (the store picks one claimer).
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.Sandboxes.RunPool(bgCtx, s.Leading) }()
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.Bus.Run(bgCtx) }()
 	s.bg.Add(1)
@@ -500,4 +536,24 @@ func newCatalog(ctx context.Context, cfg *config.Config, st *store.Store, vols s
 		log.Warn("image catalog sync at startup failed", "err", err)
 	}
 	return c
+}
+
+// setGitHub gives the workspace service the GitHub API of auth.github.apiUrl
+// and the GitHub App of auth.github.appId, whose key must load now: a
+// server that could not mint tokens later would fail every clone.
+func setGitHub(cfg *config.Config, wss *workspace.Service) error {
+	api, err := github.New(cfg.Auth.GitHub.APIURL, nil)
+	if err != nil {
+		return fmt.Errorf("auth.github.apiUrl: %w", err)
+	}
+	var app *github.App
+	if cfg.Auth.GitHub.AppID > 0 {
+		key, err := github.LoadKey(cfg.Auth.GitHub.AppPrivateKeyPath)
+		if err != nil {
+			return fmt.Errorf("auth.github.appPrivateKeyPath: %w", err)
+		}
+		app = github.NewApp(int64(cfg.Auth.GitHub.AppID), key, api)
+	}
+	wss.SetGitHub(api, app)
+	return nil
 }

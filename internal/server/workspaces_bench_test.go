@@ -10,13 +10,20 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	netmock "atelier/internal/network/mock"
+	"atelier/internal/runtime/process"
+	"atelier/internal/sandbox"
+	stmock "atelier/internal/storage/mock"
 )
 
 // BenchmarkWorkspaceCreate measures, in mock mode with real agents and a
 // token-protected repository served by git http-backend on loopback, the
 // time from the create request to the workspace's dev server answering on
 // its port: from the image (clone, init command, dev command) beside from
-// the workspace's prebuild (dev command only). The init command is a
+// the workspace's prebuild (dev command only; the repository and the init
+// command's output come from the prebuild, which the dev command checks;
+// the background pull runs beside it). The init command is a
 // one-second stand-in for installing dependencies; the ratio is dominated
 // by it, as it is in real workspaces.
 func BenchmarkWorkspaceCreate(b *testing.B) {
@@ -33,10 +40,18 @@ func BenchmarkWorkspaceCreate(b *testing.B) {
 	if err := os.WriteFile(echoPath, echo, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	srv, stop := startMockManager(b, dir, nil)
-	b.Cleanup(func() { stop() })
+	rt, err := process.New(process.Options{Command: []string{buildAgent(b)}, StateDir: filepath.Join(dir, "s", "mock"),
+		SocketDir: filepath.Join(dir, "k"), StopGrace: 2 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
 	// Mock mode never starts from a prebuild (its files are not on the
-	// volume); the dev command here needs none, so the path is measured.
+	// volume); these mock volumes carry the build's home into the
+	// prebuild, as a disk snapshot does, so a sandbox from it has the
+	// clone and the init command's output (the dev command needs it).
+	vols := &homeVolumes{Volumes: stmock.New(filepath.Join(dir, "s", "overlays")), rt: rt, saved: filepath.Join(dir, "saved")}
+	srv, stop := startMockManagerWith(b, dir, nil, Options{Drivers: &sandbox.Drivers{Runtime: rt, Network: netmock.New(), Volumes: vols}})
+	b.Cleanup(func() { stop() })
 	srv.Provisioner.NoPrebuildStart = false
 	api := "http://" + srv.Addr()
 	call := jsonCaller(b, api, 120*time.Second)
@@ -47,7 +62,7 @@ func BenchmarkWorkspaceCreate(b *testing.B) {
 	code, body := call("POST", "/api/workspaces", map[string]any{"name": "bench", "config": map[string]any{
 		"repos":        []any{map[string]any{"url": gs.URL + "/bench.git", "sourceId": src.ID}},
 		"initCommands": []string{"sleep 1; cat bench/README > built.txt"},
-		"devCommands":  []any{map[string]any{"name": "web", "command": fmt.Sprintf("exec %s -addr 127.0.0.1:%d", echoPath, port), "port": port}},
+		"devCommands":  []any{map[string]any{"name": "web", "command": fmt.Sprintf("test -f built.txt && exec %s -addr 127.0.0.1:%d", echoPath, port), "port": port}},
 	}})
 	if code != 201 {
 		b.Fatalf("workspace: %d %s", code, body)

@@ -335,6 +335,7 @@ func TestWorkspacePrebuildMock(t *testing.T) {
 		Commits map[string]string
 		Error   string
 		Log     string
+		Source  string
 	}
 	wait := func(want string) prebuild {
 		t.Helper()
@@ -360,7 +361,8 @@ func TestWorkspacePrebuildMock(t *testing.T) {
 		t.Errorf("second build while one runs: %d", code)
 	}
 	pb := wait("ready")
-	if !pb.Ready || pb.Commits["app"] != first || !strings.Contains(pb.Log, "ws-init-0 done") || strings.Contains(pb.Log, "ws-secret") {
+	if !pb.Ready || pb.Commits["app"] != first || !strings.Contains(pb.Log, "ws-init-0 done") || strings.Contains(pb.Log, "ws-secret") ||
+		pb.Source != "build" {
 		t.Fatalf("ready prebuild: %+v", pb)
 	}
 	if len(vols.Prebuilds()) != 1 || vols.Prebuilds()[ws.ID] == "" {

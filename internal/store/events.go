@@ -140,3 +140,25 @@ func (s *Store) PutSetting(ctx context.Context, key string, value any) error {
 	}
 	return nil
 }
+
+// PutSettingIfAbsent stores value under key unless the key is set, and
+// reports whether it did: of several managers racing, one wins.
+func (s *Store) PutSettingIfAbsent(ctx context.Context, key string, value any) (bool, error) {
+	if key == "" {
+		return false, errors.New("put setting: empty key")
+	}
+	b, err := json.Marshal(value)
+	if err != nil {
+		return false, fmt.Errorf("encode setting %s: %w", key, err)
+	}
+	res, err := s.w.ExecContext(ctx, `INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?)
+		ON CONFLICT (key) DO NOTHING`, key, string(b), fmtTime(s.now()))
+	if err != nil {
+		return false, fmt.Errorf("put setting %s: %w", key, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("put setting %s: %w", key, err)
+	}
+	return n == 1, nil
+}

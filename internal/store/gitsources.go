@@ -108,3 +108,23 @@ func (s *Store) DeleteGitSource(ctx context.Context, ownerID, id string) error {
 	}
 	return nil
 }
+
+// ReplaceGitSourceToken sets the username and token of the owner's source
+// id (a re-connected GitHub account); seal is called with the id to seal
+// the new token bound to the row. ErrNotFound when the source does not
+// exist or belongs to someone else.
+func (s *Store) ReplaceGitSourceToken(ctx context.Context, ownerID, id, username string, seal func(id string) ([]byte, error)) error {
+	tok, err := seal(id)
+	if err != nil {
+		return fmt.Errorf("replace git source token %s: %w", id, err)
+	}
+	res, err := s.w.ExecContext(ctx, `UPDATE git_sources SET username = ?, token = ? WHERE id = ? AND owner_id = ?`,
+		username, tok, id, ownerID)
+	if err != nil {
+		return fmt.Errorf("replace git source token %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("replace git source token %s: %w", id, ErrNotFound)
+	}
+	return nil
+}

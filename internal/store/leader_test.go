@@ -81,3 +81,37 @@ func TestLeaderLeaseOneWinner(t *testing.T) {
 		t.Fatalf("%d winners, want 1", n)
 	}
 }
+
+// Of managers racing to write a setting first (the secrets key check),
+// exactly one wins, and the value is the winner's.
+func TestPutSettingIfAbsentHasOneWinner(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	var wins atomic.Int32
+	var winner atomic.Value
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			won, err := s.PutSettingIfAbsent(ctx, "race", i)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if won {
+				wins.Add(1)
+				winner.Store(i)
+			}
+		})
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d winners, want 1", wins.Load())
+	}
+	var got int
+	if ok, err := s.GetSetting(ctx, "race", &got); err != nil || !ok || got != winner.Load().(int) {
+		t.Fatalf("setting = %d %v %v, want the winner's %v", got, ok, err, winner.Load())
+	}
+	if won, err := s.PutSettingIfAbsent(ctx, "race", 99); err != nil || won {
+		t.Fatalf("a later put = %v %v, want refused", won, err)
+	}
+}

@@ -18,6 +18,12 @@ const (
 	PrebuildFailed   = "failed"
 )
 
+// Sources of a ready prebuild.
+const (
+	SourceBuild   = "build"
+	SourcePromote = "promote"
+)
+
 // ErrBusy refuses a second build of a workspace while one runs.
 var ErrBusy = errors.New("a prebuild is already running")
 
@@ -33,10 +39,14 @@ type Prebuild struct {
 	BuildID     string            `json:"buildId,omitempty" doc:"Sandbox running the current build."`
 	Error       string            `json:"error,omitempty"`
 	Log         string            `json:"log,omitempty" doc:"The last build's steps and their results."`
-	UpdatedAt   time.Time         `json:"updatedAt"`
+	// Source is where the ready prebuild came from; a failed or running
+	// rebuild leaves it as it was.
+	Source          string    `json:"source,omitempty" doc:"Where the ready prebuild came from: build (a prebuild build) or promote (a sandbox saved as the prebuild, sourceSandboxId); absent without one."`
+	SourceSandboxID string    `json:"sourceSandboxId,omitempty" doc:"The sandbox a promoted prebuild was saved from."`
+	UpdatedAt       time.Time `json:"updatedAt"`
 }
 
-const prebuildCols = `workspace_id, status, ready, commits, built_at, checked_at, stale, build_id, error, log, updated_at`
+const prebuildCols = `workspace_id, status, ready, commits, built_at, checked_at, stale, build_id, error, log, updated_at, source, source_sandbox_id`
 
 func scanPrebuild(r rowScanner) (Prebuild, error) {
 	var (
@@ -44,7 +54,7 @@ func scanPrebuild(r rowScanner) (Prebuild, error) {
 		commits, uAt string
 		bAt, cAt     sql.NullString
 	)
-	if err := r.Scan(&p.WorkspaceID, &p.Status, &p.Ready, &commits, &bAt, &cAt, &p.Stale, &p.BuildID, &p.Error, &p.Log, &uAt); err != nil {
+	if err := r.Scan(&p.WorkspaceID, &p.Status, &p.Ready, &commits, &bAt, &cAt, &p.Stale, &p.BuildID, &p.Error, &p.Log, &uAt, &p.Source, &p.SourceSandboxID); err != nil {
 		return Prebuild{}, err
 	}
 	if err := json.Unmarshal([]byte(commits), &p.Commits); err != nil {
@@ -142,9 +152,9 @@ func (s *Store) UpdatePrebuild(ctx context.Context, workspaceID string, mutate f
 		}
 		p.UpdatedAt = s.now().UTC()
 		_, err = tx.ExecContext(ctx, `UPDATE prebuilds SET status = ?, ready = ?, commits = ?, built_at = ?, checked_at = ?,
-			stale = ?, build_id = ?, error = ?, log = ?, updated_at = ? WHERE workspace_id = ?`,
+			stale = ?, build_id = ?, error = ?, log = ?, updated_at = ?, source = ?, source_sandbox_id = ? WHERE workspace_id = ?`,
 			p.Status, b2i(p.Ready), string(commits), fmtTimePtr(p.BuiltAt), fmtTimePtr(p.CheckedAt), b2i(p.Stale), p.BuildID,
-			p.Error, p.Log, fmtTime(p.UpdatedAt), workspaceID)
+			p.Error, p.Log, fmtTime(p.UpdatedAt), p.Source, p.SourceSandboxID, workspaceID)
 		out = p
 		return err
 	})

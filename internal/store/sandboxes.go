@@ -568,3 +568,75 @@ func (s *Store) CountOps(ctx context.Context) (int, error) {
 	}
 	return n, nil
 }
+
+// PoolOwner owns the warm pool's sandboxes: booted for no one, claimed by
+// a create (ClaimPooled). No user id can take this value: user ids are
+// [a-z0-9] (ids.New) or "local".
+const PoolOwner = "@pool"
+
+// ClaimPooled hands the pooled sandbox id to a new owner in one
+// transaction: it must still be the pool's and running (else a
+// *ConflictError: another create, or the pool keeper, took it first), the
+// owner's quotas must admit one more sandbox holding its disk (*QuotaError),
+// and mutate sets the owner, name and labels. The row moves to creating; the
+// caller's claim steps move it to running. A duplicate (owner, name) is
+// ErrDuplicate. The host limit is not checked: the row already counts.
+func (s *Store) ClaimPooled(ctx context.Context, id string, q Quotas, owner string, mutate func(*Sandbox)) (Sandbox, error) {
+	if owner == "" || owner == PoolOwner {
+		return Sandbox{}, fmt.Errorf("claim sandbox %s: invalid owner %q", id, owner)
+	}
+	var out Sandbox
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		cur, err := getSandboxTx(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if cur.OwnerID != PoolOwner || cur.Status != StatusRunning {
+			return &ConflictError{ID: id, Current: cur.Status, To: StatusCreating}
+		}
+		if err := checkQuotas(ctx, tx, owner, q, true, true, cur.DiskBytes); err != nil {
+			return err
+		}
+		out, err = s.updateTx(ctx, tx, cur, func(x *Sandbox) {
+			if mutate != nil {
+				mutate(x)
+			}
+			x.OwnerID = owner
+		}, StatusCreating)
+		return err
+	})
+	if err != nil {
+		var ce *ConflictError
+		if errors.As(err, &ce) {
+			return Sandbox{}, err
+		}
+		return Sandbox{}, fmt.Errorf("claim sandbox %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// TransitionOwned is Transition (no limits) that also requires the row to
+// belong to owner: the pool keeper retires only sandboxes still the pool's,
+// never one a create claimed a moment before (*ConflictError).
+func (s *Store) TransitionOwned(ctx context.Context, id, owner string, from []Status, to Status) (Sandbox, error) {
+	var out Sandbox
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		cur, err := getSandboxTx(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if cur.OwnerID != owner || !slices.Contains(from, cur.Status) {
+			return &ConflictError{ID: id, Current: cur.Status, To: to}
+		}
+		out, err = s.updateTx(ctx, tx, cur, nil, to)
+		return err
+	})
+	if err != nil {
+		var ce *ConflictError
+		if errors.As(err, &ce) {
+			return Sandbox{}, err
+		}
+		return Sandbox{}, fmt.Errorf("transition sandbox %s to %s: %w", id, to, err)
+	}
+	return out, nil
+}

@@ -65,6 +65,9 @@ type Options struct {
 	// Runner runs the new binary's version and migrate.
 	Runner hostcmd.Runner
 	Out    io.Writer
+	// SharedStore is set when the store is PostgreSQL: Run refuses, as it
+	// can neither copy that database nor update the other replicas.
+	SharedStore bool
 	// RebuildImages are image ids to rebuild with the new binary after a
 	// successful update (update --rebuild-images).
 	RebuildImages []string
@@ -92,6 +95,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	say := func(format string, a ...any) { fmt.Fprintf(o.Out, format+"\n", a...) }
 	var res Result
+	if o.SharedStore {
+		return res, fmt.Errorf("atelier update (nothing changed): %w", backup.ErrPostgres)
+	}
 
 	staged := o.Binary + ".new"
 	defer os.Remove(staged)

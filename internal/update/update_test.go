@@ -341,3 +341,31 @@ type countingRestarter struct{ stops, starts int }
 
 func (c *countingRestarter) Stop(context.Context) error  { c.stops++; return nil }
 func (c *countingRestarter) Start(context.Context) error { c.starts++; return nil }
+
+// TestUpdateRefusesAPostgresStore: a shared store is not this host's file
+// to copy, nor this host's alone to migrate; nothing is staged, stopped or
+// replaced, and the refusal names the key and the operator's procedure.
+func TestUpdateRefusesAPostgresStore(t *testing.T) {
+	dir := t.TempDir()
+	installed := filepath.Join(dir, "atelier")
+	os.WriteFile(installed, []byte("#!/bin/sh\necho v1\n"), 0o755)
+	good := filepath.Join(dir, "new")
+	os.WriteFile(good, []byte("#!/bin/sh\necho v2\n"), 0o755)
+	rs := &countingRestarter{}
+	_, err := Run(context.Background(), Options{Binary: installed, NewBinary: good, DataDir: dir, Restart: rs, SharedStore: true,
+		Runner: hostcmd.Exec{}, Health: func(context.Context) (string, error) { return "v2", nil }})
+	if err == nil || rs.stops != 0 || rs.starts != 0 {
+		t.Fatalf("err %v, stops %d, starts %d: want a refusal that touches nothing", err, rs.stops, rs.starts)
+	}
+	for _, want := range []string{"advanced.server.database.url", "pg_dump", "atelier migrate"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("refusal %q does not name %s", err, want)
+		}
+	}
+	if b, _ := os.ReadFile(installed); !strings.Contains(string(b), "v1") {
+		t.Fatal("installed binary replaced")
+	}
+	if _, err := os.Stat(installed + ".new"); !os.IsNotExist(err) {
+		t.Fatalf("staged a binary: %v", err)
+	}
+}

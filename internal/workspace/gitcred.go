@@ -32,7 +32,7 @@ func (s *Service) CredentialForHost(ctx context.Context, owner, protocol, host s
 		return Credential{}, err
 	}
 	for _, g := range list {
-		if g.OwnerID == owner && strings.EqualFold(g.Host, key) && len(g.Token) > 0 {
+		if k, _ := sourceKind(g); g.OwnerID == owner && strings.EqualFold(g.Host, key) && (len(g.Token) > 0 || k == KindApp) {
 			return s.Credential(ctx, owner, g.ID, key)
 		}
 	}

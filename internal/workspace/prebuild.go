@@ -41,6 +41,12 @@ type Prebuilds struct {
 	mu      sync.Mutex
 	running map[string]context.CancelFunc
 	wg      sync.WaitGroup
+
+	// Shared is set on a store other managers share (replicas): a build
+	// touched within it may be another replica's, which Cancel here must
+	// not settle, and only the leader (Leading) checks for stale prebuilds.
+	Shared  time.Duration
+	Leading func() bool
 }
 
 // NewPrebuilds returns the prebuild runner; user is the guest user
@@ -104,6 +110,15 @@ func (b *Prebuilds) Cancel(ctx context.Context, workspaceID string) (store.Prebu
 		cancel()
 		return b.st.GetPrebuild(ctx, workspaceID)
 	}
+	if b.Shared > 0 {
+		pb, err := b.st.GetPrebuild(ctx, workspaceID)
+		if err != nil {
+			return pb, err
+		}
+		if pb.Status == store.PrebuildBuilding && time.Since(pb.UpdatedAt) < b.Shared {
+			return pb, fmt.Errorf("prebuild of %s runs on another manager replica; cancel it there: %w", workspaceID, store.ErrBusy)
+		}
+	}
 	return b.settle(ctx, workspaceID, "", ErrCancelled)
 }
 
@@ -124,6 +139,7 @@ func (b *Prebuilds) Delete(ctx context.Context, workspaceID string) error {
 	}
 	_, err = b.st.UpdatePrebuild(ctx, workspaceID, func(p *store.Prebuild) {
 		p.Status, p.Ready, p.Commits, p.BuiltAt, p.Stale, p.Error = store.PrebuildNone, false, nil, nil, false, ""
+		p.Source, p.SourceSandboxID = "", ""
 	})
 	return err
 }
@@ -192,6 +208,7 @@ func (b *Prebuilds) run(ctx context.Context, w Workspace) {
 	_, err = b.st.UpdatePrebuild(bg, w.ID, func(p *store.Prebuild) {
 		p.Status, p.Ready, p.Commits, p.BuiltAt, p.CheckedAt, p.Stale, p.BuildID, p.Error =
 			store.PrebuildReady, true, commits, &now, &now, false, "", ""
+		p.Source, p.SourceSandboxID = store.SourceBuild, ""
 		p.Log += fmt.Sprintf("%s prebuild saved in %s\n", now.Format(time.TimeOnly), time.Since(begin).Round(time.Millisecond))
 	})
 	if err != nil {
@@ -245,8 +262,8 @@ func (b *Prebuilds) commits(ctx context.Context, w Workspace, id string) (map[st
 	return commits, nil
 }
 
-// PromotedLog starts the log line of a prebuild saved from a user's sandbox;
-// the log is how its source shows until the prebuild row records one.
+// PromotedLog starts the log of a prebuild saved from a user's sandbox (the
+// row's source says promote and names the sandbox).
 const PromotedLog = "promoted from sandbox "
 
 // failPromote records a failed promote like a failed build (the ready
@@ -316,6 +333,7 @@ func (b *Prebuilds) Promote(ctx context.Context, workspaceID, sandboxID string) 
 	pb, err := b.st.UpdatePrebuild(bg, workspaceID, func(p *store.Prebuild) {
 		p.Status, p.Ready, p.Commits, p.BuiltAt, p.CheckedAt, p.Stale, p.BuildID, p.Error =
 			store.PrebuildReady, true, commits, &now, &now, false, "", ""
+		p.Source, p.SourceSandboxID = store.SourcePromote, sandboxID
 		p.Log += fmt.Sprintf("%s prebuild saved in %s\n", now.Format(time.TimeOnly), time.Since(begin).Round(time.Millisecond))
 	})
 	if err != nil {
@@ -356,8 +374,16 @@ func truncate(s string, n int) string {
 
 // Recover settles builds a manager restart interrupted: their sandbox is
 // destroyed and the status failed, the ready prebuild kept. Run at start,
-// before anything can begin a build.
-func (b *Prebuilds) Recover(ctx context.Context) error {
+// before anything can begin a build. One manager only: on a shared store
+// the others' builds are live, and the leader runs RecoverStale instead.
+func (b *Prebuilds) Recover(ctx context.Context) error { return b.RecoverStale(ctx, 0) }
+
+// RecoverStale settles, like Recover, the builds no manager runs any more:
+// those not running in this process whose row has not been touched for
+// olderThan. Every replica touches the builds it runs (Touch) more often
+// than that, so only a dead replica's builds qualify; the leader runs this
+// with the lease's TTL, so one manager settles each.
+func (b *Prebuilds) RecoverStale(ctx context.Context, olderThan time.Duration) error {
 	list, err := b.st.ListPrebuilds(ctx)
 	if err != nil {
 		return err
@@ -366,6 +392,10 @@ func (b *Prebuilds) Recover(ctx context.Context) error {
 		if p.Status != store.PrebuildBuilding {
 			continue
 		}
+		if olderThan > 0 && (b.runs(p.WorkspaceID) || time.Since(p.UpdatedAt) < olderThan) {
+			continue
+		}
+		b.log.Info("settling a prebuild no manager runs", "workspace_id", p.WorkspaceID, "sandbox_id", p.BuildID)
 		if p.BuildID != "" {
 			if err := b.sbx.Destroy(ctx, p.BuildID); err != nil && !errors.Is(err, store.ErrNotFound) {
 				b.log.Warn("interrupted prebuild's sandbox not destroyed", "sandbox_id", p.BuildID, "err", err)
@@ -376,6 +406,31 @@ func (b *Prebuilds) Recover(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+func (b *Prebuilds) runs(workspaceID string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.running[workspaceID] != nil
+}
+
+// Touch marks the builds running in this process as alive now, for the
+// leader's RecoverStale on a shared store.
+func (b *Prebuilds) Touch(ctx context.Context) error {
+	b.mu.Lock()
+	ids := make([]string, 0, len(b.running))
+	for id := range b.running {
+		ids = append(ids, id)
+	}
+	b.mu.Unlock()
+	var errs []error
+	for _, id := range ids {
+		_, err := b.st.UpdatePrebuild(ctx, id, func(*store.Prebuild) {})
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Check compares the ready prebuild's commits with the tracked branches
@@ -432,6 +487,9 @@ func (b *Prebuilds) Loop(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if b.Leading != nil && !b.Leading() {
+			continue
 		}
 		list, err := b.st.ListPrebuilds(ctx)
 		if err != nil {

@@ -54,6 +54,12 @@ type Provisioner struct {
 	// ready prebuild: in mock mode a sandbox's files are not on its volume,
 	// so a prebuild volume would bring back none of them.
 	NoPrebuildStart bool
+	// Pull fast-forwards a sandbox's repositories in the background after
+	// a create from a prebuild; nil leaves them at the prebuild's commits.
+	Pull *Puller
+	// NpmRegistry returns the npm cache's URL while it serves, else "";
+	// nil: no cache. A build's npm warm-up installs through it.
+	NpmRegistry func() string
 }
 
 var _ sandbox.Provisioner = (*Provisioner)(nil)
@@ -149,6 +155,18 @@ func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox, mode sandbox.
 		steps = append(steps, sandbox.ProvisionStep{Name: fmt.Sprintf("ws-init-%d", i),
 			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.initCommand(ctx, c, g, cmd) }})
 	}
+	if mode == sandbox.Build {
+		if cfg.UseNpmCache && len(cfg.Repos) > 0 {
+			steps = append(steps, sandbox.ProvisionStep{Name: "ws-warm-npm",
+				Run: func(ctx context.Context, c *agent.Client) (string, error) {
+					return p.warmNpm(ctx, c, g, sb.ID, cfg.Repos)
+				}})
+		}
+		steps = append(steps, sandbox.ProvisionStep{Name: "ws-warm-opencode",
+			Run: func(ctx context.Context, c *agent.Client) (string, error) {
+				return p.warmOpenCode(ctx, c, g, sb.ID, cfg.Repos)
+			}})
+	}
 	for _, d := range cfg.DevCommands {
 		st := sandbox.ProvisionStep{Name: "ws-dev-" + d.Name, Detail: fmt.Sprintf("port %d", d.Port),
 			Run: func(ctx context.Context, c *agent.Client) (string, error) { return p.dev(ctx, c, g, sb.ID, d) }}
@@ -156,6 +174,13 @@ func (p *Provisioner) Steps(ctx context.Context, sb store.Sandbox, mode sandbox.
 			st.Undo = func(ctx context.Context) error { return p.Unexpose(ctx, sb.ID, d.Name) }
 		}
 		steps = append(steps, st)
+	}
+	if mode == sandbox.FromPrebuild && p.Pull != nil && len(w.Config.Repos) > 0 {
+		steps = append(steps, sandbox.ProvisionStep{Name: "ws-pull", Detail: fmt.Sprintf("%d repositories", len(w.Config.Repos)),
+			Run: func(ctx context.Context, c *agent.Client) (string, error) {
+				p.Pull.Start(sb, w, g.workdir)
+				return "in the background once running (event " + EventPull + ")", nil
+			}})
 	}
 	if mode != sandbox.Build {
 		steps = append(steps, sandbox.ProvisionStep{Name: "ws-sandbox-md",

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"atelier/internal/github"
 	"atelier/internal/sandbox"
 	"atelier/internal/secretbox"
 	"atelier/internal/store"
@@ -62,6 +63,8 @@ type Service struct {
 	st  *store.Store
 	box *secretbox.Box
 	log *slog.Logger
+	gh  *github.Client // nil: no GitHub API (repository listing)
+	app *github.App    // nil: no GitHub App configured
 }
 
 // New returns the workspace service.

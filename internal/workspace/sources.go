@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,8 +19,10 @@ import (
 	"atelier/internal/store"
 )
 
-// Git source types. A github source is a generic one for github.com whose
-// token is a personal access token or an installation token.
+// Git source types. A github source is one for github.com whose token is a
+// pasted personal access or installation token, the user's connected
+// GitHub account (the repo-scoped connect flow) or minted for a GitHub App
+// installation (see github.go).
 const (
 	SourceGeneric = "generic"
 	SourceGitHub  = "github"
@@ -33,7 +36,12 @@ type Source struct {
 	Host      string    `json:"host" doc:"host[:port] whose repositories the token reads over https; http://host[:port] for a plain-HTTP server."`
 	Username  string    `json:"username"`
 	HasToken  bool      `json:"hasToken"`
-	CreatedAt time.Time `json:"createdAt"`
+	Kind      string    `json:"kind" enum:"token,oauth,app" doc:"token: a pasted token; oauth: your connected GitHub account; app: a GitHub App installation whose short-lived tokens the server mints."`
+	// GitHubLogin is the connected account of an oauth source.
+	GitHubLogin string `json:"githubLogin,omitempty"`
+	// InstallationID is the GitHub App installation of an app source.
+	InstallationID int64     `json:"installationId,omitempty"`
+	CreatedAt      time.Time `json:"createdAt"`
 }
 
 // SourceInput creates a git source.
@@ -42,7 +50,9 @@ type SourceInput struct {
 	Name     string `json:"name" maxLength:"100"`
 	URL      string `json:"url,omitempty" maxLength:"2048" doc:"Base URL of the git server, e.g. https://git.example.com; github: omitted."`
 	Username string `json:"username,omitempty" maxLength:"200" doc:"Username sent with the token; default x-access-token."`
-	Token    string `json:"token" maxLength:"4096" doc:"Access token; write-only: never returned, sealed at rest."`
+	Token    string `json:"token,omitempty" maxLength:"4096" doc:"Access token; write-only: never returned, sealed at rest. Empty for a GitHub App installation."`
+	// InstallationID makes a github source use the server's GitHub App.
+	InstallationID int64 `json:"installationId,omitempty" minimum:"0" doc:"github only: a GitHub App installation (on your account or an organization you belong to) whose tokens the server mints; no token then."`
 }
 
 // Branch is one branch of a repository.
@@ -54,7 +64,16 @@ type Branch struct {
 func sourceAAD(id string) []byte { return []byte("git-source\x00" + id) }
 
 func sourceView(g store.GitSource) Source {
-	return Source{ID: g.ID, Type: g.Type, Name: g.Name, Host: g.Host, Username: g.Username, HasToken: len(g.Token) > 0, CreatedAt: g.CreatedAt}
+	v := Source{ID: g.ID, Type: g.Type, Name: g.Name, Host: g.Host, Username: g.Username, HasToken: len(g.Token) > 0, CreatedAt: g.CreatedAt}
+	var detail string
+	switch v.Kind, detail = sourceKind(g); v.Kind {
+	case KindOAuth:
+		v.GitHubLogin, v.Username = detail, detail
+	case KindApp:
+		v.InstallationID, _ = strconv.ParseInt(detail, 10, 64)
+		v.Username, v.HasToken = appUsername, true
+	}
+	return v
 }
 
 // CreateSource validates and stores a git source of owner with its token sealed.
@@ -74,7 +93,13 @@ func (s *Service) CreateSource(ctx context.Context, owner string, in SourceInput
 			return Source{}, fieldErr("url", "is github.com for a github source; use a generic source for another server")
 		}
 		host = "github.com"
+		if in.InstallationID != 0 {
+			return s.createAppSource(ctx, owner, name, in)
+		}
 	case SourceGeneric:
+		if in.InstallationID != 0 {
+			return Source{}, fieldErr("installationId", "is for github sources only")
+		}
 		u, err := url.Parse(in.URL)
 		if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") || u.User != nil {
 			return Source{}, fieldErr("url", "must be an https:// URL of the git server, without credentials")
@@ -90,8 +115,8 @@ func (s *Service) CreateSource(ctx context.Context, owner string, in SourceInput
 	if user == "" {
 		user = "x-access-token"
 	}
-	if strings.ContainsAny(user, "\x00\r\n") {
-		return Source{}, fieldErr("username", "must be on one line")
+	if strings.ContainsAny(user, ":\x00\r\n") {
+		return Source{}, fieldErr("username", "must be on one line, without a colon")
 	}
 	g, err := s.st.CreateGitSource(ctx, store.GitSource{OwnerID: owner, Type: typ, Name: name, Host: host, Username: user},
 		func(id string) ([]byte, error) { return s.box.Seal([]byte(in.Token), sourceAAD(id)) })
@@ -148,6 +173,10 @@ func (s *Service) Credential(ctx context.Context, owner, id, host string) (Crede
 	if !strings.EqualFold(g.Host, host) {
 		return Credential{}, fmt.Errorf("git source %s is for %s, not %s: %w", id, g.Host, host, ErrSourceHost)
 	}
+	kind, detail := sourceKind(g)
+	if kind == KindApp {
+		return s.appCredential(ctx, g, detail)
+	}
 	if len(g.Token) == 0 {
 		return Credential{Username: g.Username}, nil
 	}
@@ -157,6 +186,9 @@ func (s *Service) Credential(ctx context.Context, owner, id, host string) (Crede
 			return Credential{}, fmt.Errorf("git source %s: %w (was %s replaced?)", id, err, secretbox.KeyFile)
 		}
 		return Credential{}, err
+	}
+	if kind == KindOAuth {
+		return Credential{Username: detail, Token: string(tok)}, nil
 	}
 	return Credential{Username: g.Username, Token: string(tok)}, nil
 }
@@ -204,6 +236,24 @@ func (s *Service) Branches(ctx context.Context, owner, sourceID, repoURL string)
 	return out, nil
 }
 
+// trustEnvKeys are the manager's variables the host's git keeps: which
+// certificate authorities it trusts. Without them a git server whose
+// certificate comes from a private CA (the operator's GIT_SSL_CAINFO in the
+// manager's environment) could be cloned by guests whose image trusts it but
+// never checked for staleness or listed on the host. Nothing else of the
+// manager's environment reaches git.
+var trustEnvKeys = []string{"GIT_SSL_CAINFO", "GIT_SSL_CAPATH"}
+
+func trustEnv() []string {
+	var out []string
+	for _, k := range trustEnvKeys {
+		if v, ok := os.LookupEnv(k); ok {
+			out = append(out, k+"="+v)
+		}
+	}
+	return out
+}
+
 // LsRemote returns branch -> commit of repoURL's heads (only branch when
 // given), run on the host.
 func LsRemote(ctx context.Context, repoURL, branch string, cred Credential) (map[string]string, error) {
@@ -218,7 +268,7 @@ func LsRemote(ctx context.Context, repoURL, branch string, cred Credential) (map
 		argv = append(argv, "refs/heads/"+branch)
 	}
 	cmd := exec.CommandContext(ctx, "git", argv...)
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=/nonexistent", "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null"}
+	env := append([]string{"PATH=" + os.Getenv("PATH"), "HOME=/nonexistent", "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null"}, trustEnv()...)
 	for k, v := range credentialEnv(u.Host, cred) {
 		env = append(env, k+"="+v)
 	}

@@ -1,9 +1,12 @@
 // Package githubtest is a local stand-in for GitHub's OAuth web flow and the
-// two API endpoints Atelier calls, shared by the auth package's tests and
-// the manager's end-to-end tests. It enforces what GitHub enforces that
-// matters to Atelier: the client credentials, single-use codes bound to a
-// redirect URI, PKCE S256, tokens that can be revoked, and org membership
-// that can change after login.
+// API endpoints Atelier calls, shared by the auth package's tests and the
+// manager's end-to-end tests. It enforces what GitHub enforces that matters
+// to Atelier: the client credentials, single-use codes bound to a redirect
+// URI, PKCE S256, the scopes a token was granted (a private repository
+// needs repo), tokens that can be revoked, org membership that can change
+// after login, a GitHub App's RS256 JWTs checked against its public key,
+// installation tokens that expire and read only the installation's
+// repositories, and Link-header pagination.
 package githubtest
 
 import (
@@ -46,7 +49,11 @@ type Server struct {
 	users       map[string]User
 	orgs        map[string]map[string]string // org -> login -> membership state
 	codes       map[string]stubCode
-	tokens      map[string]string // access token -> login
+	tokens      map[string]string   // access token -> login
+	scopes      map[string][]string // access token -> granted scopes
+	repos       map[string]*Repo    // full name -> repository
+	maxPerPage  int
+	app         *stubApp
 	issued      []string          // every code and access token handed out
 	rejects     []string          // why token exchanges were refused
 	exchanges   int               // successful exchanges
@@ -55,6 +62,7 @@ type Server struct {
 
 type stubCode struct {
 	login       string
+	scopes      []string
 	challenge   string
 	redirectURI string
 }
@@ -65,14 +73,22 @@ func New(t testing.TB) *Server {
 	g := &Server{
 		users:  map[string]User{},
 		orgs:   map[string]map[string]string{},
-		codes:  map[string]stubCode{},
-		tokens: map[string]string{},
+		codes:      map[string]stubCode{},
+		tokens:     map[string]string{},
+		scopes:     map[string][]string{},
+		repos:      map[string]*Repo{},
+		maxPerPage: 100,
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /login/oauth/authorize", g.authorize)
 	mux.HandleFunc("POST /login/oauth/access_token", g.accessToken)
 	mux.HandleFunc("GET /user", g.user)
 	mux.HandleFunc("GET /user/memberships/orgs/{org}", g.membership)
+	mux.HandleFunc("GET /user/repos", g.userRepos)
+	mux.HandleFunc("GET /repos/{owner}/{repo}/branches", g.branches)
+	mux.HandleFunc("GET /installation/repositories", g.installationRepos)
+	mux.HandleFunc("GET /app/installations/{id}", g.installation)
+	mux.HandleFunc("POST /app/installations/{id}/access_tokens", g.installationToken)
 	g.srv = httptest.NewServer(mux)
 	g.URL = g.srv.URL
 	t.Cleanup(g.srv.Close)
@@ -114,6 +130,7 @@ func (g *Server) RevokeTokens(login string) {
 	for tok, l := range g.tokens {
 		if l == login {
 			delete(g.tokens, tok)
+			delete(g.scopes, tok)
 		}
 	}
 }
@@ -169,7 +186,7 @@ func (g *Server) authorize(w http.ResponseWriter, r *http.Request) {
 	case q.Get("response_type") != "code":
 		http.Error(w, "response_type must be code", http.StatusBadRequest)
 		return
-	case q.Get("scope") != "read:user read:org":
+	case !knownScopes(q.Get("scope")):
 		http.Error(w, "unexpected scope "+q.Get("scope"), http.StatusBadRequest)
 		return
 	case q.Get("state") == "":
@@ -191,7 +208,7 @@ func (g *Server) authorize(w http.ResponseWriter, r *http.Request) {
 		back.Set("error_description", "The user has denied your application access.")
 	} else {
 		code := random()
-		g.codes[code] = stubCode{login: g.login, challenge: q.Get("code_challenge"), redirectURI: q.Get("redirect_uri")}
+		g.codes[code] = stubCode{login: g.login, scopes: strings.Fields(q.Get("scope")), challenge: q.Get("code_challenge"), redirectURI: q.Get("redirect_uri")}
 		g.issued = append(g.issued, code)
 		back.Set("code", code)
 	}
@@ -244,10 +261,11 @@ func (g *Server) accessToken(w http.ResponseWriter, r *http.Request) {
 	}
 	tok := "gho_" + random()
 	g.tokens[tok] = c.login
+	g.scopes[tok] = c.scopes
 	g.issued = append(g.issued, tok)
 	g.exchanges++
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]string{"access_token": tok, "token_type": "bearer", "scope": "read:org,read:user"})
+	_ = json.NewEncoder(w).Encode(map[string]string{"access_token": tok, "token_type": "bearer", "scope": strings.Join(c.scopes, ",")})
 }
 
 // caller authenticates an API request; false has already answered.

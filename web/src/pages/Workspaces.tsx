@@ -145,9 +145,27 @@ function PrebuildBadge({ id }: { id: string }) {
   const p = pb.data;
   if (!p) return null;
   if (p.status === 'building') return <Badge tone="busy">prebuilding</Badge>;
-  if (p.status === 'failed') return <Badge tone="bad">{p.ready ? 'prebuild ready, last build failed' : 'prebuild failed'}</Badge>;
-  if (p.ready) return <Badge tone="ok">{p.stale ? 'prebuild stale' : 'prebuild ready'}</Badge>;
+  if (p.status === 'failed')
+    return (
+      <>
+        <Badge tone="bad">{p.ready ? 'prebuild ready, last build failed' : 'prebuild failed'}</Badge>{' '}
+        {p.ready && <PrebuildSource source={p.source} sandbox={p.sourceSandboxId} />}
+      </>
+    );
+  if (p.ready)
+    return (
+      <>
+        <Badge tone="ok">{p.stale ? 'prebuild stale' : 'prebuild ready'}</Badge> <PrebuildSource source={p.source} sandbox={p.sourceSandboxId} />
+      </>
+    );
   return <Badge>no prebuild</Badge>;
+}
+
+// Where the ready prebuild came from: a build, or a sandbox saved as it.
+function PrebuildSource({ source, sandbox }: { source?: string; sandbox?: string }) {
+  if (source === 'promote') return <Badge>{sandbox ? `saved from sandbox ${sandbox}` : 'saved from a sandbox'}</Badge>;
+  if (source === 'build') return <Badge>built</Badge>;
+  return null;
 }
 
 function NewWorkspaceDialog({ open, onClose, onAdded }: { open: boolean; onClose: () => void; onAdded: () => void }) {
