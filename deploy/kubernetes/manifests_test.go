@@ -227,7 +227,7 @@ func TestRBACLeastPrivilege(t *testing.T) {
 		"/persistentvolumeclaims":                 {"get", "list", "create", "update", "delete"},
 		"/secrets":                                {"get", "list", "create", "update", "delete"},
 		"networking.k8s.io/networkpolicies":       {"get", "list", "create", "update", "delete"},
-		"snapshot.storage.k8s.io/volumesnapshots": {"get", "list"},
+		"snapshot.storage.k8s.io/volumesnapshots": {"get", "list", "create", "delete"},
 		"coordination.k8s.io/leases":              {"get", "create", "update"},
 	}
 	for res, verbs := range uses {

@@ -193,6 +193,9 @@ type SandboxKubernetes struct {
 	Images []string `json:"images"`
 	// Snapshots names a CSI VolumeSnapshot of an image's root, IMAGE=NAME.
 	Snapshots []string `json:"snapshots"`
+	// SnapshotClass is the VolumeSnapshotClass of prebuild snapshots;
+	// empty: the cluster's default class.
+	SnapshotClass string `json:"snapshotClass"`
 	// ClusterCIDRs are the cluster's pod, Service and node ranges, denied
 	// to sandboxes on top of every non-public range.
 	ClusterCIDRs []string `json:"clusterCidrs"`

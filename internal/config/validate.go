@@ -332,7 +332,8 @@ func (v *checker) kubernetes() {
 	if !dnsLabelRe.MatchString(k.Namespace) {
 		v.add("sandbox.kubernetes.namespace", "must be a DNS label (lowercase letters, digits, '-'; at most 63), got %q", k.Namespace)
 	}
-	for key, val := range map[string]string{"sandbox.kubernetes.runtimeClassName": k.RuntimeClassName, "sandbox.kubernetes.storageClass": k.StorageClass} {
+	for key, val := range map[string]string{"sandbox.kubernetes.runtimeClassName": k.RuntimeClassName, "sandbox.kubernetes.storageClass": k.StorageClass,
+		"sandbox.kubernetes.snapshotClass": k.SnapshotClass} {
 		if val != "" && (len(val) > 253 || !dnsSubdomainRe.MatchString(val)) {
 			v.add(key, "must be a Kubernetes object name (lowercase DNS subdomain), got %q", val)
 		}

@@ -17,6 +17,7 @@ import (
 	"atelier/internal/edge"
 	"atelier/internal/events"
 	"atelier/internal/network"
+	"atelier/internal/runtime/kubernetes"
 	"atelier/internal/store"
 )
 
@@ -36,6 +37,10 @@ func newEdge(cfg *config.Config, st *store.Store, bus *events.Bus, au *auth.Serv
 	}
 	if cfg.Server.Mode == config.ModeMock {
 		eo.GuestHost = "127.0.0.1"
+	} else if cfg.Sandbox.Runtime == "kubernetes" && opts.Kubernetes != nil && opts.Drivers == nil {
+		var ko kubernetes.Options
+		opts.Kubernetes(&ko)
+		eo.Dial = ko.Dial
 	} else if opts.Network != nil && opts.Drivers == nil {
 		no := network.Options{HostNS: netns.None()}
 		opts.Network(&no)

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"path/filepath"
 
+	"k8s.io/client-go/dynamic"
+
 	"atelier/internal/agentpki"
 	"atelier/internal/api"
 	"atelier/internal/config"
@@ -18,7 +20,7 @@ import (
 // kubeDrivers builds the kubernetes runtime's drivers: Pods for the
 // runtime, PVCs for the volumes, and no host links (the pod network is the
 // cluster's, confined by NetworkPolicies the runtime applies).
-func kubeDrivers(ctx context.Context, cfg *config.Config, log *slog.Logger) (sandbox.Drivers, sandbox.Inventory, api.HostReports, error) {
+func kubeDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slog.Logger) (sandbox.Drivers, sandbox.Inventory, api.HostReports, error) {
 	k := cfg.Sandbox.Kubernetes
 	images, err := kubernetes.ParseImages(k.Images, k.Snapshots)
 	if err != nil {
@@ -56,12 +58,21 @@ func kubeDrivers(ctx context.Context, cfg *config.Config, log *slog.Logger) (san
 	if err != nil {
 		return sandbox.Drivers{}, sandbox.Inventory{}, nil, err
 	}
-	d, err := kubernetes.New(cs, kubernetes.Options{
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return sandbox.Drivers{}, sandbox.Inventory{}, nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	ko := kubernetes.Options{
 		Namespace: k.Namespace, RuntimeClassName: k.RuntimeClassName, StorageClass: k.StorageClass,
 		DiskBytes: int64(k.DiskGB) << 30, Images: images, AgentPort: cfg.Advanced.VM.Agent.Port,
 		RegistryPort: cfg.Advanced.Server.Verdaccio.Port, DNSServers: cfg.Network.DNSServers,
 		EgressDeny: deny, EgressAllow: allow, CA: ca, Log: log,
-	})
+		Snapshots: dyn, SnapshotClass: k.SnapshotClass,
+	}
+	if opts.Kubernetes != nil {
+		opts.Kubernetes(&ko)
+	}
+	d, err := kubernetes.New(cs, ko)
 	if err != nil {
 		return sandbox.Drivers{}, sandbox.Inventory{}, nil, err
 	}

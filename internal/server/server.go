@@ -32,6 +32,7 @@ import (
 	netmock "atelier/internal/network/mock"
 	"atelier/internal/registry"
 	"atelier/internal/runtime/container"
+	"atelier/internal/runtime/kubernetes"
 	"atelier/internal/runtime/process"
 	"atelier/internal/sandbox"
 	"atelier/internal/sshproxy"
@@ -94,6 +95,10 @@ type Options struct {
 	// at namespaces they created).
 	Network   func(*network.Options)
 	Container func(*container.Options)
+	// Kubernetes adjusts the kubernetes runtime's driver (tests reach a
+	// test cluster's pod network through its namespace with Dial, which
+	// the edge then uses too).
+	Kubernetes func(*kubernetes.Options)
 	// Registry adjusts the npm cache's supervisor (tests run it in their
 	// namespace with their own uplink).
 	Registry func(*registry.Options)
@@ -174,7 +179,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 			inv = &sandbox.Inventory{Runtimes: lister.List}
 		}
 	} else if drv == nil && cfg.Sandbox.Runtime == "kubernetes" {
-		d, i, r, err := kubeDrivers(ctx, cfg, log)
+		d, i, r, err := kubeDrivers(ctx, cfg, opts, log)
 		if err != nil {
 			return nil, err
 		}

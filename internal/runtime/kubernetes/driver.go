@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"atelier/internal/agent"
@@ -51,6 +52,11 @@ type Options struct {
 	PodTimeout time.Duration
 	// Poll is how often a Pod's progress is read.
 	Poll time.Duration
+	// Snapshots is the client of the CSI snapshot API (prebuilds); nil:
+	// no prebuilds. SnapshotClass is their VolumeSnapshotClass ("" the
+	// default class).
+	Snapshots     dynamic.Interface
+	SnapshotClass string
 	// Dial connects to a Pod IP; nil dials from this network namespace.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// CA issues the agents' certificates and the manager's.

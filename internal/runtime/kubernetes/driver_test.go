@@ -407,7 +407,8 @@ func TestPodSpec(t *testing.T) {
 }
 
 func TestNetworkPolicy(t *testing.T) {
-	o := Options{Namespace: ns, RegistryPort: 4873, DNSServers: []string{"10.0.0.53"}, EgressDeny: DefaultEgressDeny(),
+	deny := append(DefaultEgressDeny(), netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("fd00::/8"), netip.MustParsePrefix("0.0.0.0/0"))
+	o := Options{Namespace: ns, RegistryPort: 4873, DNSServers: []string{"10.0.0.53"}, EgressDeny: deny,
 		EgressAllow: []netip.Prefix{netip.MustParsePrefix("10.20.0.0/16")}}
 	const id = "k8spolicy001"
 	np := o.buildPolicy(id, "user-1")
@@ -460,8 +461,11 @@ func TestNetworkPolicy(t *testing.T) {
 			t.Errorf("internet egress does not except %s: %v", must, except)
 		}
 	}
-	if v6 := internet.To[1].IPBlock; v6.CIDR != "2000::/3" {
-		t.Errorf("IPv6 egress %s: want global unicast only", v6.CIDR)
+	if v6 := internet.To[1].IPBlock; v6.CIDR != "2000::/3" || !slices.Equal(v6.Except, []string{"2001:db8::/32"}) {
+		t.Errorf("IPv6 egress %s except %v: want global unicast only, less the denied prefixes inside it", v6.CIDR, v6.Except)
+	}
+	if slices.Contains(except, "0.0.0.0/0") {
+		t.Error("an except equal to its block (the API refuses the policy)")
 	}
 	if len(internet.Ports) != 0 {
 		t.Errorf("internet egress limited to ports %v", internet.Ports)

@@ -86,6 +86,8 @@ type Image struct {
 	Snapshot string
 }
 
+var globalUnicast = netip.MustParsePrefix("2000::/3")
+
 var labelValueRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
 
 // ownerLabel is the owner id as a label value; an id a label cannot hold
@@ -284,11 +286,14 @@ func (o *Options) buildPolicy(id, owner string) *networkingv1.NetworkPolicy {
 		}
 		egress = append(egress, networkingv1.NetworkPolicyEgressRule{To: to})
 	}
+	// An except must lie strictly inside its block (the API refuses the
+	// policy otherwise); IPv6 outside global unicast is not allowed anyway.
 	var v4, v6 []string
 	for _, p := range o.EgressDeny {
-		if p.Addr().Is4() {
+		switch p = p.Masked(); {
+		case p.Addr().Is4() && p.Bits() > 0:
 			v4 = append(v4, p.String())
-		} else {
+		case p.Addr().Is6() && p.Bits() > 3 && globalUnicast.Contains(p.Addr()):
 			v6 = append(v6, p.String())
 		}
 	}
@@ -296,7 +301,7 @@ func (o *Options) buildPolicy(id, owner string) *networkingv1.NetworkPolicy {
 		{IPBlock: &networkingv1.IPBlock{CIDR: "0.0.0.0/0", Except: v4}},
 		// Global unicast only: no unique-local (fd00:ec2::254, a cloud's
 		// metadata) or link-local IPv6.
-		{IPBlock: &networkingv1.IPBlock{CIDR: "2000::/3", Except: v6}},
+		{IPBlock: &networkingv1.IPBlock{CIDR: globalUnicast.String(), Except: v6}},
 	}})
 	return &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: PolicyName(id), Namespace: o.Namespace, Labels: labels(id, owner, RoleSandbox)},
