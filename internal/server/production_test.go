@@ -195,27 +195,11 @@ type manager struct {
 
 func (f *fixture) spawn(t *testing.T, crash string) *manager {
 	t.Helper()
-	b, err := f.cfg.JSON()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := f.dir + "/config.json"
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envManager+"="+path, envPrefix+"="+f.prefix, envCrash+"="+crash)
-	var logs strings.Builder
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	m := &manager{cmd: cmd, done: make(chan error, 1)}
-	go func() { m.done <- cmd.Wait() }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-m.done })
+	m, logs := f.spawnProc(t, crash)
 	for i := 0; i < 500; i++ {
 		select {
 		case err := <-m.done:
+			m.done <- err // for the cleanup's wait
 			t.Fatalf("manager exited at start: %v\n%s", err, logs.String())
 		default:
 		}
@@ -226,6 +210,32 @@ func (f *fixture) spawn(t *testing.T, crash string) *manager {
 	}
 	t.Fatalf("manager not ready:\n%s", logs.String())
 	return nil
+}
+
+// spawnProc starts a manager process and returns at once: one whose crash
+// point comes at start (the pool keeper's first fill) may die before it
+// ever answers.
+func (f *fixture) spawnProc(t *testing.T, crash string) (*manager, *strings.Builder) {
+	t.Helper()
+	b, err := f.cfg.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := f.dir + "/config.json"
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envManager+"="+path, envPrefix+"="+f.prefix, envCrash+"="+crash)
+	logs := &strings.Builder{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	m := &manager{cmd: cmd, done: make(chan error, 1)}
+	go func() { m.done <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill(); err := <-m.done; m.done <- err })
+	return m, logs
 }
 
 func (f *fixture) tryCall(method, path string) (int, error) {
@@ -323,6 +333,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 		}
 	}
 	crashServiceSteps(t, f)
+	crashPoolSteps(t, f)
 	if l := f.leaks(t); len(l) != 0 {
 		t.Fatalf("leaked: %v", l)
 	}
