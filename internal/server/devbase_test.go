@@ -14,9 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"atelier/internal/auth"
 	"atelier/internal/browsertest"
 	"atelier/internal/edge/edgetest"
 	"atelier/internal/image/build"
+	"atelier/internal/store"
 	"atelier/internal/testenv"
 )
 
@@ -291,6 +293,10 @@ func BenchmarkDevBase(b *testing.B) {
 	f.cfg.Sandbox.DefaultVcpus, f.cfg.Sandbox.DefaultMemoryMB = 2, 4096
 	srv, stop := f.startWith(b, nil)
 	br := newBrowser(b, f.cfg.Domain.HTTPSPort, pool)
+	// The local user (the unix socket's) owns the sandboxes and signs in.
+	if _, err := srv.Store.EnsureUser(context.Background(), store.User{ID: auth.LocalUserID, Login: auth.LocalUserID}); err != nil {
+		b.Fatal(err)
+	}
 	f.session(b, srv.Store)
 
 	const n = 5
