@@ -200,8 +200,37 @@ func (f *fixture) spawn(t *testing.T, crash string) *manager {
 }
 
 // spawnWith starts the manager subprocess under the wrap command (e.g.
-// nsenter into a namespace; nil: none) with env added to the test's own.
+// nsenter into a namespace; nil: none) with env added to the test's own,
+// and waits until it is ready.
 func (f *fixture) spawnWith(t *testing.T, wrap []string, env ...string) *manager {
+	t.Helper()
+	m := f.start(t, wrap, env...)
+	for i := 0; i < 3000; i++ {
+		select {
+		case err := <-m.done:
+			m.done <- err // for the cleanup's wait
+			t.Fatalf("manager exited at start: %v\n%s", err, m.logs.String())
+		default:
+		}
+		if code, _ := f.tryCall("GET", "/health/ready"); code == 200 {
+			return m
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("manager not ready:\n%s", m.logs.String())
+	return nil
+}
+
+// spawnProc starts a manager process and returns at once: one whose crash
+// point comes at start (the pool keeper's first fill) may die before it
+// ever answers.
+func (f *fixture) spawnProc(t *testing.T, crash string) (*manager, *syncBuffer) {
+	t.Helper()
+	m := f.start(t, nil, envCrash+"="+crash)
+	return m, m.logs
+}
+
+func (f *fixture) start(t *testing.T, wrap []string, env ...string) *manager {
 	t.Helper()
 	b, err := f.cfg.JSON()
 	if err != nil {
@@ -221,20 +250,8 @@ func (f *fixture) spawnWith(t *testing.T, wrap []string, env ...string) *manager
 	}
 	m := &manager{cmd: cmd, done: make(chan error, 1), logs: logs}
 	go func() { m.done <- cmd.Wait() }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-m.done })
-	for i := 0; i < 3000; i++ {
-		select {
-		case err := <-m.done:
-			t.Fatalf("manager exited at start: %v\n%s", err, logs.String())
-		default:
-		}
-		if code, _ := f.tryCall("GET", "/health/ready"); code == 200 {
-			return m
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("manager not ready:\n%s", logs.String())
-	return nil
+	t.Cleanup(func() { cmd.Process.Kill(); err := <-m.done; m.done <- err })
+	return m
 }
 
 func (f *fixture) tryCall(method, path string) (int, error) {
@@ -332,6 +349,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 		}
 	}
 	crashServiceSteps(t, f)
+	crashPoolSteps(t, f)
 	if l := f.leaks(t); len(l) != 0 {
 		t.Fatalf("leaked: %v", l)
 	}

@@ -1,0 +1,179 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+type poolRow struct {
+	ID, OwnerID, Status, Error string
+	Pooled                     bool
+	Services                   []svcState
+}
+
+// listAll is the admin's list (the unix socket is an admin).
+func (f *fixture) listAll(t testing.TB) []poolRow {
+	t.Helper()
+	code, b := f.call(t, "GET", "/api/sandboxes", "")
+	var l struct{ Sandboxes []poolRow }
+	if code != 200 || json.Unmarshal(b, &l) != nil {
+		t.Fatalf("list: %d %s", code, b)
+	}
+	return l.Sandboxes
+}
+
+// awaitPooled waits until the host holds exactly one pooled sandbox,
+// running, and nothing else but keep.
+func (f *fixture) awaitPooled(t testing.TB, keep ...string) string {
+	t.Helper()
+	var id string
+	until(t, 60*time.Second, "one pooled sandbox running", func() bool {
+		id = ""
+		n := 0
+		for _, r := range f.listAll(t) {
+			switch {
+			case r.Pooled && r.Status == "running":
+				id = r.ID
+				n++
+			case !strings.Contains(strings.Join(keep, " "), r.ID) || r.ID == "":
+				return false
+			}
+		}
+		return n == 1
+	})
+	return id
+}
+
+// usePool makes the services image the default and keeps n pooled.
+func (f *fixture) usePool(t testing.TB, n int) {
+	t.Helper()
+	f.cfg.Sandbox.DefaultImage = servicesImage
+	f.cfg.Sandbox.DefaultVcpus, f.cfg.Sandbox.DefaultMemoryMB = 1, 512
+	f.cfg.Sandbox.Pool.Size = n
+}
+
+// TestPoolContainer runs the warm pool on the container runtime: the
+// keeper boots a sandbox for no one with its services ready; a create of
+// the default shape gets that very sandbox, running as its owner's; the
+// keeper boots a replacement; a manager restarted with the pool off
+// retires the pool and leaves nothing on the host.
+func TestPoolContainer(t *testing.T) {
+	f := newFixture(t)
+	f.buildServicesImage(t)
+	f.usePool(t, 1)
+	_, stop := f.startWith(t, nil)
+	id := f.awaitPooled(t)
+	if v := f.sandboxView(t, id); !serviceNamed(v, "vscode").Ready {
+		t.Fatalf("pooled sandbox's editor not ready: %+v", v)
+	}
+
+	code, b := f.call(t, "POST", "/api/sandboxes", `{"name":"warm"}`)
+	var v poolRow
+	if json.Unmarshal(b, &v); code != http.StatusCreated || v.ID != id || v.Pooled || v.OwnerID != "local" {
+		t.Fatalf("create: %d %s, want the pooled %s as local's", code, b, id)
+	}
+	until(t, 30*time.Second, "claimed sandbox running", func() bool { return f.sandboxView(t, id).Status == "running" })
+	if code, out := f.exec(t, id, "id -un; cat /proc/1/comm"); code != 0 {
+		t.Fatalf("exec in the claimed sandbox: %d %s", code, out)
+	}
+	next := f.awaitPooled(t, id)
+	if next == id {
+		t.Fatal("the claimed sandbox is pooled again")
+	}
+	// Another shape boots as before, beside the pool.
+	code, b = f.call(t, "POST", "/api/sandboxes", `{"vcpus":2,"memoryMb":512}`)
+	var o poolRow
+	json.Unmarshal(b, &o)
+	other := o.ID
+	if code != http.StatusCreated || other == next {
+		t.Fatalf("create of another shape: %d %s", code, b)
+	}
+	for _, x := range []string{id, other} {
+		if code, b := f.call(t, "DELETE", "/api/sandboxes/"+x, ""); code != 204 {
+			t.Fatalf("destroy %s: %d %s", x, code, b)
+		}
+	}
+	stop()
+	f.cfg.Sandbox.Pool.Size = 0
+	f.start(t)
+	until(t, 30*time.Second, "pool retired", func() bool { return len(f.listAll(t)) == 0 })
+	f.assertNoLeaks(t)
+}
+
+// crashPoolSteps kills the manager at every step of a pool fill and of a
+// claim, before and after it acts. After a crash in a fill the next
+// manager settles the row and its keeper retires it and boots another; a
+// crash in a claim leaves the owner's sandbox in error (interrupted),
+// holding nothing, as a crashed create does; nothing leaks.
+func crashPoolSteps(t *testing.T, f *fixture) {
+	defer func(img string, cpu, mem, n int) {
+		f.cfg.Sandbox.DefaultImage, f.cfg.Sandbox.DefaultVcpus, f.cfg.Sandbox.DefaultMemoryMB, f.cfg.Sandbox.Pool.Size = img, cpu, mem, n
+	}(f.cfg.Sandbox.DefaultImage, f.cfg.Sandbox.DefaultVcpus, f.cfg.Sandbox.DefaultMemoryMB, f.cfg.Sandbox.Pool.Size)
+	retire := func(t *testing.T) {
+		t.Helper()
+		f.cfg.Sandbox.Pool.Size = 0
+		m := f.spawn(t, "")
+		until(t, 30*time.Second, "pool retired", func() bool {
+			for _, r := range f.listAll(t) {
+				if r.Pooled {
+					return false
+				}
+			}
+			return true
+		})
+		for _, r := range f.listAll(t) {
+			if code, b := f.call(t, "DELETE", "/api/sandboxes/"+r.ID, ""); code != 204 {
+				t.Fatalf("destroy %s: %d %s", r.ID, code, b)
+			}
+		}
+		f.assertNoLeaks(t)
+		m.stop()
+	}
+	for _, step := range []string{"lease", "volume", "link", "boot", "agent", "services", "ready"} {
+		for _, when := range []string{"before", "after"} {
+			point := "pool-fill:" + step + ":" + when
+			t.Run(point, func(t *testing.T) {
+				f.usePool(t, 1)
+				m, _ := f.spawnProc(t, point)
+				m.killedAt(t, point)
+				m = f.spawn(t, "")
+				// The interrupted fill is retired, a new one is ready,
+				// and a create claims it.
+				id := f.awaitPooled(t)
+				code, b := f.call(t, "POST", "/api/sandboxes", `{}`)
+				var v poolRow
+				if json.Unmarshal(b, &v); code != http.StatusCreated || v.ID != id {
+					t.Fatalf("create after the restart: %d %s, want the pooled %s", code, b, id)
+				}
+				until(t, 30*time.Second, "claimed sandbox running", func() bool { return f.sandboxView(t, id).Status == "running" })
+				m.stop()
+				retire(t)
+			})
+		}
+	}
+	for _, step := range []string{"git", "config-files"} {
+		for _, when := range []string{"before", "after"} {
+			point := "claim:" + step + ":" + when
+			t.Run(point, func(t *testing.T) {
+				f.usePool(t, 1)
+				m := f.spawn(t, point)
+				id := f.awaitPooled(t)
+				go f.tryCreate()
+				m.killedAt(t, point)
+				f.cfg.Sandbox.Pool.Size = 0
+				m = f.spawn(t, "")
+				code, b := f.call(t, "GET", "/api/sandboxes/"+id, "")
+				var v poolRow
+				json.Unmarshal(b, &v)
+				if code != 200 || v.Status != "error" || v.Pooled || v.OwnerID != "local" || !strings.Contains(v.Error, "interrupted") {
+					t.Fatalf("claimed sandbox after a crash in its claim: %d %s, want its owner's, error (interrupted)", code, b)
+				}
+				m.stop()
+				retire(t)
+			})
+		}
+	}
+}
