@@ -204,7 +204,7 @@ func (f *fixture) spawn(t *testing.T, crash string) *manager {
 // and waits until it is ready.
 func (f *fixture) spawnWith(t *testing.T, wrap []string, env ...string) *manager {
 	t.Helper()
-	m := f.start(t, wrap, env...)
+	m := f.startProc(t, wrap, env...)
 	for i := 0; i < 3000; i++ {
 		select {
 		case err := <-m.done:
@@ -226,11 +226,11 @@ func (f *fixture) spawnWith(t *testing.T, wrap []string, env ...string) *manager
 // ever answers.
 func (f *fixture) spawnProc(t *testing.T, crash string) (*manager, *syncBuffer) {
 	t.Helper()
-	m := f.start(t, nil, envCrash+"="+crash)
+	m := f.startProc(t, nil, envCrash+"="+crash)
 	return m, m.logs
 }
 
-func (f *fixture) start(t *testing.T, wrap []string, env ...string) *manager {
+func (f *fixture) startProc(t *testing.T, wrap []string, env ...string) *manager {
 	t.Helper()
 	b, err := f.cfg.JSON()
 	if err != nil {
