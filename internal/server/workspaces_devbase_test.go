@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"database/sql"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -86,7 +87,7 @@ func startPrivateGit(t testing.TB, nsPath, token string, cert tls.Certificate) *
 	}
 	g := &privateGit{URL: "https://" + privateGitIP, root: t.TempDir()}
 	h := &cgi.Handler{Path: filepath.Join(strings.TrimSpace(string(backend)), "git-http-backend"),
-		Env: []string{"GIT_PROJECT_ROOT=" + g.root, "GIT_HTTP_EXPORT_ALL=1"}}
+		Env: []string{"GIT_PROJECT_ROOT=" + g.root, "GIT_HTTP_EXPORT_ALL=1"}, Stderr: io.Discard}
 	var ln net.Listener
 	if err := network.DoAt(nsPath, func() (err error) { ln, err = net.Listen("tcp", privateGitIP+":443"); return err }); err != nil {
 		t.Fatal(err)
@@ -99,7 +100,7 @@ func startPrivateGit(t testing.TB, nsPath, token string, cert tls.Certificate) *
 		}
 		g.authed.Add(1)
 		h.ServeHTTP(w, r)
-	}), ErrorLog: nil}
+	})}
 	go srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}}))
 	t.Cleanup(func() { srv.Close() })
 	return g
@@ -209,21 +210,29 @@ func fileHolds(t testing.TB, path string, needles map[string][]byte) ([]string, 
 // manager's GIT_SSL_CAINFO trust) in the wan namespace on an address only
 // egressAllowCidrs opens. A workspace with that repository, two init
 // commands (a build and a stamp), a dev command (node HTTP server), a
-// secret variable and a secret file is prebuilt; sandboxes from the
+// secret variable and a secret file makes a sandbox from the image (clone,
+// init and dev server in the create) and is prebuilt; sandboxes from the
 // prebuild have the clone at the prebuild's commit and the init results
 // without running them again, the dev server answers on dev-web-{id}
 // through the edge (TLS), the secrets are where they belong and sealed in
 // the store. The guest's own git pulls and pushes with credentials asked on
-// demand (agent guest socket -> manager broker). The guest's push moves the
-// branch: the staleness check rebuilds; a broken init command then fails a
-// build, which keeps the previous prebuild for new sandboxes. The token is
-// in no process environment, no git config or remote URL, and not on the
-// stopped sandbox's disk nor the prebuild's (their bytes are searched).
+// demand (agent guest socket -> manager broker), which answers no other
+// host, port or scheme, as the image user or root. The guest's push moves
+// the branch: the staleness check rebuilds; with the repository gone the
+// check is a 502 and changes nothing; a broken init command fails a build,
+// which keeps the previous prebuild for new sandboxes. The token is in no
+// process environment, no git config or remote URL, and not on the stopped
+// sandbox's disk nor the prebuild's (their bytes are searched).
 func TestWorkspaceDevBase(t *testing.T) {
 	image := devBaseImage(t)
-	const token = "glpat-DEVBASE-7f3c91e0a2"
-	const secretVal = "devbase-secret-env-6b0d"
-	const fileVal = "devbase-secret-file-c47e"
+	// Fresh values each run: nothing on the image or the host can hold them
+	// from before, so any find in a disk or environment is this run's leak.
+	rnd := func(prefix string) string {
+		b := make([]byte, 8)
+		rand.Read(b)
+		return prefix + hex.EncodeToString(b)
+	}
+	token, secretVal, fileVal := rnd("glpat-DEVBASE-"), rnd("devbase-secret-env-"), rnd("devbase-secret-file-")
 	f := newFixture(t)
 	f.useDevBase(t, image)
 	caPEM, gitCert := testCA(t, privateGitIP)
