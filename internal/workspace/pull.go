@@ -104,9 +104,6 @@ func (p *Puller) Stop() {
 	p.wg.Wait()
 }
 
-// WaitIdle waits for the pulls under way (tests).
-func (p *Puller) WaitIdle() { p.wg.Wait() }
-
 func (p *Puller) run(ctx context.Context, sb store.Sandbox, w Workspace, workdir string) {
 	log := p.Log.With("sandbox_id", sb.ID, "workspace_id", w.ID)
 	got, err := p.Wait(ctx, sb.ID)
