@@ -107,11 +107,14 @@ const StepAdopt = "adopt"
 // store: a single manager's start-up reconcile undoes an interrupted
 // create (its caller is gone with it). Not adoptable: a create adopted once
 // already (a create that kills its manager must not kill them all in
-// turn), a prebuild's build sandbox (the leader settles the build, see
+// turn), a pooled sandbox (the pool keeper refills), a prebuild's build
+// sandbox (the leader settles the build, see
 // workspace.Prebuilds.RecoverStale), and a workspace sandbox whose journal
 // does not say whether it starts from the prebuild.
 func (s *Service) adoptable(ctx context.Context, sb store.Sandbox) (ProvisionMode, bool, error) {
-	if s.sharedFresh.Load() <= 0 {
+	if s.sharedFresh.Load() <= 0 || Pooled(sb) {
+		// A pooled sandbox's fill is the pool keeper's: reverted, the
+		// leader's keeper boots another.
 		return 0, false, nil
 	}
 	ops, err := s.st.ListOps(ctx, sb.ID)

@@ -20,6 +20,7 @@ func TestReconcileAdoptsADeadReplicasCreate(t *testing.T) {
 		shared    bool
 		workspace bool
 		build     bool
+		pooled    bool
 		journal   []store.Op // the dead replica's steps
 		adopted   bool
 	}{
@@ -34,6 +35,8 @@ func TestReconcileAdoptsADeadReplicasCreate(t *testing.T) {
 			journal: []store.Op{{Step: "lease", State: store.OpIntent}}},
 		{name: "a prebuild's build", shared: true, workspace: true, build: true, journal: []store.Op{
 			{Step: "lease", State: store.OpDone}, {Step: "volume", State: store.OpIntent, Detail: "dev-base"}}},
+		{name: "a pooled sandbox's fill", shared: true, pooled: true,
+			journal: []store.Op{{Step: "lease", State: store.OpIntent}}},
 		{name: "one manager", journal: []store.Op{{Step: "lease", State: store.OpIntent}}},
 	}
 	for _, tc := range cases {
@@ -47,6 +50,9 @@ func TestReconcileAdoptsADeadReplicasCreate(t *testing.T) {
 			const id = "deadcreate01"
 			sb := store.Sandbox{ID: id, OwnerID: owner, Image: "dev-base", Status: store.StatusCreating, Vcpus: 1, MemoryMB: 512,
 				CreatedAt: time.Now().Add(-time.Minute), UpdatedAt: time.Now().Add(-time.Minute)}
+			if tc.pooled {
+				sb.OwnerID = store.PoolOwner
+			}
 			if tc.workspace {
 				if _, err := e.st.EnsureUser(ctx, store.User{ID: owner, Login: owner}); err != nil {
 					t.Fatal(err)
