@@ -129,8 +129,6 @@ func (s *Service) claimRow(ctx context.Context, id string, req CreateRequest) (s
 	defer unlock()
 	sb, err := s.st.ClaimPooled(ctx, id, s.limits().Quotas, req.OwnerID, func(x *store.Sandbox) {
 		x.Name, x.WorkspaceID, x.Error = req.Name, req.WorkspaceID, ""
-		// The sandbox's age is its owner's: the pool's waiting is not.
-		x.CreatedAt = time.Now().UTC()
 	})
 	if err != nil {
 		return sb, err

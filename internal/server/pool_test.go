@@ -3,9 +3,12 @@ package server
 import (
 	"encoding/json"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"atelier/internal/config"
 )
 
 type poolRow struct {
@@ -174,6 +177,81 @@ func crashPoolSteps(t *testing.T, f *fixture) {
 				m.stop()
 				retire(t)
 			})
+		}
+	}
+}
+
+// TestPoolMock runs the warm pool in mock mode (the agent as a local
+// process): a plain create and a workspace's create each claim the pooled
+// sandbox, and the claim pushes their owner's state (the global and the
+// workspace's config files) exactly as a booted create would.
+func TestPoolMock(t *testing.T) {
+	dir, err := os.MkdirTemp("", "atlpool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	srv, stop := startMockManager(t, dir, func(c *config.Config) { c.Sandbox.Pool.Size = 1 })
+	call := jsonCaller(t, "http://"+srv.Addr(), 60*time.Second)
+	var made []string
+	t.Cleanup(func() {
+		for _, id := range made {
+			call("DELETE", "/api/sandboxes/"+id, nil)
+		}
+		stop()
+	})
+	must := func(want int, method, path string, body any) []byte {
+		t.Helper()
+		code, b := call(method, path, body)
+		if code != want {
+			t.Fatalf("%s %s: %d %s, want %d", method, path, code, b, want)
+		}
+		return b
+	}
+	pooled := func() string {
+		t.Helper()
+		var id string
+		until(t, 30*time.Second, "a pooled sandbox", func() bool {
+			var l struct{ Sandboxes []poolRow }
+			json.Unmarshal(must(200, "GET", "/api/sandboxes", nil), &l)
+			for _, r := range l.Sandboxes {
+				if r.Pooled && r.Status == "running" {
+					id = r.ID
+					return true
+				}
+			}
+			return false
+		})
+		return id
+	}
+	must(200, "PUT", "/api/config-files", map[string]any{"files": []any{map[string]any{"path": "~/.motd", "content": "global\n"}}})
+	var ws struct{ ID string }
+	json.Unmarshal(must(201, "POST", "/api/workspaces", map[string]any{"name": "warm"}), &ws)
+	must(200, "PUT", "/api/workspaces/"+ws.ID+"/config-files", map[string]any{"files": []any{map[string]any{"path": "~/.motd", "content": "workspace\n"}}})
+
+	for _, c := range []struct {
+		body map[string]any
+		want string
+	}{
+		{map[string]any{}, "global\n"},
+		{map[string]any{"workspaceId": ws.ID}, "workspace\n"},
+	} {
+		id := pooled()
+		var sb poolRow
+		json.Unmarshal(must(201, "POST", "/api/sandboxes", c.body), &sb)
+		made = append(made, sb.ID)
+		if sb.ID != id {
+			t.Fatalf("create %v got %s, want the pooled %s", c.body, sb.ID, id)
+		}
+		until(t, 30*time.Second, "claimed sandbox running", func() bool {
+			var v poolRow
+			json.Unmarshal(must(200, "GET", "/api/sandboxes/"+id, nil), &v)
+			return v.Status == "running"
+		})
+		b := must(200, "POST", "/api/sandboxes/"+id+"/exec", map[string]any{"argv": []string{"cat", ".motd"}, "timeoutMs": 10000})
+		var r struct{ Stdout string }
+		if json.Unmarshal(b, &r); r.Stdout != c.want {
+			t.Fatalf("~/.motd after the claim of %v: %s, want %q", c.body, b, c.want)
 		}
 	}
 }
