@@ -289,4 +289,19 @@ func TestAppSource(t *testing.T) {
 			t.Errorf("listed %+v", s)
 		}
 	}
+
+	// Alice leaves acme: trusted for the rest of appRecheck, then refused.
+	f.gh.RemoveMembership("acme", "alice")
+	now := time.Now()
+	f.svc.now = func() time.Time { return now }
+	if _, err := f.svc.Credential(ctx, f.alice, org.ID, "github.com"); err != nil {
+		t.Fatalf("within the recheck window: %v", err)
+	}
+	now = now.Add(appRecheck + time.Second)
+	if c, err := f.svc.Credential(ctx, f.alice, org.ID, "github.com"); !errors.Is(err, ErrInstallationNotYours) || c.Token != "" {
+		t.Fatalf("after leaving the org: %+v %v", c, err)
+	}
+	if _, err := f.svc.Repos(ctx, f.alice, org.ID); !errors.Is(err, ErrInstallationNotYours) {
+		t.Fatalf("listing after leaving the org: %v", err)
+	}
 }
