@@ -164,14 +164,6 @@ func (a *App) Token(ctx context.Context, id int64) (InstallationToken, error) {
 	return t, nil
 }
 
-// Forget drops a cached token (GitHub refused it: the installation was
-// removed or suspended).
-func (a *App) Forget(id int64) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	delete(a.cache, id)
-}
-
 func (a *App) mint(ctx context.Context, id int64) (InstallationToken, error) {
 	tok, err := a.jwt()
 	if err != nil {

@@ -144,7 +144,9 @@ func (s *Service) ConnectGitHub(ctx context.Context, owner, login, token string)
 				return Source{}, err
 			}
 			s.log.InfoContext(ctx, "github reconnected", "source_id", g.ID, "owner_id", owner, "github_login", login)
-			g.Username, g.Token = username, []byte{1}
+			if g, err = s.st.GetGitSource(ctx, g.ID); err != nil {
+				return Source{}, err
+			}
 			return sourceView(g), nil
 		}
 	}
