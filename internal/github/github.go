@@ -122,7 +122,8 @@ var repoName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$
 
 // ValidRepo reports whether full is an owner/name GitHub accepts.
 func ValidRepo(full string) bool {
-	return repoName.MatchString(full) && !strings.Contains(full, "..")
+	owner, name, _ := strings.Cut(full, "/")
+	return repoName.MatchString(full) && !strings.Contains(full, "..") && owner != "." && name != "."
 }
 
 // Branches lists repo's (owner/name) branches: GET /repos/{o}/{r}/branches.

@@ -86,7 +86,7 @@ func TestBranchesPaginated(t *testing.T) {
 	if _, err := c.Branches(context.Background(), tok, "bob/private"); !errors.Is(err, github.ErrNotFound) {
 		t.Errorf("another's private repository: %v, want ErrNotFound", err)
 	}
-	for _, bad := range []string{"../x", "a/b/c", "a", "a/..", ""} {
+	for _, bad := range []string{"../x", "a/b/c", "a", "a/..", "", "./x", "a/.", "a/b?c", "a/b#c", "a /b"} {
 		if _, err := c.Branches(context.Background(), tok, bad); err == nil {
 			t.Errorf("repo %q accepted", bad)
 		}
