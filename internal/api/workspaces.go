@@ -436,6 +436,9 @@ func (s *Server) gitSourceProblem(ctx context.Context, err error, field string) 
 	case errors.Is(err, workspace.ErrSourceHost):
 		return newProblem(http.StatusBadRequest, "invalid_input", err.Error(),
 			&huma.ErrorDetail{Location: "query.url", Message: "not on the git source's host"})
+	case errors.Is(err, workspace.ErrInstallationNotYours):
+		return newProblem(http.StatusBadRequest, "invalid_input", "validation failed: id: "+workspace.ErrInstallationNotYours.Error(),
+			&huma.ErrorDetail{Location: "path.id", Message: workspace.ErrInstallationNotYours.Error()})
 	case errors.Is(err, github.ErrNotFound):
 		return newProblem(http.StatusNotFound, "not_found", "repository not found on GitHub, or the source cannot read it")
 	case errors.Is(err, github.ErrUnauthorized):

@@ -48,6 +48,7 @@ type InstallationToken struct {
 type Installation struct {
 	ID          int64
 	Account     string // login of the user or organization
+	AccountID   int64  // GitHub id of the user or organization
 	AccountType string // "User" or "Organization"
 }
 
@@ -124,6 +125,7 @@ func (a *App) Installation(ctx context.Context, id int64) (Installation, error) 
 	var in struct {
 		ID      int64 `json:"id"`
 		Account struct {
+			ID    int64  `json:"id"`
 			Login string `json:"login"`
 			Type  string `json:"type"`
 		} `json:"account"`
@@ -131,7 +133,7 @@ func (a *App) Installation(ctx context.Context, id int64) (Installation, error) 
 	if err := json.Unmarshal(body, &in); err != nil {
 		return Installation{}, fmt.Errorf("github: decode installation %d: %w", id, err)
 	}
-	return Installation{ID: in.ID, Account: in.Account.Login, AccountType: in.Account.Type}, nil
+	return Installation{ID: in.ID, Account: in.Account.Login, AccountID: in.Account.ID, AccountType: in.Account.Type}, nil
 }
 
 // Token returns an installation token of id, minted when none is cached
@@ -160,14 +162,6 @@ func (a *App) Token(ctx context.Context, id int64) (InstallationToken, error) {
 	a.mints++
 	a.mu.Unlock()
 	return t, nil
-}
-
-// Forget drops a cached token (GitHub refused it: the installation was
-// removed or suspended).
-func (a *App) Forget(id int64) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	delete(a.cache, id)
 }
 
 func (a *App) mint(ctx context.Context, id int64) (InstallationToken, error) {

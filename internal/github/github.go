@@ -29,6 +29,10 @@ const (
 // ErrUnauthorized means GitHub refused the token (revoked or expired).
 var ErrUnauthorized = errors.New("github refused the token")
 
+// ErrForbidden means GitHub answered 403: the token lacks a permission, or
+// an organization restricts the app.
+var ErrForbidden = errors.New("github forbids this to the token")
+
 // ErrNotFound means GitHub answered 404: no such repository, or one the
 // token cannot read (GitHub does not tell them apart).
 var ErrNotFound = errors.New("not found on github")
@@ -112,11 +116,14 @@ func (c *Client) InstallationRepos(ctx context.Context, token string) ([]Reposit
 	return out, err
 }
 
+var orgName = regexp.MustCompile(`^[A-Za-z0-9-]{1,100}$`)
+
 var repoName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$`)
 
 // ValidRepo reports whether full is an owner/name GitHub accepts.
 func ValidRepo(full string) bool {
-	return repoName.MatchString(full) && !strings.Contains(full, "..")
+	owner, name, _ := strings.Cut(full, "/")
+	return repoName.MatchString(full) && !strings.Contains(full, "..") && owner != "." && name != "."
 }
 
 // Branches lists repo's (owner/name) branches: GET /repos/{o}/{r}/branches.
@@ -194,6 +201,8 @@ func (c *Client) do(req *http.Request, authorization string, want int) ([]byte, 
 		return nil, nil, fmt.Errorf("github: %s %s: %w", req.Method, req.URL.Path, ErrUnauthorized)
 	case http.StatusNotFound:
 		return nil, nil, fmt.Errorf("github: %s %s: %w", req.Method, req.URL.Path, ErrNotFound)
+	case http.StatusForbidden:
+		return nil, nil, fmt.Errorf("github: %s %s: %w", req.Method, req.URL.Path, ErrForbidden)
 	}
 	return nil, nil, fmt.Errorf("github: %s %s: status %d", req.Method, req.URL.Path, resp.StatusCode)
 }
@@ -218,7 +227,7 @@ func nextLink(h string) string {
 // GET /user/memberships/orgs/{org} (404 and 403: not a member, or the
 // org restricts this app; a pending invitation is not membership).
 func (c *Client) OrgMember(ctx context.Context, token, org string) (bool, error) {
-	if !regexp.MustCompile(`^[A-Za-z0-9-]{1,100}$`).MatchString(org) {
+	if !orgName.MatchString(org) {
 		return false, fmt.Errorf("organization %q: not a GitHub login", org)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/user/memberships/orgs/"+org, nil)
@@ -226,7 +235,7 @@ func (c *Client) OrgMember(ctx context.Context, token, org string) (bool, error)
 		return false, fmt.Errorf("github: %w", err)
 	}
 	body, _, err := c.do(req, "Bearer "+token, http.StatusOK)
-	if errors.Is(err, ErrNotFound) || (err != nil && strings.HasSuffix(err.Error(), "status 403")) {
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrForbidden) {
 		return false, nil
 	}
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"atelier/internal/github"
 	"atelier/internal/sandbox"
@@ -84,7 +85,8 @@ func (s *Service) mayUseInstallation(ctx context.Context, owner string, inst git
 	if err != nil {
 		return err
 	}
-	if u.GitHubID != 0 && strings.EqualFold(u.Login, inst.Account) {
+	// The account's id, not its login: a login can be renamed and reused.
+	if u.GitHubID != 0 && inst.AccountType == "User" && inst.AccountID == u.GitHubID {
 		return nil
 	}
 	refuse := fieldErr("installationId", "is installed on %s, which is neither your GitHub account nor an organization you are a member of", inst.Account)
@@ -142,7 +144,9 @@ func (s *Service) ConnectGitHub(ctx context.Context, owner, login, token string)
 				return Source{}, err
 			}
 			s.log.InfoContext(ctx, "github reconnected", "source_id", g.ID, "owner_id", owner, "github_login", login)
-			g.Username, g.Token = username, []byte{1}
+			if g, err = s.st.GetGitSource(ctx, g.ID); err != nil {
+				return Source{}, err
+			}
 			return sourceView(g), nil
 		}
 	}
@@ -237,9 +241,54 @@ func (s *Service) appCredential(ctx context.Context, g store.GitSource, installa
 	if err != nil {
 		return Credential{}, fmt.Errorf("git source %s: bad installation id %q", g.ID, installation)
 	}
+	if err := s.recheckInstallation(ctx, g.OwnerID, id); err != nil {
+		return Credential{}, fmt.Errorf("git source %s: %w", g.ID, err)
+	}
 	t, err := s.app.Token(ctx, id)
 	if err != nil {
 		return Credential{}, fmt.Errorf("git source %s: %w", g.ID, err)
 	}
 	return Credential{Username: appUsername, Token: t.Token}, nil
+}
+
+// appRecheck is how long an installation found to be the owner's (their
+// account, or an org they are an active member of) is trusted before it
+// is asked again: leaving the org ends the source's use within it.
+const appRecheck = 10 * time.Minute
+
+// ErrInstallationNotYours refuses an App source whose installation is no
+// longer on the owner's account or one of their organizations.
+var ErrInstallationNotYours = errors.New("the GitHub App installation is no longer on your account or an organization you belong to")
+
+func (s *Service) recheckInstallation(ctx context.Context, owner string, id int64) error {
+	key := owner + "/" + strconv.FormatInt(id, 10)
+	s.appMu.Lock()
+	at, ok := s.appChecked[key]
+	s.appMu.Unlock()
+	if ok && s.now().Sub(at) < appRecheck {
+		return nil
+	}
+	inst, err := s.app.Installation(ctx, id)
+	if errors.Is(err, github.ErrNotFound) {
+		return fmt.Errorf("installation %d: %w", id, ErrInstallationNotYours)
+	}
+	if err != nil {
+		return fmt.Errorf("look up installation %d: %w", id, err)
+	}
+	err = s.mayUseInstallation(ctx, owner, inst)
+	var fe *sandbox.FieldError
+	if errors.As(err, &fe) {
+		s.log.WarnContext(ctx, "git source: installation no longer the owner's", "owner_id", owner, "installation_id", id, "account", inst.Account)
+		s.appMu.Lock()
+		delete(s.appChecked, key)
+		s.appMu.Unlock()
+		return fmt.Errorf("installation %d on %s: %w", id, inst.Account, ErrInstallationNotYours)
+	}
+	if err != nil {
+		return err
+	}
+	s.appMu.Lock()
+	s.appChecked[key] = s.now()
+	s.appMu.Unlock()
+	return nil
 }

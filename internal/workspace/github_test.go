@@ -226,6 +226,14 @@ func TestAppSource(t *testing.T) {
 	if own.Kind != KindApp || own.InstallationID != 7 || own.Username != "x-access-token" {
 		t.Fatalf("app source = %+v", own)
 	}
+	// The guest's credential helper gets an installation token too; bob's
+	// guest (no source of his yet) gets nothing.
+	if c, err := f.svc.CredentialForHost(ctx, f.alice, "https", "github.com"); err != nil || !strings.HasPrefix(c.Token, "ghs_") || c.Username != "x-access-token" {
+		t.Fatalf("alice's guest: %+v %v", c, err)
+	}
+	if c, err := f.svc.CredentialForHost(ctx, f.bob, "https", "github.com"); !errors.Is(err, ErrSourceHost) || c.Token != "" {
+		t.Fatalf("bob's guest got %+v %v", c, err)
+	}
 	_, err = f.svc.CreateSource(ctx, f.bob, SourceInput{Type: SourceGitHub, Name: "alices", InstallationID: 7})
 	fieldErr(t, err, "installationId", "neither your GitHub account")
 	_, err = f.svc.CreateSource(ctx, f.alice, SourceInput{Type: SourceGitHub, Name: "org", InstallationID: 8})
@@ -259,12 +267,14 @@ func TestAppSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(c1.Token, "ghs_") || c1 != c2 || c1.Username != "x-access-token" || f.app.Mints() != 1 {
+	// Installation 7 minted once above; 8 mints once here.
+	if !strings.HasPrefix(c1.Token, "ghs_") || c1 != c2 || c1.Username != "x-access-token" || f.app.Mints() != 2 {
 		t.Fatalf("credentials %+v %+v after %d mints", c1, c2, f.app.Mints())
 	}
 	if _, err := f.svc.Credential(ctx, f.bob, org.ID, "github.com"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("bob: %v", err)
 	}
+
 	repos, err := f.svc.Repos(ctx, f.alice, org.ID)
 	if err != nil || !slices.Equal(repoNames(repos), []string{"acme/api"}) {
 		t.Fatalf("installation repos %v: %v", repoNames(repos), err)
@@ -278,5 +288,20 @@ func TestAppSource(t *testing.T) {
 		if s.Kind == KindApp && s.ID == org.ID && s.InstallationID != 8 {
 			t.Errorf("listed %+v", s)
 		}
+	}
+
+	// Alice leaves acme: trusted for the rest of appRecheck, then refused.
+	f.gh.RemoveMembership("acme", "alice")
+	now := time.Now()
+	f.svc.now = func() time.Time { return now }
+	if _, err := f.svc.Credential(ctx, f.alice, org.ID, "github.com"); err != nil {
+		t.Fatalf("within the recheck window: %v", err)
+	}
+	now = now.Add(appRecheck + time.Second)
+	if c, err := f.svc.Credential(ctx, f.alice, org.ID, "github.com"); !errors.Is(err, ErrInstallationNotYours) || c.Token != "" {
+		t.Fatalf("after leaving the org: %+v %v", c, err)
+	}
+	if _, err := f.svc.Repos(ctx, f.alice, org.ID); !errors.Is(err, ErrInstallationNotYours) {
+		t.Fatalf("listing after leaving the org: %v", err)
 	}
 }

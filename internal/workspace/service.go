@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"atelier/internal/github"
@@ -65,6 +66,10 @@ type Service struct {
 	log *slog.Logger
 	gh  *github.Client // nil: no GitHub API (repository listing)
 	app *github.App    // nil: no GitHub App configured
+	now func() time.Time
+
+	appMu      sync.Mutex
+	appChecked map[string]time.Time // owner/installation -> when its account was last found theirs
 }
 
 // New returns the workspace service.
@@ -72,7 +77,7 @@ func New(st *store.Store, box *secretbox.Box, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Service{st: st, box: box, log: log}
+	return &Service{st: st, box: box, log: log, now: time.Now, appChecked: map[string]time.Time{}}
 }
 
 // aad binds a sealed secret to its workspace, kind and name: a value copied

@@ -30,13 +30,13 @@ const (
 
 // Source is a git source as shown to its owner: never its token.
 type Source struct {
-	ID        string    `json:"id"`
-	Type      string    `json:"type" enum:"generic,github"`
-	Name      string    `json:"name"`
-	Host      string    `json:"host" doc:"host[:port] whose repositories the token reads over https; http://host[:port] for a plain-HTTP server."`
-	Username  string    `json:"username"`
-	HasToken  bool      `json:"hasToken"`
-	Kind      string    `json:"kind" enum:"token,oauth,app" doc:"token: a pasted token; oauth: your connected GitHub account; app: a GitHub App installation whose short-lived tokens the server mints."`
+	ID       string `json:"id"`
+	Type     string `json:"type" enum:"generic,github"`
+	Name     string `json:"name"`
+	Host     string `json:"host" doc:"host[:port] whose repositories the token reads over https; http://host[:port] for a plain-HTTP server."`
+	Username string `json:"username"`
+	HasToken bool   `json:"hasToken"`
+	Kind     string `json:"kind" enum:"token,oauth,app" doc:"token: a pasted token; oauth: your connected GitHub account; app: a GitHub App installation whose short-lived tokens the server mints."`
 	// GitHubLogin is the connected account of an oauth source.
 	GitHubLogin string `json:"githubLogin,omitempty"`
 	// InstallationID is the GitHub App installation of an app source.

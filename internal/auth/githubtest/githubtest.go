@@ -54,10 +54,10 @@ type Server struct {
 	repos       map[string]*Repo    // full name -> repository
 	maxPerPage  int
 	app         *stubApp
-	issued      []string          // every code and access token handed out
-	rejects     []string          // why token exchanges were refused
-	exchanges   int               // successful exchanges
-	memberCalls int               // org membership requests answered
+	issued      []string // every code and access token handed out
+	rejects     []string // why token exchanges were refused
+	exchanges   int      // successful exchanges
+	memberCalls int      // org membership requests answered
 }
 
 type stubCode struct {
@@ -71,8 +71,8 @@ type stubCode struct {
 func New(t testing.TB) *Server {
 	t.Helper()
 	g := &Server{
-		users:  map[string]User{},
-		orgs:   map[string]map[string]string{},
+		users:      map[string]User{},
+		orgs:       map[string]map[string]string{},
 		codes:      map[string]stubCode{},
 		tokens:     map[string]string{},
 		scopes:     map[string][]string{},

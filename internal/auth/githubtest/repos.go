@@ -340,8 +340,12 @@ func (g *Server) installation(w http.ResponseWriter, r *http.Request) {
 	}
 	g.mu.Lock()
 	in := g.app.installations[id]
+	accountID := g.users[in.account].ID // 0 for an organization
+	if in.accountType == "Organization" {
+		accountID = 1000 + id
+	}
 	g.mu.Unlock()
-	writeJSON(w, http.StatusOK, map[string]any{"id": id, "account": map[string]string{"login": in.account, "type": in.accountType}})
+	writeJSON(w, http.StatusOK, map[string]any{"id": id, "account": map[string]any{"id": accountID, "login": in.account, "type": in.accountType}})
 }
 
 func (g *Server) installationToken(w http.ResponseWriter, r *http.Request) {

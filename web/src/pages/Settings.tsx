@@ -10,6 +10,7 @@ export function SettingsPage() {
   return (
     <section aria-labelledby="settings-title" className="stack">
       <h1 id="settings-title">Settings</h1>
+      <GitHubConnection />
       <SSHKeys />
       <Tokens />
       {config?.authMode !== 'none' && <Sessions />}
@@ -32,6 +33,65 @@ function download(name: string, text: string) {
   a.download = name;
   a.click();
   setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// The connected GitHub account: a repo-scoped token kept (sealed) as the
+// user's github git source, separate from the login, which cannot read
+// private repositories.
+function GitHubConnection() {
+  const sources = useAsync(async () => (await unwrap(api.GET('/api/git-sources'))).sources ?? [], []);
+  const [confirm, setConfirm] = useState<Confirmation | null>(null);
+  const connected = (sources.data ?? []).find((s) => s.kind === 'oauth');
+  const outcome = new URLSearchParams(window.location.search);
+  return (
+    <div className="card stack" role="region" aria-labelledby="github-title">
+      <div className="panel-head">
+        <h2 id="github-title">GitHub</h2>
+        <a className="btn btn-sm btn-primary" href={'/auth/github/connect?next=' + encodeURIComponent('/settings')}>
+          {connected ? 'Reconnect GitHub' : 'Connect GitHub'}
+        </a>
+      </div>
+      <p className="muted">
+        Connecting lets your workspaces list and clone your private repositories. The token is sealed on the server, never shown again, and
+        only reaches git in your own sandboxes when it asks for github.com.
+      </p>
+      {outcome.get('github') === 'connected' && <p role="status">GitHub connected.</p>}
+      {outcome.get('github_error') && (
+        <p role="alert" className="error-text">
+          GitHub was not connected ({outcome.get('github_error')}).
+        </p>
+      )}
+      <ErrorBanner error={sources.error} />
+      {sources.data && !connected && <Empty title="GitHub not connected">Connect it to pick repositories and branches in the workspace form.</Empty>}
+      {connected && (
+        <div className="row">
+          <span>
+            Connected as <strong>{connected.githubLogin}</strong> (git source {connected.name})
+          </span>
+          <button
+            type="button"
+            className="btn btn-sm btn-danger-outline"
+            onClick={() =>
+              setConfirm({
+                title: 'Disconnect GitHub?',
+                body: <p>Delete the git source {connected.name}? Workspaces using it clone private repositories no more.</p>,
+                action: 'Disconnect',
+                danger: true,
+                run: async () => {
+                  await unwrap(api.DELETE('/api/git-sources/{id}', { params: { path: { id: connected.id } } }));
+                  toast('GitHub disconnected');
+                  await sources.reload();
+                },
+              })
+            }
+          >
+            Disconnect
+          </button>
+        </div>
+      )}
+      <ConfirmDialog confirm={confirm} onDone={() => setConfirm(null)} />
+    </div>
+  );
 }
 
 function SSHKeys() {

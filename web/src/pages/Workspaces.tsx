@@ -1,4 +1,4 @@
-import { useState } from 'react';
+import { useEffect, useState } from 'react';
 import { api, unwrap } from '../api/client';
 import { date } from '../format';
 import { navigate } from '../router';
@@ -174,6 +174,29 @@ function NewWorkspaceDialog({ open, onClose, onAdded }: { open: boolean; onClose
   const [url, setURL] = useState('');
   const [branch, setBranch] = useState('main');
   const [sourceId, setSourceId] = useState('');
+  const source = (sources.data ?? []).find((s) => s.id === sourceId);
+  const isGitHub = source?.type === 'github';
+  const connected = (sources.data ?? []).some((s) => s.kind === 'oauth');
+  // owner/name picked from a github source's repositories, or the URL whose
+  // branches git ls-remote lists for any other source.
+  const [repo, setRepo] = useState('');
+  const [lsURL, setLsURL] = useState('');
+  const repos = useAsync(
+    async () => (open && isGitHub ? ((await unwrap(api.GET('/api/git-sources/{id}/repos', { params: { path: { id: sourceId } } }))).repos ?? []) : null),
+    [open, sourceId, isGitHub],
+  );
+  const branches = useAsync(async () => {
+    if (!open) return null;
+    const id = sourceId || 'public';
+    if (isGitHub && repo) return (await unwrap(api.GET('/api/git-sources/{id}/branches', { params: { path: { id }, query: { repo } } }))).branches ?? [];
+    if (!isGitHub && lsURL) return (await unwrap(api.GET('/api/git-sources/{id}/branches', { params: { path: { id }, query: { url: lsURL } } }))).branches ?? [];
+    return null;
+  }, [open, sourceId, isGitHub, repo, lsURL]);
+  const branchNames = (branches.data ?? []).map((b) => b.name);
+  useEffect(() => {
+    if (branchNames.length && !branchNames.includes(branch)) setBranch(branchNames.includes('main') ? 'main' : branchNames[0]);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [branches.data]);
   const [init, setInit] = useState('');
   const [devName, setDevName] = useState('web');
   const [devPort, setDevPort] = useState('3000');
@@ -185,6 +208,9 @@ function NewWorkspaceDialog({ open, onClose, onAdded }: { open: boolean; onClose
   const close = () => {
     setName('');
     setURL('');
+    setRepo('');
+    setLsURL('');
+    setSourceId('');
     setInit('');
     setDevCmd('');
     setEnv('');
@@ -226,21 +252,82 @@ function NewWorkspaceDialog({ open, onClose, onAdded }: { open: boolean; onClose
         }}
       >
         <Field label="Name">{(id) => <input id={id} value={name} onChange={(e) => setName(e.target.value)} required maxLength={100} />}</Field>
-        <Field label="Repository URL" hint="https://… of the repository; leave empty for none.">
-          {(id) => <input id={id} value={url} onChange={(e) => setURL(e.target.value)} placeholder="https://git.example.com/acme/web.git" />}
-        </Field>
-        <Field label="Branch">{(id) => <input id={id} value={branch} onChange={(e) => setBranch(e.target.value)} />}</Field>
-        <Field label="Git source" hint="Whose token clones a private repository (add sources with the API or CLI).">
-          {(id) => (
-            <select id={id} value={sourceId} onChange={(e) => setSourceId(e.target.value)}>
-              <option value="">none (public repository)</option>
-              {(sources.data ?? []).map((s) => (
-                <option key={s.id} value={s.id}>
-                  {s.name} ({s.host})
-                </option>
-              ))}
-            </select>
+        <div className="row">
+          <Field label="Git source" hint="Whose token clones a private repository.">
+            {(id) => (
+              <select
+                id={id}
+                value={sourceId}
+                onChange={(e) => {
+                  setSourceId(e.target.value);
+                  setRepo('');
+                  setLsURL('');
+                }}
+              >
+                <option value="">none (public repository)</option>
+                {(sources.data ?? []).map((s) => (
+                  <option key={s.id} value={s.id}>
+                    {s.name} ({s.kind === 'oauth' ? `GitHub: ${s.githubLogin}` : s.kind === 'app' ? `GitHub App installation ${s.installationId}` : s.host})
+                  </option>
+                ))}
+              </select>
+            )}
+          </Field>
+          {sources.data && !connected && (
+            <a className="btn" href={'/auth/github/connect?next=' + encodeURIComponent('/workspaces')}>
+              Connect GitHub
+            </a>
           )}
+        </div>
+        {isGitHub ? (
+          <Field label="Repository" hint="The repositories this source reads on GitHub.">
+            {(id) => (
+              <select
+                id={id}
+                value={repo}
+                disabled={!repos.data}
+                onChange={(e) => {
+                  const r = (repos.data ?? []).find((x) => x.fullName === e.target.value);
+                  setRepo(e.target.value);
+                  setURL(r?.cloneUrl ?? '');
+                  if (r?.defaultBranch) setBranch(r.defaultBranch);
+                }}
+              >
+                <option value="">{repos.loading ? 'loading repositories…' : 'choose a repository'}</option>
+                {(repos.data ?? []).map((r) => (
+                  <option key={r.fullName} value={r.fullName}>
+                    {r.fullName}
+                    {r.private ? ' (private)' : ''}
+                  </option>
+                ))}
+              </select>
+            )}
+          </Field>
+        ) : (
+          <div className="row">
+            <Field label="Repository URL" hint="https://… of the repository; leave empty for none.">
+              {(id) => <input id={id} className="grow" value={url} onChange={(e) => setURL(e.target.value)} placeholder="https://git.example.com/acme/web.git" />}
+            </Field>
+            <button type="button" className="btn" disabled={!url} onClick={() => setLsURL(url)}>
+              List branches
+            </button>
+          </div>
+        )}
+        <ErrorBanner error={repos.error ?? branches.error} />
+        <Field label="Branch">
+          {(id) =>
+            branchNames.length ? (
+              <select id={id} value={branch} onChange={(e) => setBranch(e.target.value)}>
+                {branchNames.map((b) => (
+                  <option key={b} value={b}>
+                    {b}
+                  </option>
+                ))}
+              </select>
+            ) : (
+              <input id={id} value={branch} onChange={(e) => setBranch(e.target.value)} />
+            )
+          }
         </Field>
         <Field label="Init commands" hint="One per line, run once in order after the clone (in the prebuild when there is one).">
           {(id) => <textarea id={id} value={init} onChange={(e) => setInit(e.target.value)} rows={3} spellCheck={false} placeholder="npm ci" />}
