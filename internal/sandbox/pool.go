@@ -8,8 +8,8 @@ import (
 
 	"atelier/internal/agent"
 	"atelier/internal/events"
-	"atelier/internal/image/manifest"
 	"atelier/internal/ids"
+	"atelier/internal/image/manifest"
 	"atelier/internal/metrics"
 	"atelier/internal/store"
 )
