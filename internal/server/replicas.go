@@ -6,7 +6,34 @@ import (
 	"encoding/hex"
 	"os"
 	"time"
+
+	"atelier/internal/config"
+	"atelier/internal/runtime/kubernetes"
+	"atelier/internal/store"
 )
+
+// leaseName is the Kubernetes Lease of the leader on a cluster.
+const leaseName = "atelier-leader-reconciler"
+
+// newLeaderLock chooses where the leader lease lives: with the kubernetes
+// runtime, a Lease in sandbox.kubernetes.namespace (the API server orders
+// the replicas' claims; the manager's Role grants get, create and update
+// on leases); otherwise the store's settings row.
+func newLeaderLock(cfg *config.Config, st *store.Store) (LeaderLock, error) {
+	if cfg.Sandbox.Runtime != "kubernetes" || cfg.Server.Mode == config.ModeMock {
+		return storeLock{st: st, name: leaderName}, nil
+	}
+	k := cfg.Sandbox.Kubernetes
+	rc, err := kubernetes.RestConfig(k.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := kubernetes.NewClient(rc)
+	if err != nil {
+		return nil, err
+	}
+	return &kubernetes.LeaseLock{Client: cs, Namespace: k.Namespace, Name: leaseName}, nil
+}
 
 // Several managers may share one Postgres store (replicas). Each serves the
 // API and its own creates; one, the leader, runs the work that must happen
@@ -82,13 +109,37 @@ func (s *Server) lead(ctx context.Context) {
 	}
 }
 
+// LeaderLock is where the leader lease lives: by default a row in the
+// store (storeLock); on a cluster, a Kubernetes Lease
+// (kubernetes.LeaseLock). Acquire takes or renews it for ttl and reports
+// whether holder holds it and who does; Release hands it over at once.
+type LeaderLock interface {
+	Acquire(ctx context.Context, holder string, ttl time.Duration) (bool, string, time.Time, error)
+	Release(ctx context.Context, holder string) error
+}
+
+// storeLock is the lease as the store's leader:reconciler setting.
+type storeLock struct {
+	st   *store.Store
+	name string
+}
+
+func (l storeLock) Acquire(ctx context.Context, holder string, ttl time.Duration) (bool, string, time.Time, error) {
+	won, cur, err := l.st.AcquireLeader(ctx, l.name, holder, ttl)
+	return won, cur.Holder, cur.ExpiresAt, err
+}
+
+func (l storeLock) Release(ctx context.Context, holder string) error {
+	return l.st.ReleaseLeader(ctx, l.name, holder)
+}
+
 func (s *Server) holdLease(ctx context.Context, took chan<- struct{}) {
 	ttl := s.leaderTTL
 	tick := time.NewTicker(ttl / 3)
 	defer tick.Stop()
 	log := s.Log.With("replica", s.replicaID)
 	for {
-		won, cur, err := s.Store.AcquireLeader(ctx, leaderName, s.replicaID, ttl)
+		won, cur, _, err := s.leaderLock.Acquire(ctx, s.replicaID, ttl)
 		if err != nil && ctx.Err() == nil {
 			// Unable to renew: act as a follower rather than risk two leaders.
 			log.Warn("leader lease", "err", err)
@@ -102,7 +153,7 @@ func (s *Server) holdLease(ctx context.Context, took chan<- struct{}) {
 			default:
 			}
 		case !won && was:
-			log.Warn("no longer leading", "leader", cur.Holder)
+			log.Warn("no longer leading", "leader", cur)
 			if c := s.passCancel.Load(); c != nil {
 				(*c)()
 			}
@@ -117,7 +168,7 @@ func (s *Server) holdLease(ctx context.Context, took chan<- struct{}) {
 		case <-ctx.Done():
 			if s.leading.Swap(false) {
 				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-				if err := s.Store.ReleaseLeader(rctx, leaderName, s.replicaID); err != nil {
+				if err := s.leaderLock.Release(rctx, s.replicaID); err != nil {
 					log.Warn("release the leader lease", "err", err)
 				}
 				cancel()

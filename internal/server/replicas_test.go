@@ -27,12 +27,22 @@ import (
 // cluster is) and returns it with a stop func that shuts it down gracefully.
 func replica(t *testing.T, url string, drv *sandbox.Drivers, ttl time.Duration) (*Server, *http.Client, func()) {
 	t.Helper()
+	return replicaWith(t, url, drv, ttl, nil)
+}
+
+// replicaWith is replica with its server options adjusted by tweak.
+func replicaWith(t *testing.T, url string, drv *sandbox.Drivers, ttl time.Duration, tweak func(*Options)) (*Server, *http.Client, func()) {
+	t.Helper()
 	cfg := productionConfig(t)
 	cfg.Advanced.Server.Database.URL = url
 	cfg.Advanced.Server.SecretsKeyFile = sharedKey(t, url)
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := New(ctx, cfg, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Drivers: drv,
-		LeaderTTL: ttl, ReconcileEvery: 100 * time.Millisecond})
+	opts := Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Drivers: drv,
+		LeaderTTL: ttl, ReconcileEvery: 100 * time.Millisecond}
+	if tweak != nil {
+		tweak(&opts)
+	}
+	srv, err := New(ctx, cfg, opts)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -74,6 +74,8 @@ type Server struct {
 	replicaID string
 	leaderTTL time.Duration
 	leading   atomic.Bool
+	// leaderLock is where the lease lives (see LeaderLock).
+	leaderLock LeaderLock
 	// passCancel ends the leader's reconciler pass in progress.
 	passCancel atomic.Pointer[context.CancelFunc]
 
@@ -109,6 +111,9 @@ type Options struct {
 	// LeaderTTL is the leader lease of replicas on Postgres (default
 	// DefaultLeaderTTL).
 	LeaderTTL time.Duration
+	// LeaderLock holds the leader lease of replicas on Postgres; nil: a
+	// Kubernetes Lease with the kubernetes runtime, else the store's row.
+	LeaderLock LeaderLock
 }
 
 // SandboxLogs are the keepers of the sandboxes' logs, with the config's
@@ -265,6 +270,13 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		s.leaderTTL = DefaultLeaderTTL
 	}
 	if s.replicated() {
+		s.leaderLock = opts.LeaderLock
+		if s.leaderLock == nil {
+			if s.leaderLock, err = newLeaderLock(cfg, st); err != nil {
+				st.Close()
+				return nil, fmt.Errorf("leader lease: %w", err)
+			}
+		}
 		sbx.SetShared(s.leaderTTL)
 		bus.SetLeader(s.Leading)
 		pbs.Shared, pbs.Leading = s.leaderTTL, s.Leading
