@@ -396,7 +396,7 @@ func start(ctx context.Context, binDir string, logf func(string, ...any)) (*Clus
 		"--root-ca-file="+p.path("ca.crt"), "--service-account-private-key-file="+p.path("sa.key"),
 		"--use-service-account-credentials=true",
 		"--cluster-signing-cert-file="+p.path("ca.crt"), "--cluster-signing-key-file="+p.path("ca.key"),
-		"--cluster-name=kubetest", "--v=1"); err != nil {
+		"--cluster-name=kubetest", "--flex-volume-plugin-dir="+filepath.Join(dir, "kubelet-plugins"), "--v=1"); err != nil {
 		return c, err
 	}
 	if err := c.run("kube-scheduler", filepath.Join(binDir, "kube-scheduler"),
