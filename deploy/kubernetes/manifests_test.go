@@ -223,10 +223,10 @@ func TestRBACLeastPrivilege(t *testing.T) {
 		}
 	}
 	uses := map[string][]string{
-		"/pods":                                   {"get", "list", "create", "delete"},
-		"/persistentvolumeclaims":                 {"get", "list", "create", "update", "delete"},
-		"/secrets":                                {"get", "list", "create", "update", "delete"},
-		"networking.k8s.io/networkpolicies":       {"get", "list", "create", "update", "delete"},
+		"/pods":                             {"get", "list", "create", "delete"},
+		"/persistentvolumeclaims":           {"get", "list", "create", "patch", "delete"},
+		"/secrets":                          {"get", "list", "create", "update", "delete"},
+		"networking.k8s.io/networkpolicies": {"get", "list", "create", "update", "delete"},
 		"snapshot.storage.k8s.io/volumesnapshots": {"get", "list", "create", "delete"},
 		"coordination.k8s.io/leases":              {"get", "create", "update"},
 	}

@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
@@ -400,8 +401,9 @@ func (d *Driver) Clone(ctx context.Context, image, id string) (string, error) {
 	if err := d.fill(ctx, id, img); err != nil {
 		return "", fmt.Errorf("fill disk of %s: %w", id, err)
 	}
-	pvc.Annotations[AnnotFilled] = "copy"
-	if _, err := claims.Update(ctx, pvc, metav1.UpdateOptions{}); err != nil {
+	// A merge patch: the volume controllers update the claim meanwhile.
+	patch := []byte(`{"metadata":{"annotations":{"` + AnnotFilled + `":"copy"}}}`)
+	if _, err := claims.Patch(ctx, pvc.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		return "", fmt.Errorf("disk of %s: mark filled: %w", id, err)
 	}
 	return pvc.Name, nil
