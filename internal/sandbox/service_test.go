@@ -230,7 +230,7 @@ func TestCreateReachesRunning(t *testing.T) {
 	if !ok {
 		t.Fatal("no runtime instance")
 	}
-	wantInst := sandbox.Instance{ID: sb.ID, Vcpus: 2, MemoryMB: 2048, IP: "172.16.0.10", MAC: "06:00:ac:10:00:0a",
+	wantInst := sandbox.Instance{ID: sb.ID, Owner: owner, Vcpus: 2, MemoryMB: 2048, IP: "172.16.0.10", MAC: "06:00:ac:10:00:0a",
 		Gateway: "172.16.0.1", PrefixLen: 24, DNS: []string{"8.8.8.8", "8.8.4.4"},
 		Disk: "/var/lib/sandbox/overlays/" + sb.ID + ".ext4", Link: "tap-" + sb.ID[:8]}
 	if fmt.Sprint(inst) != fmt.Sprint(wantInst) {
