@@ -121,4 +121,3 @@ func holderOf(l *coordinationv1.Lease) (string, time.Time) {
 	}
 	return *s.HolderIdentity, s.RenewTime.Add(time.Duration(*s.LeaseDurationSeconds) * time.Second)
 }
-
