@@ -46,6 +46,9 @@ var (
 	// poolBackoffMax, so a broken image does not boot in a loop.
 	poolBackoff    = 10 * time.Second
 	poolBackoffMax = 5 * time.Minute
+	// PoolHold is how long the keeper boots nothing from an image whose
+	// pool ReleasePool gave up (its removal, then a rebuild's import).
+	PoolHold = 2 * time.Minute
 )
 
 // Pooled reports whether sb is the pool's, not yet claimed.
@@ -289,6 +292,58 @@ func (s *Service) warmEditor(ctx context.Context, c *agent.Client, states []Serv
 	return fmt.Sprintf("; editor warmed in %d ms", time.Since(begin).Milliseconds())
 }
 
+// ReleasePool retires the pooled sandboxes of image, a fill in progress
+// included, and holds the keeper off it for PoolHold: an image removal
+// (and a rebuild, which removes first) must not be refused for sandboxes
+// no user has, nor find one booted again from the image in the meantime.
+// A pooled sandbox claimed meanwhile is its owner's and stays.
+func (s *Service) ReleasePool(ctx context.Context, image string) error {
+	s.mu.Lock()
+	if s.poolHold == nil {
+		s.poolHold = map[string]time.Time{}
+	}
+	s.poolHold[image] = time.Now().Add(PoolHold)
+	s.mu.Unlock()
+	list, err := s.st.ListSandboxes(ctx, store.SandboxFilter{OwnerID: store.PoolOwner, NoTimings: true})
+	if err != nil {
+		return fmt.Errorf("release the pool of %s: %w", image, err)
+	}
+	var errs []error
+	for _, sb := range list {
+		if sb.Image != image {
+			continue
+		}
+		s.mu.Lock()
+		o := s.inflight[sb.ID]
+		s.mu.Unlock()
+		if o != nil && o.name == OpPoolFill {
+			// A fill: cancel it and wait for its undo, which leaves the
+			// row in error for the retirement below.
+			o.cancel()
+			<-o.done
+		}
+		if err := s.retirePooled(ctx, sb.ID); err != nil && !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("release the pool of %s: %w", image, err)
+	}
+	return nil
+}
+
+// poolHeld reports whether ReleasePool holds the keeper off image.
+func (s *Service) poolHeld(image string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	until, ok := s.poolHold[image]
+	if ok && time.Now().After(until) {
+		delete(s.poolHold, image)
+		return false
+	}
+	return ok
+}
+
 // KickPool wakes the keeper (after a claim, or a config the tests changed).
 func (s *Service) KickPool() {
 	select {
@@ -353,7 +408,7 @@ func (s *Service) keepPool(ctx context.Context) error {
 				s.log.Warn("retire pooled sandbox", "sandbox_id", sb.ID, "err", err)
 			}
 		}
-		if have >= want {
+		if have >= want || s.poolHeld(shape.Image) {
 			return nil
 		}
 		// Keep one slot of server.maxSandboxes for creates of other shapes.

@@ -309,3 +309,27 @@ func TestPoolCrashMidClaim(t *testing.T) {
 		t.Fatalf("interrupted fill's row: %v, want it retired", err)
 	}
 }
+
+// ReleasePool (an image removal) retires the image's pooled sandboxes and
+// holds the keeper off the image for PoolHold; then it refills.
+func TestPoolRelease(t *testing.T) {
+	defer func(d time.Duration) { sandbox.PoolHold = d }(sandbox.PoolHold)
+	sandbox.PoolHold = 500 * time.Millisecond
+	e := newEnv(t, withPool(2))
+	e.keep(t)
+	old := poolIDs(e.awaitPool(t, 2))
+	if err := e.svc.ReleasePool(ctxT(t), e.cfg.Sandbox.DefaultImage); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.pool(t, "")); n != 0 {
+		t.Fatalf("%d pooled sandboxes after the release", n)
+	}
+	for _, id := range old {
+		e.assertGone(t, id)
+	}
+	time.Sleep(200 * time.Millisecond) // ten keeper passes
+	if n := len(e.pool(t, "")); n != 0 {
+		t.Fatalf("the keeper booted %d during the hold", n)
+	}
+	e.awaitPool(t, 2)
+}

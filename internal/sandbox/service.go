@@ -95,6 +95,8 @@ type Service struct {
 	sharedFresh atomic.Int64
 	// poolKick wakes the pool keeper (pool.go).
 	poolKick chan struct{}
+	// poolHold: images the keeper boots nothing from until then (ReleasePool).
+	poolHold map[string]time.Time
 }
 
 // New builds the service; Run starts its spawn workers.

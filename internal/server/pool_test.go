@@ -61,8 +61,9 @@ func (f *fixture) usePool(t testing.TB, n int) {
 // TestPoolContainer runs the warm pool on the container runtime: the
 // keeper boots a sandbox for no one with its services ready; a create of
 // the default shape gets that very sandbox, running as its owner's; the
-// keeper boots a replacement; a manager restarted with the pool off
-// retires the pool and leaves nothing on the host.
+// keeper boots a replacement; removing the image retires the pool; a
+// manager restarted with the pool off retires what is left, leaving
+// nothing on the host.
 func TestPoolContainer(t *testing.T) {
 	f := newFixture(t)
 	f.buildServicesImage(t)
@@ -99,6 +100,16 @@ func TestPoolContainer(t *testing.T) {
 			t.Fatalf("destroy %s: %d %s", x, code, b)
 		}
 	}
+	// Removing the image gives up its pool (no user has those sandboxes),
+	// and the keeper boots none from it meanwhile.
+	if code, b := f.call(t, "DELETE", "/api/images/"+servicesImage, ""); code != 204 {
+		t.Fatalf("remove the pool's image: %d %s", code, b)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if l := f.listAll(t); len(l) != 0 {
+		t.Fatalf("sandboxes after the image's removal: %+v", l)
+	}
+	f.assertNoLeaks(t)
 	stop()
 	f.cfg.Sandbox.Pool.Size = 0
 	f.start(t)

@@ -285,7 +285,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	s.Prebuilds = pbs
 	s.GitCredentials = &workspace.CredentialBroker{Workspaces: wss, Store: st, Agent: sbx.Agent, Log: log, Leading: s.Leading}
 	s.Provisioner = prov
-	s.Images = newCatalog(ctx, cfg, st, drv.Volumes, bus, log)
+	s.Images = newCatalog(ctx, cfg, st, drv.Volumes, bus, log, sbx.ReleasePool)
 	if c, ok := drv.Runtime.(interface{ Check(context.Context) error }); ok {
 		s.health.runtime = c.Check
 	}
@@ -533,7 +533,7 @@ func trustedPeer(c net.Conn) bool {
 // from disk. Mock mode (and a test's own drivers) list the file driver's
 // images under the state dir. A failed sync is logged: the catalog serves
 // what the store last knew and syncs again on the next listing.
-func newCatalog(ctx context.Context, cfg *config.Config, st *store.Store, vols sandbox.Volumes, bus *events.Bus, log *slog.Logger) *catalog.Catalog {
+func newCatalog(ctx context.Context, cfg *config.Config, st *store.Store, vols sandbox.Volumes, bus *events.Bus, log *slog.Logger, release func(context.Context, string) error) *catalog.Catalog {
 	cv, ok := vols.(catalog.Volumes)
 	if !ok {
 		cv = file.New(file.Config{StateDir: cfg.Sandbox.StateDir, Log: log})
@@ -543,7 +543,7 @@ func newCatalog(ctx context.Context, cfg *config.Config, st *store.Store, vols s
 	}, BuildsDir: filepath.Join(cfg.Sandbox.StateDir, "images"), Publish: func(ctx context.Context, typ string, data any) error {
 		_, err := bus.Publish(ctx, typ, "", data)
 		return err
-	}})
+	}, Release: release})
 	if err := c.Sync(ctx); err != nil {
 		log.Warn("image catalog sync at startup failed", "err", err)
 	}

@@ -102,6 +102,11 @@ type Options struct {
 	// Publish, when set, gets the image.build / image.built /
 	// image.failed events WatchBuilds sees (events.Bus.Publish).
 	Publish func(ctx context.Context, typ string, data any) error
+	// Release, when set, is called by a removal before it checks who uses
+	// the image: it gives up what the host alone holds of it (the warm
+	// pool's sandboxes, which would otherwise keep every removal, and so
+	// every rebuild, refused).
+	Release func(ctx context.Context, id string) error
 }
 
 // Catalog is safe for concurrent use; imports, removals and syncs run one
@@ -317,6 +322,11 @@ func (c *Catalog) Remove(ctx context.Context, id string) error {
 		return fmt.Errorf("remove image %s: %w", id, ErrNotFound)
 	} else if err != nil {
 		return fmt.Errorf("remove image %s: %w", id, err)
+	}
+	if c.o.Release != nil {
+		if err := c.o.Release(ctx, id); err != nil {
+			return fmt.Errorf("remove image %s: %w", id, err)
+		}
 	}
 	users, pre, err := c.users(ctx)
 	if err != nil {

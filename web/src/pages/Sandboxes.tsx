@@ -134,7 +134,7 @@ export function SandboxesPage() {
                     {age(sb.createdAt, now)}
                   </time>
                 </td>
-                {me?.admin && <td data-label="Owner">{owners.get(sb.ownerId) ?? sb.ownerId}</td>}
+                {me?.admin && <td data-label="Owner">{sb.pooled ? 'warm pool' : owners.get(sb.ownerId) ?? sb.ownerId}</td>}
                 <td className="row-actions">
                   <RowActions sb={sb} ask={ask} />
                 </td>
