@@ -20,8 +20,13 @@ import (
 
 	"atelier/internal/agent"
 	"atelier/internal/agentpki"
+	"atelier/internal/config"
+	"atelier/internal/events"
 	"atelier/internal/kubetest"
+	"atelier/internal/metrics"
+	netmock "atelier/internal/network/mock"
 	"atelier/internal/sandbox"
+	"atelier/internal/store"
 )
 
 func TestMain(m *testing.M) { kubetest.Main(m) }
@@ -258,4 +263,136 @@ func BenchmarkClusterBoot(b *testing.B) {
 	b.ReportMetric(ms(ready), "agent-ready-ms")
 	b.ReportMetric(ms(run+ready), "boot-to-agent-ms")
 	b.ReportMetric(ms(stop), "stop-ms")
+}
+
+// poolVolume is a hostPath PersistentVolume of the static class that any
+// claim may bind: the service names its sandboxes itself.
+func poolVolume(t testing.TB, c *kubetest.Cluster, name string) {
+	t.Helper()
+	hp := corev1.HostPathDirectoryOrCreate
+	pv := &corev1.PersistentVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PersistentVolumeSpec{
+			StorageClassName:              staticClass,
+			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
+			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
+			PersistentVolumeSource:        corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: t.TempDir(), Type: &hp}},
+		},
+	}
+	if _, err := c.Clientset().CoreV1().PersistentVolumes().Create(context.Background(), pv, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		err := c.Clientset().CoreV1().PersistentVolumes().Delete(context.Background(), pv.Name, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("delete %s: %v", pv.Name, err)
+		}
+	})
+}
+
+// TestServiceOnCluster drives the lifecycle service on the real cluster:
+// create to running with the Pod's address on the row, the agent, stop and
+// start keeping the disk, a Pod deleted behind the manager's back marked by
+// the reconciler, destroy leaving nothing.
+func TestServiceOnCluster(t *testing.T) {
+	c := kubetest.Shared(t)
+	ns := c.Namespace(t)
+	ref := agentImage(t, c)
+	poolVolume(t, c, "pv-"+ns+"-svc")
+	ca, err := agentpki.LoadOrCreate(filepath.Join(t.TempDir(), "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(c.Clientset(), Options{
+		Namespace: ns, StorageClass: staticClass, DiskBytes: 1 << 30, AgentPort: 9998,
+		Images: map[string]Image{"agent": {Ref: ref}}, CA: ca, Dial: c.DialContext,
+		PodTimeout: 2 * time.Minute, Log: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Server.Mode = config.ModeMock
+	cfg.Server.DataDir = t.TempDir()
+	cfg.Quotas = config.Quotas{}
+	cfg.Sandbox.Git = config.Git{}
+	st, err := store.Open(context.Background(), cfg.Server.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	svc := sandbox.New(cfg, st, events.New(st, slog.New(slog.DiscardHandler)), metrics.New(),
+		sandbox.Drivers{Runtime: d, Network: netmock.New(), Volumes: d}, slog.New(slog.DiscardHandler))
+	svc.SetInventory(sandbox.Inventory{Runtimes: d.List, Volumes: d.Volumes})
+	rctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); svc.Run(rctx) }()
+	defer func() { stop(); <-done }()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	sb, err := svc.Create(ctx, sandbox.CreateRequest{OwnerID: "user-1", Image: "agent", Vcpus: 1, MemoryMB: 512})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		bg := context.Background()
+		d.Destroy(bg, sb.ID)
+		d.Delete(bg, sb.ID)
+	})
+	if sb, err = svc.Wait(ctx, sb.ID); err != nil || sb.Status != store.StatusRunning {
+		t.Fatalf("create: %v %s %s", err, sb.Status, sb.Error)
+	}
+	if !strings.HasPrefix(sb.IP, "10.244.0.") {
+		t.Fatalf("row address %q, want the Pod's on the bed's pod network", sb.IP)
+	}
+	t.Logf("create timings (ms): %v", sb.Timings)
+	cl, err := svc.Agent(ctx, sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.WriteFile(ctx, "/root/kept.txt", strings.NewReader("kept"), agent.WriteFileOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if sb, err = svc.Stop(ctx, sb.ID); err != nil || sb.Status != store.StatusStopped {
+		t.Fatalf("stop: %v %s", err, sb.Status)
+	}
+	if sb, err = svc.Start(ctx, sb.ID); err != nil || sb.Status != store.StatusRunning {
+		t.Fatalf("start: %v %s %s", err, sb.Status, sb.Error)
+	}
+	cl, _ = svc.Agent(ctx, sb.ID)
+	if b, err := cl.ReadFileBytes(ctx, "/root/kept.txt"); err != nil || string(b) != "kept" {
+		t.Fatalf("after start: %q %v", b, err)
+	}
+	// The Pod dies behind the manager's back.
+	if err := d.deletePod(ctx, PodName(sb.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := svc.Reconcile(ctx, false); err != nil || rep.Dead != 1 {
+		t.Fatalf("reconcile: %+v %v", rep, err)
+	}
+	if got, _ := svc.Get(ctx, sb.ID); got.Status != store.StatusError {
+		t.Fatalf("status after the pod died: %s", got.Status)
+	}
+	if err := svc.Destroy(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	cs := c.Clientset()
+	sel := metav1.ListOptions{LabelSelector: Selector(sb.ID)}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		p, _ := cs.CoreV1().Pods(ns).List(ctx, sel)
+		v, _ := cs.CoreV1().PersistentVolumeClaims(ns).List(ctx, sel)
+		s, _ := cs.CoreV1().Secrets(ns).List(ctx, sel)
+		n, _ := cs.NetworkingV1().NetworkPolicies(ns).List(ctx, sel)
+		left := len(p.Items) + len(v.Items) + len(s.Items) + len(n.Items)
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d objects left after destroy", left)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
