@@ -31,6 +31,7 @@ func newImagesBuildCmds(g *globals) []*cobra.Command {
 
 func newImagesBuildCmd(g *globals, use, fixed string) *cobra.Command {
 	var out, cacheDir, agent, recipesDir string
+	var oo ociOut
 	var noCache, verbose bool
 	short := "Build a root filesystem image from its recipe (images/<id>/), without Docker"
 	args := cobra.ExactArgs(1)
@@ -135,9 +136,19 @@ and npm on the host; a cold dev-base build takes about 15 minutes and 6 GB of ca
 			// its half-made stage before exiting.
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if err := oo.check(); err != nil {
+				return err
+			}
 			res, err := build.Build(ctx, o)
 			if err != nil {
 				return err
+			}
+			if oo.any() {
+				// The finished ext4 file, not the build tree: what sandboxes
+				// boot is what the cluster gets.
+				if err := oo.run(ctx, cmd.OutOrStdout(), dst); err != nil {
+					return err
+				}
 			}
 			if vols != nil && res.UpToDate {
 				if _, serr := vols.Stat(cmd.Context(), storage.KindImage, id); serr == nil {
@@ -149,6 +160,7 @@ and npm on the host; a cold dev-base build takes about 15 minutes and 6 GB of ca
 			return nil
 		},
 	}
+	oo.flags(c, true)
 	f := c.Flags()
 	f.StringVar(&out, "output", "", "write the ext4 image here instead of the volume driver")
 	f.StringVar(&cacheDir, "cache-dir", defaultBuildCache, "stage cache and downloads")

@@ -24,7 +24,7 @@ func newImagesCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error { return g.listImages(cmd) },
 	}
 	cmd.AddCommand(newImagesKernelCmd(g))
-	cmd.AddCommand(newImagesListCmd(g), newImagesGetCmd(g), newImagesRmCmd(g), newImagesImportCmd(g))
+	cmd.AddCommand(newImagesListCmd(g), newImagesGetCmd(g), newImagesRmCmd(g), newImagesImportCmd(g), newImagesExportCmd(g))
 	cmd.AddCommand(newImagesBuildCmds(g)...)
 	return cmd
 }
