@@ -396,3 +396,121 @@ func TestServiceOnCluster(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestCrashOnCluster kills the manager (its worker exits on the spot, no
+// undo) inside a create and a destroy on the real cluster, starts a new
+// manager on the same store, and checks its start-up reconcile converges:
+// the create undone to error with no object left, the destroy finished.
+func TestCrashOnCluster(t *testing.T) {
+	c := kubetest.Shared(t)
+	ns := c.Namespace(t)
+	ref := agentImage(t, c)
+	for i := range 4 {
+		poolVolume(t, c, fmt.Sprintf("pv-%s-crash%d", ns, i))
+	}
+	ca, err := agentpki.LoadOrCreate(filepath.Join(t.TempDir(), "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(c.Clientset(), Options{
+		Namespace: ns, StorageClass: staticClass, DiskBytes: 1 << 30, AgentPort: 9998,
+		Images: map[string]Image{"agent": {Ref: ref}}, CA: ca, Dial: c.DialContext,
+		PodTimeout: 2 * time.Minute, Log: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Server.Mode = config.ModeMock
+	cfg.Server.DataDir = t.TempDir()
+	cfg.Quotas = config.Quotas{}
+	cfg.Sandbox.Git = config.Git{}
+	st, err := store.Open(context.Background(), cfg.Server.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	nw := netmock.New()
+	manager := func() (*sandbox.Service, func()) {
+		svc := sandbox.New(cfg, st, events.New(st, slog.New(slog.DiscardHandler)), metrics.New(),
+			sandbox.Drivers{Runtime: d, Network: nw, Volumes: d}, slog.New(slog.DiscardHandler))
+		svc.SetInventory(sandbox.Inventory{Runtimes: d.List, Volumes: d.Volumes})
+		ctx, stop := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); svc.Run(ctx) }()
+		return svc, func() { stop(); <-done }
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	left := func(id string) int {
+		cs := c.Clientset()
+		sel := metav1.ListOptions{LabelSelector: Selector(id)}
+		p, _ := cs.CoreV1().Pods(ns).List(ctx, sel)
+		v, _ := cs.CoreV1().PersistentVolumeClaims(ns).List(ctx, sel)
+		s, _ := cs.CoreV1().Secrets(ns).List(ctx, sel)
+		n, _ := cs.NetworkingV1().NetworkPolicies(ns).List(ctx, sel)
+		return len(p.Items) + len(v.Items) + len(s.Items) + len(n.Items)
+	}
+	crashAt := func(op, step string) (crashed chan struct{}) {
+		crashed = make(chan struct{})
+		sandbox.CrashHook = func(o, s, w string) {
+			if o == op && s == step && w == "after" {
+				sandbox.CrashHook = nil
+				close(crashed)
+				runtime.Goexit()
+			}
+		}
+		return crashed
+	}
+	t.Cleanup(func() { sandbox.CrashHook = nil })
+
+	// A create killed after its Pod started.
+	svc, stop := manager()
+	crashed := crashAt(sandbox.OpCreate, "boot")
+	sb, err := svc.Create(ctx, sandbox.CreateRequest{OwnerID: "user-1", Image: "agent", Vcpus: 1, MemoryMB: 512})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Destroy(context.Background(), sb.ID); d.Delete(context.Background(), sb.ID) })
+	<-crashed
+	stop()
+	if alive, _ := d.Alive(ctx, sb.ID); !alive {
+		t.Fatal("the crash point is after the boot: the Pod should run")
+	}
+	svc, stop = manager()
+	defer func() { stop() }()
+	if _, err := svc.Reconcile(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := svc.Get(ctx, sb.ID); got.Status != store.StatusError {
+		t.Fatalf("interrupted create: %s", got.Status)
+	}
+	if n := left(sb.ID); n != 0 {
+		t.Fatalf("an undone create left %d objects", n)
+	}
+	if got, err := svc.Start(ctx, sb.ID); err != nil || got.Status != store.StatusRunning {
+		t.Fatalf("start after the crash: %v %s", err, got.Status)
+	}
+
+	// A destroy killed after the Pod went, before the disk.
+	stop()
+	svc, stop = manager()
+	crashed = crashAt(sandbox.OpDestroy, "runtime")
+	go svc.Destroy(ctx, sb.ID)
+	<-crashed
+	stop()
+	svc, stop = manager()
+	if _, err := svc.Reconcile(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Get(ctx, sb.ID); err == nil {
+		t.Fatal("the interrupted destroy's row is still there")
+	}
+	deadline := time.Now().Add(time.Minute)
+	for left(sb.ID) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d objects left after the finished destroy", left(sb.ID))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
