@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -564,3 +565,20 @@ func (e *Exported) Push(ctx context.Context, ref string, opts ...remote.Option) 
 
 // LayerPath is the gzip layer file (until Close).
 func (e *Exported) LayerPath() string { return filepath.Join(e.work, "layer.tar.gz") }
+
+// ContainerdImport imports an OCI tar (WriteTar) into the containerd at
+// address with containerd's own importer (ctr images import), which
+// unpacks it for the kubelet's snapshotter; the kubelet's namespace is
+// k8s.io.
+func ContainerdImport(ctx context.Context, address, namespace, tarFile string) error {
+	ctr, err := exec.LookPath("ctr")
+	if err != nil {
+		return fmt.Errorf("ctr not found (apt-get install containerd): %w", err)
+	}
+	out, err := exec.CommandContext(ctx, ctr, "--address", address, "--namespace", namespace,
+		"images", "import", tarFile).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ctr images import: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
