@@ -102,7 +102,15 @@ func ExportTree(ctx context.Context, dir string, o ExportOptions) (exp *Exported
 			exp = nil
 		}
 	}()
-	if b, err := os.ReadFile(filepath.Join(dir, strings.TrimPrefix(manifest.Path, "/"))); err == nil {
+	// Through an os.Root: the image's manifest may be a symbolic link, and
+	// one to /etc/shadow must not put the host's file in a label.
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return exp, fmt.Errorf("export: %w", err)
+	}
+	b, err := readSmall(root, strings.TrimPrefix(manifest.Path, "/"))
+	root.Close()
+	if err == nil {
 		m, err := manifest.Parse(b)
 		if err != nil {
 			return exp, fmt.Errorf("export: the image's %s: %w", manifest.Path, err)
