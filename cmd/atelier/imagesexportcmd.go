@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -120,7 +119,7 @@ func (o *ociOut) run(ctx context.Context, w io.Writer, path string) error {
 		}
 	}
 	if o.containerd {
-		if err := ctrImport(ctx, o.ctrAddress, o.ctrNamespace, tarFile); err != nil {
+		if err := oci.ContainerdImport(ctx, o.ctrAddress, o.ctrNamespace, tarFile); err != nil {
 			return fmt.Errorf("--containerd-import: %w", err)
 		}
 		cn, _ := oci.ContainerdName(tag)
@@ -131,21 +130,6 @@ func (o *ociOut) run(ctx context.Context, w io.Writer, path string) error {
 			return fmt.Errorf("--push: %w", err)
 		}
 		fmt.Fprintf(w, "pushed %s@%s\n", o.push, d)
-	}
-	return nil
-}
-
-// ctrImport runs containerd's own importer, which unpacks the image for
-// the kubelet's snapshotter.
-func ctrImport(ctx context.Context, address, namespace, tarFile string) error {
-	ctr, err := exec.LookPath("ctr")
-	if err != nil {
-		return fmt.Errorf("ctr not found (apt-get install containerd): %w", err)
-	}
-	out, err := exec.CommandContext(ctx, ctr, "--address", address, "--namespace", namespace,
-		"images", "import", tarFile).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ctr images import: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

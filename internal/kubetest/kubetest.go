@@ -150,6 +150,10 @@ func (c *Cluster) Clientset() kubernetes.Interface { return c.clientset }
 // Kubeconfig returns the path of an admin kubeconfig for the bed.
 func (c *Cluster) Kubeconfig() string { return c.kubeconfig }
 
+// ContainerdAddress is the node containerd's socket, for tests of code that
+// runs ctr itself (namespace k8s.io is the kubelet's).
+func (c *Cluster) ContainerdAddress() string { return filepath.Join(c.dir, "containerd.sock") }
+
 // HTTPClient returns a client whose connections are made inside the bed's
 // network namespace, so pod IPs are reachable.
 func (c *Cluster) HTTPClient() *http.Client {

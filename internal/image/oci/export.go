@@ -13,12 +13,12 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
-	"compress/gzip"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -28,6 +28,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/gzip"
 	"golang.org/x/sys/unix"
 
 	"atelier/internal/bootcontract"
@@ -101,7 +102,15 @@ func ExportTree(ctx context.Context, dir string, o ExportOptions) (exp *Exported
 			exp = nil
 		}
 	}()
-	if b, err := os.ReadFile(filepath.Join(dir, strings.TrimPrefix(manifest.Path, "/"))); err == nil {
+	// Through an os.Root: the image's manifest may be a symbolic link, and
+	// one to /etc/shadow must not put the host's file in a label.
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return exp, fmt.Errorf("export: %w", err)
+	}
+	b, err := readSmall(root, strings.TrimPrefix(manifest.Path, "/"))
+	root.Close()
+	if err == nil {
 		m, err := manifest.Parse(b)
 		if err != nil {
 			return exp, fmt.Errorf("export: the image's %s: %w", manifest.Path, err)
@@ -564,3 +573,20 @@ func (e *Exported) Push(ctx context.Context, ref string, opts ...remote.Option) 
 
 // LayerPath is the gzip layer file (until Close).
 func (e *Exported) LayerPath() string { return filepath.Join(e.work, "layer.tar.gz") }
+
+// ContainerdImport imports an OCI tar (WriteTar) into the containerd at
+// address with containerd's own importer (ctr images import), which
+// unpacks it for the kubelet's snapshotter; the kubelet's namespace is
+// k8s.io.
+func ContainerdImport(ctx context.Context, address, namespace, tarFile string) error {
+	ctr, err := exec.LookPath("ctr")
+	if err != nil {
+		return fmt.Errorf("ctr not found (apt-get install containerd): %w", err)
+	}
+	out, err := exec.CommandContext(ctx, ctr, "--address", address, "--namespace", namespace,
+		"images", "import", tarFile).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ctr images import: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}

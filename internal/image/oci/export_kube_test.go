@@ -21,8 +21,8 @@ import (
 func TestMain(m *testing.M) { kubetest.Main(m) }
 
 // TestExportRunsOnTheCluster: the test image, exported as an OCI tar and
-// imported into the bed's containerd the way --containerd-import does
-// (ctr images import, namespace k8s.io), runs a Pod to completion that
+// imported into the bed's containerd by ContainerdImport (what
+// --containerd-import runs: ctr images import, namespace k8s.io), runs a Pod to completion that
 // prints the image's own files: its manifest and its setuid su.
 func TestExportRunsOnTheCluster(t *testing.T) {
 	img := buildTestImage(t)
@@ -42,7 +42,9 @@ func TestExportRunsOnTheCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	c.ImportImage(t, tarFile)
+	if err := oci.ContainerdImport(ctx, c.ContainerdAddress(), "k8s.io", tarFile); err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("ctr images import: %s", time.Since(start).Round(time.Millisecond))
 
 	cs := c.Clientset()

@@ -479,3 +479,34 @@ func TestContainerdName(t *testing.T) {
 		t.Error("an invalid reference was accepted")
 	}
 }
+
+// TestExportManifestLinkStaysInside: an image whose manifest is a symbolic
+// link to a host file (absolute, or climbing out) is refused; the host
+// file never reaches a label.
+func TestExportManifestLinkStaysInside(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret.json")
+	if err := os.WriteFile(secret, []byte(`{"schema":1,"id":"host-secret","user":"root","workdir":"/"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{secret, "../../../../../../../../.." + secret} {
+		dir := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(dir, "etc/atelier"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, filepath.Join(dir, "etc/atelier/image.json")); err != nil {
+			t.Fatal(err)
+		}
+		exp, err := oci.ExportTree(context.Background(), dir, oci.ExportOptions{ID: "x", WorkDir: t.TempDir()})
+		if err == nil {
+			cfg, _ := exp.Image.ConfigFile()
+			exp.Close()
+			if strings.Contains(cfg.Config.Labels[oci.LabelManifest], "host-secret") {
+				t.Fatalf("link %s: the host's file is in the image's labels", target)
+			}
+			t.Fatalf("link %s: export succeeded", target)
+		}
+		if !strings.Contains(err.Error(), "escapes") {
+			t.Errorf("link %s: %v", target, err)
+		}
+	}
+}
