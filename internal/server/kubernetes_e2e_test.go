@@ -3,10 +3,13 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -292,12 +295,24 @@ func TestKubernetesEndToEnd(t *testing.T) {
 		t.Fatalf("pod %v: IP %q, sandbox address %q", err, pod.Status.PodIP, sb.IPAddress)
 	}
 
+	// A network peer in the cluster (here the node's namespace) without the
+	// manager's client certificate gets no answer from the agent.
+	if err := dialAgentWithoutCert(ctx, e.c, pod.Status.PodIP, f.cfg.Advanced.VM.Agent.Port); err == nil {
+		t.Fatal("the agent answered a client without the manager's certificate")
+	} else {
+		t.Logf("agent without a client certificate: %v", err)
+	}
+
 	// exec: output and exit code, and a file on the disk for later.
 	if code, out := api.exec(id, "echo out; echo err >&2; exit 3"); code != 3 || out != "out\nerr\n" {
 		t.Fatalf("exec: %d %q", code, out)
 	}
 	if code, out := api.exec(id, "echo kept-across-stop > /home/dev/kept.txt && cat /etc/os-release"); code != 0 || !strings.Contains(out, "Atelier test image") {
 		t.Fatalf("exec in the image: %d %q", code, out)
+	}
+	// The guest holds no credential for the cluster's API.
+	if code, out := api.exec(id, "if [ -e /var/run/secrets/kubernetes.io/serviceaccount/token ]; then echo mounted; exit 1; fi; echo none"); code != 0 || out != "none\n" {
+		t.Fatalf("a service account token in the sandbox: %d %q", code, out)
 	}
 
 	// A terminal over WebSocket through the manager's agent proxy.
@@ -425,4 +440,33 @@ func edgeSession(t testing.TB, st *store.Store, cfg *config.Config, user string)
 		t.Fatal(err)
 	}
 	return s
+}
+
+// dialAgentWithoutCert speaks TLS and HTTP to the agent at ip:port from the
+// bed's network namespace with no client certificate; the agent must end
+// the connection before any answer.
+func dialAgentWithoutCert(ctx context.Context, c *kubetest.Cluster, ip string, port int) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	raw, err := c.DialContext(ctx, "tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+	if err != nil {
+		return fmt.Errorf("dial: %w", err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	conn := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
+	if err := conn.HandshakeContext(ctx); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(conn, "GET /health HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"); err != nil {
+		return err
+	}
+	b, err := io.ReadAll(conn)
+	if err != nil {
+		return err
+	}
+	if len(b) == 0 {
+		return errors.New("connection closed without an answer")
+	}
+	return nil
 }
