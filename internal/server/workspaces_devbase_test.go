@@ -246,8 +246,14 @@ func TestWorkspaceDevBase(t *testing.T) {
 	sh(t, "ip", "-n", f.prefix+"wan", "addr", "add", privateGitIP+"/32", "dev", "lo")
 	gs := startPrivateGit(t, wanNS, token, gitCert)
 	c1 := gs.repo(t, "app", map[string]string{
-		"README":   "hello from the private repo\n",
-		"build.sh": "mkdir -p dist && printf 'built %s\\n' \"$(git rev-parse --short HEAD)\" > dist/out.txt\n",
+		"README": "hello from the private repo\n",
+		// A dependency from the repository itself: npm installs it with no
+		// registry, as the test's sandboxes have no internet.
+		"package.json":       `{"name":"app","version":"1.0.0","private":true,"dependencies":{"greet":"file:greet"}}` + "\n",
+		"greet/package.json": `{"name":"greet","version":"1.0.0","main":"index.js"}` + "\n",
+		"greet/index.js":     "module.exports = 'hello from greet';\n",
+		".gitignore":         "node_modules/\ndist/\n",
+		"build.sh":           "mkdir -p dist && printf 'built %s\\n' \"$(git rev-parse --short HEAD)\" > dist/out.txt\n",
 		"server.js": `const fs = require('fs');
 require('http').createServer((req, res) => {
   res.end('dev-server ' + fs.readFileSync(__dirname + '/dist/out.txt', 'utf8'));
@@ -338,6 +344,7 @@ require('http').createServer((req, res) => {
 		"initCommands": []string{"cd app && sh build.sh", "date +%s%N > stamp.txt"},
 		"devCommands":  []any{map[string]any{"name": "web", "command": "exec node app/server.js", "port": 3000, "default": true, "public": true}},
 		"env":          map[string]string{"MODE": "dev"},
+		"useNpmCache":  true,
 	}
 	code, body = call("POST", "/api/workspaces", map[string]any{"name": "app", "config": wsCfg,
 		"secretEnv":   map[string]string{"API_KEY": secretVal},
@@ -422,6 +429,24 @@ require('http').createServer((req, res) => {
 		t.Fatalf("ready prebuild: %+v", pb)
 	}
 	t.Logf("prebuild ready in %v", prebuildTook.Round(time.Millisecond))
+	// The warm-ups ran for real, offline: npm from the repository alone,
+	// OpenCode's first start without its models catalogue.
+	warmLine := func(step string) string {
+		for _, l := range strings.Split(pb.Log, "\n") {
+			if strings.Contains(l, step) {
+				return l
+			}
+		}
+		return ""
+	}
+	npmLine, ocLine := warmLine("ws-warm-npm"), warmLine("ws-warm-opencode")
+	t.Logf("warm-ups: %q; %q", npmLine, ocLine)
+	if !strings.Contains(npmLine, "app: npm install via ") || strings.Contains(npmLine, "warning") {
+		t.Errorf("npm warm-up: %q in\n%s", npmLine, pb.Log)
+	}
+	if !strings.Contains(ocLine, "app: opencode models in ") || strings.Contains(ocLine, "warning") {
+		t.Errorf("OpenCode warm-up: %q in\n%s", ocLine, pb.Log)
+	}
 	// The prebuild's disk, byte by byte: no token, and no secret at all
 	// (the build gets neither secret variables nor secret files).
 	pbDisk := filepath.Join(f.cfg.Sandbox.StateDir, "prebuilds", ws.ID+".ext4")
@@ -436,13 +461,61 @@ require('http').createServer((req, res) => {
 	}
 	searched = append(searched, fmt.Sprintf("prebuild %d MiB in %v", n>>20, time.Since(t1).Round(time.Millisecond)))
 
+	// Nothing moved: the check finds the prebuild current.
+	if code, b := call("POST", pbPath+"/check", nil); code != 200 || !strings.Contains(string(b), `"stale":false`) {
+		t.Fatalf("check, branch unmoved: %d %s", code, b)
+	}
+
+	// The branch moves after the prebuild: a sandbox from it starts at the
+	// prebuild's commit and the background pull (the token for that one
+	// git process) brings it to the new one.
+	cPull := (&gitServer{root: gs.root}).commit(t, "app", "UPSTREAM", "after the prebuild\n")
+	createdAt := time.Now()
 	a, tookA := create()
 	t.Logf("create from the prebuild -> dev server answering through the edge: %v", tookA.Round(time.Millisecond))
+	returned := time.Now()
+	var head string
+	for end := returned.Add(30 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if head = strings.TrimSpace(run(a, `git -C ~/workspace/app rev-parse HEAD`)); head == cPull {
+			break
+		}
+	}
+	if head != cPull {
+		t.Fatalf("background pull: the sandbox's app is at %s, want the upstream %s (prebuild %s)", head, cPull, c1)
+	}
+	t.Logf("background pull: at the new upstream commit %v after the create returned", time.Since(returned).Round(time.Millisecond))
 	got := run(a, `cd ~/workspace && git -C app rev-parse HEAD && cat app/dist/out.txt stamp.txt && printf '%s %s\n' "$MODE" "$API_KEY" && `+
-		`stat -c '%a %U' ~/.config/app/key && cat ~/.config/app/key`)
+		`stat -c '%a %U' ~/.config/app/key && cat ~/.config/app/key && echo && cat app/UPSTREAM`)
 	lines := strings.Split(got, "\n")
-	if len(lines) < 6 || lines[0] != c1 || lines[1] != "built "+c1[:7] || lines[3] != "dev "+secretVal || lines[4] != "400 dev" || lines[5] != fileVal {
+	if len(lines) < 7 || lines[0] != cPull || lines[1] != "built "+c1[:7] || lines[3] != "dev "+secretVal || lines[4] != "400 dev" ||
+		lines[5] != fileVal || lines[6] != "after the prebuild" {
 		t.Fatalf("sandbox from the prebuild: %q", got)
+	}
+	pulled := false
+	for _, l := range strings.Split(m.logs.String(), "\n") {
+		pulled = pulled || strings.Contains(l, `msg="background pull" sandbox_id=`+a) && strings.Contains(l, "result=updated") && strings.Contains(l, "to="+cPull)
+	}
+	if !pulled {
+		t.Errorf("no background pull of %s to %s in the manager's log", a, cPull)
+	}
+	// The prebuild's warm-ups in the sandbox: node_modules resolves the
+	// repository's dependency, the tree is clean (nothing npm wrote is
+	// tracked, no lockfile), and OpenCode's database registered the
+	// repository as a project in the build, before this sandbox existed.
+	if got := run(a, `cd ~/workspace/app && node -p "require('greet')" && git status --porcelain && echo clean`); got != "hello from greet\nclean\n" {
+		t.Errorf("npm warm-up in the sandbox: %q", got)
+	}
+	projects := run(a, `node -e 'const {DatabaseSync} = require("node:sqlite");`+
+		`const d = new DatabaseSync(process.env.HOME + "/.local/share/opencode/opencode.db", {readOnly: true});`+
+		`for (const r of d.prepare("select worktree, time_created from project").all()) console.log(r.worktree, r.time_created)' 2>/dev/null`)
+	var ocProject int64
+	for _, l := range strings.Split(strings.TrimSpace(projects), "\n") {
+		if w, ms, ok := strings.Cut(l, " "); ok && w == "/home/dev/workspace/app" {
+			ocProject, _ = strconv.ParseInt(ms, 10, 64)
+		}
+	}
+	if ocProject == 0 || ocProject >= createdAt.UnixMilli() {
+		t.Errorf("OpenCode's project for ~/workspace/app: created at %d, the sandbox at %d: %q", ocProject, createdAt.UnixMilli(), projects)
 	}
 	stampA := lines[2]
 	if body := devServer(a, time.Second); body != "dev-server built "+c1[:7]+"\n" {
@@ -452,11 +525,6 @@ require('http').createServer((req, res) => {
 	if got := run(a, `cd ~/workspace/app && git remote get-url origin && git config --list --show-origin`); strings.Contains(got, token) ||
 		!strings.HasPrefix(got, repoURL+"\n") || !strings.Contains(got, "git-credential") {
 		t.Fatalf("remote and git config: %q", got)
-	}
-
-	// Nothing moved: the check finds the prebuild current.
-	if code, b := call("POST", pbPath+"/check", nil); code != 200 || !strings.Contains(string(b), `"stale":false`) {
-		t.Fatalf("check, branch unmoved: %d %s", code, b)
 	}
 
 	// The guest's git asks for credentials on demand: a commit made on the

@@ -79,6 +79,9 @@ func (g *gitServer) repo(t testing.TB, name string, files map[string]string) str
 	work := t.TempDir()
 	git(t, work, "init", "-q", "-b", "main")
 	for f, c := range files {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(work, f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(filepath.Join(work, f), []byte(c), 0o644); err != nil {
 			t.Fatal(err)
 		}
