@@ -191,6 +191,8 @@ func TestSoakCreateDestroy(t *testing.T) {
 type manager struct {
 	cmd  *exec.Cmd
 	done chan error
+	// logs is the manager's stderr, for a failure's message.
+	logs *strings.Builder
 }
 
 func (f *fixture) spawn(t *testing.T, crash string) *manager {
@@ -232,7 +234,7 @@ func (f *fixture) spawnProc(t *testing.T, crash string) (*manager, *strings.Buil
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	m := &manager{cmd: cmd, done: make(chan error, 1)}
+	m := &manager{cmd: cmd, done: make(chan error, 1), logs: logs}
 	go func() { m.done <- cmd.Wait() }()
 	t.Cleanup(func() { cmd.Process.Kill(); err := <-m.done; m.done <- err })
 	return m, logs
