@@ -140,7 +140,7 @@ func crashPoolSteps(t *testing.T, f *fixture) {
 		})
 		for _, r := range f.listAll(t) {
 			if code, b := f.call(t, "DELETE", "/api/sandboxes/"+r.ID, ""); code != 204 {
-				t.Fatalf("destroy %s: %d %s", r.ID, code, b)
+				t.Fatalf("destroy %s: %d %s\n%s", r.ID, code, b, m.logs.String())
 			}
 		}
 		f.assertNoLeaks(t)

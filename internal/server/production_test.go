@@ -191,6 +191,7 @@ func TestSoakCreateDestroy(t *testing.T) {
 type manager struct {
 	cmd  *exec.Cmd
 	done chan error
+	// logs is the manager's stderr, for a failure's message.
 	logs *syncBuffer
 }
 
