@@ -425,7 +425,18 @@ func start(ctx context.Context, binDir string, logf func(string, ...any)) (*Clus
 // directories the kubelet, CNI and containerd insist on using, then the
 // bridge the CNI bridge plugin will attach pods to (made here so the node
 // IP exists before the kubelet starts).
+//
+// First it drops the mounts it inherited that pin host resources: a loop
+// device's filesystem (test pools, sandbox disks), an overlay, or a network
+// namespace's nsfs file. With private propagation the host's later unmounts
+// never reach this namespace, so a copy kept here would hold the loop device
+// busy ("still in use, probably by another mount namespace") or keep a
+// deleted network namespace and its links alive for the bed's whole life.
+// Nothing in the bed uses them; this runs before /run is covered, while the
+// netns paths still resolve.
 const holderScript = `set -e
+awk '$1 ~ /^\/dev\/loop/ || $3 == "overlay" || $3 == "nsfs" {print $2}' /proc/self/mounts | sort -r |
+while read -r m; do umount -l "$m" 2>/dev/null || true; done
 mount -t tmpfs -o mode=0755 kt-run /run
 mount -t tmpfs -o mode=0755 kt-log /var/log
 mount -t tmpfs -o mode=0755 kt-lib /var/lib

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -573,3 +574,48 @@ func TestSharedBed(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { Main(m) }
+
+// TestBedDoesNotPinHostMounts: a bed's mount namespace is a copy of the
+// host's, and with private propagation it would keep a loop-mounted disk and
+// a network namespace that existed at its start for its whole life (the host
+// could unmount the disk but never free the loop device, which is what made
+// sandbox tests fail beside a running bed). The holder drops such copies.
+func TestBedDoesNotPinHostMounts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loop devices and network namespaces")
+	}
+	dir := t.TempDir()
+	img, mnt := filepath.Join(dir, "disk.ext4"), filepath.Join(dir, "mnt")
+	run := func(name string, args ...string) string {
+		t.Helper()
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	run("truncate", "-s", "16M", img)
+	run("mkfs.ext4", "-q", "-F", img)
+	loop := run("losetup", "-f", "--show", img)
+	t.Cleanup(func() { _ = exec.Command("losetup", "-d", loop).Run() })
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run("mount", loop, mnt)
+	t.Cleanup(func() { _ = exec.Command("umount", mnt).Run() })
+	netns := "kt-pin-" + randHex(3)
+	run("ip", "netns", "add", netns)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", netns).Run() })
+
+	c := Start(t)
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mounts", c.nsPID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounts := string(b)
+	for _, pinned := range []string{loop + " ", mnt + " ", "/run/netns/" + netns + " "} {
+		if strings.Contains(mounts, pinned) {
+			t.Errorf("the bed's mount namespace holds %q, so the host cannot release it:\n%s", strings.TrimSpace(pinned), mounts)
+		}
+	}
+}
