@@ -210,6 +210,17 @@ func TestPoolMock(t *testing.T) {
 			call("DELETE", "/api/sandboxes/"+id, nil)
 		}
 		stop()
+		// A shutdown leaves the pool's sandboxes running for the next start
+		// to adopt: restart with the pool off, which retires them, so no
+		// agent outlives the test.
+		srv, stop := startMockManager(t, dir, nil)
+		defer stop()
+		call := jsonCaller(t, "http://"+srv.Addr(), 60*time.Second)
+		until(t, 30*time.Second, "pool retired", func() bool {
+			code, b := call("GET", "/api/sandboxes", nil)
+			var l struct{ Sandboxes []poolRow }
+			return code == 200 && json.Unmarshal(b, &l) == nil && len(l.Sandboxes) == 0
+		})
 	})
 	must := func(want int, method, path string, body any) []byte {
 		t.Helper()
