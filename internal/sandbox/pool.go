@@ -96,14 +96,10 @@ func (s *Service) claim(ctx context.Context, req CreateRequest) (store.Sandbox, 
 		// insert: the reconciler must never take the claimed row, creating
 		// with no job, for a crashed create. In this process, the first
 		// claimer of an id keeps it; across replicas the store decides.
-		s.mu.Lock()
-		if s.inflight[c.ID] != nil {
-			s.mu.Unlock()
+		if !s.takeInflight(ctx, c.ID, j) {
 			cancel()
 			continue
 		}
-		s.inflight[c.ID] = j
-		s.mu.Unlock()
 		sb, err := s.claimRow(ctx, c.ID, req)
 		if err != nil {
 			s.finish(j)
@@ -119,6 +115,37 @@ func (s *Service) claim(ctx context.Context, req CreateRequest) (store.Sandbox, 
 		return sb, true, nil
 	}
 	return store.Sandbox{}, false, nil
+}
+
+// fillSettle bounds how long a claim waits for a fill whose row already
+// says running to finish its op.
+const fillSettle = 2 * time.Second
+
+// takeInflight puts j in flight for id unless another op holds it. A fill
+// holds its sandbox until its op returns, a moment after the row says
+// running; a claim arriving then waits for it (up to fillSettle) rather
+// than pass over a ready sandbox and boot a new one.
+func (s *Service) takeInflight(ctx context.Context, id string, j *op) bool {
+	for {
+		s.mu.Lock()
+		o := s.inflight[id]
+		if o == nil {
+			s.inflight[id] = j
+			s.mu.Unlock()
+			return true
+		}
+		s.mu.Unlock()
+		if o.name != OpPoolFill {
+			return false
+		}
+		select {
+		case <-o.done:
+		case <-time.After(fillSettle):
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // claimRow takes the row in the store and publishes sandbox.created, as a

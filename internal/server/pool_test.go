@@ -150,6 +150,10 @@ func crashPoolSteps(t *testing.T, f *fixture) {
 		for _, when := range []string{"before", "after"} {
 			point := "pool-fill:" + step + ":" + when
 			t.Run(point, func(t *testing.T) {
+				// Retired even when the subtest fails, after its managers
+				// are killed (cleanups run last-registered first), so one
+				// failure cannot leave a pool that the next points inherit.
+				t.Cleanup(func() { retire(t) })
 				f.usePool(t, 1)
 				m, _ := f.spawnProc(t, point)
 				m.killedAt(t, point)
@@ -160,11 +164,10 @@ func crashPoolSteps(t *testing.T, f *fixture) {
 				code, b := f.call(t, "POST", "/api/sandboxes", `{}`)
 				var v poolRow
 				if json.Unmarshal(b, &v); code != http.StatusCreated || v.ID != id {
-					t.Fatalf("create after the restart: %d %s, want the pooled %s", code, b, id)
+					t.Fatalf("create after the restart: %d %s, want the pooled %s\n%s", code, b, id, m.logs.String())
 				}
 				until(t, 30*time.Second, "claimed sandbox running", func() bool { return f.sandboxView(t, id).Status == "running" })
 				m.stop()
-				retire(t)
 			})
 		}
 	}
@@ -172,6 +175,7 @@ func crashPoolSteps(t *testing.T, f *fixture) {
 		for _, when := range []string{"before", "after"} {
 			point := "claim:" + step + ":" + when
 			t.Run(point, func(t *testing.T) {
+				t.Cleanup(func() { retire(t) })
 				f.usePool(t, 1)
 				m := f.spawn(t, point)
 				id := f.awaitPooled(t)
@@ -186,7 +190,6 @@ func crashPoolSteps(t *testing.T, f *fixture) {
 					t.Fatalf("claimed sandbox after a crash in its claim: %d %s, want its owner's, error (interrupted)", code, b)
 				}
 				m.stop()
-				retire(t)
 			})
 		}
 	}
