@@ -84,39 +84,8 @@ func (s *Service) ConnectHandler() http.Handler {
 			http.Error(w, "GitHub is not configured (auth.github.clientId)", http.StatusServiceUnavailable)
 			return
 		}
-		next := r.URL.Query().Get("next")
-		if len(next) > MaxNextLen {
-			writeProblem(w, http.StatusBadRequest, "invalid_input",
-				fmt.Sprintf("validation failed: query.next: at most %d bytes (got %d)", MaxNextLen, len(next)))
-			return
-		}
-		state, err := randomToken()
-		if err != nil {
-			s.log.Error("connect: generate state", "err", err)
-			http.Error(w, "internal error", http.StatusInternalServerError)
-			return
-		}
-		verifier := oauth2.GenerateVerifier()
-		now := s.now()
-		err = s.st.PutOAuthState(r.Context(), store.OAuthState{
-			State:     state,
-			Verifier:  verifier,
-			ReturnTo:  connectStatePrefix + p.User.ID + "\n" + p.SessionID + "\n" + safeReturnPath(next),
-			ExpiresAt: now.Add(oauthStateTTL),
-		}, now, maxPendingLogins)
-		if errors.Is(err, store.ErrLimit) {
-			w.Header().Set("Retry-After", "60")
-			writeProblem(w, http.StatusServiceUnavailable, "unavailable", "too many logins in progress; try again in a minute")
-			return
-		}
-		if err != nil {
-			s.log.Error("connect: save oauth state", "err", err)
-			http.Error(w, "internal error", http.StatusInternalServerError)
-			return
-		}
-		http.SetCookie(w, s.cookie(s.connectCookieName(), stateHash(state), "/", int(oauthStateTTL.Seconds())))
-		w.Header().Set("Cache-Control", "no-store")
-		http.Redirect(w, r, s.connectConfig().AuthCodeURL(state, oauth2.S256ChallengeOption(verifier)), http.StatusFound)
+		prefix := connectStatePrefix + p.User.ID + "\n" + p.SessionID + "\n"
+		s.startOAuth(w, r, "connect", s.connectConfig(), s.connectCookieName(), func(next string) string { return prefix + next })
 	}))
 }
 

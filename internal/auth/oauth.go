@@ -35,41 +35,50 @@ func (s *Service) LoginHandler() http.Handler {
 			http.Error(w, "GitHub login is not configured", http.StatusServiceUnavailable)
 			return
 		}
-		next := r.URL.Query().Get("next")
-		if len(next) > MaxNextLen {
-			writeProblem(w, http.StatusBadRequest, "invalid_input",
-				fmt.Sprintf("validation failed: query.next: at most %d bytes (got %d)", MaxNextLen, len(next)))
-			return
-		}
-		state, err := randomToken()
-		if err != nil {
-			s.log.Error("login: generate state", "err", err)
-			http.Error(w, "internal error", http.StatusInternalServerError)
-			return
-		}
-		verifier := oauth2.GenerateVerifier()
-		now := s.now()
-		err = s.st.PutOAuthState(r.Context(), store.OAuthState{
-			State:     state,
-			Verifier:  verifier,
-			ReturnTo:  safeReturnPath(next),
-			ExpiresAt: now.Add(oauthStateTTL),
-		}, now, maxPendingLogins)
-		if errors.Is(err, store.ErrLimit) {
-			s.log.Warn("login: too many logins pending", "err", err)
-			w.Header().Set("Retry-After", "60")
-			writeProblem(w, http.StatusServiceUnavailable, "unavailable", "too many logins in progress; try again in a minute")
-			return
-		}
-		if err != nil {
-			s.log.Error("login: save oauth state", "err", err)
-			http.Error(w, "internal error", http.StatusInternalServerError)
-			return
-		}
-		http.SetCookie(w, s.cookie(s.stateCookieName(), stateHash(state), "/", int(oauthStateTTL.Seconds())))
-		w.Header().Set("Cache-Control", "no-store")
-		http.Redirect(w, r, s.oauth.AuthCodeURL(state, oauth2.S256ChallengeOption(verifier)), http.StatusFound)
+		s.startOAuth(w, r, "login", &s.oauth, s.stateCookieName(), func(next string) string { return next })
 	}))
+}
+
+// startOAuth sends the browser to GitHub for a login or a connect (op):
+// ?next= at most MaxNextLen bytes and made a local path, then handed to
+// returnTo for the stored state; a state lives oauthStateTTL, at most
+// maxPendingLogins are pending, and the browser is bound to it by the
+// cookie named cookie. PKCE throughout.
+func (s *Service) startOAuth(w http.ResponseWriter, r *http.Request, op string, cfg *oauth2.Config, cookie string, returnTo func(next string) string) {
+	next := r.URL.Query().Get("next")
+	if len(next) > MaxNextLen {
+		writeProblem(w, http.StatusBadRequest, "invalid_input",
+			fmt.Sprintf("validation failed: query.next: at most %d bytes (got %d)", MaxNextLen, len(next)))
+		return
+	}
+	state, err := randomToken()
+	if err != nil {
+		s.log.Error(op+": generate state", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	verifier := oauth2.GenerateVerifier()
+	now := s.now()
+	err = s.st.PutOAuthState(r.Context(), store.OAuthState{
+		State:     state,
+		Verifier:  verifier,
+		ReturnTo:  returnTo(safeReturnPath(next)),
+		ExpiresAt: now.Add(oauthStateTTL),
+	}, now, maxPendingLogins)
+	if errors.Is(err, store.ErrLimit) {
+		s.log.Warn(op+": too many logins pending", "err", err)
+		w.Header().Set("Retry-After", "60")
+		writeProblem(w, http.StatusServiceUnavailable, "unavailable", "too many logins in progress; try again in a minute")
+		return
+	}
+	if err != nil {
+		s.log.Error(op+": save oauth state", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	http.SetCookie(w, s.cookie(cookie, stateHash(state), "/", int(oauthStateTTL.Seconds())))
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, cfg.AuthCodeURL(state, oauth2.S256ChallengeOption(verifier)), http.StatusFound)
 }
 
 // stateCookieName is the OAuth state cookie's name: __Host- prefixed over
