@@ -1,13 +1,13 @@
 package oci
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
-	"time"
 
 	"golang.org/x/sys/unix"
+
+	"atelier/internal/loopdev"
 )
 
 // mountExt4 mounts the ext4 image (a file, through a read-only loop
@@ -30,7 +30,7 @@ func mountExt4(image string) (string, func(), error) {
 	var loop *os.File
 	switch {
 	case fi.Mode().IsRegular():
-		dev, f, err := attachLoopRO(image)
+		dev, f, err := loopdev.Attach(image, true)
 		if err != nil {
 			return "", nil, err
 		}
@@ -76,50 +76,4 @@ func mountExt4(image string) (string, func(), error) {
 		closeLoop()
 	}
 	return "/proc/self/fd/" + strconv.Itoa(mfd), release, nil
-}
-
-// attachLoopRO binds file read-only to a free loop device with autoclear.
-func attachLoopRO(file string) (string, *os.File, error) {
-	backing, err := os.Open(file)
-	if err != nil {
-		return "", nil, fmt.Errorf("open image: %w", err)
-	}
-	defer backing.Close()
-	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
-	if err != nil {
-		return "", nil, fmt.Errorf("open loop control: %w", err)
-	}
-	defer ctl.Close()
-	for range 64 {
-		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
-		if err != nil {
-			return "", nil, fmt.Errorf("find free loop device: %w", err)
-		}
-		dev := "/dev/loop" + strconv.Itoa(n)
-		var f *os.File
-		deadline := time.Now().Add(time.Second)
-		for {
-			f, err = os.OpenFile(dev, os.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err == nil || !errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		if err != nil {
-			return "", nil, fmt.Errorf("open loop device: %w", err)
-		}
-		info := unix.LoopInfo64{Flags: unix.LO_FLAGS_AUTOCLEAR | unix.LO_FLAGS_READ_ONLY}
-		copy(info.File_name[:len(info.File_name)-1], file)
-		err = unix.IoctlLoopConfigure(int(f.Fd()), &unix.LoopConfig{Fd: uint32(backing.Fd()), Info: info})
-		if errors.Is(err, unix.EBUSY) {
-			f.Close()
-			continue
-		}
-		if err != nil {
-			f.Close()
-			return "", nil, fmt.Errorf("attach %s to %s: %w", file, dev, err)
-		}
-		return dev, f, nil
-	}
-	return "", nil, errors.New("attach loop device: every free device was taken concurrently")
 }

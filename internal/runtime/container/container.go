@@ -20,6 +20,7 @@ package container
 
 import (
 	"atelier/internal/keylock"
+	"atelier/internal/loopdev"
 	"context"
 	"encoding/json"
 	"errors"
@@ -496,7 +497,7 @@ func (d *Driver) boot(ctx context.Context, inst sandbox.Instance, disk, nsPath s
 	} else if grown {
 		d.log.Info("root filesystem grown to its volume", "sandbox_id", id)
 	}
-	dev, loop, err := attachLoop(disk)
+	dev, loop, err := loopdev.Attach(disk, false)
 	if err != nil {
 		return 0, err
 	}

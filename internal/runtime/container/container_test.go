@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"atelier/internal/agent"
+	"atelier/internal/loopdev"
 )
 
 func TestLifecycle(t *testing.T) {
@@ -260,7 +261,7 @@ func TestBootFailures(t *testing.T) {
 			return nil
 		}, "mount volume"},
 		{"volume in use", func(t *testing.T, s *sbx) func() {
-			dev, f, err := attachLoop(s.inst.Disk)
+			dev, f, err := loopdev.Attach(s.inst.Disk, false)
 			if err != nil {
 				t.Fatal(err)
 			}
