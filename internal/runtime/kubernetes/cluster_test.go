@@ -95,6 +95,27 @@ func staticVolume(t testing.TB, c *kubetest.Cluster, ns, id string) {
 	})
 }
 
+// bedDriver is the runtime on the test bed: the agent image, the static
+// storage class, a fresh CA, Pod IPs dialled in the bed's namespace; poll 0
+// keeps the runtime's default. The CA is returned for tests that dial
+// agents themselves.
+func bedDriver(tb testing.TB, c *kubetest.Cluster, ns, ref string, poll time.Duration) (*Driver, *agentpki.CA) {
+	tb.Helper()
+	ca, err := agentpki.LoadOrCreate(filepath.Join(tb.TempDir(), "ca"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	d, err := New(c.Clientset(), Options{
+		Namespace: ns, StorageClass: staticClass, DiskBytes: 1 << 30, AgentPort: 9998,
+		Images: map[string]Image{"agent": {Ref: ref}}, CA: ca, Dial: c.DialContext,
+		PodTimeout: 2 * time.Minute, Poll: poll, Log: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return d, ca
+}
+
 // TestOnCluster runs the driver against the real single-node cluster:
 // fill, boot, the agent over mutual TLS at the Pod IP, a file kept across
 // stop and start, a sandbox refused another's credential, destroy leaving
@@ -103,18 +124,7 @@ func TestOnCluster(t *testing.T) {
 	c := kubetest.Shared(t)
 	ns := c.Namespace(t)
 	ref := agentImage(t, c)
-	ca, err := agentpki.LoadOrCreate(filepath.Join(t.TempDir(), "ca"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(c.Clientset(), Options{
-		Namespace: ns, StorageClass: staticClass, DiskBytes: 1 << 30, AgentPort: 9998,
-		Images: map[string]Image{"agent": {Ref: ref}}, CA: ca, Dial: c.DialContext,
-		PodTimeout: 2 * time.Minute, Log: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, ca := bedDriver(t, c, ns, ref, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	ids := []string{"k8sbeda00001", "k8sbedb00001"}
@@ -215,18 +225,7 @@ func BenchmarkClusterBoot(b *testing.B) {
 	c := kubetest.Shared(b)
 	ns := c.Namespace(b)
 	ref := agentImage(b, c)
-	ca, err := agentpki.LoadOrCreate(filepath.Join(b.TempDir(), "ca"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	d, err := New(c.Clientset(), Options{
-		Namespace: ns, StorageClass: staticClass, DiskBytes: 1 << 30, AgentPort: 9998,
-		Images: map[string]Image{"agent": {Ref: ref}}, CA: ca, Dial: c.DialContext,
-		PodTimeout: 2 * time.Minute, Poll: 20 * time.Millisecond, Log: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
+	d, _ := bedDriver(b, c, ns, ref, 20*time.Millisecond)
 	ctx := context.Background()
 	var fill, run, ready, stop time.Duration
 	for i := range b.N {
@@ -300,18 +299,7 @@ func TestServiceOnCluster(t *testing.T) {
 	ns := c.Namespace(t)
 	ref := agentImage(t, c)
 	poolVolume(t, c, "pv-"+ns+"-svc")
-	ca, err := agentpki.LoadOrCreate(filepath.Join(t.TempDir(), "ca"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(c.Clientset(), Options{
-		Namespace: ns, StorageClass: staticClass, DiskBytes: 1 << 30, AgentPort: 9998,
-		Images: map[string]Image{"agent": {Ref: ref}}, CA: ca, Dial: c.DialContext,
-		PodTimeout: 2 * time.Minute, Log: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, _ := bedDriver(t, c, ns, ref, 0)
 	cfg := config.Default()
 	cfg.Server.Mode = config.ModeMock
 	cfg.Server.DataDir = t.TempDir()
@@ -408,18 +396,7 @@ func TestCrashOnCluster(t *testing.T) {
 	for i := range 4 {
 		poolVolume(t, c, fmt.Sprintf("pv-%s-crash%d", ns, i))
 	}
-	ca, err := agentpki.LoadOrCreate(filepath.Join(t.TempDir(), "ca"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(c.Clientset(), Options{
-		Namespace: ns, StorageClass: staticClass, DiskBytes: 1 << 30, AgentPort: 9998,
-		Images: map[string]Image{"agent": {Ref: ref}}, CA: ca, Dial: c.DialContext,
-		PodTimeout: 2 * time.Minute, Log: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, _ := bedDriver(t, c, ns, ref, 0)
 	cfg := config.Default()
 	cfg.Server.Mode = config.ModeMock
 	cfg.Server.DataDir = t.TempDir()
