@@ -158,7 +158,7 @@ func (e *kubeEnv) leaseHolder(t *testing.T) string {
 	return *l.Spec.HolderIdentity
 }
 
-// TestKubernetesReplicasFailover runs two manager replicas with
+// TestKubernetesReplicasFailover runs manager replicas with
 // sandbox.runtime kubernetes on one Postgres store, sharing the agent CA
 // and the secrets key, leading through the real Kubernetes Lease on the
 // bed. The leader, a subprocess, is SIGKILLed mid-create (after the volume
@@ -167,8 +167,9 @@ func (e *kubeEnv) leaseHolder(t *testing.T) string {
 // The survivor, in process, takes the Lease once it expired, adopts the
 // create (the sandbox ends running and exec works through the survivor) or
 // finishes the destroy, and an SSE client connected to the survivor before
-// the kill sees the outcome. Nothing labelled with the id remains and no
-// journal step stays open.
+// the kill sees the outcome. A create whose adopter, a second subprocess,
+// died too is reverted per its journal (adopted once already). Nothing
+// labelled with the id remains and no journal step stays open.
 func TestKubernetesReplicasFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault injection skipped in -short mode")
@@ -188,7 +189,7 @@ func TestKubernetesReplicasFailover(t *testing.T) {
 	forward := e.forwarder(t)
 	ctx := context.Background()
 
-	gone := func(id string) {
+	gone := func(t *testing.T, id string) {
 		t.Helper()
 		for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
 			pods, claims, secrets, policies := e.objects(t, id)
@@ -200,10 +201,26 @@ func TestKubernetesReplicasFailover(t *testing.T) {
 			}
 		}
 	}
-	last := ""
-	for i, point := range []string{"create:volume:after", "create:boot:after", "destroy:runtime:after"} {
-		t.Run(point, func(t *testing.T) {
-			create := strings.HasPrefix(point, "create:")
+	cases := []struct {
+		point string
+		// adopter, when set, is a second subprocess that takes the Lease
+		// first and dies at this point too.
+		adopter string
+		want    string // running, error or deleted
+	}{
+		{point: "create:volume:after", want: "running"},
+		{point: "create:boot:after", want: "running"},
+		{point: "create:boot:after", adopter: "create:adopt:after", want: "error"},
+		{point: "destroy:runtime:after", want: "deleted"},
+	}
+	last := "" // the last case's survivor, which released the Lease as it stopped
+	for i, tc := range cases {
+		name := tc.point
+		if tc.adopter != "" {
+			name += "+" + tc.adopter
+		}
+		t.Run(name, func(t *testing.T) {
+			create := strings.HasPrefix(tc.point, "create:")
 			// The victim's disk, and the adopter's: the adopt step deletes
 			// the victim's claim, whose volume is then Released (Retain).
 			e.addVolume(t)
@@ -211,24 +228,40 @@ func TestKubernetesReplicasFailover(t *testing.T) {
 				e.addVolume(t)
 			}
 			vcfg := e.replicaConfig(t, fmt.Sprintf("v%d", i))
-			v := e.spawnReplica(t, vcfg, forward, point, ttl)
+			v := e.spawnReplica(t, vcfg, forward, tc.point, ttl)
 			vc := unixClient(vcfg.Server.SocketPath)
-			// The last case's survivor released the Lease as it stopped.
 			waitFor(t, time.Minute, "the victim leads", func() bool { h := e.leaseHolder(t); return h != "" && h != last })
 			victim := e.leaseHolder(t)
+			var w *manager
+			if tc.adopter != "" {
+				w = e.spawnReplica(t, e.replicaConfig(t, fmt.Sprintf("a%d", i)), forward, tc.adopter, ttl)
+			}
 
+			var (
+				s      *Server
+				sc     *http.Client
+				events <-chan sseEvent
+			)
 			logs := &syncBuffer{}
 			t.Cleanup(func() {
 				if t.Failed() {
 					t.Logf("survivor log:\n%s", logs.String())
 				}
 			})
-			s, sc, stop := e.startReplica(t, e.replicaConfig(t, fmt.Sprintf("s%d", i)), ttl, logs)
-			defer stop()
-			last = s.ReplicaID()
-			events := sse(t, sc)
-			if s.Leading() || e.leaseHolder(t) != victim {
-				t.Fatalf("the survivor leads (Lease held by %q) while the victim %s holds the Lease", e.leaseHolder(t), victim)
+			survivor := func() {
+				var stop func()
+				s, sc, stop = e.startReplica(t, e.replicaConfig(t, fmt.Sprintf("s%d", i)), ttl, logs)
+				t.Cleanup(stop)
+				last = s.ReplicaID()
+				events = sse(t, sc)
+			}
+			// The adopter, alone beside the victim, is the one to take
+			// over; the survivor starts once the adopter is dead too.
+			if w == nil {
+				survivor()
+				if s.Leading() || e.leaseHolder(t) != victim {
+					t.Fatalf("the survivor leads (Lease held by %q) while the victim %s holds the Lease", e.leaseHolder(t), victim)
+				}
 			}
 
 			var id string
@@ -238,15 +271,32 @@ func TestKubernetesReplicasFailover(t *testing.T) {
 				id = sandboxID(t, mustCall(t, vc, "POST", "/api/sandboxes", `{"vcpus":1,"memoryMb":512}`, http.StatusCreated))
 				go callC(vc, "DELETE", "/api/sandboxes/"+id, "")
 			}
-			v.killedAt(t, point)
+			v.killedAt(t, tc.point)
 			died := time.Now()
-			match := func(ev sseEvent) bool { return ev.id == id && ev.st == "running" }
-			want := "running"
-			if !create {
-				match = func(ev sseEvent) bool { return ev.id == id && ev.typ == "sandbox.deleted" }
-				want = "deleted"
+			if w != nil {
+				w.killedAt(t, tc.adopter)
+				died = time.Now()
+				survivor()
 			}
-			expectEvent(t, events, 3*time.Minute, match, "the survivor's SSE client sees "+want)
+			// When the Lease names the survivor, read beside the wait for
+			// the outcome.
+			leased := make(chan time.Duration, 1)
+			lctx, lcancel := context.WithCancel(ctx)
+			defer lcancel()
+			go func() {
+				for lctx.Err() == nil {
+					if e.leaseHolder(t) == s.ReplicaID() {
+						leased <- time.Since(died)
+						return
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			}()
+			match := func(ev sseEvent) bool { return ev.id == id && ev.st == tc.want }
+			if tc.want == "deleted" {
+				match = func(ev sseEvent) bool { return ev.id == id && ev.typ == "sandbox.deleted" }
+			}
+			expectEvent(t, events, 3*time.Minute, match, "the survivor's SSE client sees "+tc.want)
 			took := time.Since(died)
 			if !s.Leading() {
 				t.Error("the survivor does not lead")
@@ -254,10 +304,20 @@ func TestKubernetesReplicasFailover(t *testing.T) {
 			if h := e.leaseHolder(t); h != s.ReplicaID() {
 				t.Errorf("the Lease names %q, want the survivor %s", h, s.ReplicaID())
 			}
-			t.Logf("leader %s killed at %s: %s on the survivor %s after %s (lease %s)", victim, point, want, s.ReplicaID(),
-				took.Round(time.Millisecond), ttl)
+			var lease time.Duration
+			select {
+			case lease = <-leased:
+			case <-time.After(time.Second):
+			}
+			kill := "the kill"
+			if w != nil {
+				kill = "the adopter's kill"
+			}
+			t.Logf("leader %s killed at %s: the survivor %s took the Lease %s after %s, its SSE client saw %s %s after it (lease %s)",
+				victim, name, s.ReplicaID(), lease.Round(time.Millisecond), kill, tc.want, took.Round(time.Millisecond), ttl)
 
-			if create {
+			switch tc.want {
+			case "running":
 				// The Pod the survivor booted answers it, over mutual TLS
 				// with a certificate of the shared CA.
 				code, b := callC(sc, "POST", "/api/sandboxes/"+id+"/exec", `{"argv":["cat","/etc/os-release"],"timeoutMs":20000}`)
@@ -272,9 +332,19 @@ func TestKubernetesReplicasFailover(t *testing.T) {
 				if err != nil || !hasStep(ops, "adopt", store.OpDone) {
 					t.Errorf("no adopt step in the journal (%v): %+v", err, ops)
 				}
+			case "error":
+				// Reverted, not adopted again: the create's undo left no
+				// object of it.
+				sb, err := s.Store.GetSandbox(ctx, id)
+				if err != nil || !strings.Contains(sb.Error, "interrupted") {
+					t.Fatalf("reverted create: %+v %v", sb, err)
+				}
+				gone(t, id)
+			}
+			if create {
 				mustCall(t, sc, "DELETE", "/api/sandboxes/"+id, "", http.StatusNoContent)
 			}
-			gone(id)
+			gone(t, id)
 			if _, err := s.Store.GetSandbox(ctx, id); err == nil {
 				t.Error("the row remains")
 			}
