@@ -52,14 +52,23 @@ func runKubeTestManager(path, forward string) int {
 		}
 	}
 	ctx := context.Background()
-	srv, err := New(ctx, cfg, Options{
+	opts := Options{
 		Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		Kubernetes: func(o *kubernetes.Options) {
 			o.Dial = forwardDialer(forward)
 			o.PodTimeout = 2 * time.Minute
 			o.Poll = 20 * time.Millisecond
 		},
-	})
+	}
+	// A replica of a failover test: a short lease, frequent passes.
+	if s := os.Getenv(envReplicaTTL); s != "" {
+		if opts.LeaderTTL, err = time.ParseDuration(s); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		opts.ReconcileEvery = kubeReconcileEvery
+	}
+	srv, err := New(ctx, cfg, opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

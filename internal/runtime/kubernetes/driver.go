@@ -398,6 +398,15 @@ func (d *Driver) Clone(ctx context.Context, image, id string) (string, error) {
 	}
 	claims := d.cs.CoreV1().PersistentVolumeClaims(d.opts.Namespace)
 	pvc, err := claims.Get(ctx, ClaimName(id), metav1.GetOptions{})
+	if err == nil && pvc.DeletionTimestamp != nil {
+		// A disk being deleted (an undo, a replica's adopt step) still
+		// answers, filled; booting on it would leave the Pod pending on a
+		// claim that vanishes. A new disk is made once it is gone.
+		if err := d.waitClaimGone(ctx, pvc.Name); err != nil {
+			return "", fmt.Errorf("disk of %s: %w", id, err)
+		}
+		pvc, err = claims.Get(ctx, ClaimName(id), metav1.GetOptions{})
+	}
 	if apierrors.IsNotFound(err) {
 		pvc, err = claims.Create(ctx, d.opts.buildClaim(id, "", image, img), metav1.CreateOptions{})
 	}
@@ -445,7 +454,11 @@ func (d *Driver) fill(ctx context.Context, id string, img Image) error {
 	return errors.Join(err, d.deletePod(context.WithoutCancel(ctx), FillName(id)))
 }
 
-// Delete removes the sandbox's disk and a fill Pod that may hold it.
+// Delete removes the sandbox's disk and a fill Pod that may hold it, and
+// waits until the claim is gone: until its protection finalizer is
+// removed a deleted claim still answers, and a create run right after (a
+// replica adopting a dead one's create undoes it, then creates again)
+// would find it filled and boot on it.
 func (d *Driver) Delete(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
@@ -454,10 +467,39 @@ func (d *Driver) Delete(ctx context.Context, id string) error {
 		return err
 	}
 	err := d.cs.CoreV1().PersistentVolumeClaims(d.opts.Namespace).Delete(ctx, ClaimName(id), metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete disk of %s: %w", id, err)
+	}
+	if err := d.waitClaimGone(ctx, ClaimName(id)); err != nil {
 		return fmt.Errorf("delete disk of %s: %w", id, err)
 	}
 	return nil
+}
+
+// waitClaimGone reads the claim until it is gone or PodTimeout passes (a
+// Pod outside Atelier's still mounting it keeps it).
+func (d *Driver) waitClaimGone(ctx context.Context, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, d.opts.PodTimeout)
+	defer cancel()
+	t := time.NewTicker(d.opts.Poll)
+	defer t.Stop()
+	for {
+		_, err := d.cs.CoreV1().PersistentVolumeClaims(d.opts.Namespace).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("read claim %s: %w", name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("claim %s not gone: %w", name, ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 func (d *Driver) ensurePolicy(ctx context.Context, id, owner string) error {
@@ -499,12 +541,12 @@ func (d *Driver) waitPod(ctx context.Context, name string, done func(*corev1.Pod
 	defer cancel()
 	t := time.NewTicker(d.opts.Poll)
 	defer t.Stop()
+	var last *corev1.Pod
 	for {
 		p, err := d.cs.CoreV1().Pods(d.opts.Namespace).Get(ctx, name, metav1.GetOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("read pod %s: %w", name, err)
-		}
-		if err == nil {
+		switch {
+		case err == nil:
+			last = p
 			ok, err := done(p)
 			if err != nil {
 				return p, err
@@ -512,14 +554,20 @@ func (d *Driver) waitPod(ctx context.Context, name string, done func(*corev1.Pod
 			if ok {
 				return p, nil
 			}
+		case apierrors.IsNotFound(err):
+			last = nil
+		case ctx.Err() == nil:
+			return nil, fmt.Errorf("read pod %s: %w", name, err)
 		}
 		select {
 		case <-ctx.Done():
+			// The last read says why it never got there (a read cut by the
+			// deadline would not).
 			what := "gone"
-			if p != nil {
-				what = podProblem(p)
+			if last != nil {
+				what = podProblem(last)
 			}
-			return p, fmt.Errorf("pod %s: %w (%s)", name, ctx.Err(), what)
+			return last, fmt.Errorf("pod %s: %w (%s)", name, ctx.Err(), what)
 		case <-t.C:
 		}
 	}
