@@ -66,6 +66,7 @@ dev-base: agent
 # when up to date; ~20 min cold on 2 cores).
 kube-testbed:
 	GO=$(GO) internal/kubetest/build.sh
+	GO=$(GO) internal/kubetest/build-netpol.sh
 
 # Local development: mock mode (each sandbox is a local process of yours),
 # SQLite under ./.atelier, the dashboard, API and docs on http://localhost:$(PORT).

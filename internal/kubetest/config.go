@@ -38,6 +38,10 @@ func (c *Cluster) writeConfig() (*pki, error) {
 		{"controller-manager", "system:kube-controller-manager", ""},
 		{"scheduler", "system:kube-scheduler", ""},
 		{"kubelet", "system:node:" + NodeName, "system:nodes"},
+		// kube-router (WithNetworkPolicies) reads pods, namespaces, policies
+		// and the node; inside a throwaway bed the masters group saves an
+		// RBAC manifest for it.
+		{"network-policy", "kube-router", "system:masters"},
 	} {
 		s := certSpec{name: k.name, cn: k.cn}
 		if k.org != "" {

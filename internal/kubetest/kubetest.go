@@ -7,6 +7,7 @@
 // The API:
 //
 //	c := kubetest.Start(t)        // a private bed, torn down by t.Cleanup
+//	kubetest.Start(t, kubetest.WithNetworkPolicies()) // ... that enforces NetworkPolicies (kube-router)
 //	c := kubetest.Shared(t)       // one bed per test binary; TestMain calls kubetest.Main(m)
 //	c.Config()                    // *rest.Config (admin, system:masters)
 //	c.Clientset()                 // kubernetes.Interface on that config
@@ -87,6 +88,8 @@ const (
 	NodeIP = "10.244.0.1"
 	// PodSubnet is where pod IPs come from (host-local IPAM on the bridge).
 	PodSubnet = "10.244.0.0/24"
+	// ServiceCIDR is where ClusterIPs come from (no kube-proxy routes them).
+	ServiceCIDR = "10.96.0.0/24"
 	// PauseRef is the pod sandbox image, built from build.sh's pause binary.
 	PauseRef = "localhost/atelier-kubetest/pause:1"
 	// BusyboxRef is the image BusyboxImage imports.
@@ -232,15 +235,22 @@ func prerequisites() (string, string) {
 
 // Start brings up a private bed and registers its teardown with t.Cleanup.
 // It takes 15–60 s; tests that can share one should use Shared.
-func Start(t testing.TB) *Cluster {
+func Start(t testing.TB, opts ...Option) *Cluster {
 	t.Helper()
+	var o startOptions
+	for _, f := range opts {
+		f(&o)
+	}
 	binDir, why := prerequisites()
+	if why == "" && o.netpol {
+		why = netpolPrerequisites(binDir)
+	}
 	if why != "" {
 		testenv.Missing(t, "kubernetes test bed: %s", why)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	c, err := start(ctx, binDir, t.Logf)
+	c, err := start(ctx, binDir, o, t.Logf)
 	if err != nil {
 		if c != nil {
 			t.Log(c.logTails())
@@ -277,7 +287,7 @@ func Shared(t testing.TB) *Cluster {
 	shared.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 		defer cancel()
-		c, err := start(ctx, binDir, func(string, ...any) {})
+		c, err := start(ctx, binDir, startOptions{}, func(string, ...any) {})
 		if err != nil && c != nil {
 			err = fmt.Errorf("%w\n%s", err, c.logTails())
 			err = errors.Join(err, c.Stop())
@@ -321,7 +331,7 @@ func randHex(n int) string {
 
 // start builds the bed step by step. On error the partial bed is returned
 // too, for its logs and its teardown.
-func start(ctx context.Context, binDir string, logf func(string, ...any)) (*Cluster, error) {
+func start(ctx context.Context, binDir string, o startOptions, logf func(string, ...any)) (*Cluster, error) {
 	began := time.Now()
 	// A short path: unix socket paths under it must stay below 108 bytes.
 	dir, err := os.MkdirTemp("", "kt-")
@@ -369,7 +379,7 @@ func start(ctx context.Context, binDir string, logf func(string, ...any)) (*Clus
 		"--kubelet-certificate-authority="+p.path("ca.crt"), "--kubelet-preferred-address-types=InternalIP",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+p.path("sa.pub"), "--service-account-signing-key-file="+p.path("sa.key"),
-		"--service-cluster-ip-range=10.96.0.0/24",
+		"--service-cluster-ip-range="+ServiceCIDR,
 		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
 		"--allow-privileged=true", "--profiling=false", "--v=1"); err != nil {
 		return c, err
@@ -415,6 +425,11 @@ func start(ctx context.Context, binDir string, logf func(string, ...any)) (*Clus
 	}
 	if err := c.waitNodeReady(ctx); err != nil {
 		return c, err
+	}
+	if o.netpol {
+		if err := c.startNetworkPolicies(ctx); err != nil {
+			return c, err
+		}
 	}
 	c.StartDuration = time.Since(began)
 	logf("kubernetes test bed up in %s (dir %s, cgroup root %s)", c.StartDuration.Round(time.Millisecond), dir, c.cgroupRoot)

@@ -19,6 +19,10 @@ type Inventory struct {
 	Links    func(ctx context.Context) ([]string, error)
 	// Volumes lists the sandbox volumes of every volume driver present.
 	Volumes func(ctx context.Context) ([]HostVolume, error)
+	// Upkeep, when set, runs at the end of every real pass: runtime chores
+	// that must happen while sandboxes run for a long time (a cluster
+	// runtime renews agent certificates before they expire).
+	Upkeep func(ctx context.Context) error
 }
 
 // HostVolume is one sandbox volume found on the host.
@@ -223,6 +227,11 @@ func (s *Service) reconcile(ctx context.Context, startup, dry bool) (Report, err
 	}
 	if err := s.reapOrphans(ctx, known, p); err != nil {
 		errs = append(errs, err)
+	}
+	if inv := s.inventory.Load(); !dry && inv != nil && inv.Upkeep != nil {
+		if err := inv.Upkeep(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("reconcile: upkeep: %w", err))
+		}
 	}
 	return p.rep, errors.Join(errs...)
 }

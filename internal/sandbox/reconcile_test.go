@@ -3,10 +3,12 @@ package sandbox_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -296,5 +298,25 @@ func TestJournalStaysBounded(t *testing.T) {
 				t.Fatalf("latest start of %s lost step %s: %v", l.ID, step, steps)
 			}
 		}
+	}
+}
+
+// The inventory's upkeep runs at each real pass, not in a preview, and its
+// failure is the pass's error.
+func TestReconcileRunsUpkeep(t *testing.T) {
+	e := newEnv(t)
+	var runs int
+	var fail error
+	e.svc.SetInventory(sandbox.Inventory{Upkeep: func(context.Context) error { runs++; return fail }})
+	ctx := context.Background()
+	if _, err := e.svc.PreviewReconcile(ctx); err != nil || runs != 0 {
+		t.Fatalf("preview: %v, upkeep ran %d times", err, runs)
+	}
+	if _, err := e.svc.Reconcile(ctx, false); err != nil || runs != 1 {
+		t.Fatalf("pass: %v, upkeep ran %d times", err, runs)
+	}
+	fail = errors.New("cluster unreachable")
+	if _, err := e.svc.Reconcile(ctx, false); err == nil || !strings.Contains(err.Error(), "cluster unreachable") || runs != 2 {
+		t.Fatalf("failing upkeep: %v, ran %d times", err, runs)
 	}
 }

@@ -78,7 +78,7 @@ func kubeDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 	}
 	log.Info("kubernetes runtime", "namespace", k.Namespace, "runtime_class", k.RuntimeClassName,
 		"storage_class", k.StorageClass, "images", len(images), "api", rc.Host)
-	inv := sandbox.Inventory{Runtimes: d.List, Volumes: d.Volumes}
+	inv := sandbox.Inventory{Runtimes: d.List, Volumes: d.Volumes, Upkeep: d.Upkeep}
 	return sandbox.Drivers{Runtime: kubeRuntime{d}, Network: noLinks{}, Volumes: d}, inv, kubeReports{d}, nil
 }
 

@@ -3,12 +3,10 @@ package server
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -45,6 +43,9 @@ func runKubeTestManager(path, forward string) int {
 	}
 	if cp := os.Getenv(envCrash); cp != "" {
 		sandbox.CrashHook = func(op, step, when string) {
+			// The test collects the points a manager passed, to find a
+			// step no crash point covers.
+			fmt.Fprintf(os.Stderr, "crash point passed: %s:%s:%s\n", op, step, when)
 			if op+":"+step+":"+when == cp {
 				syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			}
@@ -186,110 +187,4 @@ func (e *kubeEnv) spawn(t *testing.T, forward, crash string) *manager {
 	}
 	t.Fatalf("manager not ready:\n%s", logs.String())
 	return nil
-}
-
-// TestKubernetesCrashConverges kills a manager on the real cluster with
-// SIGKILL at steps of create and destroy where cluster objects exist
-// half-made (a filled disk with no Pod, a running Pod whose agent was not
-// yet reached, a Pod deleted with its disk kept), restarts it, and checks
-// that the sandbox is truthful and destroy then leaves no object labelled
-// with its id.
-func TestKubernetesCrashConverges(t *testing.T) {
-	if testing.Short() {
-		t.Skip("fault injection skipped in -short mode")
-	}
-	e := newKubeEnv(t)
-	forward := e.forwarder(t)
-	gone := func(id string) {
-		t.Helper()
-		for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
-			pods, claims, secrets, policies := e.objects(t, id)
-			if pods+claims+secrets+policies == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d pods, %d claims, %d secrets, %d policies left", id, pods, claims, secrets, policies)
-			}
-		}
-	}
-	status := func(id string) (int, string) {
-		t.Helper()
-		code, b := e.f.call(t, "GET", "/api/sandboxes/"+id, "")
-		var v struct{ Status string }
-		json.Unmarshal(b, &v)
-		return code, v.Status
-	}
-	for _, point := range []string{"create:volume:after", "create:boot:after"} {
-		t.Run(point, func(t *testing.T) {
-			e.addVolume(t)
-			m := e.spawn(t, forward, point)
-			// The create never answers: its manager dies under it.
-			req, _ := http.NewRequest("POST", "http://atelier/api/sandboxes", strings.NewReader(`{"vcpus":1,"memoryMb":512}`))
-			req.Header.Set("Content-Type", "application/json")
-			go func() {
-				if res, err := e.f.client().Do(req); err == nil {
-					res.Body.Close()
-				}
-			}()
-			m.killedAt(t, point)
-			_, stop := e.start(t)
-			defer stop()
-			code, b := e.f.call(t, "GET", "/api/sandboxes", "")
-			var list struct {
-				Sandboxes []struct{ ID, Status, Error string }
-			}
-			if code != 200 || json.Unmarshal(b, &list) != nil || len(list.Sandboxes) != 1 {
-				t.Fatalf("sandboxes after restart: %d %s", code, b)
-			}
-			sb := list.Sandboxes[0]
-			id := sb.ID
-			if sb.Status != "error" && sb.Status != "running" {
-				t.Fatalf("%s after restart: %s", id, sb.Status)
-			}
-			t.Logf("%s after a crash at %s: %s (%s)", id, point, sb.Status, sb.Error)
-			// The sandbox's next operation works: a start reaches its agent
-			// on the disk the killed create left.
-			if sb.Status == "error" {
-				// The interrupted create's disk went with its undo; the bed
-				// has no provisioner, so the new claim needs a new volume.
-				e.addVolume(t)
-				if code, b := e.f.call(t, "POST", "/api/sandboxes/"+id+"/start", ""); code != 200 {
-					t.Fatalf("start after the crash: %d %s", code, b)
-				}
-			}
-			if code, out := e.f.exec(t, id, "cat /etc/os-release"); code != 0 || !strings.Contains(out, "Atelier test image") {
-				t.Fatalf("exec after the crash: %d %q", code, out)
-			}
-			if code, b := e.f.call(t, "DELETE", "/api/sandboxes/"+id, ""); code != http.StatusNoContent {
-				t.Fatalf("destroy: %d %s", code, b)
-			}
-			gone(id)
-		})
-	}
-	for _, point := range []string{"destroy:runtime:after", "destroy:volume:before"} {
-		t.Run(point, func(t *testing.T) {
-			e.addVolume(t)
-			_, stop := e.start(t)
-			code, b := e.f.call(t, "POST", "/api/sandboxes", `{"vcpus":1,"memoryMb":512}`)
-			var v struct{ ID string }
-			if json.Unmarshal(b, &v); code != http.StatusCreated {
-				t.Fatalf("create: %d %s", code, b)
-			}
-			stop()
-			m := e.spawn(t, forward, point)
-			go e.f.tryCall("DELETE", "/api/sandboxes/"+v.ID)
-			m.killedAt(t, point)
-			_, stop = e.start(t)
-			defer stop()
-			if code, st := status(v.ID); code == 200 {
-				t.Logf("%s after a crash at %s: %s", v.ID, point, st)
-				if code, b := e.f.call(t, "DELETE", "/api/sandboxes/"+v.ID, ""); code != http.StatusNoContent {
-					t.Fatalf("destroy again: %d %s", code, b)
-				}
-			} else if code != http.StatusNotFound {
-				t.Fatalf("get after restart: %d", code)
-			}
-			gone(v.ID)
-		})
-	}
 }

@@ -166,8 +166,8 @@ func (e *kubeEnv) start(t testing.TB) (*Server, func()) {
 	return srv, stop
 }
 
-// addVolume makes one unclaimed hostPath PersistentVolume of the test's
-// class, which the next sandbox's claim binds.
+// addVolume makes one unclaimed hostPath PersistentVolume of the manager's
+// storage class, which the next sandbox's claim binds.
 func (e *kubeEnv) addVolume(t testing.TB) {
 	t.Helper()
 	hp := corev1.HostPathDirectoryOrCreate
@@ -175,7 +175,7 @@ func (e *kubeEnv) addVolume(t testing.TB) {
 	pv := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.PersistentVolumeSpec{
-			StorageClassName:              kubeStorageClass,
+			StorageClassName:              e.f.cfg.Sandbox.Kubernetes.StorageClass,
 			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
 			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,

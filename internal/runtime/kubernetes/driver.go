@@ -63,6 +63,8 @@ type Options struct {
 	// CA issues the agents' certificates and the manager's.
 	CA  *agentpki.CA
 	Log *slog.Logger
+	// Now is the clock certificate renewal reads; nil: time.Now.
+	Now func() time.Time
 }
 
 // Driver is the runtime, the volumes and the inventory over one namespace.
@@ -73,6 +75,8 @@ type Driver struct {
 
 	mu  sync.Mutex
 	ips map[string]string // sandbox id → its Pod's IP, as last read
+	// renewedAt is when Upkeep last looked at the agent certificates.
+	renewedAt time.Time
 }
 
 var (
@@ -151,6 +155,15 @@ func (d *Driver) Boot(ctx context.Context, inst sandbox.Instance) error {
 	if err != nil {
 		return fmt.Errorf("boot %s: %w", id, err)
 	}
+	// The volume step does not know the owner; the first boot labels the
+	// disk with it, so an operator can select a user's claims as they do
+	// the Pods.
+	if v, ok := ownerLabel(inst.Owner); ok && pvc.Labels[LabelOwner] != v {
+		patch := []byte(`{"metadata":{"labels":{"` + LabelOwner + `":"` + v + `"}}}`)
+		if _, err := d.cs.CoreV1().PersistentVolumeClaims(d.opts.Namespace).Patch(ctx, pvc.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			return fmt.Errorf("boot %s: label disk with its owner: %w", id, err)
+		}
+	}
 	// A running sandbox keeps its Pod and its credential untouched.
 	if _, err := d.cs.CoreV1().Pods(d.opts.Namespace).Get(ctx, PodName(id), metav1.GetOptions{}); err == nil {
 		return fmt.Errorf("boot %s: pod %s exists: already running", id, PodName(id))
@@ -160,7 +173,7 @@ func (d *Driver) Boot(ctx context.Context, inst sandbox.Instance) error {
 	if err := d.ensurePolicy(ctx, id, inst.Owner); err != nil {
 		return err
 	}
-	certPEM, keyPEM, err := d.opts.CA.IssueAgent(id)
+	certPEM, keyPEM, err := d.opts.CA.IssueAgentAt(id, d.now())
 	if err != nil {
 		return err
 	}

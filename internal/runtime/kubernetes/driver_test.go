@@ -179,6 +179,9 @@ func TestLifecycle(t *testing.T) {
 	if alive, err := b.d.Alive(b.ctx, id); !alive || err != nil {
 		t.Fatalf("alive %v %v", alive, err)
 	}
+	if pvc, _ := b.cs.CoreV1().PersistentVolumeClaims(ns).Get(b.ctx, ClaimName(id), metav1.GetOptions{}); pvc.Labels[LabelOwner] != "user-1" {
+		t.Fatalf("the disk is not labelled with its owner after boot: %v", pvc.Labels)
+	}
 	first := b.agentCert(t, id)
 	if !slices.Equal(first.DNSNames, []string{agentpki.ServerName(id)}) {
 		t.Fatalf("agent cert names %v", first.DNSNames)
