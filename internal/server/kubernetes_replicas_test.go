@@ -147,6 +147,20 @@ func (e *kubeEnv) startReplica(t *testing.T, cfg *config.Config, ttl time.Durati
 	return srv, c, stop
 }
 
+// execOS runs cat /etc/os-release in sandbox id through the replica behind
+// c and checks it ran in the test image.
+func execOS(t *testing.T, c *http.Client, id string) {
+	t.Helper()
+	code, b := callC(c, "POST", "/api/sandboxes/"+id+"/exec", `{"argv":["cat","/etc/os-release"],"timeoutMs":20000}`)
+	var r struct {
+		ExitCode int
+		Stdout   string
+	}
+	if json.Unmarshal(b, &r); code != 200 || r.ExitCode != 0 || !strings.Contains(r.Stdout, "Atelier test image") {
+		t.Fatalf("exec in %s: %d %s", id, code, b)
+	}
+}
+
 // leaseHolder is who holds the leader's Kubernetes Lease on the bed ("" for
 // nobody).
 func (e *kubeEnv) leaseHolder(t *testing.T) string {
@@ -269,6 +283,10 @@ func TestKubernetesReplicasFailover(t *testing.T) {
 				id = sandboxID(t, mustCall(t, vc, "POST", "/api/sandboxes?wait=false", `{"vcpus":1,"memoryMb":512}`, http.StatusAccepted))
 			} else {
 				id = sandboxID(t, mustCall(t, vc, "POST", "/api/sandboxes", `{"vcpus":1,"memoryMb":512}`, http.StatusCreated))
+				// Every replica serves every sandbox: the survivor reaches
+				// the Pod the victim booted, its certificate from the
+				// shared CA.
+				execOS(t, sc, id)
 				go callC(vc, "DELETE", "/api/sandboxes/"+id, "")
 			}
 			v.killedAt(t, tc.point)
@@ -320,14 +338,7 @@ func TestKubernetesReplicasFailover(t *testing.T) {
 			case "running":
 				// The Pod the survivor booted answers it, over mutual TLS
 				// with a certificate of the shared CA.
-				code, b := callC(sc, "POST", "/api/sandboxes/"+id+"/exec", `{"argv":["cat","/etc/os-release"],"timeoutMs":20000}`)
-				var r struct {
-					ExitCode int
-					Stdout   string
-				}
-				if json.Unmarshal(b, &r); code != 200 || r.ExitCode != 0 || !strings.Contains(r.Stdout, "Atelier test image") {
-					t.Fatalf("exec through the survivor: %d %s", code, b)
-				}
+				execOS(t, sc, id)
 				ops, err := s.Store.ListOps(ctx, id)
 				if err != nil || !hasStep(ops, "adopt", store.OpDone) {
 					t.Errorf("no adopt step in the journal (%v): %+v", err, ops)
