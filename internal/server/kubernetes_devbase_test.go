@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"atelier/internal/auth"
 	"atelier/internal/edge/edgetest"
+	"atelier/internal/kubetest"
 	"atelier/internal/runtime/kubernetes"
 	"atelier/internal/store"
 	"atelier/internal/testenv"
@@ -250,4 +252,28 @@ func watchFill(t *testing.T, e *kubeEnv) func() fillTimes {
 		defer mu.Unlock()
 		return got
 	}
+}
+
+// exportWithCLI exports the ext4 image as ref into the bed's containerd
+// with the operator's command (atelier images export --containerd-import:
+// oci.ExportExt4, WriteTar, ctr images import), built without the race
+// detector: under -race compressing the dev image's 3 GB in the test
+// binary takes ten times as long.
+func exportWithCLI(t testing.TB, c *kubetest.Cluster, ext4, ref, dir string) {
+	t.Helper()
+	bin := filepath.Join(dir, "atelier")
+	build := exec.Command("go", "build", "-o", bin, "../../cmd/atelier")
+	began := time.Now()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build atelier: %v\n%s", err, out)
+	}
+	t.Logf("atelier built in %v", time.Since(began).Round(time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "images", "export", ext4, "--containerd-import",
+		"--containerd-address", c.ContainerdAddress(), "--tag", ref, "--work-dir", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("atelier images export: %v\n%s", err, out)
+	}
+	t.Logf("atelier images export: %s", strings.TrimSpace(string(out)))
 }

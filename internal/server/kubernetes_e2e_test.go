@@ -100,28 +100,28 @@ func newKubeEnvWith(t testing.TB, o kubeEnvOptions) *kubeEnv {
 
 	begin = time.Now()
 	ctx := context.Background()
-	ext4 := o.Ext4
-	if ext4 == "" {
-		ext4 = filepath.Join(dir, "dev-base.ext4")
+	ref := "localhost/atelier-e2e/dev-base:" + strconv.FormatInt(time.Now().UnixNano(), 10)
+	if o.Ext4 != "" {
+		exportWithCLI(t, c, o.Ext4, ref, dir)
+	} else {
+		ext4 := filepath.Join(dir, "dev-base.ext4")
 		if err := testimage.Build(ctx, ext4, buildAgent(t), 64); err != nil {
 			t.Fatal(err)
 		}
-		defer os.Remove(ext4)
+		exp, err := oci.ExportExt4(ctx, ext4, oci.ExportOptions{ID: "dev-base", WorkDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tar := filepath.Join(dir, "dev-base.tar")
+		err = exp.WriteTar(tar, ref)
+		exp.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ImportImage(t, tar)
+		os.Remove(tar)
+		os.Remove(ext4)
 	}
-	exp, err := oci.ExportExt4(ctx, ext4, oci.ExportOptions{ID: "dev-base", WorkDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("image exported (%d MB compressed) in %v", exp.LayerBytes>>20, time.Since(begin).Round(time.Millisecond))
-	ref := "localhost/atelier-e2e/dev-base:" + strconv.FormatInt(time.Now().UnixNano(), 10)
-	tar := filepath.Join(dir, "dev-base.tar")
-	err = exp.WriteTar(tar, ref)
-	exp.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.ImportImage(t, tar)
-	os.Remove(tar)
 	e.imported = time.Since(begin)
 	t.Logf("image exported and imported as %s in %v", ref, e.imported.Round(time.Millisecond))
 
