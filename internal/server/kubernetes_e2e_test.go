@@ -50,14 +50,36 @@ type kubeEnv struct {
 	f   *fixture // config, state dir and the unix-socket client
 	pvs []string
 	mu  sync.Mutex
+	o   kubeEnvOptions
+	// imported is how long the image's export and import took.
+	imported time.Duration
 }
 
-func newKubeEnv(t testing.TB) *kubeEnv {
+// kubeEnvOptions choose the image a kubeEnv runs and the size of its disks.
+type kubeEnvOptions struct {
+	// Ext4 is an Atelier image file to export as dev-base; empty: the test
+	// image, built here.
+	Ext4 string
+	// DiskGB is every sandbox's disk and every volume addVolume makes
+	// (default 1).
+	DiskGB int
+	// PodTimeout bounds a Pod's run, the fill Pod's copy included
+	// (default 2 min).
+	PodTimeout time.Duration
+}
+
+func newKubeEnv(t testing.TB) *kubeEnv { return newKubeEnvWith(t, kubeEnvOptions{}) }
+
+func newKubeEnvWith(t testing.TB, o kubeEnvOptions) *kubeEnv {
 	t.Helper()
+	o.DiskGB = max(o.DiskGB, 1)
+	if o.PodTimeout <= 0 {
+		o.PodTimeout = 2 * time.Minute
+	}
 	begin := time.Now()
 	c := kubetest.Start(t)
 	t.Logf("test bed up in %v", time.Since(begin).Round(time.Millisecond))
-	e := &kubeEnv{c: c, ns: c.Namespace(t)}
+	e := &kubeEnv{c: c, ns: c.Namespace(t), o: o}
 	// Registered after the namespace: runs before its deletion, and the
 	// volumes outlive their claims (Retain), so they go by name.
 	t.Cleanup(func() {
@@ -78,25 +100,30 @@ func newKubeEnv(t testing.TB) *kubeEnv {
 
 	begin = time.Now()
 	ctx := context.Background()
-	ext4 := filepath.Join(dir, "dev-base.ext4")
-	if err := testimage.Build(ctx, ext4, buildAgent(t), 64); err != nil {
-		t.Fatal(err)
-	}
-	exp, err := oci.ExportExt4(ctx, ext4, oci.ExportOptions{ID: "dev-base", WorkDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ref := "localhost/atelier-e2e/dev-base:" + strconv.FormatInt(time.Now().UnixNano(), 10)
-	tar := filepath.Join(dir, "dev-base.tar")
-	err = exp.WriteTar(tar, ref)
-	exp.Close()
-	if err != nil {
-		t.Fatal(err)
+	if o.Ext4 != "" {
+		exportWithCLI(t, c, o.Ext4, ref, dir)
+	} else {
+		ext4 := filepath.Join(dir, "dev-base.ext4")
+		if err := testimage.Build(ctx, ext4, buildAgent(t), 64); err != nil {
+			t.Fatal(err)
+		}
+		exp, err := oci.ExportExt4(ctx, ext4, oci.ExportOptions{ID: "dev-base", WorkDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tar := filepath.Join(dir, "dev-base.tar")
+		err = exp.WriteTar(tar, ref)
+		exp.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ImportImage(t, tar)
+		os.Remove(tar)
+		os.Remove(ext4)
 	}
-	c.ImportImage(t, tar)
-	os.Remove(tar)
-	os.Remove(ext4)
-	t.Logf("test image exported and imported as %s in %v", ref, time.Since(begin).Round(time.Millisecond))
+	e.imported = time.Since(begin)
+	t.Logf("image exported and imported as %s in %v", ref, e.imported.Round(time.Millisecond))
 
 	cfg := config.Default()
 	cfg.Server.Mode = config.ModeProduction
@@ -113,7 +140,7 @@ func newKubeEnv(t testing.TB) *kubeEnv {
 	cfg.Sandbox.Kubernetes.Kubeconfig = c.Kubeconfig()
 	cfg.Sandbox.Kubernetes.Namespace = e.ns
 	cfg.Sandbox.Kubernetes.StorageClass = kubeStorageClass
-	cfg.Sandbox.Kubernetes.DiskGB = 1
+	cfg.Sandbox.Kubernetes.DiskGB = o.DiskGB
 	cfg.Sandbox.Kubernetes.Images = []string{"dev-base=" + ref}
 	cfg.Domain.BaseDomain = "atelier.test"
 	cfg.Domain.Dashboard = "sandbox.atelier.test"
@@ -136,7 +163,7 @@ func (e *kubeEnv) start(t testing.TB) (*Server, func()) {
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Kubernetes: func(o *kubernetes.Options) {
 			o.Dial = e.c.DialContext
-			o.PodTimeout = 2 * time.Minute
+			o.PodTimeout = e.o.PodTimeout
 			o.Poll = 20 * time.Millisecond
 		},
 	})
@@ -177,7 +204,7 @@ func (e *kubeEnv) addVolume(t testing.TB) {
 		Spec: corev1.PersistentVolumeSpec{
 			StorageClassName:              e.f.cfg.Sandbox.Kubernetes.StorageClass,
 			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
+			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: *resource.NewQuantity(int64(max(e.o.DiskGB, 1))<<30, resource.BinarySI)},
 			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
 			PersistentVolumeSource:        corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: t.TempDir(), Type: &hp}},
 		},
