@@ -181,11 +181,7 @@ func (d *Driver) Boot(ctx context.Context, inst sandbox.Instance) error {
 	if err := apply(ctx, d.cs.CoreV1().Secrets(d.opts.Namespace), sec); err != nil {
 		return fmt.Errorf("boot %s: agent credential: %w", id, err)
 	}
-	pod := d.opts.buildPod(inst, img)
-	if _, err := d.cs.CoreV1().Pods(d.opts.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("boot %s: create pod: %w", id, err)
-	}
-	got, err := d.waitPod(ctx, PodName(id), func(p *corev1.Pod) (bool, error) {
+	got, err := d.startPod(ctx, d.opts.buildPod(inst, img), func(p *corev1.Pod) (bool, error) {
 		switch p.Status.Phase {
 		case corev1.PodRunning:
 			return p.Status.PodIP != "", nil
@@ -437,11 +433,7 @@ func (d *Driver) fill(ctx context.Context, id string, img Image) error {
 	if err := d.deletePod(ctx, FillName(id)); err != nil {
 		return err
 	}
-	pods := d.cs.CoreV1().Pods(d.opts.Namespace)
-	if _, err := pods.Create(ctx, d.opts.buildFillPod(id, "", img), metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create fill pod: %w", err)
-	}
-	_, err := d.waitPod(ctx, FillName(id), func(p *corev1.Pod) (bool, error) {
+	_, err := d.startPod(ctx, d.opts.buildFillPod(id, "", img), func(p *corev1.Pod) (bool, error) {
 		switch p.Status.Phase {
 		case corev1.PodSucceeded:
 			return true, nil
@@ -571,6 +563,41 @@ func (d *Driver) waitPod(ctx context.Context, name string, done func(*corev1.Pod
 		case <-t.C:
 		}
 	}
+}
+
+// startPod creates pod and waits until done says it got there. A container
+// the node failed to start (runc's "cannot start a stopped process" on a
+// loaded node) is tried once more in a new Pod: with restartPolicy Never a
+// transient runtime failure would otherwise fail the whole create.
+func (d *Driver) startPod(ctx context.Context, pod *corev1.Pod, done func(*corev1.Pod) (bool, error)) (*corev1.Pod, error) {
+	pods := d.cs.CoreV1().Pods(d.opts.Namespace)
+	for attempt := 1; ; attempt++ {
+		if _, err := pods.Create(ctx, pod.DeepCopy(), metav1.CreateOptions{}); err != nil {
+			return nil, fmt.Errorf("create pod %s: %w", pod.Name, err)
+		}
+		got, err := d.waitPod(ctx, pod.Name, done)
+		if err == nil || attempt > 1 || got == nil || !startFailed(got) {
+			return got, err
+		}
+		d.log.Warn("pod failed to start, trying a new one", "sandbox_id", pod.Labels[LabelSandbox], "pod", pod.Name, "problem", podProblem(got))
+		if err := d.deletePod(ctx, pod.Name); err != nil {
+			return got, err
+		}
+	}
+}
+
+// startFailed reports a container the runtime could not start (as opposed
+// to one that ran and failed, or an image or spec problem).
+func startFailed(p *corev1.Pod) bool {
+	for _, cs := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+		if t := cs.State.Terminated; t != nil && t.Reason == "StartError" {
+			return true
+		}
+		if w := cs.State.Waiting; w != nil && w.Reason == "RunContainerError" {
+			return true
+		}
+	}
+	return false
 }
 
 // fatalWaiting are container states that never resolve by waiting.

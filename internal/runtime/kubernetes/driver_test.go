@@ -36,6 +36,8 @@ type kubelet struct {
 	nextIP   int
 	failFill bool
 	failPod  bool
+	// startFail makes the next pods of a role fail to start (StartError).
+	startFail map[string]int
 	// external: another reactor plays the node; this one only counts.
 	external bool
 	created  map[string]int // pods created, by role
@@ -47,6 +49,13 @@ func (k *kubelet) react(action k8stesting.Action) (bool, runtime.Object, error) 
 	defer k.mu.Unlock()
 	k.created[p.Labels[LabelRole]]++
 	if k.external {
+		return false, nil, nil
+	}
+	if role := p.Labels[LabelRole]; k.startFail[role] > 0 {
+		k.startFail[role]--
+		p.Status.Phase = corev1.PodFailed
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "c", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+			ExitCode: 128, Reason: "StartError", Message: "runc create failed: cannot start a stopped process"}}}}
 		return false, nil, nil
 	}
 	switch p.Labels[LabelRole] {
@@ -311,6 +320,34 @@ func TestFailures(t *testing.T) {
 		}
 		if got := b.labelled(t, id); !slices.Equal(got, []string{"pvc/" + ClaimName(id)}) {
 			t.Fatalf("after the undo: %v", got)
+		}
+	})
+	t.Run("a pod the node fails to start is tried once more", func(t *testing.T) {
+		b := newBed(t)
+		const id = "k8sstartfl01"
+		b.k.startFail = map[string]int{RoleFill: 1, RoleSandbox: 1}
+		if _, err := b.d.Clone(b.ctx, "dev-base", id); err != nil {
+			t.Fatalf("clone after one failed start: %v", err)
+		}
+		if err := b.d.Boot(b.ctx, sandbox.Instance{ID: id, Vcpus: 1, MemoryMB: 512}); err != nil {
+			t.Fatalf("boot after one failed start: %v", err)
+		}
+		if b.k.created[RoleFill] != 2 || b.k.created[RoleSandbox] != 2 {
+			t.Fatalf("pods created: %v, want two of each", b.k.created)
+		}
+		// Twice in a row is an error, with the node's reason.
+		if err := b.d.Stop(b.ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		b.k.startFail[RoleSandbox] = 2
+		err := b.d.Boot(b.ctx, sandbox.Instance{ID: id, Vcpus: 1, MemoryMB: 512})
+		if err == nil || !strings.Contains(err.Error(), "StartError") || b.k.created[RoleSandbox] != 4 {
+			t.Fatalf("boot failing twice: %v, %d sandbox pods", err, b.k.created[RoleSandbox])
+		}
+		// A container that ran and failed is not tried again.
+		b.k.failFill = true
+		if _, err := b.d.Clone(b.ctx, "dev-base", "k8sstartfl02"); err == nil || b.k.created[RoleFill] != 3 {
+			t.Fatalf("a failed fill was retried: %v, %d fill pods", err, b.k.created[RoleFill])
 		}
 	})
 	t.Run("bad ids", func(t *testing.T) {
