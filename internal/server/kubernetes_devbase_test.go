@@ -28,15 +28,17 @@ import (
 // containerd, one sandbox created from it (its disk filled by copying the
 // image's root), exec as the image's user, code-server's workbench through
 // the real edge on the sandbox's host after the host login, OpenCode's API
-// through its host, SSH as dev through the proxy, stop and start keeping a
-// file in the home directory, destroy leaving no object labelled with the
-// id. One create serves every check: the image is 3 GB.
+// through its host, the browser stack on demand, SSH as dev through the
+// proxy without privilege escalation, stop and start keeping a file in the
+// home directory and bringing the services back, destroy leaving no object
+// labelled with the id. One create serves every check: the image is 3 GB.
 func TestKubernetesDevBase(t *testing.T) {
 	image := devBaseImage(t)
 	if _, err := exec.LookPath("ssh"); err != nil {
 		testenv.Missing(t, "requires the OpenSSH client (apt-get install openssh-client)")
 	}
-	// The image's root is 3.2 GB; the disk holds it and what a user adds.
+	// The image's root is 2.7 GiB of files; the disk holds it and what a
+	// user adds.
 	e := newKubeEnvWith(t, kubeEnvOptions{Ext4: image, DiskGB: 8, PodTimeout: 6 * time.Minute})
 	f := e.f
 	certPath, keyPath, pool := edgetest.WildcardCert(t, "atelier.test")
