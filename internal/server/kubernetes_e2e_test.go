@@ -142,6 +142,7 @@ func newKubeEnvWith(t testing.TB, o kubeEnvOptions) *kubeEnv {
 	cfg.Sandbox.Kubernetes.StorageClass = kubeStorageClass
 	cfg.Sandbox.Kubernetes.DiskGB = o.DiskGB
 	cfg.Sandbox.Kubernetes.Images = []string{"dev-base=" + ref}
+	cfg.Sandbox.Kubernetes.AllowUnenforcedPolicies = true // the bed's bridge CNI ignores NetworkPolicies
 	cfg.Domain.BaseDomain = "atelier.test"
 	cfg.Domain.Dashboard = "sandbox.atelier.test"
 	cfg.Domain.SSH.Hostname = "ssh.atelier.test"

@@ -123,7 +123,7 @@ func (d *Driver) probeImage() (Image, error) {
 }
 
 func probeID() string {
-	return probePrefix + ids.New(ids.SandboxIDLen - len(probePrefix))
+	return probePrefix + ids.New(ids.SandboxIDLen-len(probePrefix))
 }
 
 // IsProbe reports whether id is a policy check's: a leftover of one the
