@@ -41,6 +41,8 @@ func (p *policyCheck) run(ctx context.Context) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
+	case err != nil && ctx.Err() != nil:
+		p.state, p.err = policyUnknown, "the manager stopped before the check ended"
 	case err != nil:
 		p.state, p.err = policyUnknown, err.Error()
 		p.log.Warn("could not check that the cluster enforces NetworkPolicies: sandboxes run, their isolation unproven", "err", err)
