@@ -173,6 +173,8 @@ func toProblem(ctx context.Context, log *slog.Logger, err error) error {
 		return p
 	case errors.Is(err, store.ErrLimit):
 		return newProblem(http.StatusTooManyRequests, "sandbox_limit", err.Error())
+	case errors.Is(err, sandbox.ErrUnavailable):
+		return newProblem(http.StatusServiceUnavailable, "unavailable", err.Error())
 	case errors.Is(err, store.ErrExhausted):
 		return newProblem(http.StatusServiceUnavailable, "subnet_exhausted", err.Error())
 	case errors.Is(err, store.ErrDuplicate):

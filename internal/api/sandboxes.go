@@ -145,7 +145,7 @@ func (s *Server) registerSandboxes() {
 	huma.Register(s.api, huma.Operation{
 		OperationID: "create-sandbox", Method: http.MethodPost, Path: "/api/sandboxes", Tags: tags,
 		Summary: "Create a sandbox", Security: securityAuthed, DefaultStatus: http.StatusCreated,
-		Description: "Reserves a slot under server.maxSandboxes and the caller's quotas atomically (429 sandbox_limit or quota_exceeded past them), then boots through the spawn queue.",
+		Description: "Reserves a slot under server.maxSandboxes and the caller's quotas atomically (429 sandbox_limit or quota_exceeded past them), then boots through the spawn queue. 503 when this manager may not boot sandboxes now (a cluster found not to enforce NetworkPolicies).",
 		Errors:      append(errs, http.StatusConflict, http.StatusTooManyRequests, http.StatusServiceUnavailable),
 	}, func(ctx context.Context, in *createSandboxInput) (*createSandboxOutput, error) {
 		body := in.Body
@@ -212,8 +212,8 @@ func (s *Server) registerSandboxes() {
 		huma.Register(s.api, huma.Operation{
 			OperationID: a.name + "-sandbox", Method: http.MethodPost, Path: "/api/sandboxes/{id}/" + a.name, Tags: tags,
 			Summary: a.summary, Security: securityAuthed,
-			Description: "409 when the sandbox's status does not allow it; 429 when starting would exceed server.maxSandboxes or the owner's running quota.",
-			Errors:      append(errs, http.StatusConflict, http.StatusTooManyRequests),
+			Description: "409 when the sandbox's status does not allow it; 429 when starting would exceed server.maxSandboxes or the owner's running quota; 503 when this manager may not boot sandboxes now (a cluster found not to enforce NetworkPolicies).",
+			Errors:      append(errs, http.StatusConflict, http.StatusTooManyRequests, http.StatusServiceUnavailable),
 		}, func(ctx context.Context, in *sandboxIDInput) (*sandboxOutput, error) {
 			if _, err := s.managed(ctx, in.ID); err != nil {
 				return nil, err

@@ -59,7 +59,7 @@ type HostNetwork struct {
 // Firewall is a cheap check of the firewall: its tables and the drop rules
 // every setup makes, not a dump.
 type Firewall struct {
-	State   string            `json:"state" enum:"ok,degraded,missing,mock" doc:"ok: both tables and every expected drop rule present; degraded: some missing; missing: no table (run atelier network setup); mock: mock mode has no firewall."`
+	State   string            `json:"state" enum:"ok,degraded,missing,mock,checking,enforced,not-enforced,unknown" doc:"ok: both tables and every expected drop rule present; degraded: some missing; missing: no table (run atelier network setup); mock: mock mode has no firewall. On a cluster (sandbox.runtime kubernetes) the firewall is the NetworkPolicies, and the start-up check found them: checking (under way), enforced, not-enforced (creates and starts are refused unless sandbox.kubernetes.allowUnenforcedPolicies), unknown (the check failed: error says why)."`
 	Tables  []string          `json:"tables"`
 	Rules   int               `json:"rules"`
 	Missing []string          `json:"missing" doc:"Expected drop rules (by their comment) not found."`

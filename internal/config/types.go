@@ -201,6 +201,10 @@ type SandboxKubernetes struct {
 	ClusterCIDRs []string `json:"clusterCidrs"`
 	// CADir holds the agent CA (ca.crt, ca.key); empty: {dataDir}/agent-ca.
 	CADir string `json:"caDir"`
+	// AllowUnenforcedPolicies lets sandboxes run on a cluster whose network
+	// was found to ignore NetworkPolicies (then nothing keeps one
+	// sandbox's Pod from another's code-server).
+	AllowUnenforcedPolicies bool `json:"allowUnenforcedPolicies"`
 }
 
 type SandboxContainer struct {

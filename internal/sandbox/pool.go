@@ -456,6 +456,9 @@ func (s *Service) keepPool(ctx context.Context) error {
 // fillOne boots one pooled sandbox and waits for it to be running with its
 // services ready.
 func (s *Service) fillOne(ctx context.Context) error {
+	if err := s.admitted(ctx); err != nil {
+		return fmt.Errorf("pool fill: %w", err)
+	}
 	shape := s.poolShape()
 	disk, err := s.imageSize(ctx, shape.Image)
 	if err != nil {

@@ -67,6 +67,7 @@ type Service struct {
 	hooks    atomic.Pointer[Hooks]
 	prov     atomic.Pointer[Provisioner]
 	cfgPush  atomic.Pointer[ConfigPusher]
+	admit    atomic.Pointer[Admission]
 
 	q     *queue
 	locks keylock.Mutex // one lifecycle operation per sandbox
@@ -131,6 +132,24 @@ func New(cfg *config.Config, st *store.Store, bus *events.Bus, m *metrics.Metric
 		return counts, nil
 	})
 	return s
+}
+
+// ErrUnavailable wraps an Admission's refusal: the host cannot run
+// sandboxes safely right now (the API answers 503 with its text).
+var ErrUnavailable = errors.New("sandboxes cannot run on this manager right now")
+
+// Admission is asked before a create, a start, a restart or a pool fill
+// boots anything; an error (wrapping ErrUnavailable) refuses it.
+type Admission func(ctx context.Context) error
+
+// SetAdmission installs the check every boot passes first.
+func (s *Service) SetAdmission(a Admission) { s.admit.Store(&a) }
+
+func (s *Service) admitted(ctx context.Context) error {
+	if a := s.admit.Load(); a != nil && *a != nil {
+		return (*a)(ctx)
+	}
+	return nil
 }
 
 // SetHooks installs the edge and SSH callbacks. Safe at any time; an
@@ -219,6 +238,10 @@ func (s *Service) List(ctx context.Context, f store.SandboxFilter) ([]store.Sand
 // *store.QuotaError past them), and queues the boot.
 // It returns at once; Wait follows the sandbox to a settled status.
 func (s *Service) Create(ctx context.Context, req CreateRequest) (store.Sandbox, error) {
+	if err := s.admitted(ctx); err != nil {
+		s.m.ObserveOp(OpCreate, result(err))
+		return store.Sandbox{}, err
+	}
 	if prov := s.provisioner(); prov != nil && req.WorkspaceID != "" {
 		if err := prov.Prepare(ctx, &req); err != nil {
 			return store.Sandbox{}, err
@@ -367,6 +390,9 @@ func (s *Service) Stop(ctx context.Context, id string) (sb store.Sandbox, err er
 // server.maxSandboxes: store.ErrLimit when the host is full.
 func (s *Service) Start(ctx context.Context, id string) (sb store.Sandbox, err error) {
 	defer func() { s.m.ObserveOp(OpStart, result(err)) }()
+	if err := s.admitted(ctx); err != nil {
+		return sb, err
+	}
 	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return sb, fmt.Errorf("start sandbox %s: %w", id, err)
@@ -378,6 +404,10 @@ func (s *Service) Start(ctx context.Context, id string) (sb store.Sandbox, err e
 // Restart stops then starts a running sandbox, holding it for the whole time.
 func (s *Service) Restart(ctx context.Context, id string) (sb store.Sandbox, err error) {
 	defer func() { s.m.ObserveOp(OpRestart, result(err)) }()
+	// Refused before the stop: a restart must not leave it stopped.
+	if err := s.admitted(ctx); err != nil {
+		return sb, err
+	}
 	unlock, err := s.locks.Lock(ctx, id)
 	if err != nil {
 		return sb, fmt.Errorf("restart sandbox %s: %w", id, err)

@@ -64,7 +64,7 @@ func kubeDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 	}
 	ko := kubernetes.Options{
 		Namespace: k.Namespace, RuntimeClassName: k.RuntimeClassName, StorageClass: k.StorageClass,
-		DiskBytes: int64(k.DiskGB) << 30, Images: images, AgentPort: cfg.Advanced.VM.Agent.Port,
+		DiskBytes: int64(k.DiskGB) << 30, Images: images, DefaultImage: cfg.Sandbox.DefaultImage, AgentPort: cfg.Advanced.VM.Agent.Port,
 		RegistryPort: cfg.Advanced.Server.Verdaccio.Port, DNSServers: cfg.Network.DNSServers,
 		EgressDeny: deny, EgressAllow: allow, CA: ca, Log: log,
 		Snapshots: dyn, SnapshotClass: k.SnapshotClass,
@@ -79,7 +79,8 @@ func kubeDrivers(ctx context.Context, cfg *config.Config, opts Options, log *slo
 	log.Info("kubernetes runtime", "namespace", k.Namespace, "runtime_class", k.RuntimeClassName,
 		"storage_class", k.StorageClass, "images", len(images), "api", rc.Host)
 	inv := sandbox.Inventory{Runtimes: d.List, Volumes: d.Volumes, Upkeep: d.Upkeep}
-	return sandbox.Drivers{Runtime: kubeRuntime{d}, Network: noLinks{}, Volumes: d}, inv, kubeReports{d}, nil
+	pc := newPolicyCheck(d.CheckPolicyEnforcement, k.AllowUnenforcedPolicies, log)
+	return sandbox.Drivers{Runtime: kubeRuntime{d}, Network: noLinks{}, Volumes: d}, inv, kubeReports{d, pc}, nil
 }
 
 // kubeRuntime adds the readiness check: the API server answers for the
@@ -96,8 +97,11 @@ func (noLinks) Attach(context.Context, string, store.Lease) (string, error) { re
 func (noLinks) Detach(context.Context, string) error                        { return nil }
 
 // kubeReports answer the System page for a cluster: disks are PVCs, the
-// firewall is the NetworkPolicies.
-type kubeReports struct{ d *kubernetes.Driver }
+// firewall is the NetworkPolicies, in the state the check found them.
+type kubeReports struct {
+	d      *kubernetes.Driver
+	policy *policyCheck
+}
 
 func (k kubeReports) StoragePools(ctx context.Context) ([]api.StoragePool, error) {
 	vs, err := k.d.Volumes(ctx)
@@ -118,6 +122,7 @@ func (k kubeReports) Network(ctx context.Context) (api.HostNetwork, error) {
 	if err != nil {
 		return api.HostNetwork{}, err
 	}
+	state, detail := k.policy.report()
 	return api.HostNetwork{LinkKind: "kubernetes", BridgeAddrs: []string{}, Links: len(ids), LinksUp: len(ids),
-		Firewall: api.Firewall{State: "networkpolicy", Tables: []string{}, Missing: []string{}, Drops: map[string]uint64{}}}, nil
+		Firewall: api.Firewall{State: state, Tables: []string{}, Missing: []string{}, Drops: map[string]uint64{}, Error: detail}}, nil
 }

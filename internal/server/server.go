@@ -69,6 +69,8 @@ type Server struct {
 	reconcileEvery time.Duration
 	timeouts       HTTPTimeouts
 	health         health
+	// policy is the cluster's NetworkPolicy check (kubernetes runtime).
+	policy *policyCheck
 
 	// Replicas on a shared store: see replicas.go.
 	replicaID string
@@ -209,6 +211,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 	if inv != nil {
 		sbx.SetInventory(*inv)
 	}
+	var policy *policyCheck
+	if kr, ok := reports.(kubeReports); ok {
+		policy = kr.policy
+		sbx.SetAdmission(policy.admit)
+	}
 	reg, sup, err := newRegistry(ctx, cfg, opts, st, sbx, *drv, log)
 	if err != nil {
 		st.Close()
@@ -265,7 +272,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		every = 30 * time.Second
 	}
 	s := &Server{Config: cfg, Store: st, Sandboxes: sbx, Auth: au, Bus: bus, Log: log, Registry: reg, SSHProxy: sp, Edge: ed, reconcileEvery: every,
-		timeouts: opts.HTTPTimeouts.withDefaults(), replicaID: newReplicaID(), leaderTTL: opts.LeaderTTL}
+		timeouts: opts.HTTPTimeouts.withDefaults(), replicaID: newReplicaID(), leaderTTL: opts.LeaderTTL, policy: policy}
 	if s.leaderTTL <= 0 {
 		s.leaderTTL = DefaultLeaderTTL
 	}
@@ -359,6 +366,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if err := s.startEdge(bgCtx); err != nil {
 		return err
+	}
+	if s.policy != nil {
+		s.bg.Add(1)
+		go func() { defer s.bg.Done(); s.policy.run(bgCtx) }()
 	}
 	s.bg.Add(1)
 	if s.replicated() {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -37,6 +38,9 @@ type Options struct {
 	DiskBytes int64
 	// Images are the Atelier images the cluster can run, by image id.
 	Images map[string]Image
+	// DefaultImage is the image the policy check's probe Pods run; "":
+	// the first of Images by name.
+	DefaultImage string
 	// AgentPort is the agent's TCP port in the Pod.
 	AgentPort int
 	// AgentPath is the agent inside the image (bootcontract.InitPath).
@@ -75,6 +79,9 @@ type Driver struct {
 
 	mu  sync.Mutex
 	ips map[string]string // sandbox id → its Pod's IP, as last read
+	// probing are the ids of a policy check under way: List leaves them
+	// out, so a reconciler pass does not remove them mid-check.
+	probing map[string]bool
 	// renewedAt is when Upkeep last looked at the agent certificates.
 	renewedAt time.Time
 }
@@ -110,7 +117,7 @@ func New(cs kubernetes.Interface, opts Options) (*Driver, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	return &Driver{cs: cs, opts: opts, log: opts.Log.With("runtime", "kubernetes"), ips: map[string]string{}}, nil
+	return &Driver{cs: cs, opts: opts, log: opts.Log.With("runtime", "kubernetes"), ips: map[string]string{}, probing: map[string]bool{}}, nil
 }
 
 func checkID(id string) error {
@@ -321,12 +328,17 @@ func (d *Driver) Alive(ctx context.Context, id string) (bool, error) {
 
 // List is the reconciler's inventory of runtimes: the ids of every Pod,
 // Secret and NetworkPolicy Atelier labelled, so an orphan of any kind is
-// found and Destroy removes all of them.
+// found and Destroy removes all of them. A policy check's probes count as
+// orphans once the check is over (a manager that died mid-check leaves
+// them), not while it runs.
 func (d *Driver) List(ctx context.Context) ([]string, error) {
 	ns, sel := d.opts.Namespace, metav1.ListOptions{LabelSelector: managedSelector}
 	var out []string
+	d.mu.Lock()
+	probing := maps.Clone(d.probing)
+	d.mu.Unlock()
 	add := func(l map[string]string) {
-		if id := l[LabelSandbox]; ids.ValidSandboxID(id) && !slices.Contains(out, id) {
+		if id := l[LabelSandbox]; ids.ValidSandboxID(id) && !probing[id] && !slices.Contains(out, id) {
 			out = append(out, id)
 		}
 	}

@@ -41,6 +41,8 @@ type kubelet struct {
 	// external: another reactor plays the node; this one only counts.
 	external bool
 	created  map[string]int // pods created, by role
+	// dialExit is the exit code a policy check's dialer Pod ends with.
+	dialExit int32
 }
 
 func (k *kubelet) react(action k8stesting.Action) (bool, runtime.Object, error) {
@@ -59,6 +61,18 @@ func (k *kubelet) react(action k8stesting.Action) (bool, runtime.Object, error) 
 		return false, nil, nil
 	}
 	switch p.Labels[LabelRole] {
+	case RoleProbe:
+		if slices.Contains(p.Spec.Containers[0].Command, "listen") {
+			k.nextIP++
+			p.Status.Phase, p.Status.PodIP = corev1.PodRunning, fmt.Sprintf("10.244.0.%d", k.nextIP)
+			break
+		}
+		p.Status.Phase = corev1.PodFailed
+		if k.dialExit == 0 {
+			p.Status.Phase = corev1.PodSucceeded
+		}
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "netcheck", State: corev1.ContainerState{
+			Terminated: &corev1.ContainerStateTerminated{ExitCode: k.dialExit}}}}
 	case RoleFill:
 		p.Status.Phase = corev1.PodSucceeded
 		if k.failFill {

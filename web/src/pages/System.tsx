@@ -161,6 +161,10 @@ const firewallWords: Record<string, string> = {
   degraded: 'degraded: rules missing',
   missing: 'missing: run atelier network setup',
   mock: 'none in mock mode',
+  checking: 'NetworkPolicies: checking that the cluster enforces them',
+  enforced: 'NetworkPolicies: enforced by the cluster',
+  'not-enforced': 'NetworkPolicies: NOT enforced by the cluster',
+  unknown: 'NetworkPolicies: enforcement unknown (the check failed)',
 };
 
 function NetworkCard({ data: d, error }: { data?: Schemas['NetworkBody']; error: unknown }) {
@@ -191,9 +195,12 @@ function NetworkCard({ data: d, error }: { data?: Schemas['NetworkBody']; error:
           <div>
             <dt>Firewall</dt>
             <dd>
-              <Badge tone={d.firewall.state === 'ok' ? 'ok' : d.firewall.state === 'mock' ? 'idle' : 'bad'}>{firewallWords[d.firewall.state]}</Badge>
+              <Badge tone={d.firewall.state === 'ok' || d.firewall.state === 'enforced' ? 'ok' : d.firewall.state === 'mock' || d.firewall.state === 'checking' ? 'idle' : 'bad'}>
+                {firewallWords[d.firewall.state]}
+              </Badge>
               {d.firewall.rules > 0 && ` ${d.firewall.rules} rules`}
               {(d.firewall.missing ?? []).length > 0 && <span className="error-text"> missing: {(d.firewall.missing ?? []).join(', ')}</span>}
+              {d.firewall.error && <span className="error-text"> {d.firewall.error}</span>}
             </dd>
           </div>
           <div>
