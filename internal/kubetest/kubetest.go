@@ -114,6 +114,8 @@ type Cluster struct {
 	nsPID  int
 	mntNS  string // readlink of /proc/PID/ns/mnt, to find its processes at teardown
 	netNS  netns.NsHandle
+	// nsMu guards netNS: a dial enters it while teardown may close it.
+	nsMu sync.RWMutex
 
 	mu    sync.Mutex
 	procs []*proc
@@ -185,7 +187,13 @@ func (c *Cluster) DialContext(ctx context.Context, network, addr string) (net.Co
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(c.netNS); err != nil {
+		c.nsMu.RLock()
+		err = errors.New("the bed is stopped")
+		if c.netNS.IsOpen() {
+			err = netns.Set(c.netNS)
+		}
+		c.nsMu.RUnlock()
+		if err != nil {
 			runtime.UnlockOSThread()
 			ch <- result{err: fmt.Errorf("enter bed netns: %w", err)}
 			return
@@ -852,9 +860,11 @@ func (c *Cluster) teardown() error {
 		_ = c.holder.Process.Kill()
 		_ = c.holder.Wait()
 	}
+	c.nsMu.Lock()
 	if c.netNS.IsOpen() {
 		c.netNS.Close()
 	}
+	c.nsMu.Unlock()
 	if err := removeCgroupRoot(c.cgroupRoot); err != nil {
 		errs = append(errs, err)
 	}

@@ -371,6 +371,11 @@ func TestPodWithLocalVolume(t *testing.T) {
 	if err := c.Stop(); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
+	// A dial after (or racing) the teardown is refused, never made from a
+	// closed or reused namespace handle.
+	if _, err := c.DialContext(ctx, "tcp", NodeIP+":6443"); err == nil || !strings.Contains(err.Error(), "stopped") {
+		t.Fatalf("dial into a stopped bed: %v", err)
+	}
 	after := snapshotHost(t)
 	if _, err := os.Stat(sysctlStatePath); err == nil {
 		// Another test binary's bed runs: the tunables and their record stay
