@@ -60,17 +60,10 @@ func TestMain(m *testing.M) {
 // runTestManager is a real manager process for the fault-injection test: it
 // serves until it is killed, optionally killing itself at a crash point.
 func runTestManager(path string) int {
-	cfg, err := config.Load(config.Options{File: path, Env: []string{}})
+	cfg, err := loadTestManager(path, false)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
-	}
-	if cp := os.Getenv(envCrash); cp != "" {
-		sandbox.CrashHook = func(op, step, when string) {
-			if op+":"+step+":"+when == cp {
-				syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			}
-		}
 	}
 	prefix := os.Getenv(envPrefix)
 	host, err := netns.GetFromName(prefix + "host")
@@ -78,8 +71,36 @@ func runTestManager(path string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	return serveTestManager(cfg, prodOptions(prefix, host, slog.New(slog.NewTextHandler(os.Stderr, nil))))
+}
+
+// loadTestManager reads a manager subprocess's config and arms the crash
+// point envCrash names: the process SIGKILLs itself on reaching it. With
+// trace every point it passes is written to stderr, for a test that looks
+// for steps no crash point covers.
+func loadTestManager(path string, trace bool) (*config.Config, error) {
+	cfg, err := config.Load(config.Options{File: path, Env: []string{}})
+	if err != nil {
+		return nil, err
+	}
+	if cp := os.Getenv(envCrash); cp != "" {
+		sandbox.CrashHook = func(op, step, when string) {
+			if trace {
+				fmt.Fprintf(os.Stderr, "crash point passed: %s:%s:%s\n", op, step, when)
+			}
+			if op+":"+step+":"+when == cp {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			}
+		}
+	}
+	return cfg, nil
+}
+
+// serveTestManager runs a manager subprocess until it is killed; its exit
+// code is 1 when the manager cannot start or serve.
+func serveTestManager(cfg *config.Config, opts Options) int {
 	ctx := context.Background()
-	srv, err := New(ctx, cfg, prodOptions(prefix, host, slog.New(slog.NewTextHandler(os.Stderr, nil))))
+	srv, err := New(ctx, cfg, opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

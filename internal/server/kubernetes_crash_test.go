@@ -10,13 +10,10 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"atelier/internal/config"
 	"atelier/internal/runtime/kubernetes"
-	"atelier/internal/sandbox"
 )
 
 // Environment of a kubernetes-runtime manager subprocess: its config file
@@ -36,22 +33,11 @@ func init() {
 // runKubeTestManager serves until killed, killing itself with SIGKILL at
 // the crash point envCrash names.
 func runKubeTestManager(path, forward string) int {
-	cfg, err := config.Load(config.Options{File: path, Env: []string{}})
+	cfg, err := loadTestManager(path, true)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	if cp := os.Getenv(envCrash); cp != "" {
-		sandbox.CrashHook = func(op, step, when string) {
-			// The test collects the points a manager passed, to find a
-			// step no crash point covers.
-			fmt.Fprintf(os.Stderr, "crash point passed: %s:%s:%s\n", op, step, when)
-			if op+":"+step+":"+when == cp {
-				syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			}
-		}
-	}
-	ctx := context.Background()
 	opts := Options{
 		Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		Kubernetes: func(o *kubernetes.Options) {
@@ -68,20 +54,7 @@ func runKubeTestManager(path, forward string) int {
 		}
 		opts.ReconcileEvery = kubeReconcileEvery
 	}
-	srv, err := New(ctx, cfg, opts)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := srv.Listen(false); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := srv.Serve(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
+	return serveTestManager(cfg, opts)
 }
 
 // forwardDialer dials through the test's forwarder: it sends the address on

@@ -14,11 +14,9 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"atelier/internal/auth"
 	"atelier/internal/edge/edgetest"
 	"atelier/internal/kubetest"
 	"atelier/internal/runtime/kubernetes"
-	"atelier/internal/store"
 	"atelier/internal/testenv"
 )
 
@@ -46,15 +44,7 @@ func TestKubernetesDevBase(t *testing.T) {
 	f.cfg.Auth.AllowedUsers = []string{"dev"}
 	srv, _ := e.start(t)
 	ctx := context.Background()
-	u, err := srv.Store.UpsertGitHubUser(ctx, store.User{GitHubID: 11, Login: "dev"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret, _, err := srv.Auth.CreateToken(ctx, auth.Principal{User: u, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := userAPI{t: t, base: "http://" + srv.Addr(), secret: secret}
+	u, api := devUser(t, srv)
 
 	e.addVolume(t)
 	fillTimes := watchFill(t, e)

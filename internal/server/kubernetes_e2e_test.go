@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -159,39 +158,17 @@ func newKubeEnvWith(t testing.TB, o kubeEnvOptions) *kubeEnv {
 // edge reach Pod IPs through the bed's network namespace.
 func (e *kubeEnv) start(t testing.TB) (*Server, func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := New(ctx, e.f.cfg, Options{
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Kubernetes: func(o *kubernetes.Options) {
-			o.Dial = e.c.DialContext
-			o.PodTimeout = e.o.PodTimeout
-			o.Poll = 20 * time.Millisecond
-		},
+	return e.f.startWith(t, func(o *Options) {
+		*o = Options{Log: o.Log, Kubernetes: e.dialInBed}
 	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	if err := srv.Listen(false); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	if code, body := e.f.call(t, "GET", "/health/live", ""); code != 200 {
-		t.Fatalf("manager not serving: %d %s", code, body)
-	}
-	return srv, stop
+}
+
+// dialInBed points an in-process manager's driver at Pod IPs in the bed's
+// network namespace.
+func (e *kubeEnv) dialInBed(o *kubernetes.Options) {
+	o.Dial = e.c.DialContext
+	o.PodTimeout = e.o.PodTimeout
+	o.Poll = 20 * time.Millisecond
 }
 
 // addVolume makes one unclaimed hostPath PersistentVolume of the manager's
@@ -234,6 +211,23 @@ func (e *kubeEnv) objects(t testing.TB, id string) (pods, claims, secrets, polic
 		}
 	}
 	return len(p.Items), len(v.Items), len(s.Items), len(n.Items)
+}
+
+// devUser makes the GitHub user dev (id 11; tests put it on the allow-list)
+// with a full-scope API token, and a client of the manager's TCP API acting
+// as it.
+func devUser(t testing.TB, srv *Server) (store.User, userAPI) {
+	t.Helper()
+	ctx := context.Background()
+	u, err := srv.Store.UpsertGitHubUser(ctx, store.User{GitHubID: 11, Login: "dev"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, _, err := srv.Auth.CreateToken(ctx, auth.Principal{User: u, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u, userAPI{t: t, base: "http://" + srv.Addr(), secret: secret}
 }
 
 // userAPI calls the manager's TCP API with a user's token.
@@ -292,15 +286,7 @@ func TestKubernetesEndToEnd(t *testing.T) {
 	echo := buildEcho(t)
 	srv, _ := e.start(t)
 	ctx := context.Background()
-	u, err := srv.Store.UpsertGitHubUser(ctx, store.User{GitHubID: 11, Login: "dev"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret, _, err := srv.Auth.CreateToken(ctx, auth.Principal{User: u, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := userAPI{t: t, base: "http://" + srv.Addr(), secret: secret}
+	u, api := devUser(t, srv)
 
 	e.addVolume(t)
 	begin := time.Now()
@@ -363,7 +349,7 @@ func TestKubernetesEndToEnd(t *testing.T) {
 	wctx, wcancel := context.WithTimeout(ctx, 15*time.Second)
 	defer wcancel()
 	ws, _, err := websocket.Dial(wctx, "ws://"+srv.Addr()+"/api/sandboxes/"+id+"/terminals/"+term.ID+"/attach",
-		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + secret}}})
+		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + api.secret}}})
 	if err != nil {
 		t.Fatalf("attach terminal: %v", err)
 	}

@@ -17,7 +17,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"atelier/internal/config"
-	"atelier/internal/runtime/kubernetes"
 	"atelier/internal/store"
 	"atelier/internal/testenv"
 )
@@ -106,11 +105,7 @@ func (e *kubeEnv) startReplica(t *testing.T, cfg *config.Config, ttl time.Durati
 		Log:            slog.New(slog.NewTextHandler(log, nil)),
 		LeaderTTL:      ttl,
 		ReconcileEvery: kubeReconcileEvery,
-		Kubernetes: func(o *kubernetes.Options) {
-			o.Dial = e.c.DialContext
-			o.PodTimeout = 2 * time.Minute
-			o.Poll = 20 * time.Millisecond
-		},
+		Kubernetes:     e.dialInBed,
 	})
 	if err != nil {
 		cancel()

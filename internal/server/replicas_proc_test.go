@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -212,17 +211,10 @@ func (h *sharedHost) spawn(t *testing.T, crash string) *replicaProc {
 
 // runTestReplica is a replica subprocess's main.
 func runTestReplica(path string) int {
-	cfg, err := config.Load(config.Options{File: path, Env: []string{}})
+	cfg, err := loadTestManager(path, false)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
-	}
-	if cp := os.Getenv(envCrash); cp != "" {
-		sandbox.CrashHook = func(op, step, when string) {
-			if op+":"+step+":"+when == cp {
-				syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			}
-		}
 	}
 	ttl, err := time.ParseDuration(os.Getenv(envReplicaTTL))
 	if err != nil {
@@ -235,21 +227,7 @@ func runTestReplica(path string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	ctx := context.Background()
-	srv, err := New(ctx, cfg, Options{Log: log, Drivers: drv, LeaderTTL: ttl, ReconcileEvery: 100 * time.Millisecond})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := srv.Listen(false); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := srv.Serve(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
+	return serveTestManager(cfg, Options{Log: log, Drivers: drv, LeaderTTL: ttl, ReconcileEvery: 100 * time.Millisecond})
 }
 
 // callC calls the manager behind c; code 0 when it cannot be reached.

@@ -402,15 +402,8 @@ func TestSSHIntoContainerSandbox(t *testing.T) {
 	// added straight to the store has no org membership on record).
 	f.cfg.Auth.AllowedUsers = []string{"dev"}
 	srv := f.start(t)
-	ctx := context.Background()
-	u, err := srv.Store.UpsertGitHubUser(ctx, store.User{GitHubID: 11, Login: "dev"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret, _, err := srv.Auth.CreateToken(ctx, auth.Principal{User: u, Method: auth.MethodCookie, Scope: auth.ScopeFull}, auth.TokenRequest{Name: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, dev := devUser(t, srv)
+	secret := dev.secret
 	api := func(method, path, body string) (int, []byte) {
 		req, _ := http.NewRequest(method, "http://"+srv.Addr()+path, strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+secret)

@@ -196,26 +196,7 @@ func TestOnCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cs := c.Clientset()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		left := 0
-		for _, id := range ids {
-			sel := metav1.ListOptions{LabelSelector: Selector(id)}
-			p, _ := cs.CoreV1().Pods(ns).List(ctx, sel)
-			v, _ := cs.CoreV1().PersistentVolumeClaims(ns).List(ctx, sel)
-			s, _ := cs.CoreV1().Secrets(ns).List(ctx, sel)
-			n, _ := cs.NetworkingV1().NetworkPolicies(ns).List(ctx, sel)
-			left += len(p.Items) + len(v.Items) + len(s.Items) + len(n.Items)
-		}
-		if left == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d objects left after destroy", left)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitNoneLabelled(t, c, ns, "after destroy", ids...)
 }
 
 // BenchmarkClusterBoot is the Pod path phase by phase on the real
@@ -366,23 +347,7 @@ func TestServiceOnCluster(t *testing.T) {
 	if err := svc.Destroy(ctx, sb.ID); err != nil {
 		t.Fatal(err)
 	}
-	cs := c.Clientset()
-	sel := metav1.ListOptions{LabelSelector: Selector(sb.ID)}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		p, _ := cs.CoreV1().Pods(ns).List(ctx, sel)
-		v, _ := cs.CoreV1().PersistentVolumeClaims(ns).List(ctx, sel)
-		s, _ := cs.CoreV1().Secrets(ns).List(ctx, sel)
-		n, _ := cs.NetworkingV1().NetworkPolicies(ns).List(ctx, sel)
-		left := len(p.Items) + len(v.Items) + len(s.Items) + len(n.Items)
-		if left == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d objects left after destroy", left)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitNoneLabelled(t, c, ns, "after destroy", sb.ID)
 }
 
 // TestCrashOnCluster kills the manager (its worker exits on the spot, no
@@ -419,15 +384,6 @@ func TestCrashOnCluster(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	left := func(id string) int {
-		cs := c.Clientset()
-		sel := metav1.ListOptions{LabelSelector: Selector(id)}
-		p, _ := cs.CoreV1().Pods(ns).List(ctx, sel)
-		v, _ := cs.CoreV1().PersistentVolumeClaims(ns).List(ctx, sel)
-		s, _ := cs.CoreV1().Secrets(ns).List(ctx, sel)
-		n, _ := cs.NetworkingV1().NetworkPolicies(ns).List(ctx, sel)
-		return len(p.Items) + len(v.Items) + len(s.Items) + len(n.Items)
-	}
 	crashAt := func(op, step string) (crashed chan struct{}) {
 		crashed = make(chan struct{})
 		sandbox.CrashHook = func(o, s, w string) {
@@ -462,7 +418,7 @@ func TestCrashOnCluster(t *testing.T) {
 	if got, _ := svc.Get(ctx, sb.ID); got.Status != store.StatusError {
 		t.Fatalf("interrupted create: %s", got.Status)
 	}
-	if n := left(sb.ID); n != 0 {
+	if n := labelledCount(ctx, c, ns, sb.ID); n != 0 {
 		t.Fatalf("an undone create left %d objects", n)
 	}
 	if got, err := svc.Start(ctx, sb.ID); err != nil || got.Status != store.StatusRunning {
@@ -483,10 +439,37 @@ func TestCrashOnCluster(t *testing.T) {
 	if _, err := svc.Get(ctx, sb.ID); err == nil {
 		t.Fatal("the interrupted destroy's row is still there")
 	}
+	waitNoneLabelled(t, c, ns, "after the finished destroy", sb.ID)
+}
+
+// labelledCount counts the Pods, claims, Secrets and NetworkPolicies of ns
+// labelled with sandbox id.
+func labelledCount(ctx context.Context, c *kubetest.Cluster, ns, id string) int {
+	cs := c.Clientset()
+	sel := metav1.ListOptions{LabelSelector: Selector(id)}
+	p, _ := cs.CoreV1().Pods(ns).List(ctx, sel)
+	v, _ := cs.CoreV1().PersistentVolumeClaims(ns).List(ctx, sel)
+	s, _ := cs.CoreV1().Secrets(ns).List(ctx, sel)
+	n, _ := cs.NetworkingV1().NetworkPolicies(ns).List(ctx, sel)
+	return len(p.Items) + len(v.Items) + len(s.Items) + len(n.Items)
+}
+
+// waitNoneLabelled waits up to a minute until nothing in ns is labelled
+// with any of ids (deletions take the kubelet a moment).
+func waitNoneLabelled(t *testing.T, c *kubetest.Cluster, ns, when string, ids ...string) {
+	t.Helper()
+	ctx := context.Background()
 	deadline := time.Now().Add(time.Minute)
-	for left(sb.ID) > 0 {
+	for {
+		left := 0
+		for _, id := range ids {
+			left += labelledCount(ctx, c, ns, id)
+		}
+		if left == 0 {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d objects left after the finished destroy", left(sb.ID))
+			t.Fatalf("%d objects left %s", left, when)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
