@@ -159,6 +159,13 @@ func TestOnCluster(t *testing.T) {
 	}
 
 	// Pod A's credential at B's address: the manager expects B's name.
+	// B's agent listens first (its Pod running does not mean it does), so
+	// a refusal can only be the name's.
+	clB := agent.New(d.AgentDialer(ids[1]))
+	defer clB.Close()
+	if err := clB.WaitReady(ctx, 20*time.Millisecond); err != nil {
+		t.Fatalf("agent of %s: %v", ids[1], err)
+	}
 	ipB, err := d.Address(ctx, ids[1])
 	if err != nil {
 		t.Fatal(err)
